@@ -1,0 +1,135 @@
+/* common: what every moerun module shares and nothing more.
+ *
+ * - moe_status_t, the one status type that library code returns (it never calls exit());
+ * - logging with levels, the rank in every line, rank 0 alone printing banners (moe_log0);
+ * - the check macros that turn a foreign error (MPI, our own) into a status, log file:line once and
+ *   jump to a cleanup label (the CUDA, NCCL, cuBLAS macros live in kernels/ and comm/ next to their
+ *   headers so that CPU-only builds do not see CUDA types);
+ * - counter-based random numbers: a value is a pure function of its (seed, indices), so that weights and
+ *   inputs are the same whatever the world size, placement or order of generation;
+ * - a monotonic clock.
+ * The only global state in the project is the logging settings below. */
+#ifndef MOE_COMMON_H
+#define MOE_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---------------------------------------------------------------- status */
+
+typedef enum {
+    MOE_STATUS_OK = 0,
+    MOE_STATUS_INVALID_ARGUMENT, /* bad input from the user: config, file, flag */
+    MOE_STATUS_IO_ERROR,         /* a file could not be opened, read or written */
+    MOE_STATUS_FORMAT_ERROR,     /* a file is malformed (truncated .npy, bad header) */
+    MOE_STATUS_NO_MEMORY,
+    MOE_STATUS_MPI_ERROR,
+    MOE_STATUS_CUDA_ERROR,
+    MOE_STATUS_NCCL_ERROR,
+    MOE_STATUS_CUBLAS_ERROR,
+    MOE_STATUS_SOLVER_ERROR,     /* GLPK failed or the problem is infeasible */
+    MOE_STATUS_UNSUPPORTED,      /* not built in (e.g. cuda backend without CUDA) */
+    MOE_STATUS_INTERNAL,         /* a broken invariant: a bug */
+    MOE_STATUS_REMOTE_ERROR,     /* another rank failed; this one stops cleanly */
+} moe_status_t;
+
+const char *moe_status_string(moe_status_t status);
+
+/* ---------------------------------------------------------------- logging */
+
+typedef enum {
+    MOE_LOG_ERROR = 0,
+    MOE_LOG_WARN,
+    MOE_LOG_INFO,
+    MOE_LOG_DEBUG,
+} moe_log_level_t;
+
+/* Set once at start-up by launch/ (rank, level from the config or MOE_LOG_LEVEL). */
+void moe_log_init(int rank, moe_log_level_t level);
+moe_log_level_t moe_log_level(void);
+int moe_log_rank(void);
+
+void moe_log_write(moe_log_level_t level, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#define moe_error(...) moe_log_write(MOE_LOG_ERROR, __FILE__, __LINE__, __VA_ARGS__)
+#define moe_warn(...)  moe_log_write(MOE_LOG_WARN, __FILE__, __LINE__, __VA_ARGS__)
+#define moe_info(...)  moe_log_write(MOE_LOG_INFO, __FILE__, __LINE__, __VA_ARGS__)
+#define moe_debug(...) moe_log_write(MOE_LOG_DEBUG, __FILE__, __LINE__, __VA_ARGS__)
+
+/* printf on rank 0 only, to stdout: banners, tables, progress. */
+void moe_print0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---------------------------------------------------------------- checks
+ * Each macro needs a `moe_status_t status` variable and the label it is given. It logs once,
+ * where the error is first seen, sets `status` and jumps. */
+
+#define MOE_CHECK(call, label)                                                                    \
+    do {                                                                                          \
+        moe_status_t moe_check_s_ = (call);                                                       \
+        if (moe_check_s_ != MOE_STATUS_OK) {                                                      \
+            status = moe_check_s_;                                                                \
+            goto label;                                                                           \
+        }                                                                                         \
+    } while (0)
+
+/* Our own error: log the message and jump. */
+#define MOE_FAIL(st, label, ...)                                                                  \
+    do {                                                                                          \
+        moe_error(__VA_ARGS__);                                                                   \
+        status = (st);                                                                            \
+        goto label;                                                                               \
+    } while (0)
+
+#define MOE_CHECK_ALLOC(ptr, label)                                                               \
+    do {                                                                                          \
+        if ((ptr) == NULL) MOE_FAIL(MOE_STATUS_NO_MEMORY, label, "out of memory: %s", #ptr);      \
+    } while (0)
+
+/* MPI calls: translated via MPI_Error_string (needs <mpi.h> where used). */
+#define MOE_CHECK_MPI(call, label)                                                                \
+    do {                                                                                          \
+        int moe_check_rc_ = (call);                                                               \
+        if (moe_check_rc_ != MPI_SUCCESS) {                                                       \
+            char moe_check_msg_[MPI_MAX_ERROR_STRING];                                            \
+            int moe_check_len_ = 0;                                                               \
+            MPI_Error_string(moe_check_rc_, moe_check_msg_, &moe_check_len_);                     \
+            MOE_FAIL(MOE_STATUS_MPI_ERROR, label, "%s failed: %s", #call, moe_check_msg_);        \
+        }                                                                                         \
+    } while (0)
+
+/* ---------------------------------------------------------------- allocation */
+
+/* Checked size arithmetic: returns false on overflow. */
+bool moe_size_mul(size_t a, size_t b, size_t *out);
+
+/* 64-byte aligned, zero-filled host allocation; NULL on failure or overflow. Free with moe_free. */
+void *moe_calloc(size_t count, size_t size);
+void moe_free(void *ptr);
+
+/* ---------------------------------------------------------------- random numbers */
+
+/* A 64-bit mix of a seed and up to four indices (splitmix64 rounds): pure, so any rank computes the
+ * same value for the same indices. */
+uint64_t moe_hash(uint64_t seed, uint64_t a, uint64_t b, uint64_t c, uint64_t d);
+
+/* Uniform in [-1, 1) from a hash. */
+static inline float moe_hash_to_symmetric(uint64_t h)
+{
+    return (float)((double)(h >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0);
+}
+
+/* Uniform in [0, 1) from a hash. */
+static inline double moe_hash_to_unit(uint64_t h)
+{
+    return (double)(h >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* ---------------------------------------------------------------- time */
+
+/* Seconds from a monotonic clock. */
+double moe_now(void);
+
+#endif

@@ -1,0 +1,147 @@
+/* io: the file formats moerun reads and writes, and crash-safe writing.
+ *
+ * - .npy (NumPy format 1.0/2.0/3.0, C order, little-endian): traces, inputs, outputs;
+ * - safetensors (an 8-byte header length, a JSON header parsed with jansson, raw tensors): statistics
+ *   and checkpoints; files are memory-mapped and every offset in the header is checked against the file;
+ * - atomic files: written to PATH.tmp.<pid> and renamed over PATH on commit, so a crash or an error
+ *   never leaves a half-written file under the real name.
+ * Every error names the file (and the tensor or header field) and returns a status; nothing exits. */
+#ifndef MOE_IO_H
+#define MOE_IO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "common/common.h"
+
+#define MOE_MAX_DIMS 8
+
+typedef enum {
+    MOE_DTYPE_F32 = 0,
+    MOE_DTYPE_F64,
+    MOE_DTYPE_F16,
+    MOE_DTYPE_BF16,
+    MOE_DTYPE_I8,
+    MOE_DTYPE_I16,
+    MOE_DTYPE_I32,
+    MOE_DTYPE_I64,
+    MOE_DTYPE_U8,
+    MOE_DTYPE_U16,
+    MOE_DTYPE_U32,
+    MOE_DTYPE_U64,
+    MOE_DTYPE_BOOL,
+} moe_dtype_t;
+
+size_t moe_dtype_size(moe_dtype_t dtype);
+const char *moe_dtype_name(moe_dtype_t dtype); /* safetensors spelling: "F32", "BF16", "I8", ... */
+bool moe_dtype_is_integer(moe_dtype_t dtype);  /* BOOL counts as integer */
+bool moe_dtype_is_float(moe_dtype_t dtype);
+
+float moe_f16_to_f32(uint16_t h);
+float moe_bf16_to_f32(uint16_t b);
+uint16_t moe_f32_to_bf16(float f); /* round to nearest even */
+uint16_t moe_f32_to_f16(float f);  /* round to nearest even */
+
+/* An n-dimensional array in host memory. Owned by whoever filled it; release with moe_array_free. */
+typedef struct {
+    moe_dtype_t dtype;
+    int ndim;
+    int64_t shape[MOE_MAX_DIMS];
+    void *data;    /* moe_calloc'd, nbytes long */
+    size_t nbytes;
+} moe_array_t;
+
+int64_t moe_array_numel(const moe_array_t *array);
+void moe_array_free(moe_array_t *array); /* frees data, zeroes the struct; NULL-safe */
+
+/* Convert every element to float32 / int32 into out (numel long). Integers out of int32 range and
+ * non-numeric dtypes are errors naming `what` (e.g. the file name). */
+moe_status_t moe_array_to_f32(const moe_array_t *array, const char *what, float *out);
+moe_status_t moe_array_to_i32(const moe_array_t *array, const char *what, int32_t *out);
+
+/* ---------------------------------------------------------------- atomic files */
+
+typedef struct {
+    FILE *fp;
+    char path[4096];
+    char tmp_path[4200];
+} moe_atomic_file_t;
+
+moe_status_t moe_atomic_file_open(const char *path, moe_atomic_file_t *out);
+/* Flush, fsync, close and rename onto the real path. On failure the temporary is removed. */
+moe_status_t moe_atomic_file_commit(moe_atomic_file_t *file);
+/* Close and remove the temporary; the real path is untouched. Safe to call after commit. */
+void moe_atomic_file_abort(moe_atomic_file_t *file);
+
+/* ---------------------------------------------------------------- npy */
+
+/* Read a whole .npy file. Truncated data, a bad magic or header, Fortran order, big-endian data and
+ * unsupported dtypes are errors naming the file. */
+moe_status_t moe_npy_read(const char *path, moe_array_t *out);
+
+/* Write an array atomically. */
+moe_status_t moe_npy_write(const char *path, const moe_array_t *array);
+
+/* Streaming writer for outputs too large to hold: the shape is known up front, rows are appended,
+ * and commit checks that exactly shape[0] rows arrived before renaming. */
+typedef struct {
+    moe_atomic_file_t file;
+    moe_dtype_t dtype;
+    int64_t rows_expected;
+    int64_t rows_written;
+    size_t row_bytes;
+} moe_npy_writer_t;
+
+moe_status_t moe_npy_writer_open(const char *path, moe_dtype_t dtype, int ndim, const int64_t *shape,
+                                 moe_npy_writer_t *out);
+moe_status_t moe_npy_writer_append(moe_npy_writer_t *writer, const void *rows, int64_t n_rows);
+moe_status_t moe_npy_writer_commit(moe_npy_writer_t *writer);
+void moe_npy_writer_abort(moe_npy_writer_t *writer);
+
+/* ---------------------------------------------------------------- safetensors */
+
+typedef struct moe_safetensors_s *moe_safetensors_h;
+
+/* A tensor inside an open file: `data` points into the mapping and stays valid until close. */
+typedef struct {
+    const char *name;
+    moe_dtype_t dtype;
+    int ndim;
+    int64_t shape[MOE_MAX_DIMS];
+    const void *data;
+    size_t nbytes;
+} moe_tensor_view_t;
+
+/* Map the file and parse its header. Errors (naming the file and, where it applies, the tensor):
+ * file shorter than its header, header not JSON, unknown dtype, offsets out of order, overlapping or
+ * past the end, a size that disagrees with dtype x shape. */
+moe_status_t moe_safetensors_open(const char *path, moe_safetensors_h *out);
+void moe_safetensors_close(moe_safetensors_h file); /* NULL-safe */
+
+int moe_safetensors_count(moe_safetensors_h file);
+/* Tensor i in header order. */
+moe_status_t moe_safetensors_get(moe_safetensors_h file, int index, moe_tensor_view_t *out);
+/* By name; MOE_STATUS_FORMAT_ERROR (logged, naming file and tensor) if absent. */
+moe_status_t moe_safetensors_find(moe_safetensors_h file, const char *name, moe_tensor_view_t *out);
+bool moe_safetensors_has(moe_safetensors_h file, const char *name);
+/* A value of the "__metadata__" map, or NULL. Valid until close. */
+const char *moe_safetensors_metadata(moe_safetensors_h file, const char *key);
+const char *moe_safetensors_path(moe_safetensors_h file);
+
+/* A tensor to write: data is borrowed. */
+typedef struct {
+    const char *name;
+    moe_dtype_t dtype;
+    int ndim;
+    int64_t shape[MOE_MAX_DIMS];
+    const void *data;
+} moe_tensor_t;
+
+/* Write tensors (in the given order, 8-byte aligned data) and string metadata, atomically. */
+moe_status_t moe_safetensors_write(const char *path, const moe_tensor_t *tensors, int n_tensors,
+                                   const char *const *meta_keys, const char *const *meta_values,
+                                   int n_meta);
+
+#endif

@@ -1,0 +1,146 @@
+/* runtime: the MoE model, its configuration and the engine that runs it expert-parallel.
+ *
+ * A run is: load a configuration (YAML, one table of settings, errors naming file:line:key), create an
+ * engine on an MPI communicator (each rank builds only the experts the placement gives it), run the
+ * batches (route -> plan -> permute -> dispatch -> expert GEMMs -> combine -> un-permute, chunked so that
+ * communication overlaps compute), then finalize (collective: reduces statistics and metrics to rank 0
+ * and writes the outputs) and destroy. */
+#ifndef MOE_RUNTIME_H
+#define MOE_RUNTIME_H
+
+#include <mpi.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "common/common.h"
+
+/* ---------------------------------------------------------------- configuration */
+
+typedef enum { MOE_SCORING_SOFTMAX = 0, MOE_SCORING_SIGMOID } moe_scoring_t;
+typedef enum { MOE_ROUTING_ROUTER = 0, MOE_ROUTING_TRACE, MOE_ROUTING_SYNTHETIC } moe_routing_source_t;
+typedef enum { MOE_BACKEND_CPU = 0, MOE_BACKEND_CUDA } moe_backend_kind_t;
+typedef enum { MOE_TRANSPORT_MPI = 0, MOE_TRANSPORT_NCCL } moe_transport_kind_t;
+typedef enum { MOE_INPUT_SYNTHETIC = 0, MOE_INPUT_NPY } moe_input_kind_t;
+typedef enum { MOE_WEIGHTS_RANDOM = 0 } moe_weights_kind_t;
+
+#define MOE_PATH_MAX 4096
+#define MOE_NAME_MAX 128
+
+typedef struct {
+    char name[MOE_NAME_MAX];   /* model.name: shown in reports and statistics metadata */
+    int layers;                /* model.layers: MoE blocks in the stack */
+    int d_model;               /* model.d_model: hidden size d */
+    int d_ff;                  /* model.d_ff: routed expert width f */
+    int experts;               /* model.experts: routed experts E per layer */
+    int top_k;                 /* model.top_k */
+    int shared_experts;        /* model.shared_experts: 0 for none */
+    int shared_d_ff;           /* model.shared_d_ff: width of each shared expert */
+    moe_scoring_t scoring;     /* model.scoring: softmax | sigmoid */
+    bool renormalize;          /* model.renormalize: rescale the k weights to sum 1 */
+    int groups;                /* model.groups: expert groups for group-limited top-k (1 = off) */
+    int groups_kept;           /* model.groups_kept: groups a token may pick from */
+    float routed_scaling;      /* model.routed_scaling: factor on the routed output weights */
+    bool score_bias;           /* model.score_bias: sigmoid correction bias added for selection only */
+    float norm_eps;            /* model.norm_eps: RMSNorm epsilon */
+} moe_model_config_t;
+
+typedef struct {
+    moe_backend_kind_t backend;     /* run.backend: cpu | cuda */
+    moe_transport_kind_t transport; /* run.transport: mpi | nccl */
+    int chunks;                     /* run.chunks: pipeline chunks C (1 = no overlap) */
+    int tokens_per_rank;            /* run.tokens_per_rank: tokens each rank owns per batch */
+    int batches;                    /* run.batches: 0 = as many as the trace or input holds */
+    uint64_t seed;                  /* run.seed: weights, inputs, synthetic routing */
+    int warmup_batches;             /* run.warmup_batches: excluded from tokens/s */
+} moe_run_config_t;
+
+typedef struct {
+    moe_routing_source_t source;  /* routing.source: router | trace | synthetic */
+    char trace_ids[MOE_PATH_MAX]; /* routing.trace_ids: .npy ids [L, T, k] */
+    char trace_weights[MOE_PATH_MAX]; /* routing.trace_weights: optional .npy [L, T, k] */
+    float skew;                   /* routing.skew: Zipf exponent of synthetic expert popularity */
+    float affinity;               /* routing.affinity: chance a choice follows the previous layer's */
+} moe_routing_config_t;
+
+typedef struct {
+    moe_input_kind_t kind;        /* input.kind: synthetic | npy */
+    char path[MOE_PATH_MAX];      /* input.path: .npy [T, d] float32/float16 */
+} moe_input_config_t;
+
+typedef struct {
+    moe_weights_kind_t kind;      /* weights.kind: random */
+    float scale;                  /* weights.scale: multiplies 1/sqrt(fan_in) */
+} moe_weights_config_t;
+
+typedef struct {
+    char plan[MOE_PATH_MAX];      /* placement.plan: plan YAML; empty = contiguous blocks */
+    int ranks_per_node;           /* placement.ranks_per_node: for the default plan and reports */
+} moe_placement_config_t;
+
+typedef struct {
+    char output[MOE_PATH_MAX];    /* outputs.output: final hidden states .npy [T, d] float32 */
+    char metrics[MOE_PATH_MAX];   /* outputs.metrics: JSON lines */
+    char stats[MOE_PATH_MAX];     /* outputs.stats: routing statistics .safetensors */
+    bool progress;                /* outputs.progress: progress line on rank 0 when stdout is a tty */
+} moe_outputs_config_t;
+
+typedef struct {
+    char source_path[MOE_PATH_MAX]; /* the YAML file it was read from, for messages */
+    moe_model_config_t model;
+    moe_run_config_t run;
+    moe_routing_config_t routing;
+    moe_input_config_t input;
+    moe_weights_config_t weights;
+    moe_placement_config_t placement;
+    moe_outputs_config_t outputs;
+} moe_config_t;
+
+/* Fill every setting with its default (the table in config.c). */
+void moe_config_defaults(moe_config_t *config);
+
+/* Read YAML over the defaults. Errors name file:line and the dotted key: unknown key, wrong type,
+ * impossible value (checked by moe_config_validate). */
+moe_status_t moe_config_load(const char *path, moe_config_t *config);
+
+/* Apply one `key=value` override (dotted key), as `--set` gives it; same checks as the file. */
+moe_status_t moe_config_set(moe_config_t *config, const char *assignment);
+
+/* Cross-field checks (top_k <= experts, groups divide experts, ...), naming the key and, where the
+ * value came from the file, its line. Call after all overrides. world_size <= 0 skips the checks that
+ * need it (experts that the ranks cannot split). */
+moe_status_t moe_config_validate(const moe_config_t *config, int world_size);
+
+/* The effective configuration as YAML that moe_config_load reads back. */
+void moe_config_print(const moe_config_t *config, FILE *out);
+
+/* The settings table, for `--help`: name, default, meaning; NULL name ends it. */
+typedef struct {
+    const char *name;
+    const char *default_value;
+    const char *meaning;
+} moe_config_setting_info_t;
+const moe_config_setting_info_t *moe_config_settings(void);
+
+/* ---------------------------------------------------------------- engine */
+
+typedef struct moe_engine_s *moe_engine_h;
+
+typedef struct {
+    bool reference;   /* run the single-process dense reference instead (world size must be 1) */
+} moe_engine_options_t;
+#define MOE_ENGINE_OPTIONS_INIT {.reference = false}
+
+/* Collective over comm. Builds this rank's experts, routing source, inputs and buffers. */
+moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_options_t *options,
+                               MPI_Comm comm, moe_engine_h *out);
+
+/* Collective: runs all batches. */
+moe_status_t moe_engine_run(moe_engine_h engine);
+
+/* Collective: reduces statistics and metrics, writes the outputs, prints the summary on rank 0. */
+moe_status_t moe_engine_finalize(moe_engine_h engine);
+
+void moe_engine_destroy(moe_engine_h engine); /* NULL-safe, local */
+
+#endif
