@@ -93,4 +93,154 @@ void moe_stats_set_tokens(moe_stats_h stats, int64_t tokens);
 moe_status_t moe_stats_save(const moe_stats_h stats, const char *model_name, const char *path);
 moe_status_t moe_stats_load(const char *path, moe_stats_h *out);
 
+/* ---- solvers and evaluation
+ *
+ * The cost model is written down in docs/placement.md and at the top of placement/cost.c. In short,
+ * per layer: the most loaded rank's token-expert pairs (x expert cost) over the mean, plus the token
+ * copies the runtime sends (once per distinct destination rank; copies to the home rank are free;
+ * copies leaving the home node cost inter_factor times an intra-node copy), weighted by copy_cost. */
+
+/* A workload: the routing statistics of one source (a statistics file, a trace or a CSV of loads),
+ * held as doubles. A workload made from a trace also keeps the routes, so that plans can be replayed
+ * against it exactly. */
+typedef struct moe_workload_s *moe_workload_h;
+
+/* A trace: PATH[@START:END] names ids [L][T][k] (.npy, any integer type), optionally a token range
+ * (END may be empty for "to the end"). Entries < 0 are ignored; a repeated id in one token counts once.
+ * experts: experts per layer, or 0 for the largest id + 1 rounded up to a multiple of 8. */
+moe_status_t moe_workload_load_trace(const char *spec, int experts, moe_workload_h *out);
+/* A statistics file (safetensors written by moe_stats_save). */
+moe_status_t moe_workload_load_stats(const char *path, moe_workload_h *out);
+/* A CSV of loads "Layer,<label>,Expert_0..Expert_{E-1}" (rows: fraction of tokens that picked the expert;
+ * a row sums to top_k). SPEC is PATH[@LABEL]: with a label only rows whose second column equals it are
+ * read, otherwise rows of one layer are added up. `tokens` tokens per row. No co-activation. */
+moe_status_t moe_workload_load_csv(const char *spec, double tokens, moe_workload_h *out);
+/* From routes in memory: ids [layers][tokens][top_k] (copied). */
+moe_status_t moe_workload_from_ids(const int32_t *ids, int layers, int64_t tokens, int top_k,
+                                   int experts, const char *name, moe_workload_h *out);
+/* From a statistics object (copied). */
+moe_status_t moe_workload_from_stats(const moe_stats_h stats, const char *name, moe_workload_h *out);
+void moe_workload_destroy(moe_workload_h workload); /* NULL-safe */
+
+const char *moe_workload_name(const moe_workload_h workload);
+int moe_workload_layers(const moe_workload_h workload);
+int moe_workload_experts(const moe_workload_h workload);
+int moe_workload_top_k(const moe_workload_h workload);
+double moe_workload_tokens(const moe_workload_h workload);
+bool moe_workload_has_routes(const moe_workload_h workload);
+/* Read-only views, [L][E] and [L][E][E] (NULL when the source has no co-activation). */
+const double *moe_workload_loads(const moe_workload_h workload);
+const double *moe_workload_coactivation(const moe_workload_h workload);
+
+typedef enum {
+    MOE_PLACE_SOLVER_CONTIGUOUS = 0,
+    MOE_PLACE_SOLVER_ROUND_ROBIN,
+    MOE_PLACE_SOLVER_GREEDY,
+    MOE_PLACE_SOLVER_ILP,
+    MOE_PLACE_SOLVER_EXACT,
+} moe_place_solver_t;
+
+moe_status_t moe_place_solver_parse(const char *name, moe_place_solver_t *out);
+const char *moe_place_solver_name(moe_place_solver_t solver);
+
+typedef struct {
+    int ranks;
+    int ranks_per_node;
+    int replicas;            /* redundant expert slots per layer (slots = experts + replicas) */
+    moe_place_solver_t solver;
+    double time_limit;       /* seconds for the whole solve (ILP, exact) */
+    double copy_cost;        /* an intra-node token copy (dispatch + combine) in units of one
+                                token-expert FFN */
+    double inter_factor;     /* an inter-node copy / an intra-node copy (NVLink vs InfiniBand) */
+    int64_t tokens_per_rank; /* replay: token t's home rank is (t / tokens_per_rank) % ranks */
+    double node_slack;       /* ILP: node loads within (1 + slack) of the best node balance */
+    int max_pairs;           /* ILP: co-activation pairs kept per node subproblem (0: all) */
+    bool share_lp;           /* ILP: re-balance replica shares with an LP at the end */
+    double expert_bytes;     /* weight bytes of one expert (for --current) */
+    double move_cost;        /* objective units per expert moved away from the current plan */
+    int slots_per_rank;      /* experts one rank can hold (memory); 0: no limit */
+    bool hierarchical;       /* model hierarchical dispatch (once per remote node) in the objective */
+    int verbose;
+} moe_place_options_t;
+
+#define MOE_PLACE_OPTIONS_INIT                                                                    \
+    {                                                                                             \
+        .ranks = 0, .ranks_per_node = 0, .replicas = 0, .solver = MOE_PLACE_SOLVER_ILP,           \
+        .time_limit = 60.0, .copy_cost = 1.0, .inter_factor = 3.2, .tokens_per_rank = 512,        \
+        .node_slack = 0.01, .max_pairs = 0, .share_lp = true, .expert_bytes = 17301504.0,         \
+        .move_cost = 0.05, .slots_per_rank = 0, .hierarchical = false, .verbose = 0,              \
+    }
+
+/* Figures of one plan on one workload, per layer and summed. Replayed (exact, from routes) or
+ * modelled (from statistics; copies are then second-order estimates, see cost.c). Arrays are one
+ * allocation owned by the struct; free with moe_place_figures_free. */
+typedef struct {
+    int layers;
+    int ranks;
+    int ranks_per_node;
+    bool replayed;
+    double tokens;
+    double *max_load;   /* [L] token-expert pairs on the most loaded rank */
+    double *mean_load;  /* [L] pairs / ranks */
+    double *imbalance;  /* [L] max / mean */
+    double *inter;      /* [L] copies leaving the home node (dispatch; combine mirrors it) */
+    double *intra;      /* [L] copies to another rank of the home node */
+    double *inter_hier; /* [L] hierarchical dispatch: once per remote node */
+    double *intra_hier; /* [L] ... plus forwarding inside the remote node */
+    double *inter_stay; /* [L] tokens stay on the rank of their last expert between layers */
+    double *intra_stay; /* [L] */
+    double worst_imbalance, mean_imbalance;
+    double inter_total, intra_total, inter_hier_total, intra_hier_total;
+    double inter_stay_total, intra_stay_total;
+    double cost;        /* modelled per-layer cost, mean over layers (see cost.c) */
+} moe_place_figures_t;
+
+void moe_place_figures_free(moe_place_figures_t *figures); /* NULL-safe */
+
+/* Replay a workload's routes against a plan (the runtime's replica choice and home ranks). */
+moe_status_t moe_place_evaluate(const moe_plan_h plan, const moe_workload_h routes,
+                                const moe_place_options_t *options, moe_place_figures_t *out);
+/* Modelled figures from statistics (works for every workload). */
+moe_status_t moe_place_model(const moe_plan_h plan, const moe_workload_h workload,
+                             const moe_place_options_t *options, moe_place_figures_t *out);
+/* The objective the solvers minimise over several workloads: per layer, the worst workload's
+ * max/mean load plus copy_cost x the workloads' mean of (inter_factor x inter + intra) / (tokens x
+ * top_k) (modelled copies); returns the mean over layers and fills per_layer [L] when not NULL. */
+double moe_place_objective(const moe_plan_h plan, const moe_workload_h *workloads, int n_workloads,
+                           const moe_place_options_t *options, double *per_layer);
+
+/* Replicas per expert at one layer (counts[E], >= 1, summing to experts + replicas, each <= ranks):
+ * the redundant slots go one at a time to the expert with the largest load per replica, the load being
+ * the largest over workloads of its share of that workload's tokens (hot in any workload). */
+void moe_place_replica_counts(const moe_workload_h *workloads, int n_workloads, int layer,
+                              int replicas, int ranks, int *counts);
+
+typedef struct {
+    double solve_seconds;
+    double objective;        /* moe_place_objective of the result */
+    double warm_objective;   /* ... of the greedy warm start (ILP, exact); NaN otherwise */
+    double mip_gap;          /* largest relative GLPK gap over subproblems (0: all proven) */
+    double balance_gap;      /* mean over layers of (worst max/mean - lower bound) / worst max/mean */
+    int subproblems;
+    int subproblems_proven;
+    int subproblems_unsolved; /* GLPK gave no answer in time: the warm start was kept */
+    int layers_kept_warm;    /* layers where the warm start was better and was kept */
+    int experts_moved;       /* with a current plan: (layer, expert, rank) hosts that are new */
+    double bytes_moved;
+} moe_place_report_t;
+
+/* Solve: a plan for the workloads (same layers and experts) under options. `current` (may be NULL) is
+ * the plan in service: moving an expert then costs options->move_cost. The plan is the caller's. */
+moe_status_t moe_place_solve(const moe_workload_h *workloads, int n_workloads,
+                             const moe_place_options_t *options, const moe_plan_h current,
+                             moe_plan_h *out, moe_place_report_t *report);
+
+/* Save with a header: the model name (may be NULL) and extra YAML lines (top-level keys "solver",
+ * "sources", "predicted" are the ones the loader accepts and ignores; may be NULL). */
+moe_status_t moe_plan_save_annotated(const moe_plan_h plan, const char *path, const char *model,
+                                     const char *extra_yaml);
+/* Load, and copy the plan's "model" value into model (empty string when absent). */
+moe_status_t moe_plan_load_annotated(const char *path, char *model, size_t model_size,
+                                     moe_plan_h *out);
+
 #endif

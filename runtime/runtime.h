@@ -26,6 +26,7 @@ typedef enum { MOE_WEIGHTS_RANDOM = 0 } moe_weights_kind_t;
 
 #define MOE_PATH_MAX 4096
 #define MOE_NAME_MAX 128
+#define MOE_CONFIG_SETTINGS_MAX 64 /* rows the settings table may have (see moe_config_t.line) */
 
 typedef struct {
     char name[MOE_NAME_MAX];   /* model.name: shown in reports and statistics metadata */
@@ -94,6 +95,10 @@ typedef struct {
     moe_weights_config_t weights;
     moe_placement_config_t placement;
     moe_outputs_config_t outputs;
+    /* Where each setting's value came from, one entry per row of the settings table (in the order of
+     * moe_config_settings()): its line in source_path, 0 = the default, -1 = a --set override.
+     * moe_config_validate uses it to name file:line:key. */
+    int line[MOE_CONFIG_SETTINGS_MAX];
 } moe_config_t;
 
 /* Fill every setting with its default (the table in config.c). */

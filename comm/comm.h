@@ -1,0 +1,49 @@
+/* comm: the data-plane transport of expert parallelism, all-to-all-v of fixed-size rows.
+ *
+ * Buffers are grouped by peer in rank order: peer p's rows follow peer p-1's. Counts are in rows, so
+ * no byte count overflows an int. Operations are non-blocking: start returns a handle, and test/wait
+ * complete it; several may be in flight at once (the chunked pipeline keeps two), and every rank
+ * must start them in the same order. This first transport is MPI (MPI_Ialltoallv on a duplicated
+ * communicator, so that our traffic never matches anyone else's); NCCL joins it with the cuda backend.
+ * Progress: MPI advances non-blocking collectives inside MPI calls, so compute loops call
+ * moe_comm_progress() between pieces of work. */
+#ifndef MOE_COMM_H
+#define MOE_COMM_H
+
+#include <mpi.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/common.h"
+
+typedef struct moe_comm_s *moe_comm_h;
+typedef struct moe_comm_op_s *moe_comm_op_h;
+
+/* Collective over comm: duplicates it. */
+moe_status_t moe_comm_create_mpi(MPI_Comm comm, moe_comm_h *out);
+/* Collective: frees the duplicate. NULL-safe. Operations must have completed. */
+void moe_comm_destroy(moe_comm_h comm);
+
+int moe_comm_rank(const moe_comm_h comm);
+int moe_comm_size(const moe_comm_h comm);
+
+/* Blocking: each rank sends per_peer ints to every peer (send[p*per_peer ...]) and receives the
+ * same from each (recv[p*per_peer ...]). */
+moe_status_t moe_comm_exchange_counts(moe_comm_h comm, const int *send, int *recv, int per_peer);
+
+/* Start an all-to-all-v of rows of row_bytes. send_rows[p] rows go to peer p; recv_rows[p] come from
+ * p (the caller learned them from exchange_counts). Buffers and count arrays are borrowed until the
+ * operation completes. */
+moe_status_t moe_comm_alltoallv_start(moe_comm_h comm, const void *send, const int *send_rows,
+                                      void *recv, const int *recv_rows, size_t row_bytes,
+                                      moe_comm_op_h *out);
+
+/* Poll: *done is true once the operation has completed (the handle stays valid until wait). */
+moe_status_t moe_comm_op_test(moe_comm_op_h op, bool *done);
+/* Block until complete, then free the handle. NULL-safe. */
+moe_status_t moe_comm_op_wait(moe_comm_op_h op);
+
+/* Let in-flight operations advance (a cheap poll). */
+void moe_comm_progress(moe_comm_h comm);
+
+#endif

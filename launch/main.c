@@ -1,0 +1,34 @@
+/* moerun: the command-line entry point. Picks the subcommand; each lives in its own cmd_*.c. */
+#include <stdio.h>
+#include <string.h>
+
+#include "launch/commands.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "moerun: an expert-parallel Mixture-of-Experts runtime\n"
+            "\n"
+            "usage: moerun COMMAND [options]\n"
+            "\n"
+            "commands:\n"
+            "  infer   run an MoE model expert-parallel under mpirun (mpirun -np N moerun infer -c C)\n"
+            "  stats   derive routing statistics from a trace (moerun stats --trace IDS.npy -o S)\n"
+            "  place   compute an expert placement plan, or evaluate one against a trace\n"
+            "\n"
+            "`moerun COMMAND --help` describes each.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "infer")) return moe_cmd_infer(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "stats")) return moe_cmd_stats(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "place")) return moe_cmd_place(argc - 1, argv + 1);
+    fprintf(stderr, "moerun: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

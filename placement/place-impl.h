@@ -1,0 +1,82 @@
+/* place-impl.h: declarations private to placement/ (the solvers, the cost model and the source
+ * loaders share them); no other module includes this header. */
+#ifndef MOE_PLACE_IMPL_H
+#define MOE_PLACE_IMPL_H
+
+#include <stdint.h>
+
+#include "placement/placement.h"
+
+struct moe_workload_s {
+    char name[512];
+    int layers;
+    int experts;
+    int top_k;
+    double tokens;
+    double *loads;       /* [L][E] */
+    double *coact;       /* [L][E][E] (symmetric, diagonal = loads) or NULL */
+    double *trans;       /* [L-1][E][E] or NULL */
+    int32_t *ids;        /* [L][T][k] routes, or NULL */
+    int64_t route_tokens;
+};
+
+/* Allocate a workload with zeroed loads (and co-activation / transitions when asked). */
+moe_status_t moe_workload_alloc(const char *name, int layers, int experts, int top_k, bool pairs,
+                                moe_workload_h *out);
+
+/* The layout of ranks and slots that every solver shares. */
+typedef struct {
+    int layers, experts, ranks, ranks_per_node, nodes;
+    int slots;     /* experts + replicas per layer */
+    int rank_cap;  /* ceil(slots / ranks): slots one rank may host */
+} moe_place_layout_t;
+
+moe_status_t moe_place_layout_make(const moe_workload_h *w, int n, const moe_place_options_t *o,
+                                   moe_place_layout_t *out);
+
+/* Normalised weight of expert e at layer l in workload w: its tokens over the workload's mean
+ * load per rank (so that a rank with weight 1 is exactly average). */
+static inline double moe_place_norm_load(const moe_workload_h w, int layer, int expert, int ranks)
+{
+    double total = 0;
+    const double *row = w->loads + (size_t)layer * w->experts;
+    for (int e = 0; e < w->experts; e++) total += row[e];
+    return total > 0 ? row[expert] * ranks / total : 0;
+}
+
+/* Solvers work on dense share matrices: share[e * ranks + r] is the share of expert e's tokens that
+ * rank r takes at one layer (0: not hosted). */
+
+/* The objective's term for one layer (see cost.c). */
+double moe_place_layer_cost(const double *share, int layer, const moe_workload_h *w, int n,
+                            const moe_place_options_t *o);
+/* Its balance part: the worst workload's max/mean load. */
+double moe_place_layer_balance(const double *share, int layer, const moe_workload_h *w, int n,
+                               int ranks);
+/* The weight of co-locating a and b on one rank, and on one node, per unit of
+ * sum_w coact_w(a, b) / pairs_w / n (the objective decreases by this much per co-located pair). */
+void moe_place_pair_weights(const moe_place_options_t *o, double *rank_weight, double *node_weight);
+
+/* Dense shares of one layer of a plan into share [E][R]. */
+void moe_place_plan_layer_shares(const moe_plan_h plan, int layer, double *share);
+/* A plan from dense shares [L][E][R]. */
+moe_status_t moe_place_plan_from_shares(int layers, int experts, int ranks, int ranks_per_node,
+                                        const double *shares, moe_plan_h *out);
+
+/* Greedy (EPLB) hosting of one layer with equal shares into share [E][R]: counts[E] replicas per
+ * expert; weight[E] the expert's load (split equally over its replicas when packing). */
+moe_status_t moe_place_greedy_layer(const moe_place_layout_t *lay, const int *counts,
+                                    const double *weight, double *share);
+/* The per-expert weight greedy packs by: the sum over workloads of normalised loads. */
+void moe_place_merged_weight(const moe_workload_h *w, int n, int layer, int ranks, double *weight);
+
+/* The simple solvers (contiguous, round-robin, greedy) into a fresh plan. */
+moe_status_t moe_place_solve_simple(const moe_workload_h *w, int n, const moe_place_options_t *o,
+                                    moe_plan_h *out);
+/* The decomposed ILP and the exact joint model. */
+moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place_options_t *o,
+                                 const moe_plan_h current, moe_plan_h *out, moe_place_report_t *rep);
+moe_status_t moe_place_solve_exact(const moe_workload_h *w, int n, const moe_place_options_t *o,
+                                   moe_plan_h *out, moe_place_report_t *rep);
+
+#endif

@@ -1,0 +1,188 @@
+/* metrics: what a run measures, reduced to rank 0.
+ *
+ * Per batch and layer, each rank times its stages (host wall clock around each stage; for dispatch
+ * and combine, the time spent waiting, i.e. what compute did not hide) and counts the rows it sent
+ * and received and the (token, expert) pairs it computed. At each batch end rank 0 receives the
+ * maximum over ranks of every time and each rank's load, writes one JSON line per layer to
+ * outputs.metrics, and accumulates the summary: tokens/s over the batches after run.warmup_batches,
+ * the time of each stage (per batch, summed over layers) and its share of the layer time, and the
+ * per-layer max/mean load over ranks. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/runtime-impl.h"
+
+struct moe_metrics_s {
+    const moe_config_t *config;
+    MPI_Comm comm;
+    int rank, size, layers;
+    moe_layer_metrics_t *layer;     /* [L] this batch, this rank */
+    double *reduce_buf;             /* [L][STAGE_COUNT + 1] */
+    int64_t *gather_buf;            /* [P][L][3] on rank 0 */
+    int64_t *send_buf;              /* [L][3] */
+    moe_atomic_file_t jsonl;
+    bool jsonl_open;
+    /* summary (rank 0), over measured batches */
+    int batches, measured;
+    int64_t tokens;
+    double time, stage[MOE_STAGE_COUNT], layer_time;
+    double imbalance_sum, imbalance_worst;
+    int imbalance_n;
+    int64_t rows_sent;
+};
+
+static const char *stage_names[MOE_STAGE_COUNT] = {"route", "plan", "permute", "dispatch",
+                                                    "experts", "shared", "combine", "unpermute"};
+
+const char *moe_stage_name(moe_stage_t stage) { return stage_names[stage]; }
+
+moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_metrics_h *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    struct moe_metrics_s *m = calloc(1, sizeof *m);
+    MOE_CHECK_ALLOC(m, fail);
+    m->config = config;
+    m->comm = comm;
+    MPI_Comm_rank(comm, &m->rank);
+    MPI_Comm_size(comm, &m->size);
+    m->layers = config->model.layers;
+    m->layer = calloc((size_t)m->layers, sizeof(moe_layer_metrics_t));
+    m->reduce_buf = calloc((size_t)m->layers * (MOE_STAGE_COUNT + 1), sizeof(double));
+    m->send_buf = calloc((size_t)m->layers * 3, sizeof(int64_t));
+    m->gather_buf = calloc((size_t)m->size * m->layers * 3, sizeof(int64_t));
+    if (!m->layer || !m->reduce_buf || !m->send_buf || !m->gather_buf) {
+        moe_metrics_destroy(m);
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "metrics: out of memory");
+    }
+    if (m->rank == 0 && config->outputs.metrics[0]) {
+        status = moe_atomic_file_open(config->outputs.metrics, &m->jsonl);
+        if (status != MOE_STATUS_OK) {
+            moe_metrics_destroy(m);
+            goto fail;
+        }
+        m->jsonl_open = true;
+    }
+    *out = m;
+fail:
+    return status;
+}
+
+void moe_metrics_destroy(moe_metrics_h m)
+{
+    if (!m) return;
+    if (m->jsonl_open) moe_atomic_file_abort(&m->jsonl);
+    free(m->layer);
+    free(m->reduce_buf);
+    free(m->send_buf);
+    free(m->gather_buf);
+    free(m);
+}
+
+moe_layer_metrics_t *moe_metrics_layer(moe_metrics_h m, int layer) { return &m->layer[layer]; }
+
+moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tokens,
+                                   double batch_time, bool warmup)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const int L = m->layers, S = MOE_STAGE_COUNT;
+    double *local = malloc(sizeof(double) * (size_t)L * (S + 1));
+    MOE_CHECK_ALLOC(local, fail);
+    for (int l = 0; l < L; l++) {
+        memcpy(local + (size_t)l * (S + 1), m->layer[l].time, sizeof(double) * S);
+        local[(size_t)l * (S + 1) + S] = m->layer[l].layer_time;
+        m->send_buf[l * 3 + 0] = m->layer[l].load;
+        m->send_buf[l * 3 + 1] = m->layer[l].rows_sent;
+        m->send_buf[l * 3 + 2] = m->layer[l].rows_received;
+    }
+    double batch_time_max = batch_time;
+    int rc = MPI_Reduce(local, m->reduce_buf, L * (S + 1), MPI_DOUBLE, MPI_MAX, 0, m->comm);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Gather(m->send_buf, L * 3, MPI_INT64_T, m->gather_buf, L * 3, MPI_INT64_T, 0, m->comm);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Reduce(&batch_time, &batch_time_max, 1, MPI_DOUBLE, MPI_MAX, 0, m->comm);
+    free(local);
+    MOE_CHECK_MPI(rc, fail);
+    memset(m->layer, 0, sizeof(moe_layer_metrics_t) * (size_t)L);
+    if (m->rank != 0) return MOE_STATUS_OK;
+
+    m->batches++;
+    if (!warmup) {
+        m->measured++;
+        m->tokens += batch_tokens;
+        m->time += batch_time_max;
+    }
+    for (int l = 0; l < L; l++) {
+        const double *t = m->reduce_buf + (size_t)l * (S + 1);
+        int64_t total = 0, max = 0, sent = 0;
+        for (int p = 0; p < m->size; p++) {
+            int64_t load = m->gather_buf[((size_t)p * L + l) * 3];
+            total += load;
+            if (load > max) max = load;
+            sent += m->gather_buf[((size_t)p * L + l) * 3 + 1];
+        }
+        double mean = (double)total / m->size;
+        double imbalance = mean > 0 ? (double)max / mean : 1.0;
+        if (!warmup) {
+            for (int s = 0; s < S; s++) m->stage[s] += t[s];
+            m->layer_time += t[S];
+            m->imbalance_sum += imbalance;
+            m->imbalance_n++;
+            if (imbalance > m->imbalance_worst) m->imbalance_worst = imbalance;
+            m->rows_sent += sent;
+        }
+        if (m->jsonl_open) {
+            FILE *fp = m->jsonl.fp;
+            fprintf(fp, "{\"batch\":%d,\"layer\":%d,\"warmup\":%s,\"tokens\":%lld,\"time_s\":{", batch,
+                    l, warmup ? "true" : "false", (long long)batch_tokens);
+            for (int s = 0; s < S; s++) fprintf(fp, "\"%s\":%.9g,", stage_names[s], t[s]);
+            fprintf(fp, "\"layer\":%.9g},\"load\":[", t[S]);
+            for (int p = 0; p < m->size; p++)
+                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 3]);
+            fprintf(fp, "],\"rows_sent\":[");
+            for (int p = 0; p < m->size; p++)
+                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 3 + 1]);
+            fprintf(fp, "],\"rows_received\":[");
+            for (int p = 0; p < m->size; p++)
+                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 3 + 2]);
+            fprintf(fp, "],\"load_max_mean\":%.6g}\n", imbalance);
+        }
+    }
+fail:
+    return status;
+}
+
+void moe_metrics_print_summary(moe_metrics_h m, FILE *out)
+{
+    if (m->rank != 0) return;
+    const moe_config_t *c = m->config;
+    fprintf(out, "\nmoerun infer: %s, %d ranks, backend %s, transport %s, chunks %d\n", c->model.name,
+            m->size, c->run.backend == MOE_BACKEND_CPU ? "cpu" : "cuda",
+            c->run.transport == MOE_TRANSPORT_MPI ? "mpi" : "nccl", c->run.chunks);
+    fprintf(out, "  tokens     %lld in %d measured batches (%d warm-up)\n", (long long)m->tokens,
+            m->measured, m->batches - m->measured);
+    fprintf(out, "  time       %.4f s\n", m->time);
+    fprintf(out, "  tokens/s   %.1f\n", m->time > 0 ? (double)m->tokens / m->time : 0.0);
+    if (m->measured > 0) {
+        fprintf(out, "  stage      ms/batch   share of layer time (max over ranks)\n");
+        for (int s = 0; s < MOE_STAGE_COUNT; s++)
+            fprintf(out, "  %-10s %8.3f   %5.1f%%\n", stage_names[s], 1e3 * m->stage[s] / m->measured,
+                    m->layer_time > 0 ? 100.0 * m->stage[s] / m->layer_time : 0.0);
+        fprintf(out, "  %-10s %8.3f\n", "layers", 1e3 * m->layer_time / m->measured);
+        fprintf(out, "  load max/mean over ranks: mean %.3f, worst %.3f (over layers and batches)\n",
+                m->imbalance_n ? m->imbalance_sum / m->imbalance_n : 0.0, m->imbalance_worst);
+        fprintf(out, "  token copies sent per batch: %.1f\n", (double)m->rows_sent / m->measured);
+    }
+}
+
+moe_status_t moe_metrics_commit(moe_metrics_h m)
+{
+    if (!m->jsonl_open) return MOE_STATUS_OK;
+    fprintf(m->jsonl.fp, "{\"summary\":true,\"ranks\":%d,\"tokens\":%lld,\"time_s\":%.9g,"
+            "\"tokens_per_s\":%.9g,\"load_max_mean_mean\":%.6g,\"load_max_mean_worst\":%.6g}\n",
+            m->size, (long long)m->tokens, m->time, m->time > 0 ? (double)m->tokens / m->time : 0.0,
+            m->imbalance_n ? m->imbalance_sum / m->imbalance_n : 0.0, m->imbalance_worst);
+    m->jsonl_open = false;
+    return moe_atomic_file_commit(&m->jsonl);
+}

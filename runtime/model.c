@@ -1,0 +1,376 @@
+/* model: what the engine computes with, besides its own state.
+ *
+ * Weights are seeded: element i of tensor T of (layer, expert) is a pure function of
+ * (seed, layer, expert, T, i), uniform in [-1, 1) times scale / sqrt(fan_in), so every rank builds
+ * exactly the experts it hosts and a run's numbers do not depend on the world size or placement.
+ * RMSNorm weights are 1 + 0.1 u, sigmoid correction biases 0.05 u.
+ *
+ * Inputs: rows of input.path, or seeded values per global token (uniform in [-1, 1)).
+ *
+ * Routing sources besides the router:
+ * - trace: token g of the run takes row g of routing.trace_ids [L, T, k] (any integer dtype);
+ *   weights from routing.trace_weights (float16/32, taken as recorded), or 1/k each without it.
+ * - synthetic: at each layer, expert popularity follows a Zipf law with exponent routing.skew over
+ *   a seeded per-layer order of the experts; each of a token's k choices follows, with probability
+ *   routing.affinity, the seeded successor of its choice at the previous layer (cross-layer
+ *   affinity), else it is drawn from the popularity; a repeated expert is redrawn. Weights are
+ *   seeded values in [0.5, 1.5) normalised to sum 1. Everything is a function of (seed, token,
+ *   layer, choice), so it is the same at any world size. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/runtime-impl.h"
+
+enum {
+    TENSOR_NORM = 1,
+    TENSOR_ROUTER,
+    TENSOR_BIAS,
+    TENSOR_SHARED_GATE_UP,
+    TENSOR_SHARED_DOWN,
+    TENSOR_GATE_UP,
+    TENSOR_DOWN,
+    TENSOR_INPUT,
+    TENSOR_SYNTH_ORDER,
+    TENSOR_SYNTH_NEXT,
+    TENSOR_SYNTH_PICK,
+    TENSOR_SYNTH_WEIGHT,
+};
+
+float moe_model_weight(uint64_t seed, int layer, int expert, int tensor, size_t index, int fan_in,
+                       float scale)
+{
+    float u = moe_hash_to_symmetric(moe_hash(seed, (uint64_t)layer, (uint64_t)expert,
+                                             (uint64_t)tensor, (uint64_t)index));
+    return u * scale / sqrtf((float)fan_in);
+}
+
+static void fill_tensor(float *dst, size_t count, uint64_t seed, int layer, int expert, int tensor,
+                        int fan_in, float scale)
+{
+    for (size_t i = 0; i < count; i++)
+        dst[i] = moe_model_weight(seed, layer, expert, tensor, i, fan_in, scale);
+}
+
+moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h plan, int rank,
+                                moe_weights_t *out)
+{
+    const moe_model_config_t *m = &config->model;
+    const uint64_t seed = config->run.seed;
+    const float scale = config->weights.scale;
+    moe_weights_t w = {.layers = m->layers, .d = m->d_model, .f = m->d_ff,
+                       .fs = m->shared_experts * m->shared_d_ff, .experts = m->experts};
+    const size_t L = (size_t)w.layers, d = (size_t)w.d, f = (size_t)w.f, fs = (size_t)w.fs,
+                 E = (size_t)w.experts;
+    w.local_count = calloc(L, sizeof(int));
+    w.local_offset = calloc(L, sizeof(int));
+    if (!w.local_count || !w.local_offset) goto oom;
+    size_t slots = 0;
+    for (size_t l = 0; l < L; l++) {
+        w.local_offset[l] = (int)slots;
+        w.local_count[l] = moe_plan_local_experts(plan, (int)l, rank, NULL);
+        slots += (size_t)w.local_count[l];
+    }
+    /* One block cut by offsets: norms, routers, biases, shared experts, routed experts. */
+    size_t n_norm = L * d, n_router = L * E * d, n_bias = m->score_bias ? L * E : 0,
+           n_shared = L * 3 * fs * d, n_experts = slots * 3 * f * d;
+    size_t total = n_norm + n_router + n_bias + n_shared + n_experts;
+    w.block = moe_calloc(total, sizeof(float));
+    if (!w.block) goto oom;
+    w.bytes = total * sizeof(float);
+    float *p = w.block;
+    w.norm = p, p += n_norm;
+    w.router = p, p += n_router;
+    w.score_bias = n_bias ? p : NULL, p += n_bias;
+    w.shared_gate_up = fs ? p : NULL, p += L * 2 * fs * d;
+    w.shared_down = fs ? p : NULL, p += L * fs * d;
+    w.expert_gate_up = p, p += slots * 2 * f * d;
+    w.expert_down = p;
+
+    for (size_t l = 0; l < L; l++) {
+        int li = (int)l;
+        for (size_t j = 0; j < d; j++)
+            w.norm[l * d + j] = 1.0f + 0.1f * moe_model_weight(seed, li, 0, TENSOR_NORM, j, 1, 1.0f);
+        fill_tensor(w.router + l * E * d, E * d, seed, li, 0, TENSOR_ROUTER, (int)d, 1.0f);
+        if (n_bias)
+            for (size_t e = 0; e < E; e++)
+                w.score_bias[l * E + e] = 0.05f * moe_model_weight(seed, li, 0, TENSOR_BIAS, e, 1, 1.0f);
+        if (fs) {
+            fill_tensor(w.shared_gate_up + l * 2 * fs * d, 2 * fs * d, seed, li, 0,
+                        TENSOR_SHARED_GATE_UP, (int)d, scale);
+            fill_tensor(w.shared_down + l * d * fs, d * fs, seed, li, 0, TENSOR_SHARED_DOWN, (int)fs,
+                        scale);
+        }
+        const int *experts;
+        int n = moe_plan_local_experts(plan, li, rank, &experts);
+        for (int s = 0; s < n; s++) {
+            size_t slot = (size_t)w.local_offset[l] + (size_t)s;
+            fill_tensor(w.expert_gate_up + slot * 2 * f * d, 2 * f * d, seed, li, experts[s],
+                        TENSOR_GATE_UP, (int)d, scale);
+            fill_tensor(w.expert_down + slot * d * f, d * f, seed, li, experts[s], TENSOR_DOWN,
+                        (int)f, scale);
+        }
+    }
+    *out = w;
+    return MOE_STATUS_OK;
+oom:
+    moe_weights_destroy(&w);
+    moe_error("weights: out of memory (%s: %d layers, d_model %d, d_ff %d)", config->source_path,
+              m->layers, m->d_model, m->d_ff);
+    return MOE_STATUS_NO_MEMORY;
+}
+
+void moe_weights_destroy(moe_weights_t *w)
+{
+    if (!w) return;
+    moe_free(w->block);
+    free(w->local_count);
+    free(w->local_offset);
+    memset(w, 0, sizeof *w);
+}
+
+moe_router_params_t moe_model_router_params(const moe_config_t *config, const moe_weights_t *w,
+                                            int layer)
+{
+    const moe_model_config_t *m = &config->model;
+    return (moe_router_params_t){
+        .experts = m->experts,
+        .top_k = m->top_k,
+        .scoring = m->scoring == MOE_SCORING_SIGMOID ? MOE_ROUTER_SIGMOID : MOE_ROUTER_SOFTMAX,
+        .renormalize = m->renormalize,
+        .groups = m->groups,
+        .groups_kept = m->groups_kept,
+        .scaling = m->routed_scaling,
+        .bias = w->score_bias ? w->score_bias + (size_t)layer * m->experts : NULL,
+    };
+}
+
+/* ---------------------------------------------------------------- sources */
+
+static moe_status_t load_input(const moe_config_t *c, moe_sources_t *s)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    moe_array_t a = {0};
+    MOE_CHECK(moe_npy_read(c->input.path, &a), fail);
+    if (a.ndim != 2 || a.shape[1] != c->model.d_model || !moe_dtype_is_float(a.dtype))
+        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "input.path: %s must be a float array [T, %d] "
+                 "(model.d_model), got %s with %d dimensions", c->input.path, c->model.d_model,
+                 moe_dtype_name(a.dtype), a.ndim);
+    s->input_tokens = a.shape[0];
+    s->input = moe_calloc((size_t)moe_array_numel(&a), sizeof(float));
+    MOE_CHECK_ALLOC(s->input, fail);
+    MOE_CHECK(moe_array_to_f32(&a, c->input.path, s->input), fail);
+fail:
+    moe_array_free(&a);
+    return status;
+}
+
+static moe_status_t load_trace(const moe_config_t *c, moe_sources_t *s)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const int L = c->model.layers, E = c->model.experts, k = c->model.top_k;
+    const char *path = c->routing.trace_ids;
+    moe_array_t ids = {0}, w = {0};
+    MOE_CHECK(moe_npy_read(path, &ids), fail);
+    if (ids.ndim != 3 || !moe_dtype_is_integer(ids.dtype))
+        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "routing.trace_ids: %s must be an integer array "
+                 "[layers, tokens, top_k], got %s with %d dimensions", path, moe_dtype_name(ids.dtype),
+                 ids.ndim);
+    if (ids.shape[0] != L || ids.shape[2] != k)
+        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "routing.trace_ids: %s has %lld layers and top_k "
+                 "%lld, but the model has %d layers (model.layers) and top_k %d (model.top_k)", path,
+                 (long long)ids.shape[0], (long long)ids.shape[2], L, k);
+    s->trace_tokens = ids.shape[1];
+    s->trace_ids = moe_calloc((size_t)moe_array_numel(&ids), sizeof(int32_t));
+    MOE_CHECK_ALLOC(s->trace_ids, fail);
+    MOE_CHECK(moe_array_to_i32(&ids, path, s->trace_ids), fail);
+    for (int64_t l = 0; l < L; l++)
+        for (int64_t t = 0; t < s->trace_tokens; t++) {
+            const int32_t *row = s->trace_ids + ((size_t)l * s->trace_tokens + t) * k;
+            for (int j = 0; j < k; j++) {
+                if (row[j] < 0 || row[j] >= E)
+                    MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "routing.trace_ids: %s: layer %lld, "
+                             "token %lld: expert id %d out of range [0, %d) (model.experts)", path,
+                             (long long)l, (long long)t, row[j], E);
+                for (int i = 0; i < j; i++)
+                    if (row[i] == row[j])
+                        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "routing.trace_ids: %s: layer "
+                                 "%lld, token %lld: expert %d chosen twice", path, (long long)l,
+                                 (long long)t, row[j]);
+            }
+        }
+    if (c->routing.trace_weights[0]) {
+        const char *wpath = c->routing.trace_weights;
+        MOE_CHECK(moe_npy_read(wpath, &w), fail);
+        if (w.ndim != 3 || w.shape[0] != L || w.shape[1] != s->trace_tokens || w.shape[2] != k ||
+            !moe_dtype_is_float(w.dtype))
+            MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "routing.trace_weights: %s must be a float "
+                     "array of the ids' shape [%d, %lld, %d]", wpath, L, (long long)s->trace_tokens, k);
+        s->trace_weights = moe_calloc((size_t)moe_array_numel(&w), sizeof(float));
+        MOE_CHECK_ALLOC(s->trace_weights, fail);
+        MOE_CHECK(moe_array_to_f32(&w, wpath, s->trace_weights), fail);
+    }
+fail:
+    moe_array_free(&ids);
+    moe_array_free(&w);
+    return status;
+}
+
+/* The synthetic generator's tables: a popularity order, its Zipf CDF, and successors per layer. */
+static moe_status_t build_synthetic(const moe_config_t *c, moe_sources_t *s)
+{
+    const int L = c->model.layers, E = c->model.experts;
+    const uint64_t seed = c->run.seed;
+    s->synth_cdf = calloc((size_t)L * E, sizeof(double));
+    s->synth_order = calloc((size_t)L * E, sizeof(int32_t));
+    s->synth_next = calloc((size_t)L * E, sizeof(int32_t));
+    if (!s->synth_cdf || !s->synth_order || !s->synth_next) return MOE_STATUS_NO_MEMORY;
+    for (int l = 0; l < L; l++) {
+        int32_t *order = s->synth_order + (size_t)l * E, *next = s->synth_next + (size_t)l * E;
+        for (int e = 0; e < E; e++) order[e] = next[e] = e;
+        for (int e = E - 1; e > 0; e--) { /* Fisher-Yates with hashed draws */
+            int i = (int)(moe_hash(seed, l, e, TENSOR_SYNTH_ORDER, 0) % (uint64_t)(e + 1));
+            int32_t tmp = order[e]; order[e] = order[i]; order[i] = tmp;
+            i = (int)(moe_hash(seed, l, e, TENSOR_SYNTH_NEXT, 0) % (uint64_t)(e + 1));
+            tmp = next[e]; next[e] = next[i]; next[i] = tmp;
+        }
+        double *cdf = s->synth_cdf + (size_t)l * E, acc = 0;
+        for (int i = 0; i < E; i++) cdf[i] = acc += pow((double)(i + 1), -(double)c->routing.skew);
+        for (int i = 0; i < E; i++) cdf[i] /= acc;
+    }
+    return MOE_STATUS_OK;
+}
+
+moe_status_t moe_sources_create(const moe_config_t *config, moe_sources_t *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    moe_sources_t s = {.config = config};
+    if (config->input.kind == MOE_INPUT_NPY) MOE_CHECK(load_input(config, &s), fail);
+    if (config->routing.source == MOE_ROUTING_TRACE) MOE_CHECK(load_trace(config, &s), fail);
+    if (config->routing.source == MOE_ROUTING_SYNTHETIC) {
+        status = build_synthetic(config, &s);
+        if (status != MOE_STATUS_OK) MOE_FAIL(status, fail, "synthetic routing: out of memory");
+    }
+    *out = s;
+    return MOE_STATUS_OK;
+fail:
+    moe_sources_destroy(&s);
+    return status;
+}
+
+void moe_sources_destroy(moe_sources_t *s)
+{
+    if (!s) return;
+    moe_free(s->input);
+    moe_free(s->trace_ids);
+    moe_free(s->trace_weights);
+    free(s->synth_cdf);
+    free(s->synth_order);
+    free(s->synth_next);
+    memset(s, 0, sizeof *s);
+}
+
+moe_status_t moe_sources_total_tokens(const moe_sources_t *s, int world, int64_t *tokens,
+                                      int *batches)
+{
+    const moe_config_t *c = s->config;
+    const int64_t per_batch = (int64_t)c->run.tokens_per_rank * world;
+    int64_t limit = -1; /* tokens the data holds, -1 = unlimited */
+    const char *key = NULL, *path = NULL;
+    if (s->trace_ids) limit = s->trace_tokens, key = "routing.trace_ids", path = c->routing.trace_ids;
+    if (s->input && (limit < 0 || s->input_tokens < limit))
+        limit = s->input_tokens, key = "input.path", path = c->input.path;
+    if (c->run.batches == 0) {
+        if (limit < 0) {
+            moe_error("run.batches: 0 (as many as the data holds) needs a trace or an input file");
+            return MOE_STATUS_INVALID_ARGUMENT;
+        }
+        *tokens = limit;
+        *batches = (int)((limit + per_batch - 1) / per_batch);
+        return MOE_STATUS_OK;
+    }
+    *tokens = per_batch * c->run.batches;
+    *batches = c->run.batches;
+    if (limit >= 0 && *tokens > limit) {
+        moe_error("%s: %s holds %lld tokens, but %d batches of %d ranks x %d tokens need %lld "
+                  "(lower run.batches, or set it to 0 to run what the data holds)", key, path,
+                  (long long)limit, c->run.batches, world, c->run.tokens_per_rank, (long long)*tokens);
+        return MOE_STATUS_INVALID_ARGUMENT;
+    }
+    return MOE_STATUS_OK;
+}
+
+void moe_sources_input(const moe_sources_t *s, int64_t g0, int n, float *x)
+{
+    const int d = s->config->model.d_model;
+    if (s->input) {
+        memcpy(x, s->input + (size_t)g0 * d, sizeof(float) * (size_t)n * d);
+        return;
+    }
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < d; j++)
+            x[(size_t)t * d + j] = moe_hash_to_symmetric(
+                moe_hash(s->config->run.seed, TENSOR_INPUT, (uint64_t)(g0 + t), (uint64_t)j, 0));
+}
+
+/* One synthetic draw from layer l's popularity. */
+static int32_t synth_draw(const moe_sources_t *s, int layer, uint64_t h)
+{
+    const int E = s->config->model.experts;
+    const double *cdf = s->synth_cdf + (size_t)layer * E;
+    double u = moe_hash_to_unit(h);
+    int lo = 0, hi = E - 1;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (u < cdf[mid]) hi = mid; else lo = mid + 1;
+    }
+    return s->synth_order[(size_t)layer * E + lo];
+}
+
+void moe_sources_route(const moe_sources_t *s, int layer, int64_t g0, int n,
+                       const int32_t *prev_ids, int32_t *ids, float *weights)
+{
+    const moe_config_t *c = s->config;
+    const int k = c->model.top_k, E = c->model.experts;
+    const uint64_t seed = c->run.seed;
+    if (s->trace_ids) {
+        const size_t base = ((size_t)layer * s->trace_tokens + (size_t)g0) * k;
+        memcpy(ids, s->trace_ids + base, sizeof(int32_t) * (size_t)n * k);
+        if (s->trace_weights)
+            memcpy(weights, s->trace_weights + base, sizeof(float) * (size_t)n * k);
+        else
+            for (size_t i = 0; i < (size_t)n * k; i++) weights[i] = 1.0f / (float)k;
+        return;
+    }
+    for (int t = 0; t < n; t++) {
+        const uint64_t g = (uint64_t)(g0 + t);
+        int32_t *id = ids + (size_t)t * k;
+        float *w = weights + (size_t)t * k;
+        double sum = 0;
+        for (int j = 0; j < k; j++) {
+            int32_t e = -1;
+            if (prev_ids && moe_hash_to_unit(moe_hash(seed, g, layer, j, TENSOR_SYNTH_PICK)) <
+                                c->routing.affinity)
+                e = s->synth_next[(size_t)(layer - 1) * E + prev_ids[(size_t)t * k + j]];
+            for (uint64_t attempt = 1;; attempt++) {
+                bool repeated = e < 0;
+                for (int i = 0; i < j && !repeated; i++) repeated = id[i] == e;
+                if (!repeated) break;
+                if (attempt > 64) { /* a very skewed law: take the most popular expert left */
+                    for (int r = 0; r < E; r++) {
+                        e = s->synth_order[(size_t)layer * E + r];
+                        bool used = false;
+                        for (int i = 0; i < j; i++) used |= id[i] == e;
+                        if (!used) break;
+                    }
+                    break;
+                }
+                e = synth_draw(s, layer, moe_hash(seed, g, layer, j, TENSOR_SYNTH_PICK + attempt * 16));
+            }
+            id[j] = e;
+            w[j] = 1.0f + 0.5f * moe_hash_to_symmetric(moe_hash(seed, g, layer, j, TENSOR_SYNTH_WEIGHT));
+            sum += w[j];
+        }
+        for (int j = 0; j < k; j++) w[j] = (float)(w[j] / sum);
+    }
+}

@@ -1,0 +1,160 @@
+/* runtime-impl.h: declarations private to runtime/ (no other module includes this).
+ *
+ * The engine is split by concern:
+ *   model.c      seeded weights of the experts a rank hosts, inputs, routing sources (trace, synthetic)
+ *   backend.h    the stage interface a backend implements; backend_cpu.c is the first
+ *   layer.c      the scheduler: one MoE layer as a chunked pipeline over the stage interface
+ *   reference.c  the single-process dense reference (each token through its k experts directly)
+ *   metrics.c    stage timers, loads, JSON lines and the summary table
+ *   engine.c     create / run / finalize: batches, outputs, statistics */
+#ifndef MOE_RUNTIME_IMPL_H
+#define MOE_RUNTIME_IMPL_H
+
+#include "comm/comm.h"
+#include "io/io.h"
+#include "kernels/kernels.h"
+#include "placement/placement.h"
+#include "runtime/runtime.h"
+
+/* ---------------------------------------------------------------- model (model.c) */
+
+/* Weights of one rank: the norms, routers and shared experts of every layer, and the routed experts
+ * the plan gives this rank, in one allocation cut by offsets. Expert slot s of layer l is the s-th
+ * entry of moe_plan_local_experts(plan, l, rank). */
+typedef struct {
+    int layers, d, f, fs, experts;
+    float *norm;            /* [L][d] */
+    float *router;          /* [L][E][d] */
+    float *score_bias;      /* [L][E], or NULL without model.score_bias */
+    float *shared_gate_up;  /* [L][2 fs][d], or NULL without shared experts */
+    float *shared_down;     /* [L][d][fs] */
+    int *local_count;       /* [L] experts hosted per layer */
+    int *local_offset;      /* [L] first slot of layer l in the expert arrays */
+    float *expert_gate_up;  /* [slots][2f][d] */
+    float *expert_down;     /* [slots][d][f] */
+    float *block;
+    size_t bytes;
+} moe_weights_t;
+
+/* The value every rank computes for element `index` of `tensor` of (layer, expert). */
+float moe_model_weight(uint64_t seed, int layer, int expert, int tensor, size_t index, int fan_in,
+                       float scale);
+
+moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h plan, int rank,
+                                moe_weights_t *out);
+void moe_weights_destroy(moe_weights_t *weights);
+static inline const float *moe_weights_expert_gate_up(const moe_weights_t *w, int layer, int slot)
+{
+    return w->expert_gate_up + (size_t)(w->local_offset[layer] + slot) * 2 * w->f * w->d;
+}
+static inline const float *moe_weights_expert_down(const moe_weights_t *w, int layer, int slot)
+{
+    return w->expert_down + (size_t)(w->local_offset[layer] + slot) * w->d * w->f;
+}
+
+/* Inputs and routing that do not come from the model itself. */
+typedef struct {
+    const moe_config_t *config;
+    float *input;            /* [T][d] from input.path, or NULL for synthetic inputs */
+    int64_t input_tokens;
+    int32_t *trace_ids;      /* [L][T][k] from routing.trace_ids, or NULL */
+    float *trace_weights;    /* [L][T][k], or NULL (each choice then weighs 1/k) */
+    int64_t trace_tokens;
+    double *synth_cdf;       /* [L][E] cumulative popularity of the synthetic generator */
+    int32_t *synth_order;    /* [L][E] expert of popularity rank i */
+    int32_t *synth_next;     /* [L][E] the expert that follows e into layer l+1 */
+} moe_sources_t;
+
+moe_status_t moe_sources_create(const moe_config_t *config, moe_sources_t *out);
+void moe_sources_destroy(moe_sources_t *sources);
+
+/* Tokens the run covers: batches x ranks x tokens_per_rank, or what the trace/input holds when
+ * run.batches is 0. Errors name the key whose data is too short. */
+moe_status_t moe_sources_total_tokens(const moe_sources_t *sources, int world, int64_t *tokens,
+                                      int *batches);
+
+/* Hidden states of n global tokens starting at g0: rows of the input file or seeded values. */
+void moe_sources_input(const moe_sources_t *sources, int64_t g0, int n, float *x);
+
+/* Routing of n tokens from g0 at layer l when it comes from a trace or the synthetic generator.
+ * prev_ids are these tokens' ids at layer l-1 (NULL at layer 0). */
+void moe_sources_route(const moe_sources_t *sources, int layer, int64_t g0, int n,
+                       const int32_t *prev_ids, int32_t *ids, float *weights);
+
+/* Router parameters of the kernels for layer l. */
+moe_router_params_t moe_model_router_params(const moe_config_t *config, const moe_weights_t *w,
+                                            int layer);
+
+/* ---------------------------------------------------------------- metrics (metrics.c) */
+
+typedef enum {
+    MOE_STAGE_ROUTE = 0, /* norm, router, top-k */
+    MOE_STAGE_PLAN,      /* destinations, counts exchange */
+    MOE_STAGE_PERMUTE,
+    MOE_STAGE_DISPATCH,  /* time spent waiting for dispatch: the part compute did not hide */
+    MOE_STAGE_EXPERTS,
+    MOE_STAGE_SHARED,
+    MOE_STAGE_COMBINE,   /* time spent waiting for combine */
+    MOE_STAGE_UNPERMUTE,
+    MOE_STAGE_COUNT,
+} moe_stage_t;
+
+const char *moe_stage_name(moe_stage_t stage);
+
+/* Per layer of the current batch, on this rank. */
+typedef struct {
+    double time[MOE_STAGE_COUNT];
+    double layer_time;
+    int64_t rows_sent, rows_received; /* token copies, this rank's out and in */
+    int64_t load;                     /* (token, expert) pairs computed here */
+} moe_layer_metrics_t;
+
+typedef struct moe_metrics_s *moe_metrics_h;
+
+moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_metrics_h *out);
+void moe_metrics_destroy(moe_metrics_h metrics);
+moe_layer_metrics_t *moe_metrics_layer(moe_metrics_h metrics, int layer);
+/* Collective: reduce this batch's layer metrics to rank 0, write its JSON lines, accumulate. */
+moe_status_t moe_metrics_end_batch(moe_metrics_h metrics, int batch, int64_t batch_tokens,
+                                   double batch_time, bool warmup);
+/* Rank 0: the summary table. */
+void moe_metrics_print_summary(moe_metrics_h metrics, FILE *out);
+/* Rank 0: append the summary line and commit the JSON lines file (no-op elsewhere). */
+moe_status_t moe_metrics_commit(moe_metrics_h metrics);
+
+/* ---------------------------------------------------------------- backend (backend.h) */
+
+#include "runtime/backend.h"
+
+/* ---------------------------------------------------------------- scheduler (layer.c) */
+
+typedef struct moe_scheduler_s *moe_scheduler_h;
+
+typedef struct {
+    const moe_config_t *config;
+    const moe_plan_h plan;
+    const moe_sources_t *sources;
+    const moe_backend_t *backend;
+    void *backend_state;
+    moe_comm_h comm;
+    int max_tokens;           /* per rank per batch */
+} moe_scheduler_args_t;
+
+moe_status_t moe_scheduler_create(const moe_scheduler_args_t *args, moe_scheduler_h *out);
+void moe_scheduler_destroy(moe_scheduler_h sched);
+
+/* One layer over this rank's n tokens (global indices g0..): ids/weights [n][k] out (for statistics),
+ * prev_ids the previous layer's (NULL at layer 0). */
+moe_status_t moe_scheduler_layer(moe_scheduler_h sched, int layer, int64_t g0, int n,
+                                 const int32_t *prev_ids, int32_t *ids, float *weights,
+                                 moe_layer_metrics_t *metrics);
+
+/* ---------------------------------------------------------------- reference (reference.c) */
+
+/* The dense reference over n tokens from g0: x [n][d] in, out in place; all experts must be local
+ * (world size 1). ids [L][n][k] receives the routing. */
+moe_status_t moe_reference_forward(const moe_config_t *config, const moe_weights_t *weights,
+                                   const moe_sources_t *sources, int64_t g0, int n, float *x,
+                                   int32_t *ids);
+
+#endif

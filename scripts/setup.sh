@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# setup.sh: install what moerun needs to build and test on Debian/Ubuntu, then configure the build.
+#   scripts/setup.sh [BUILD_DIR] [extra meson options...]
+# Installs with apt-get only what is missing (needs root, as on the CI and dev machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}
+shift || true
+
+packages=(build-essential pkg-config meson ninja-build openmpi-bin libopenmpi-dev libyaml-dev
+          libhwloc-dev libopenblas-dev libglpk-dev libjansson-dev)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ -d "$build" ]; then
+    meson setup --reconfigure "$build" "$@" >/dev/null
+else
+    meson setup "$build" "$@" >/dev/null
+fi
+ninja -C "$build" >/dev/null
+echo "setup: built $build"

@@ -1,0 +1,58 @@
+#!/bin/sh
+# test_place_cli: `moerun place` end to end on the real ESFT traces: plans, --evaluate, JSON, and the
+# errors that must exit non-zero (malformed plans, statistics and CSVs, infeasible requests, a plan for
+# another model or world size). Usage: test_place_cli.sh MOERUN ROUTING_DIR FIXTURES_DIR
+set -u
+M=$1
+D=$2/deepseek-v2-lite-esft
+Q=$2/qwen3-30b-a3b
+F=$3
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fails=0
+ok() { # expect exit 0
+    if ! "$@" >"$T/out" 2>"$T/err"; then echo "FAILED (expected success): $*"; cat "$T/err"; fails=$((fails + 1)); fi
+}
+bad() { # expect a non-zero exit and a message on stderr
+    if "$@" >"$T/out" 2>"$T/err"; then echo "FAILED (expected an error): $*"; fails=$((fails + 1));
+    elif [ ! -s "$T/err" ]; then echo "FAILED (no message): $*"; fails=$((fails + 1)); fi
+}
+
+ok "$M" place --trace "$D/intent.topk_ids.npy" --ranks 16 --ranks-per-node 8 --replicas 16 \
+    --solver greedy -o "$T/greedy.yaml" --model deepseek-v2-lite
+ok "$M" place --trace "$D/intent.topk_ids.npy@0:2000" --trace "$D/law.topk_ids.npy@0:2000" \
+    --ranks 16 --ranks-per-node 8 --replicas 16 --time-limit 3 -o "$T/ilp.yaml" \
+    --score "$D/law.topk_ids.npy@2000:4000" --json
+grep -q '"solver": "ilp"' "$T/out" || { echo "FAILED: no JSON from place"; fails=$((fails + 1)); }
+ok "$M" place --evaluate --plan "$T/ilp.yaml" --trace "$D/law.topk_ids.npy" --json
+grep -q '"max_mean_worst"' "$T/out" || { echo "FAILED: no figures from --evaluate"; fails=$((fails + 1)); }
+ok "$M" place --evaluate --plan "$T/greedy.yaml" --trace "$D/law.topk_ids.npy" --model deepseek-v2-lite
+ok "$M" place --trace "$D/law.topk_ids.npy" --ranks 8 --ranks-per-node 8 --solver ilp --time-limit 2 \
+    --current "$T/greedy.yaml" -o "$T/replan.yaml"
+ok "$M" place --tokens 1000 --loads-csv "$Q/arc.activation.csv@English" \
+    --tokens 1000 --loads-csv "$Q/gsm8k.activation.csv@English" --ranks 16 --ranks-per-node 8 \
+    --replicas 16 --time-limit 3 -o "$T/qwen.yaml"
+
+# errors
+bad "$M" place --evaluate --plan "$T/greedy.yaml" --trace "$D/law.topk_ids.npy" --ranks 8
+bad "$M" place --evaluate --plan "$T/greedy.yaml" --trace "$D/law.topk_ids.npy" --model other
+bad "$M" place --evaluate --plan "$F/bad_plan.yaml" --trace "$D/law.topk_ids.npy"
+bad "$M" place --evaluate --plan "$F/tiny_plan.yaml" --trace "$D/law.topk_ids.npy"
+bad "$M" place --evaluate --plan "$T/missing.yaml" --trace "$D/law.topk_ids.npy"
+bad "$M" place --stats "$F/bad_stats.safetensors" --ranks 16 --ranks-per-node 8 -o "$T/x.yaml"
+bad "$M" place --tokens 100 --loads-csv "$F/bad_loads.csv" --ranks 2 --ranks-per-node 1 -o "$T/x.yaml"
+bad "$M" place --trace "$D/law.topk_ids.npy" --ranks 16 --ranks-per-node 8 --replicas 100000 -o "$T/x.yaml"
+bad "$M" place --trace "$D/law.topk_ids.npy" --ranks 16 --ranks-per-node 8 --replicas 16 \
+    --slots-per-rank 4 -o "$T/x.yaml"
+bad "$M" place --trace "$D/law.topk_ids.npy" --ranks 12 --ranks-per-node 8 -o "$T/x.yaml"
+bad "$M" place --trace "$D/law.topk_ids.npy" --ranks 16 --ranks-per-node 8 --current "$F/tiny_plan.yaml" \
+    -o "$T/x.yaml"
+bad "$M" place --trace "$D/law.topk_ids.npy" --trace "$F/../placement/tiny_plan.yaml" --ranks 16 \
+    --ranks-per-node 8 -o "$T/x.yaml"
+bad "$M" place --trace "$D/law.topk_ids.npy" --ranks 16 --ranks-per-node 8 --exact -o "$T/x.yaml"
+"$M" place --ranks 16 >/dev/null 2>&1
+[ $? -eq 2 ] || { echo "FAILED: usage errors exit 2"; fails=$((fails + 1)); }
+[ -e "$T/x.yaml" ] && { echo "FAILED: a failed run left a plan behind"; fails=$((fails + 1)); }
+
+if [ $fails -ne 0 ]; then echo "test_place_cli: $fails failures"; exit 1; fi
+echo "test_place_cli: passed"

@@ -1,0 +1,290 @@
+/* test_place_solve: the exact model against brute-force enumeration on small instances; the ILP
+ * never worse than its greedy warm start on the modelled objective (every layer) on the real ESFT
+ * traces; the baselines' shapes; determinism; --current keeps experts in place. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "placement/placement.h"
+
+#ifndef MOE_ROUTING_DIR
+#define MOE_ROUTING_DIR "../shared/data/routing"
+#endif
+
+/* ---------------------------------------------------------------- brute force */
+
+typedef struct {
+    int L, E, R, G, W, K, T;
+    const int32_t *ids[2]; /* per workload [L][T][K] */
+    double wr, wn;         /* pair weights, from the cost model's definition */
+    int counts[16];
+    int item_expert[64];
+    int n_items;
+    int layer;
+    double best;
+    int rank_of[64];
+    int used[16];
+    double u[2][16];      /* normalised loads of the layer */
+    double c[2][16][16];  /* co-activation / pairs */
+} bf_t;
+
+/* The cost of one layer with equal shares, straight from the definition in cost.c. */
+static double bf_cost(const bf_t *b)
+{
+    double s[16][16] = {{0}};
+    for (int i = 0; i < b->n_items; i++)
+        s[b->item_expert[i]][b->rank_of[i]] = 1.0 / b->counts[b->item_expert[i]];
+    double worst = 0, traffic = 0;
+    for (int w = 0; w < b->W; w++) {
+        for (int r = 0; r < b->R; r++) {
+            double load = 0;
+            for (int e = 0; e < b->E; e++) load += b->u[w][e] * s[e][r];
+            worst = fmax(worst, load);
+        }
+        double pr = 0, pn = 0;
+        for (int a = 0; a < b->E; a++)
+            for (int e2 = a + 1; e2 < b->E; e2++) {
+                for (int r = 0; r < b->R; r++) pr += b->c[w][a][e2] * s[a][r] * s[e2][r];
+                for (int n0 = 0; n0 < b->R; n0 += b->G) {
+                    double fa = 0, fb = 0;
+                    for (int r = n0; r < n0 + b->G; r++) fa += s[a][r], fb += s[e2][r];
+                    pn += b->c[w][a][e2] * fa * fb;
+                }
+            }
+        traffic += b->wr + b->wn - b->wr * pr - b->wn * pn;
+    }
+    return worst + traffic / b->W;
+}
+
+static void bf_search(bf_t *b, int i)
+{
+    if (i == b->n_items) {
+        double c = bf_cost(b);
+        if (c < b->best) b->best = c;
+        return;
+    }
+    int cap = (b->n_items + b->R - 1) / b->R;
+    for (int r = 0; r < b->R; r++) {
+        if (b->used[r] >= cap) continue;
+        bool dup = false;
+        for (int j = 0; j < i; j++) dup |= b->rank_of[j] == r && b->item_expert[j] == b->item_expert[i];
+        if (dup) continue;
+        /* replicas of one expert in increasing rank order (they are interchangeable) */
+        if (i > 0 && b->item_expert[i - 1] == b->item_expert[i] && r < b->rank_of[i - 1]) continue;
+        b->rank_of[i] = r;
+        b->used[r]++;
+        bf_search(b, i + 1);
+        b->used[r]--;
+    }
+}
+
+static void make_ids(int32_t *ids, int L, int T, int K, int E, uint64_t seed)
+{
+    for (int l = 0; l < L; l++)
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < K; j++) {
+                int e;
+                bool dup;
+                int tries = 0;
+                do {
+                    /* skewed: low ids are hot */
+                    double x = moe_hash_to_unit(moe_hash(seed, (uint64_t)l, (uint64_t)t, (uint64_t)j,
+                                                         (uint64_t)tries++));
+                    e = (int)(E * x * x);
+                    dup = false;
+                    for (int i = 0; i < j; i++) dup |= ids[(l * T + t) * K + i] == e;
+                } while (dup);
+                ids[(l * T + t) * K + j] = e;
+            }
+}
+
+static void exact_vs_brute(int W, bool hierarchical, int replicas)
+{
+    const int L = 2, E = 5, R = 4, G = 2, T = 300, K = 2;
+    int32_t *ids[2];
+    moe_workload_h w[2];
+    for (int i = 0; i < W; i++) {
+        ids[i] = malloc(sizeof(int32_t) * L * T * K);
+        make_ids(ids[i], L, T, K, E, 11 + (uint64_t)i * 7);
+        CHECK_STATUS(moe_workload_from_ids(ids[i], L, T, K, E, "bf", &w[i]), MOE_STATUS_OK);
+    }
+    moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
+    o.ranks = R;
+    o.ranks_per_node = G;
+    o.replicas = replicas;
+    o.solver = MOE_PLACE_SOLVER_EXACT;
+    o.hierarchical = hierarchical;
+    o.time_limit = 60;
+    moe_plan_h plan = NULL;
+    moe_place_report_t rep;
+    CHECK_STATUS(moe_place_solve(w, W, &o, NULL, &plan, &rep), MOE_STATUS_OK);
+    if (!plan) return;
+    CHECK_EQ_INT(rep.subproblems_proven, L);
+    double per_layer[2];
+    moe_place_objective(plan, w, W, &o, per_layer);
+    for (int l = 0; l < L; l++) {
+        bf_t b = {.L = L, .E = E, .R = R, .G = G, .W = W, .K = K, .T = T, .layer = l,
+                  .best = INFINITY};
+        /* the cost model's pair weights, from its definition */
+        double inter = o.inter_factor * (1.0 - (double)G / R), intra = (G - 1.0) / R;
+        b.wr = o.copy_cost * (intra + (hierarchical ? 0 : inter));
+        b.wn = o.copy_cost * (hierarchical ? inter : 0);
+        for (int i = 0; i < W; i++) {
+            double loads[16] = {0}, pairs = 0;
+            for (int t = 0; t < T; t++) {
+                const int32_t *row = ids[i] + (l * T + t) * K;
+                for (int j = 0; j < K; j++) {
+                    loads[row[j]] += 1;
+                    pairs += 1;
+                    for (int j2 = 0; j2 < K; j2++)
+                        if (j2 != j) b.c[i][row[j]][row[j2]] += 1;
+                }
+            }
+            for (int e = 0; e < E; e++) {
+                b.u[i][e] = loads[e] * R / pairs;
+                for (int e2 = 0; e2 < E; e2++) b.c[i][e][e2] /= pairs;
+            }
+        }
+        moe_place_replica_counts(w, W, l, replicas, R, b.counts);
+        for (int e = 0; e < E; e++)
+            for (int k = 0; k < b.counts[e]; k++) b.item_expert[b.n_items++] = e;
+        bf_search(&b, 0);
+        CHECK_NEAR(per_layer[l], b.best, 1e-6); /* shares are floats in a plan */
+        /* and the test's formula agrees with the library's on the exact plan */
+        int k = 0;
+        for (int e = 0; e < E; e++) {
+            const int *rk;
+            int nr = moe_plan_replicas(plan, l, e, &rk, NULL);
+            for (int i = 0; i < nr; i++) b.rank_of[k++] = rk[i];
+        }
+        CHECK_NEAR(bf_cost(&b), per_layer[l], 1e-6);
+    }
+    moe_plan_destroy(plan);
+    for (int i = 0; i < W; i++) {
+        moe_workload_destroy(w[i]);
+        free(ids[i]);
+    }
+}
+
+/* ---------------------------------------------------------------- real traces */
+
+static moe_workload_h load(const char *name)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/deepseek-v2-lite-esft/%s", MOE_ROUTING_DIR, name);
+    moe_workload_h w = NULL;
+    CHECK_STATUS(moe_workload_load_trace(path, 64, &w), MOE_STATUS_OK);
+    return w;
+}
+
+static void ilp_not_worse(moe_workload_h *w, int n, int R, int G, int replicas, double seconds)
+{
+    moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
+    o.ranks = R;
+    o.ranks_per_node = G;
+    o.replicas = replicas;
+    o.time_limit = seconds;
+    moe_plan_h ilp = NULL, greedy = NULL;
+    moe_place_report_t rep;
+    CHECK_STATUS(moe_place_solve(w, n, &o, NULL, &ilp, &rep), MOE_STATUS_OK);
+    o.solver = MOE_PLACE_SOLVER_GREEDY;
+    CHECK_STATUS(moe_place_solve(w, n, &o, NULL, &greedy, NULL), MOE_STATUS_OK);
+    if (!ilp || !greedy) return;
+    int L = moe_plan_layers(ilp);
+    double *a = malloc(sizeof(double) * L), *b = malloc(sizeof(double) * L);
+    double ja = moe_place_objective(ilp, w, n, &o, a), jb = moe_place_objective(greedy, w, n, &o, b);
+    for (int l = 0; l < L; l++) CHECK(a[l] <= b[l] + 1e-12);
+    CHECK(ja <= jb + 1e-12);
+    CHECK_NEAR(rep.warm_objective, jb, 1e-9);
+    printf("ilp vs greedy, %d source(s), %d ranks (%d per node), %d redundant: objective %.4f vs "
+           "%.4f, %.2f s, %d layers kept greedy\n", n, R, G, replicas, ja, jb, rep.solve_seconds,
+           rep.layers_kept_warm);
+    /* every rank holds at most ceil(slots / ranks) experts */
+    int cap = (moe_plan_experts(ilp) + replicas + R - 1) / R;
+    for (int l = 0; l < L; l++)
+        for (int r = 0; r < R; r++) CHECK(moe_plan_local_experts(ilp, l, r, NULL) <= cap);
+    free(a);
+    free(b);
+    moe_plan_destroy(ilp);
+    moe_plan_destroy(greedy);
+}
+
+static void baselines_and_determinism(moe_workload_h w)
+{
+    moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
+    o.ranks = 16;
+    o.ranks_per_node = 8;
+    o.replicas = 16;
+    for (int s = 0; s < 3; s++) {
+        o.solver = (moe_place_solver_t)s;
+        moe_plan_h p1 = NULL, p2 = NULL;
+        CHECK_STATUS(moe_place_solve(&w, 1, &o, NULL, &p1, NULL), MOE_STATUS_OK);
+        CHECK_STATUS(moe_place_solve(&w, 1, &o, NULL, &p2, NULL), MOE_STATUS_OK);
+        if (!p1 || !p2) continue;
+        CHECK_STATUS(moe_plan_check(p1, "baseline"), MOE_STATUS_OK);
+        int L = moe_plan_layers(p1), E = moe_plan_experts(p1), same = 1, total = 0;
+        for (int l = 0; l < L; l++)
+            for (int e = 0; e < E; e++) {
+                const int *r1, *r2;
+                const float *s1, *s2;
+                int n1 = moe_plan_replicas(p1, l, e, &r1, &s1), n2 = moe_plan_replicas(p2, l, e, &r2, &s2);
+                total += n1;
+                same &= n1 == n2;
+                for (int i = 0; i < n1 && i < n2; i++) same &= r1[i] == r2[i] && s1[i] == s2[i];
+            }
+        CHECK(same);
+        CHECK_EQ_INT(total, L * (E + (s == MOE_PLACE_SOLVER_GREEDY ? 16 : 0)));
+        if (s == MOE_PLACE_SOLVER_CONTIGUOUS) CHECK_EQ_INT(moe_plan_pick_replica(p1, 0, 5, 0), 1);
+        if (s == MOE_PLACE_SOLVER_ROUND_ROBIN) CHECK_EQ_INT(moe_plan_pick_replica(p1, 0, 17, 0), 1);
+        moe_plan_destroy(p1);
+        moe_plan_destroy(p2);
+    }
+}
+
+static void current_plan(moe_workload_h from, moe_workload_h to)
+{
+    /* re-plan for a new workload starting from a plan in service: with a move cost, fewer experts move */
+    moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
+    o.ranks = 16;
+    o.ranks_per_node = 8;
+    o.replicas = 16;
+    o.time_limit = 4;
+    moe_plan_h cur = NULL, cheap = NULL, free_move = NULL;
+    CHECK_STATUS(moe_place_solve(&from, 1, &o, NULL, &cur, NULL), MOE_STATUS_OK);
+    moe_place_report_t r1, r2;
+    o.move_cost = 0;
+    CHECK_STATUS(moe_place_solve(&to, 1, &o, cur, &free_move, &r1), MOE_STATUS_OK);
+    o.move_cost = 0.5;
+    CHECK_STATUS(moe_place_solve(&to, 1, &o, cur, &cheap, &r2), MOE_STATUS_OK);
+    printf("--current: %d hosts moved without a move cost, %d with\n", r1.experts_moved,
+           r2.experts_moved);
+    CHECK(r2.experts_moved <= r1.experts_moved);
+    CHECK_NEAR(r2.bytes_moved, r2.experts_moved * o.expert_bytes, 1e-3);
+    moe_plan_destroy(cur);
+    moe_plan_destroy(cheap);
+    moe_plan_destroy(free_move);
+}
+
+int main(void)
+{
+    moe_log_init(0, MOE_LOG_ERROR);
+    exact_vs_brute(1, false, 0);
+    exact_vs_brute(1, false, 3);
+    exact_vs_brute(2, true, 3);
+    exact_vs_brute(2, false, 2);
+    moe_workload_h intent = load("intent.topk_ids.npy");
+    moe_workload_h law = load("law.topk_ids.npy");
+    if (intent && law) {
+        baselines_and_determinism(intent);
+        ilp_not_worse(&intent, 1, 8, 8, 0, 3);
+        ilp_not_worse(&law, 1, 16, 8, 16, 4);
+        moe_workload_h both[2] = {intent, law};
+        ilp_not_worse(both, 2, 32, 8, 32, 6);
+        current_plan(intent, law);
+    }
+    moe_workload_destroy(intent);
+    moe_workload_destroy(law);
+    return moe_test_result("test_place_solve");
+}
