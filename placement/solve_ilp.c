@@ -14,9 +14,9 @@
  *        minimise  z + sum_p g_p (1 - sum_n v[p][n])
  *      z is bounded by the warm start's node balance (or 1 + node_slack when that is larger), so the
  *      warm start is feasible and is handed to GLPK as its first incumbent (glp_ios_heur_sol). The
- *      pairs are the most co-activated ones (max_pairs, default min(8 x experts, 2048 / nodes)); g_p is the pair's weight in
- *      the objective (cost.c), scaled for flat dispatch by the chance that two slots of a node are on
- *      one rank. GLPK's relative gap at the time limit is reported;
+ *      pairs are the most co-activated ones (max_pairs, default min(8 x experts, 2048 / nodes));
+ *      g_p is the pair's weight in the objective (cost.c), scaled for flat dispatch by the chance
+ *      that two slots of a node are on one rank. GLPK's relative gap at the time limit is reported;
  *   C. experts to GPUs inside each node: longest-processing-time packing (a rank never hosts an expert
  *      twice), then a local search over moves and swaps that minimises the node's worst normalised rank
  *      load minus the co-located pair weight (what the flat-dispatch traffic term rewards);
@@ -562,7 +562,8 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
                                  const moe_plan_h current, moe_plan_h *out, moe_place_report_t *rep)
 {
     moe_status_t status = MOE_STATUS_OK;
-    double t0 = moe_now(), deadline = t0 + o->time_limit;
+    /* 5% of the limit is kept for what follows the layers (building the plan, the caller's figures) */
+    double t0 = moe_now(), deadline = t0 + 0.95 * o->time_limit;
     moe_place_layout_t lay;
     MOE_CHECK(moe_place_layout_make(w, n, o, &lay), fail);
     int L = lay.layers, E = lay.experts, R = lay.ranks, G = lay.ranks_per_node, N = lay.nodes;

@@ -10,11 +10,10 @@
 #define MOE_RUNTIME_BACKEND_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/common.h"
-
-struct moe_config_t_fwd;
 
 /* Rows of one chunk as the transport sees them (each row d floats). */
 typedef struct {
@@ -36,6 +35,7 @@ typedef void (*moe_progress_fn)(void *arg);
 
 typedef struct moe_backend_s {
     const char *name;
+    size_t elem_bytes; /* bytes of one element of a row on the wire: 4 (float32), 2 (bf16) */
     /* weights: the rank's moe_weights_t; max_tokens: per batch; chunks: pipeline depth. */
     moe_status_t (*create)(const void *config, const void *weights, int max_tokens, int chunks,
                            void **state);

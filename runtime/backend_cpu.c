@@ -232,6 +232,7 @@ static moe_status_t cpu_store(void *state, float *x, int n)
 
 const moe_backend_t moe_backend_cpu = {
     .name = "cpu",
+    .elem_bytes = sizeof(float),
     .create = cpu_create,
     .destroy = cpu_destroy,
     .load = cpu_load,

@@ -34,8 +34,9 @@ struct moe_scheduler_s {
     const moe_sources_t *sources;
     const moe_backend_t *backend;
     void *backend_state;
-    moe_comm_h comm;
+    moe_comm_h comm, meta_comm;
     int rank, P, k, d, chunks, max_tokens;
+    size_t row_bytes;       /* one hidden-state row on the wire */
     chunk_t *chunk;
     int32_t *dest;          /* [max_tokens][k] destination rank of each choice */
     int *count_send;        /* [P][C] counts exchange layout */
@@ -77,10 +78,12 @@ moe_status_t moe_scheduler_create(const moe_scheduler_args_t *a, moe_scheduler_h
     s->backend = a->backend;
     s->backend_state = a->backend_state;
     s->comm = a->comm;
+    s->meta_comm = a->meta_comm ? a->meta_comm : a->comm;
     s->rank = moe_comm_rank(a->comm);
     s->P = moe_comm_size(a->comm);
     s->k = a->config->model.top_k;
     s->d = a->config->model.d_model;
+    s->row_bytes = a->backend->elem_bytes * (size_t)s->d;
     s->chunks = a->config->run.chunks;
     s->max_tokens = a->max_tokens;
     const int P = s->P, k = s->k, C = s->chunks;
@@ -163,7 +166,7 @@ static moe_status_t plan_chunks(moe_scheduler_h s, int layer, int64_t g0, int n,
             }
         for (int p = 0; p < P; p++) s->count_send[p * C + c] = ch->send_count[p];
     }
-    MOE_CHECK(moe_comm_exchange_counts(s->comm, s->count_send, s->count_recv, C), fail);
+    MOE_CHECK(moe_comm_exchange_counts(s->meta_comm, s->count_send, s->count_recv, C), fail);
     for (int c = 0; c < C; c++) {
         chunk_t *ch = &s->chunk[c];
         ch->n_recv = 0;
@@ -189,8 +192,8 @@ static moe_status_t dispatch_start(moe_scheduler_h s, int c)
     MOE_CHECK(s->backend->chunk_buffers(s->backend_state, c, ch->n_send, ch->n_recv, &ch->buf), fail);
     MOE_CHECK(s->backend->permute(s->backend_state, c, ch->send_token, ch->n_send), fail);
     MOE_CHECK(moe_comm_alltoallv_start(s->comm, ch->buf.send, ch->send_count, ch->buf.recv,
-                                       ch->recv_count, sizeof(float) * s->d, &ch->op_rows), fail);
-    MOE_CHECK(moe_comm_alltoallv_start(s->comm, ch->send_meta, ch->send_count, ch->recv_meta,
+                                       ch->recv_count, s->row_bytes, &ch->op_rows), fail);
+    MOE_CHECK(moe_comm_alltoallv_start(s->meta_comm, ch->send_meta, ch->send_count, ch->recv_meta,
                                        ch->recv_count, sizeof(uint32_t) * 2 * s->k, &ch->op_meta),
               fail);
 fail:
@@ -250,7 +253,12 @@ static moe_status_t group_by_expert(moe_scheduler_h s, int layer, int c, moe_exp
     return MOE_STATUS_OK;
 }
 
-static void progress(void *comm) { moe_comm_progress(comm); }
+static void progress(void *arg)
+{
+    moe_scheduler_h s = arg;
+    moe_comm_progress(s->comm);
+    if (s->meta_comm != s->comm) moe_comm_progress(s->meta_comm);
+}
 
 static moe_status_t combine_finish(moe_scheduler_h s, int c, moe_layer_metrics_t *m)
 {
@@ -312,11 +320,11 @@ moe_status_t moe_scheduler_layer(moe_scheduler_h s, int layer, int64_t g0, int n
         t = moe_now();
         moe_expert_groups_t groups;
         MOE_CHECK(group_by_expert(s, layer, c, &groups, &m->load), fail);
-        MOE_CHECK(s->backend->experts(s->backend_state, layer, c, ch->n_recv, &groups, progress,
-                                      s->comm), fail);
+        MOE_CHECK(s->backend->experts(s->backend_state, layer, c, ch->n_recv, &groups, progress, s),
+                  fail);
         m->time[MOE_STAGE_EXPERTS] += moe_now() - t;
         MOE_CHECK(moe_comm_alltoallv_start(s->comm, ch->buf.partial, ch->recv_count, ch->buf.back,
-                                           ch->send_count, sizeof(float) * s->d, &ch->op_rows), fail);
+                                           ch->send_count, s->row_bytes, &ch->op_rows), fail);
         m->rows_sent += ch->n_send;
         m->rows_received += ch->n_recv;
         /* Finish the previous chunk's combine now that this chunk's is posted behind it. */

@@ -136,7 +136,8 @@ typedef struct {
     const moe_sources_t *sources;
     const moe_backend_t *backend;
     void *backend_state;
-    moe_comm_h comm;
+    moe_comm_h comm;          /* rows, in the backend's memory */
+    moe_comm_h meta_comm;     /* counts and metadata, host memory (MPI); may equal comm */
     int max_tokens;           /* per rank per batch */
 } moe_scheduler_args_t;
 

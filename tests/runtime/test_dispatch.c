@@ -134,7 +134,7 @@ static moe_status_t pl_residual(void *st, int n)
 static moe_status_t pl_store(void *st, float *x, int n) { return MOE_STATUS_OK; }
 
 static const moe_backend_t payload_backend = {
-    "payload", pl_create, pl_destroy, pl_load, pl_route, pl_buffers, pl_permute, pl_experts,
+    "payload", sizeof(float), pl_create, pl_destroy, pl_load, pl_route, pl_buffers, pl_permute, pl_experts,
     pl_shared, pl_unpermute, pl_residual, pl_store,
 };
 
