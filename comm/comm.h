@@ -21,6 +21,16 @@ typedef struct moe_comm_op_s *moe_comm_op_h;
 
 /* Collective over comm: duplicates it. */
 moe_status_t moe_comm_create_mpi(MPI_Comm comm, moe_comm_h *out);
+/* Collective over comm: MPI as above for counts, plus an NCCL communicator over the same ranks on
+ * CUDA device `device` (made current), bootstrapped by an MPI_Bcast of rank 0's ncclUniqueId. One GPU
+ * per rank: NCCL refuses two ranks on one GPU. MOE_STATUS_UNSUPPORTED in a build without CUDA. */
+moe_status_t moe_comm_create_nccl(MPI_Comm comm, int device, moe_comm_h *out);
+
+/* NCCL: the stream (a cudaStream_t) that produces the buffers to send and consumes those received.
+ * A started operation first waits for the work queued on it so far; its wait makes that stream wait
+ * for the transfer (the host does not block), and its test polls. No-op for MPI. */
+void moe_comm_set_stream(moe_comm_h comm, void *stream);
+
 /* Collective: frees the duplicate. NULL-safe. Operations must have completed. */
 void moe_comm_destroy(moe_comm_h comm);
 

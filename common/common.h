@@ -40,6 +40,7 @@ const char *moe_status_string(moe_status_t status);
 /* ---------------------------------------------------------------- logging */
 
 typedef enum {
+    MOE_LOG_SILENT = -1, /* nothing, not even errors (ranks other than 0 while reading config) */
     MOE_LOG_ERROR = 0,
     MOE_LOG_WARN,
     MOE_LOG_INFO,

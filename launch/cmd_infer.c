@@ -72,7 +72,7 @@ int moe_cmd_infer(int argc, char **argv)
     moe_launch_info_t launch;
     moe_launch_info(&launch);
     /* Until the configuration is known good, only rank 0 speaks: every rank reads the same file. */
-    moe_log_init(launch.rank, launch.rank == 0 ? level : (moe_log_level_t)-1);
+    moe_log_init(launch.rank, launch.rank == 0 ? level : MOE_LOG_SILENT);
 
     moe_config_t config;
     moe_config_defaults(&config);
@@ -98,7 +98,7 @@ int moe_cmd_infer(int argc, char **argv)
         rc = 2;
         goto done;
     }
-    moe_log_init(launch.rank, launch.rank == 0 ? level : (moe_log_level_t)-1);
+    moe_log_init(launch.rank, launch.rank == 0 ? level : MOE_LOG_SILENT);
     status = moe_config_load(config_path, &config);
     for (int i = 1; i < argc && status == MOE_STATUS_OK; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;

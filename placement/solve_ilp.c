@@ -299,13 +299,17 @@ static double node_max(const double *load, int G, int W)
     return m;
 }
 
-static moe_status_t pack_node(const layer_ctx_t *c, const int *counts, const int *xn /* [E] */,
-                              int node, double deadline, const double *cur /* [E][R] or NULL */,
-                              double *share /* [E][R] */)
+/* Pack the replicas xn[e] onto the G ranks base..base+G-1 (LPT, or as in `init` when given), then
+ * improve by local search; writes their shares into share. */
+static moe_status_t pack_group(const layer_ctx_t *c, const int *counts, const int *xn /* [E] */,
+                               int base, int G, const double *init /* [E][R] or NULL */,
+                               double deadline, const double *cur /* [E][R] or NULL */,
+                               double *share /* [E][R] */)
 {
     moe_status_t status = MOE_STATUS_OK;
     const moe_place_layout_t *lay = c->lay;
-    int E = lay->experts, G = lay->ranks_per_node, R = lay->ranks, W = c->n, cap = lay->rank_cap;
+    int E = lay->experts, R = lay->ranks, W = c->n, cap = lay->rank_cap;
+    const int node = base; /* for messages */
     int ni = 0;
     for (int e = 0; e < E; e++) ni += xn[e];
     slot_item_t *it = malloc(sizeof(slot_item_t) * (ni + 1));
@@ -343,8 +347,19 @@ static moe_status_t pack_node(const layer_ctx_t *c, const int *counts, const int
 #define U(i, w) (c->u[(size_t)(w) * E + it[i].expert] * it[i].s)
     /* moving an expert onto a rank that does not host it in the current plan costs move_cost */
     double mc = cur ? c->o->move_cost : 0;
-#define MOVE(i, g) (mc > 0 && !(cur[(size_t)it[i].expert * R + node * G + (g)] > 0) ? mc : 0)
-    for (int i = 0; i < ni; i++) {
+#define MOVE(i, g) (mc > 0 && !(cur[(size_t)it[i].expert * R + base + (g)] > 0) ? mc : 0)
+    for (int i = 0; i < ni && init; i++) { /* start from init: the k-th replica on the k-th host */
+        int kth = 0;
+        for (int j = 0; j < i; j++) kth += it[j].expert == it[i].expert;
+        for (int g = 0; g < G && it[i].rank < 0; g++)
+            if (init[(size_t)it[i].expert * R + base + g] > 0 && kth-- == 0) it[i].rank = g;
+        if (it[i].rank < 0)
+            MOE_FAIL(MOE_STATUS_INTERNAL, done, "place: start has too few hosts of expert %d",
+                     it[i].expert);
+        used[it[i].rank]++;
+        for (int w = 0; w < W; w++) load[it[i].rank * W + w] += U(i, w);
+    }
+    for (int i = 0; i < ni && !init; i++) {
         int best = -1;
         double best_v = 0;
         for (int g = 0; g < G; g++) {
@@ -358,8 +373,8 @@ static moe_status_t pack_node(const layer_ctx_t *c, const int *counts, const int
             if (best < 0 || v < best_v) best = g, best_v = v;
         }
         if (best < 0)
-            MOE_FAIL(MOE_STATUS_SOLVER_ERROR, done, "place: node %d: no rank can take a replica of "
-                     "expert %d", node, it[i].expert);
+            MOE_FAIL(MOE_STATUS_SOLVER_ERROR, done, "place: ranks %d..: no rank can take a replica "
+                     "of expert %d", node, it[i].expert);
         it[i].rank = best;
         used[best]++;
         for (int w = 0; w < W; w++) load[best * W + w] += U(i, w);
@@ -434,7 +449,7 @@ static moe_status_t pack_node(const layer_ctx_t *c, const int *counts, const int
     }
 #undef U
 #undef MOVE
-    for (int i = 0; i < ni; i++) share[(size_t)it[i].expert * R + node * G + it[i].rank] = it[i].s;
+    for (int i = 0; i < ni; i++) share[(size_t)it[i].expert * R + base + it[i].rank] = it[i].s;
 done:
     free(tmp);
     free(used);
@@ -628,11 +643,20 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
         }
         /* C */
         memset(cand, 0, sizeof(double) * E * R);
-        double node_deadline = moe_now() + per_layer * 0.25;
+        double node_deadline = moe_now() + per_layer * (N > 1 && !o->hierarchical ? 0.1 : 0.25);
         for (int nd = 0; nd < N; nd++) {
             for (int e = 0; e < E; e++) xn[e] = x[e * N + nd];
-            MOE_CHECK(pack_node(&c, counts, xn, nd, node_deadline, cxp ? cur_share : NULL, cand),
-                      done);
+            MOE_CHECK(pack_group(&c, counts, xn, nd * G, G, NULL, node_deadline,
+                                 cxp ? cur_share : NULL, cand), done);
+        }
+        /* C': with flat dispatch only co-location on a rank saves copies, wherever the ranks are:
+         * a local search over all ranks from there */
+        if (N > 1 && !o->hierarchical) {
+            double glob_deadline = moe_now() + per_layer * 0.25;
+            memcpy(equal, cand, sizeof(double) * E * R);
+            memset(cand, 0, sizeof(double) * E * R);
+            MOE_CHECK(pack_group(&c, counts, counts, 0, R, equal, glob_deadline,
+                                 cxp ? cur_share : NULL, cand), done);
         }
         memcpy(equal, cand, sizeof(double) * E * R);
         /* D */
