@@ -3,8 +3,10 @@
  * Buffers are grouped by peer in rank order: peer p's rows follow peer p-1's. Counts are in rows, so
  * no byte count overflows an int. Operations are non-blocking: start returns a handle, and test/wait
  * complete it; several may be in flight at once (the chunked pipeline keeps two), and every rank
- * must start them in the same order. This first transport is MPI (MPI_Ialltoallv on a duplicated
- * communicator, so that our traffic never matches anyone else's); NCCL joins it with the cuda backend.
+ * must start them in the same order. Two transports: MPI (MPI_Ialltoallv on a duplicated
+ * communicator, so that our traffic never matches anyone else's; host buffers), and NCCL (comm/nccl.c,
+ * builds with CUDA: device buffers, grouped ncclSend/ncclRecv per peer on a stream of its own, counts
+ * still over MPI; completion in stream order, see moe_comm_set_stream).
  * Progress: MPI advances non-blocking collectives inside MPI calls, so compute loops call
  * moe_comm_progress() between pieces of work. */
 #ifndef MOE_COMM_H

@@ -1,6 +1,9 @@
 /* mpi: the MPI transport (see comm.h). Rows travel as a contiguous MPI datatype so that counts and
- * displacements stay in rows; types are cached per row size since a run uses only two or three. */
-#include "comm/comm.h"
+ * displacements stay in rows; types are cached per row size since a run uses only two or three.
+ * A communicator created with moe_comm_create_nccl keeps this MPI half for the counts exchange and
+ * hands the all-to-all-v of rows to its NCCL half (nccl.c). */
+#include "comm/comm-impl.h"
+#include "moe_build_config.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +14,7 @@
 struct moe_comm_op_s {
     moe_comm_h comm;
     MPI_Request request;
+    void *event; /* NCCL: the transfer's completion event (no request, counts or tracking) */
     int *counts; /* send counts, send displs, recv counts, recv displs: 4 * size ints */
     bool done;
 };
@@ -22,6 +26,7 @@ struct moe_comm_s {
     MPI_Datatype types[COMM_TYPE_CACHE];
     int n_types;
     moe_comm_op_h in_flight[COMM_MAX_OPS]; /* for moe_comm_progress */
+    moe_comm_nccl_t *nccl;                 /* rows over NCCL, or NULL */
 };
 
 moe_status_t moe_comm_create_mpi(MPI_Comm mpi, moe_comm_h *out)
@@ -41,9 +46,40 @@ fail:
     return status;
 }
 
+moe_status_t moe_comm_create_nccl(MPI_Comm mpi, int device, moe_comm_h *out)
+{
+#if MOE_HAVE_CUDA
+    moe_status_t status = MOE_STATUS_OK;
+    moe_comm_h comm = NULL;
+    MOE_CHECK(moe_comm_create_mpi(mpi, &comm), fail);
+    MOE_CHECK(moe_comm_nccl_create(comm->mpi, comm->rank, comm->size, device, &comm->nccl), fail);
+    *out = comm;
+    return MOE_STATUS_OK;
+fail:
+    moe_comm_destroy(comm);
+    return status;
+#else
+    (void)mpi, (void)device, (void)out;
+    moe_error("comm: NCCL is not available in this build (no CUDA)");
+    return MOE_STATUS_UNSUPPORTED;
+#endif
+}
+
+void moe_comm_set_stream(moe_comm_h comm, void *stream)
+{
+#if MOE_HAVE_CUDA
+    if (comm->nccl) moe_comm_nccl_set_stream(comm->nccl, stream);
+#else
+    (void)comm, (void)stream;
+#endif
+}
+
 void moe_comm_destroy(moe_comm_h comm)
 {
     if (!comm) return;
+#if MOE_HAVE_CUDA
+    moe_comm_nccl_destroy(comm->nccl);
+#endif
     for (int i = 0; i < comm->n_types; i++) MPI_Type_free(&comm->types[i]);
     if (comm->mpi != MPI_COMM_NULL) MPI_Comm_free(&comm->mpi);
     free(comm);
@@ -98,6 +134,20 @@ moe_status_t moe_comm_alltoallv_start(moe_comm_h comm, const void *send, const i
 {
     moe_status_t status = MOE_STATUS_OK;
     const int P = comm->size;
+#if MOE_HAVE_CUDA
+    if (comm->nccl) {
+        struct moe_comm_op_s *nop = calloc(1, sizeof *nop);
+        MOE_CHECK_ALLOC(nop, fail);
+        nop->comm = comm;
+        status = moe_comm_nccl_start(comm->nccl, send, send_rows, recv, recv_rows, row_bytes, &nop->event);
+        if (status != MOE_STATUS_OK) {
+            free(nop);
+            return status;
+        }
+        *out = nop;
+        return MOE_STATUS_OK;
+    }
+#endif
     MPI_Datatype type;
     MOE_CHECK(comm_row_type(comm, row_bytes, &type), fail);
     struct moe_comm_op_s *op = calloc(1, sizeof *op);
@@ -132,6 +182,13 @@ fail:
 moe_status_t moe_comm_op_test(moe_comm_op_h op, bool *done)
 {
     moe_status_t status = MOE_STATUS_OK;
+#if MOE_HAVE_CUDA
+    if (op->event) {
+        if (!op->done) MOE_CHECK(moe_comm_nccl_test(op->comm->nccl, op->event, &op->done), fail);
+        *done = op->done;
+        return MOE_STATUS_OK;
+    }
+#endif
     if (!op->done) {
         int flag = 0;
         MOE_CHECK_MPI(MPI_Test(&op->request, &flag, MPI_STATUS_IGNORE), fail);
@@ -146,6 +203,13 @@ moe_status_t moe_comm_op_wait(moe_comm_op_h op)
 {
     moe_status_t status = MOE_STATUS_OK;
     if (!op) return MOE_STATUS_OK;
+#if MOE_HAVE_CUDA
+    if (op->event) {
+        status = moe_comm_nccl_wait(op->comm->nccl, op->event);
+        free(op);
+        return status;
+    }
+#endif
     if (!op->done) MOE_CHECK_MPI(MPI_Wait(&op->request, MPI_STATUS_IGNORE), fail);
 fail:
     comm_track(op->comm, op, false);

@@ -19,7 +19,10 @@
  *      that two slots of a node are on one rank. GLPK's relative gap at the time limit is reported;
  *   C. experts to GPUs inside each node: longest-processing-time packing (a rank never hosts an expert
  *      twice), then a local search over moves and swaps that minimises the node's worst normalised rank
- *      load minus the co-located pair weight (what the flat-dispatch traffic term rewards);
+ *      load minus the co-located pair weight (what the flat-dispatch traffic term rewards), iterated
+ *      (40 kicks of two hashed swaps, each followed by descent, the best kept). With flat dispatch the
+ *      same search then runs over all ranks at once: there only co-location on a rank saves copies,
+ *      wherever the rank is, so node boundaries should not limit it;
  *   D. replica shares: an LP (GLPK simplex) that minimises the worst workload's max/mean load over the
  *      shares of the replicated experts (each share >= 5% of equal).
  * The layer's result is then compared, on the modelled objective, with the same hosting at equal shares
@@ -387,66 +390,146 @@ static moe_status_t pack_group(const layer_ctx_t *c, const int *counts, const in
                                         c->pairc[(size_t)it[i].expert * E + it[j].expert];
     for (int i = 0; i < ni; i++)
         for (int j = 0; j < ni; j++) aff[(size_t)i * G + it[j].rank] += A[(size_t)i * ni + j];
-    /* local search: swaps and moves, first improvement */
+    /* local search: first-improvement moves and swaps to a local optimum, then an iterated local
+     * search: a fixed number of kicks (two hashed swaps each, so the result does not depend on the
+     * machine unless the deadline stops it), each followed by descent, keeping the best. */
+    unsigned char *host = calloc((size_t)E * G, 1); /* replicas of e on local rank g */
+    int *best_rank = malloc(sizeof(int) * (ni + 1));
+    int *best_used = malloc(sizeof(int) * G);
+    double *best_load = malloc(sizeof(double) * G * W);
+    double *best_aff = malloc(sizeof(double) * ((size_t)ni * G + 1));
+    MOE_CHECK_ALLOC(host, done_ls);
+    MOE_CHECK_ALLOC(best_rank, done_ls);
+    MOE_CHECK_ALLOC(best_used, done_ls);
+    MOE_CHECK_ALLOC(best_load, done_ls);
+    MOE_CHECK_ALLOC(best_aff, done_ls);
+    for (int i = 0; i < ni; i++) host[(size_t)it[i].expert * G + it[i].rank]++;
+    double gain = 0, moves = 0;
+    for (int i = 0; i < ni; i++) {
+        gain += 0.5 * aff[(size_t)i * G + it[i].rank];
+        moves += MOVE(i, it[i].rank);
+    }
     double cur_max = node_max(load, G, W);
-    bool improved = true;
-    int rounds = 0;
-    while (improved && moe_now() < deadline && rounds < 200) {
-        improved = false;
-        rounds++;
-        for (int i = 0; i < ni; i++) {
-            for (int j = -G; j < ni; j++) {
-                /* j < 0: move i to local rank j + G (if it has a free slot) */
-                int r1 = it[i].rank, r2 = j < 0 ? j + G : it[j].rank;
-                if (r1 == r2) continue;
-                if (j < 0 && used[r2] >= cap) continue;
-                if (j >= 0 && it[j].expert == it[i].expert) continue;
-                bool dup = false;
-                for (int m = 0; m < ni && !dup; m++) {
-                    if (m == i || m == j) continue;
-                    if (it[m].rank == r2 && it[m].expert == it[i].expert) dup = true;
-                    if (j >= 0 && it[m].rank == r1 && it[m].expert == it[j].expert) dup = true;
-                }
-                if (dup) continue;
-                memcpy(tmp, load, sizeof(double) * G * W);
-                for (int w = 0; w < W; w++) {
-                    tmp[r1 * W + w] -= U(i, w);
-                    tmp[r2 * W + w] += U(i, w);
-                    if (j >= 0) {
-                        tmp[r2 * W + w] -= U(j, w);
-                        tmp[r1 * W + w] += U(j, w);
+    double best_f = INFINITY;
+    const int kicks = ni < 8 ? 0 : 40;
+    for (int kick = 0; kick <= kicks && moe_now() < deadline; kick++) {
+        /* kick: two legal swaps chosen by a hash */
+        for (int s2 = 0, tries = 0; kick > 0 && s2 < 2 && tries < 50; tries++) {
+            uint64_t h = moe_hash(0x6b69636bULL, (uint64_t)kick, (uint64_t)tries, (uint64_t)base,
+                                  (uint64_t)ni);
+            int i = (int)(h % (uint64_t)ni), j = (int)((h >> 24) % (uint64_t)ni);
+            int r1 = it[i].rank, r2 = it[j].rank;
+            if (r1 == r2 || it[i].expert == it[j].expert ||
+                host[(size_t)it[i].expert * G + r2] || host[(size_t)it[j].expert * G + r1])
+                continue;
+            for (int w = 0; w < W; w++) {
+                load[r1 * W + w] += U(j, w) - U(i, w);
+                load[r2 * W + w] += U(i, w) - U(j, w);
+            }
+            gain += aff[(size_t)i * G + r2] - aff[(size_t)i * G + r1] + aff[(size_t)j * G + r1] -
+                    aff[(size_t)j * G + r2] - 2 * A[(size_t)i * ni + j];
+            moves += MOVE(i, r2) - MOVE(i, r1) + MOVE(j, r1) - MOVE(j, r2);
+            for (int m = 0; m < ni; m++) {
+                aff[(size_t)m * G + r1] += A[(size_t)m * ni + j] - A[(size_t)m * ni + i];
+                aff[(size_t)m * G + r2] += A[(size_t)m * ni + i] - A[(size_t)m * ni + j];
+            }
+            host[(size_t)it[i].expert * G + r1]--, host[(size_t)it[i].expert * G + r2]++;
+            host[(size_t)it[j].expert * G + r2]--, host[(size_t)it[j].expert * G + r1]++;
+            it[i].rank = r2;
+            it[j].rank = r1;
+            cur_max = node_max(load, G, W);
+            s2++;
+        }
+        bool improved = true;
+        int rounds = 0;
+        while (improved && moe_now() < deadline && rounds < 200) {
+            improved = false;
+            rounds++;
+            for (int i = 0; i < ni; i++) {
+                for (int j = -G; j < ni; j++) {
+                    /* j < 0: move i to local rank j + G (if it has a free slot) */
+                    int r1 = it[i].rank, r2 = j < 0 ? j + G : it[j].rank;
+                    if (r1 == r2) continue;
+                    if (j < 0 && used[r2] >= cap) continue;
+                    if (j >= 0 && it[j].expert == it[i].expert) continue;
+                    if (host[(size_t)it[i].expert * G + r2]) continue;
+                    if (j >= 0 && host[(size_t)it[j].expert * G + r1]) continue;
+                    memcpy(tmp, load, sizeof(double) * G * W);
+                    for (int w = 0; w < W; w++) {
+                        tmp[r1 * W + w] -= U(i, w);
+                        tmp[r2 * W + w] += U(i, w);
+                        if (j >= 0) {
+                            tmp[r2 * W + w] -= U(j, w);
+                            tmp[r1 * W + w] += U(j, w);
+                        }
                     }
-                }
-                double new_max = node_max(tmp, G, W);
-                double dgain = aff[(size_t)i * G + r2] - aff[(size_t)i * G + r1];
-                if (j >= 0)
-                    dgain += aff[(size_t)j * G + r1] - aff[(size_t)j * G + r2] -
-                             2 * A[(size_t)i * ni + j];
-                double dmove = MOVE(i, r2) - MOVE(i, r1);
-                if (j >= 0) dmove += MOVE(j, r1) - MOVE(j, r2);
-                double delta = (new_max - cur_max) - dgain + dmove;
-                if (delta >= -1e-12) continue;
-                /* apply */
-                memcpy(load, tmp, sizeof(double) * G * W);
-                cur_max = new_max;
-                for (int m = 0; m < ni; m++) {
-                    aff[(size_t)m * G + r1] -= A[(size_t)m * ni + i];
-                    aff[(size_t)m * G + r2] += A[(size_t)m * ni + i];
-                    if (j >= 0) {
-                        aff[(size_t)m * G + r2] -= A[(size_t)m * ni + j];
-                        aff[(size_t)m * G + r1] += A[(size_t)m * ni + j];
+                    double new_max = node_max(tmp, G, W);
+                    double dgain = aff[(size_t)i * G + r2] - aff[(size_t)i * G + r1];
+                    if (j >= 0)
+                        dgain += aff[(size_t)j * G + r1] - aff[(size_t)j * G + r2] -
+                                 2 * A[(size_t)i * ni + j];
+                    double dmove = MOVE(i, r2) - MOVE(i, r1);
+                    if (j >= 0) dmove += MOVE(j, r1) - MOVE(j, r2);
+                    double delta = (new_max - cur_max) - dgain + dmove;
+                    if (delta >= -1e-12) continue;
+                    /* apply */
+                    memcpy(load, tmp, sizeof(double) * G * W);
+                    cur_max = new_max;
+                    gain += dgain;
+                    moves += dmove;
+                    for (int m = 0; m < ni; m++) {
+                        aff[(size_t)m * G + r1] -= A[(size_t)m * ni + i];
+                        aff[(size_t)m * G + r2] += A[(size_t)m * ni + i];
+                        if (j >= 0) {
+                            aff[(size_t)m * G + r2] -= A[(size_t)m * ni + j];
+                            aff[(size_t)m * G + r1] += A[(size_t)m * ni + j];
+                        }
                     }
+                    host[(size_t)it[i].expert * G + r1]--, host[(size_t)it[i].expert * G + r2]++;
+                    it[i].rank = r2;
+                    if (j >= 0) {
+                        host[(size_t)it[j].expert * G + r2]--, host[(size_t)it[j].expert * G + r1]++;
+                        it[j].rank = r1;
+                    } else {
+                        used[r1]--;
+                        used[r2]++;
+                    }
+                    improved = true;
                 }
-                it[i].rank = r2;
-                if (j >= 0) it[j].rank = r1;
-                else {
-                    used[r1]--;
-                    used[r2]++;
-                }
-                improved = true;
+            }
+        }
+        double f = cur_max - gain + moves;
+        if (f < best_f - 1e-12) { /* keep */
+            best_f = f;
+            for (int i = 0; i < ni; i++) best_rank[i] = it[i].rank;
+            memcpy(best_used, used, sizeof(int) * G);
+            memcpy(best_load, load, sizeof(double) * G * W);
+            memcpy(best_aff, aff, sizeof(double) * ni * G);
+        } else { /* back to the best */
+            for (int i = 0; i < ni; i++) {
+                host[(size_t)it[i].expert * G + it[i].rank]--;
+                it[i].rank = best_rank[i];
+                host[(size_t)it[i].expert * G + it[i].rank]++;
+            }
+            memcpy(used, best_used, sizeof(int) * G);
+            memcpy(load, best_load, sizeof(double) * G * W);
+            memcpy(aff, best_aff, sizeof(double) * ni * G);
+            cur_max = node_max(load, G, W);
+            gain = 0;
+            moves = 0;
+            for (int i = 0; i < ni; i++) {
+                gain += 0.5 * aff[(size_t)i * G + it[i].rank];
+                moves += MOVE(i, it[i].rank);
             }
         }
     }
+done_ls:
+    free(best_aff);
+    free(best_load);
+    free(best_used);
+    free(best_rank);
+    free(host);
+    if (status != MOE_STATUS_OK) goto done;
 #undef U
 #undef MOVE
     for (int i = 0; i < ni; i++) share[(size_t)it[i].expert * R + base + it[i].rank] = it[i].s;

@@ -67,4 +67,18 @@ typedef struct moe_backend_s {
 
 extern const moe_backend_t moe_backend_cpu;
 
+#include "moe_build_config.h"
+#if MOE_HAVE_CUDA
+#include <mpi.h>
+/* backend_cuda.c: bf16 on one GPU; rows in device memory with the NCCL transport, in pinned host
+ * memory with the MPI one (run.transport, read at create). */
+extern const moe_backend_t moe_backend_cuda;
+/* Collective over comm: this rank's GPU (local rank among the ranks of its node, modulo the GPUs
+ * there) made current, and the process bound to the cores near it when each rank has a GPU of its
+ * own. Call before creating the NCCL transport and the backend. */
+moe_status_t moe_cuda_select_device(MPI_Comm comm, int *device);
+/* The backend's compute stream (a cudaStream_t), for moe_comm_set_stream. */
+void *moe_backend_cuda_stream(void *state);
+#endif
+
 #endif

@@ -22,6 +22,7 @@ struct moe_engine_s {
     const moe_backend_t *backend;
     void *backend_state;
     moe_comm_h transport;
+    moe_comm_h meta_transport; /* counts and metadata over MPI when rows go over NCCL, else NULL */
     moe_scheduler_h sched;
     moe_metrics_h metrics;
     moe_stats_h stats;
@@ -44,6 +45,7 @@ void moe_engine_destroy(moe_engine_h e)
     moe_scheduler_destroy(e->sched);
     if (e->backend && e->backend_state) e->backend->destroy(e->backend_state);
     moe_comm_destroy(e->transport);
+    moe_comm_destroy(e->meta_transport);
     moe_stats_destroy(e->stats);
     moe_sources_destroy(&e->sources);
     moe_weights_destroy(&e->weights);
@@ -87,15 +89,29 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     MPI_Comm_size(e->comm, &e->size);
     /* The only collective of create comes first, so that a rank failing below cannot leave the
      * others waiting in it. */
-    MOE_CHECK(moe_comm_create_mpi(e->comm, &e->transport), fail);
     const moe_config_t *c = &e->config;
+#if MOE_HAVE_CUDA
+    /* cuda: the GPU first (the NCCL communicator is created on it); then, as for cpu, the
+     * transports are the collectives of create. */
+    if (c->run.backend == MOE_BACKEND_CUDA) {
+        int device = 0;
+        MOE_CHECK(moe_cuda_select_device(e->comm, &device), fail);
+        if (c->run.transport == MOE_TRANSPORT_NCCL) {
+            MOE_CHECK(moe_comm_create_nccl(e->comm, device, &e->transport), fail);
+            MOE_CHECK(moe_comm_create_mpi(e->comm, &e->meta_transport), fail);
+        }
+    }
+#endif
+    if (!e->transport) MOE_CHECK(moe_comm_create_mpi(e->comm, &e->transport), fail);
     const int tpr = c->run.tokens_per_rank, d = c->model.d_model, k = c->model.top_k,
               L = c->model.layers;
 
     MOE_CHECK(moe_config_validate(c, e->size), fail);
+#if !MOE_HAVE_CUDA
     if (c->run.backend != MOE_BACKEND_CPU)
         MOE_FAIL(MOE_STATUS_UNSUPPORTED, fail, "run.backend: cuda is not available in this build");
-    if (c->run.transport != MOE_TRANSPORT_MPI)
+#endif
+    if (c->run.transport != MOE_TRANSPORT_MPI && c->run.backend != MOE_BACKEND_CUDA)
         MOE_FAIL(MOE_STATUS_UNSUPPORTED, fail, "run.transport: nccl needs run.backend cuda");
     if (e->options.reference && e->size != 1)
         MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "--reference runs on one rank, not %d", e->size);
@@ -113,10 +129,18 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     MOE_CHECK_ALLOC(e->weights_buf, fail);
 
     e->backend = &moe_backend_cpu;
+#if MOE_HAVE_CUDA
+    if (c->run.backend == MOE_BACKEND_CUDA) e->backend = &moe_backend_cuda;
+#endif
     MOE_CHECK(e->backend->create(c, &e->weights, tpr, c->run.chunks, &e->backend_state), fail);
+#if MOE_HAVE_CUDA
+    if (e->backend == &moe_backend_cuda)
+        moe_comm_set_stream(e->transport, moe_backend_cuda_stream(e->backend_state));
+#endif
     moe_scheduler_args_t args = {.config = c, .plan = e->plan, .sources = &e->sources,
                                  .backend = e->backend, .backend_state = e->backend_state,
-                                 .comm = e->transport, .max_tokens = tpr};
+                                 .comm = e->transport, .meta_comm = e->meta_transport,
+                                 .max_tokens = tpr};
     MOE_CHECK(moe_scheduler_create(&args, &e->sched), fail);
     MOE_CHECK(moe_metrics_create(c, e->comm, &e->metrics), fail);
     if (c->outputs.stats[0]) MOE_CHECK(moe_stats_create(L, c->model.experts, k, &e->stats), fail);

@@ -180,9 +180,15 @@ moe_status_t moe_metrics_commit(moe_metrics_h m)
 {
     if (!m->jsonl_open) return MOE_STATUS_OK;
     fprintf(m->jsonl.fp, "{\"summary\":true,\"ranks\":%d,\"tokens\":%lld,\"time_s\":%.9g,"
-            "\"tokens_per_s\":%.9g,\"load_max_mean_mean\":%.6g,\"load_max_mean_worst\":%.6g}\n",
+            "\"tokens_per_s\":%.9g,\"load_max_mean_mean\":%.6g,\"load_max_mean_worst\":%.6g,",
             m->size, (long long)m->tokens, m->time, m->time > 0 ? (double)m->tokens / m->time : 0.0,
             m->imbalance_n ? m->imbalance_sum / m->imbalance_n : 0.0, m->imbalance_worst);
+    /* the stage breakdown of the summary table, per measured batch */
+    fprintf(m->jsonl.fp, "\"stage_ms_per_batch\":{");
+    for (int s = 0; s < MOE_STAGE_COUNT; s++)
+        fprintf(m->jsonl.fp, "\"%s\":%.6g,", stage_names[s],
+                m->measured ? 1e3 * m->stage[s] / m->measured : 0.0);
+    fprintf(m->jsonl.fp, "\"layers\":%.6g}}\n", m->measured ? 1e3 * m->layer_time / m->measured : 0.0);
     m->jsonl_open = false;
     return moe_atomic_file_commit(&m->jsonl);
 }

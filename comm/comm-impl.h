@@ -1,0 +1,21 @@
+/* comm-impl.h: private to comm/. The NCCL half of a communicator (nccl.c), driven by the public
+ * functions in mpi.c, which own the MPI half (counts exchange, metadata) and dispatch on it. */
+#ifndef MOE_COMM_IMPL_H
+#define MOE_COMM_IMPL_H
+
+#include "comm/comm.h"
+
+typedef struct moe_comm_nccl_s moe_comm_nccl_t;
+
+/* Collective over mpi (rank and size as in it); sets the current CUDA device. */
+moe_status_t moe_comm_nccl_create(MPI_Comm mpi, int rank, int size, int device, moe_comm_nccl_t **out);
+void moe_comm_nccl_destroy(moe_comm_nccl_t *nccl);
+void moe_comm_nccl_set_stream(moe_comm_nccl_t *nccl, void *stream);
+/* *event: a CUDA event recorded on the communicator's stream after the transfer. */
+moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *nccl, const void *send, const int *send_rows, void *recv,
+                                 const int *recv_rows, size_t row_bytes, void **event);
+moe_status_t moe_comm_nccl_test(moe_comm_nccl_t *nccl, void *event, bool *done);
+/* Orders the producer stream after the event (or blocks, without one), then releases the event. */
+moe_status_t moe_comm_nccl_wait(moe_comm_nccl_t *nccl, void *event);
+
+#endif

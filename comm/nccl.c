@@ -1,0 +1,161 @@
+/* nccl: the NCCL transport (see comm.h): all-to-all-v of rows in device memory as one group of
+ * ncclSend/ncclRecv per peer, on a stream of the communicator's own.
+ *
+ * Ordering: the backend's stream (set with moe_comm_set_stream) produces the send buffers and consumes
+ * the received ones. A start records an event on that stream and makes the communication stream wait
+ * for it, so the transfer sees everything queued before; it then records `done` on the communication
+ * stream. A wait makes the backend's stream wait for `done`: the host never blocks, and kernels
+ * queued afterwards see the data. Without a backend stream, wait blocks the host. Operations are
+ * posted in the same order on every rank (comm.h), as NCCL requires. Events come from a small free
+ * list, so that a layer creates none. */
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#include <stdlib.h>
+
+#include "comm/comm-impl.h"
+
+#define NCCL_EVENT_POOL 64
+
+#define MOE_CHECK_NCCL(call, label)                                                               \
+    do {                                                                                          \
+        ncclResult_t moe_check_nr_ = (call);                                                      \
+        if (moe_check_nr_ != ncclSuccess)                                                         \
+            MOE_FAIL(MOE_STATUS_NCCL_ERROR, label, "%s failed: %s", #call,                        \
+                     ncclGetErrorString(moe_check_nr_));                                          \
+    } while (0)
+#define MOE_CHECK_CUDA_RT(call, label)                                                            \
+    do {                                                                                          \
+        cudaError_t moe_check_ce_ = (call);                                                       \
+        if (moe_check_ce_ != cudaSuccess)                                                         \
+            MOE_FAIL(MOE_STATUS_CUDA_ERROR, label, "%s failed: %s", #call,                        \
+                     cudaGetErrorString(moe_check_ce_));                                          \
+    } while (0)
+
+struct moe_comm_nccl_s {
+    ncclComm_t nccl;
+    int rank, size, device;
+    cudaStream_t stream;   /* communication stream (ours) */
+    cudaStream_t producer; /* the backend's stream, or NULL */
+    cudaEvent_t free_events[NCCL_EVENT_POOL];
+    int n_free;
+};
+
+moe_status_t moe_comm_nccl_create(MPI_Comm mpi, int rank, int size, int device, moe_comm_nccl_t **out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    moe_comm_nccl_t *c = calloc(1, sizeof *c);
+    MOE_CHECK_ALLOC(c, fail);
+    c->rank = rank, c->size = size, c->device = device;
+    /* Every rank reaches the broadcast, whatever happens to its device, so none waits alone. */
+    cudaError_t dev_err = cudaSetDevice(device);
+    ncclUniqueId id;
+    ncclResult_t id_err = ncclSuccess;
+    if (rank == 0) id_err = ncclGetUniqueId(&id);
+    MOE_CHECK_MPI(MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, mpi), fail_free);
+    MOE_CHECK_CUDA_RT(dev_err, fail_free);
+    MOE_CHECK_NCCL(id_err, fail_free);
+    MOE_CHECK_CUDA_RT(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), fail_free);
+    MOE_CHECK_NCCL(ncclCommInitRank(&c->nccl, size, id, rank), fail_free);
+    *out = c;
+    return MOE_STATUS_OK;
+fail_free:
+    moe_comm_nccl_destroy(c);
+fail:
+    return status;
+}
+
+void moe_comm_nccl_destroy(moe_comm_nccl_t *c)
+{
+    if (!c) return;
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->nccl) ncclCommDestroy(c->nccl);
+    for (int i = 0; i < c->n_free; i++) cudaEventDestroy(c->free_events[i]);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c);
+}
+
+void moe_comm_nccl_set_stream(moe_comm_nccl_t *c, void *stream) { c->producer = (cudaStream_t)stream; }
+
+static moe_status_t event_get(moe_comm_nccl_t *c, cudaEvent_t *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    if (c->n_free > 0) {
+        *out = c->free_events[--c->n_free];
+        return MOE_STATUS_OK;
+    }
+    MOE_CHECK_CUDA_RT(cudaEventCreateWithFlags(out, cudaEventDisableTiming), fail);
+fail:
+    return status;
+}
+
+static void event_put(moe_comm_nccl_t *c, cudaEvent_t ev)
+{
+    if (c->n_free < NCCL_EVENT_POOL)
+        c->free_events[c->n_free++] = ev;
+    else
+        cudaEventDestroy(ev);
+}
+
+moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *c, const void *send, const int *send_rows, void *recv,
+                                 const int *recv_rows, size_t row_bytes, void **event)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    cudaEvent_t ready = NULL, done = NULL;
+    MOE_CHECK(event_get(c, &done), fail);
+    if (c->producer) {
+        MOE_CHECK(event_get(c, &ready), fail);
+        MOE_CHECK_CUDA_RT(cudaEventRecord(ready, c->producer), fail);
+        MOE_CHECK_CUDA_RT(cudaStreamWaitEvent(c->stream, ready, 0), fail);
+    }
+    MOE_CHECK_NCCL(ncclGroupStart(), fail);
+    size_t s_off = 0, r_off = 0;
+    ncclResult_t rc = ncclSuccess;
+    for (int p = 0; p < c->size && rc == ncclSuccess; p++) {
+        size_t s_bytes = (size_t)send_rows[p] * row_bytes, r_bytes = (size_t)recv_rows[p] * row_bytes;
+        if (s_bytes) rc = ncclSend((const char *)send + s_off, s_bytes, ncclUint8, p, c->nccl, c->stream);
+        if (rc == ncclSuccess && r_bytes)
+            rc = ncclRecv((char *)recv + r_off, r_bytes, ncclUint8, p, c->nccl, c->stream);
+        s_off += s_bytes;
+        r_off += r_bytes;
+    }
+    ncclResult_t end = ncclGroupEnd();
+    MOE_CHECK_NCCL(rc, fail);
+    MOE_CHECK_NCCL(end, fail);
+    MOE_CHECK_CUDA_RT(cudaEventRecord(done, c->stream), fail);
+    if (ready) event_put(c, ready); /* recorded work stays ordered; the handle may be reused */
+    *event = done;
+    return MOE_STATUS_OK;
+fail:
+    if (ready) cudaEventDestroy(ready);
+    if (done) cudaEventDestroy(done);
+    return status;
+}
+
+moe_status_t moe_comm_nccl_test(moe_comm_nccl_t *c, void *event, bool *done)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    cudaError_t err = cudaEventQuery((cudaEvent_t)event);
+    if (err == cudaErrorNotReady) {
+        *done = false;
+        return MOE_STATUS_OK;
+    }
+    MOE_CHECK_CUDA_RT(err, fail);
+    *done = true;
+fail:
+    return status;
+}
+
+moe_status_t moe_comm_nccl_wait(moe_comm_nccl_t *c, void *event)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    cudaEvent_t ev = (cudaEvent_t)event;
+    if (c->producer)
+        MOE_CHECK_CUDA_RT(cudaStreamWaitEvent(c->producer, ev, 0), fail);
+    else
+        MOE_CHECK_CUDA_RT(cudaEventSynchronize(ev), fail);
+    event_put(c, ev);
+    return MOE_STATUS_OK;
+fail:
+    cudaEventDestroy(ev);
+    return status;
+}
