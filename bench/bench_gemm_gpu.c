@@ -180,11 +180,12 @@ int main(int argc, char **argv)
         moe_gemm_set_mode(gemm, MOE_GEMM_LOOP);
         float t_dense = time_ms(ffn_work, &dense);
         printf("g1 %s mode dense ms %.4f tflops %.1f\n", cases[ci].name, t_dense, flops / (t_dense * 1e-3) / 1e12);
-        for (int mode = 0; mode < 2; mode++) {
+        static const char *const names[] = {"loop", "grouped", "streams", "auto"};
+        for (int mode = 0; mode < 4; mode++) {
             moe_gemm_set_mode(gemm, (moe_gemm_mode_t)mode);
             float tm = time_ms(ffn_work, &a);
             printf("g1 %s mode %s ms %.4f tflops %.1f of_dense %.3f weight_floor_ms %.4f of_weight_floor %.3f\n",
-                   cases[ci].name, mode ? "grouped" : "loop", tm, flops / (tm * 1e-3) / 1e12, t_dense / tm,
+                   cases[ci].name, names[mode], tm, flops / (tm * 1e-3) / 1e12, t_dense / tm,
                    weight_bytes / copy_bw * 1e3, weight_bytes / copy_bw * 1e3 / tm);
         }
         CK(cudaFree(a.x));

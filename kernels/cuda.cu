@@ -294,12 +294,33 @@ __global__ void k_swiglu2(const __nv_bfloat162 *gate_up, int n, int f2, __nv_bfl
     }
 }
 
+/* f a multiple of 8: 16-byte loads and stores, 8 bf16 per thread per step. */
+__global__ void k_swiglu8(const uint4 *gate_up, int n, int f8, uint4 *act)
+{
+    const size_t total = (size_t)n * f8;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / f8, j = i % f8;
+        uint4 gv = gate_up[r * 2 * f8 + j], uv = gate_up[r * 2 * f8 + f8 + j], av;
+        const __nv_bfloat162 *g2 = (const __nv_bfloat162 *)&gv, *u2 = (const __nv_bfloat162 *)&uv;
+        __nv_bfloat162 *a2 = (__nv_bfloat162 *)&av;
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            float2 g = __bfloat1622float2(g2[q]), u = __bfloat1622float2(u2[q]);
+            a2[q] = __float22bfloat162_rn(
+                make_float2(g.x / (1.0f + __expf(-g.x)) * u.x, g.y / (1.0f + __expf(-g.y)) * u.y));
+        }
+        act[i] = av;
+    }
+}
+
 moe_status_t moe_swiglu_cuda(const moe_bf16_t *gate_up, int n, int f, moe_bf16_t *act,
                                         cudaStream_t s)
 {
     if (n == 0) return MOE_STATUS_OK;
     size_t total = (size_t)n * f;
-    if (f % 2 == 0 && (uintptr_t)gate_up % 4 == 0 && (uintptr_t)act % 4 == 0)
+    if (f % 8 == 0 && (uintptr_t)gate_up % 16 == 0 && (uintptr_t)act % 16 == 0)
+        k_swiglu8<<<blocks_for(total / 8, 256), 256, 0, s>>>((const uint4 *)gate_up, n, f / 8, (uint4 *)act);
+    else if (f % 2 == 0 && (uintptr_t)gate_up % 4 == 0 && (uintptr_t)act % 4 == 0)
         k_swiglu2<<<blocks_for(total / 2, 256), 256, 0, s>>>((const __nv_bfloat162 *)gate_up, n, f / 2,
                                                              (__nv_bfloat162 *)act);
     else
@@ -325,6 +346,57 @@ moe_status_t moe_scatter_add_cuda(const moe_bf16_t *y, const int32_t *rows, cons
     return LAUNCHED("scatter_add");
 }
 
+/* One block per output row: the weighted sum of its entries in fp32, rounded once to bf16. */
+__global__ void k_combine8(const uint4 *y, const int *row_offset, const int32_t *entry, const float *weights,
+                           int d8, uint4 *out)
+{
+    const int r = blockIdx.x, begin = row_offset[r], end = row_offset[r + 1];
+    for (int j = threadIdx.x; j < d8; j += blockDim.x) {
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int i = begin; i < end; i++) {
+            const int e = entry[i];
+            const float w = weights[e];
+            uint4 v = y[(size_t)e * d8 + j];
+            const __nv_bfloat162 *v2 = (const __nv_bfloat162 *)&v;
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                float2 f = __bfloat1622float2(v2[q]);
+                acc[2 * q] += w * f.x;
+                acc[2 * q + 1] += w * f.y;
+            }
+        }
+        uint4 o;
+        __nv_bfloat162 *o2 = (__nv_bfloat162 *)&o;
+#pragma unroll
+        for (int q = 0; q < 4; q++) o2[q] = __float22bfloat162_rn(make_float2(acc[2 * q], acc[2 * q + 1]));
+        out[(size_t)r * d8 + j] = o;
+    }
+}
+
+__global__ void k_combine(const bf16 *y, const int *row_offset, const int32_t *entry, const float *weights,
+                          int d, bf16 *out)
+{
+    const int r = blockIdx.x, begin = row_offset[r], end = row_offset[r + 1];
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float acc = 0.0f;
+        for (int i = begin; i < end; i++) acc += weights[entry[i]] * __bfloat162float(y[(size_t)entry[i] * d + j]);
+        out[(size_t)r * d + j] = __float2bfloat16(acc);
+    }
+}
+
+moe_status_t moe_combine_rows_cuda(const moe_bf16_t *y, const int *row_offset, const int32_t *entry,
+                                   const float *weights, int n_rows, int d, moe_bf16_t *out, cudaStream_t s)
+{
+    if (n_rows == 0) return MOE_STATUS_OK;
+    if (d % 8 == 0 && (uintptr_t)y % 16 == 0 && (uintptr_t)out % 16 == 0) {
+        int d8 = d / 8, threads = d8 < 128 ? (d8 + 31) / 32 * 32 : 128;
+        k_combine8<<<n_rows, threads, 0, s>>>((const uint4 *)y, row_offset, entry, weights, d8, (uint4 *)out);
+    } else {
+        k_combine<<<n_rows, 128, 0, s>>>((const bf16 *)y, row_offset, entry, weights, d, (bf16 *)out);
+    }
+    return LAUNCHED("combine_rows");
+}
+
 __global__ void k_residual(float *x, float *out, size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
@@ -342,11 +414,20 @@ moe_status_t moe_residual_cuda(float *x, float *out, size_t n, cudaStream_t s)
 
 /* ---------------------------------------------------------------- GEMMs */
 
+#define GEMM_SIDE_STREAMS 4
+#define GEMM_WORKSPACE (32u << 20)
+
 struct moe_gemm_s {
     cublasHandle_t cublas;
     cudaStream_t stream;
     moe_gemm_mode_t mode;
     void *workspace;
+    /* streams mode: side streams with a cuBLAS handle and workspace each, created on first use */
+    int n_side;
+    cudaStream_t side[GEMM_SIDE_STREAMS];
+    cublasHandle_t side_cublas[GEMM_SIDE_STREAMS];
+    void *side_workspace[GEMM_SIDE_STREAMS];
+    cudaEvent_t fork, join[GEMM_SIDE_STREAMS];
     /* grouped mode: per-group arguments on the host, pointer arrays on the device */
     int cap;
     int *m, *nn, *kk, *lda, *ldb, *ldc, *size;
@@ -385,7 +466,7 @@ moe_status_t moe_gemm_create(cudaStream_t stream, moe_gemm_mode_t mode, moe_gemm
     moe_status_t status = cublas_status(cublasCreate(&g->cublas), "cublasCreate");
     if (status == MOE_STATUS_OK) status = cublas_status(cublasSetStream(g->cublas, stream), "cublasSetStream");
     /* A workspace of our own, so that cuBLAS never allocates during a layer. */
-    const size_t ws = 32u << 20;
+    const size_t ws = GEMM_WORKSPACE;
     if (status == MOE_STATUS_OK && cudaMalloc(&g->workspace, ws) != cudaSuccess) {
         moe_error("gemm: cudaMalloc of a %zu-byte cuBLAS workspace failed", ws);
         status = MOE_STATUS_CUDA_ERROR;
@@ -404,6 +485,14 @@ void moe_gemm_destroy(moe_gemm_h g)
 {
     if (!g) return;
     gemm_free_groups(g);
+    for (int i = 0; i < g->n_side; i++) {
+        cudaStreamSynchronize(g->side[i]);
+        cublasDestroy(g->side_cublas[i]);
+        cudaFree(g->side_workspace[i]);
+        cudaEventDestroy(g->join[i]);
+        cudaStreamDestroy(g->side[i]);
+    }
+    if (g->n_side) cudaEventDestroy(g->fork);
     if (g->cublas) cublasDestroy(g->cublas);
     if (g->workspace) cudaFree(g->workspace);
     free(g);
@@ -415,16 +504,87 @@ void moe_gemm_set_mode(moe_gemm_h g, moe_gemm_mode_t mode) { g->mode = mode; }
 
 /* Row-major y[m][n_out] = x[m][k] . w[n_out][k]^T, i.e. column-major y^T = w^T' x^T:
  * C(n_out x m) = op_T(A: k x n_out) * B(k x m). */
-moe_status_t moe_gemm_cuda(moe_gemm_h g, const moe_bf16_t *x, const moe_bf16_t *w, int m,
-                                      int n_out, int k, void *y, bool y_f32_accumulate)
+static moe_status_t gemm_on(cublasHandle_t cublas, const moe_bf16_t *x, const moe_bf16_t *w, int m,
+                            int n_out, int k, void *y, bool y_f32_accumulate)
 {
     if (m == 0) return MOE_STATUS_OK;
     const float one = 1.0f, zero = 0.0f;
-    return cublas_status(cublasGemmEx(g->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, m, k, &one, w, CUDA_R_16BF,
+    return cublas_status(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, m, k, &one, w, CUDA_R_16BF,
                                       k, x, CUDA_R_16BF, k, y_f32_accumulate ? &one : &zero, y,
                                       y_f32_accumulate ? CUDA_R_32F : CUDA_R_16BF, n_out, CUBLAS_COMPUTE_32F,
                                       CUBLAS_GEMM_DEFAULT),
                          "cublasGemmEx");
+}
+
+moe_status_t moe_gemm_cuda(moe_gemm_h g, const moe_bf16_t *x, const moe_bf16_t *w, int m, int n_out, int k,
+                           void *y, bool y_f32_accumulate)
+{
+    return gemm_on(g->cublas, x, w, m, n_out, k, y, y_f32_accumulate);
+}
+
+/* Streams mode: side streams, handles and events on first use. */
+static moe_status_t gemm_side_init(moe_gemm_h g)
+{
+    if (g->n_side) return MOE_STATUS_OK;
+    moe_status_t status = MOE_STATUS_OK;
+    if (cudaEventCreateWithFlags(&g->fork, cudaEventDisableTiming) != cudaSuccess) goto cuda_fail;
+    for (int i = 0; i < GEMM_SIDE_STREAMS; i++) {
+        if (cudaStreamCreateWithFlags(&g->side[i], cudaStreamNonBlocking) != cudaSuccess) goto cuda_fail;
+        if (cudaEventCreateWithFlags(&g->join[i], cudaEventDisableTiming) != cudaSuccess) {
+            cudaStreamDestroy(g->side[i]);
+            goto cuda_fail;
+        }
+        if (cudaMalloc(&g->side_workspace[i], GEMM_WORKSPACE) != cudaSuccess) {
+            cudaEventDestroy(g->join[i]);
+            cudaStreamDestroy(g->side[i]);
+            goto cuda_fail;
+        }
+        status = cublas_status(cublasCreate(&g->side_cublas[i]), "cublasCreate");
+        if (status == MOE_STATUS_OK)
+            status = cublas_status(cublasSetStream(g->side_cublas[i], g->side[i]), "cublasSetStream");
+        if (status == MOE_STATUS_OK)
+            status = cublas_status(cublasSetWorkspace(g->side_cublas[i], g->side_workspace[i], GEMM_WORKSPACE),
+                                   "cublasSetWorkspace");
+        g->n_side = i + 1;
+        if (status != MOE_STATUS_OK) return status;
+    }
+    return MOE_STATUS_OK;
+cuda_fail:
+    moe_error("gemm: creating side streams failed: %s", cudaGetErrorString(cudaGetLastError()));
+    return MOE_STATUS_CUDA_ERROR;
+}
+
+static moe_status_t gemm_fork(moe_gemm_h g)
+{
+    moe_status_t status = gemm_side_init(g);
+    if (status != MOE_STATUS_OK) return status;
+    if (cudaEventRecord(g->fork, g->stream) != cudaSuccess) goto fail;
+    for (int i = 0; i < g->n_side; i++)
+        if (cudaStreamWaitEvent(g->side[i], g->fork, 0) != cudaSuccess) goto fail;
+    return MOE_STATUS_OK;
+fail:
+    moe_error("gemm: fork failed: %s", cudaGetErrorString(cudaGetLastError()));
+    return MOE_STATUS_CUDA_ERROR;
+}
+
+static moe_status_t gemm_join(moe_gemm_h g)
+{
+    for (int i = 0; i < g->n_side; i++)
+        if (cudaEventRecord(g->join[i], g->side[i]) != cudaSuccess ||
+            cudaStreamWaitEvent(g->stream, g->join[i], 0) != cudaSuccess) {
+            moe_error("gemm: join failed: %s", cudaGetErrorString(cudaGetLastError()));
+            return MOE_STATUS_CUDA_ERROR;
+        }
+    return MOE_STATUS_OK;
+}
+
+/* The mode for a call: AUTO picks streams when the groups are small (see docs/cuda.md). */
+static moe_gemm_mode_t gemm_mode_for(const moe_gemm_h g, const int *offset, int groups)
+{
+    if (g->mode != MOE_GEMM_AUTO) return g->mode;
+    int active = 0;
+    for (int e = 0; e < groups; e++) active += offset[e + 1] > offset[e];
+    return active > 1 && offset[groups] < MOE_GEMM_AUTO_ROWS * active ? MOE_GEMM_STREAMS : MOE_GEMM_LOOP;
 }
 
 static moe_status_t gemm_grow_groups(moe_gemm_h g, int groups)
@@ -460,13 +620,25 @@ moe_status_t moe_grouped_gemm_cuda(moe_gemm_h g, const moe_bf16_t *x, const moe_
                                               int k, moe_bf16_t *y)
 {
     moe_status_t status = MOE_STATUS_OK;
-    if (g->mode == MOE_GEMM_LOOP) {
+    const moe_gemm_mode_t mode = gemm_mode_for(g, offset, groups);
+    if (mode == MOE_GEMM_LOOP) {
         for (int e = 0; e < groups && status == MOE_STATUS_OK; e++) {
             int m = offset[e + 1] - offset[e];
             status = moe_gemm_cuda(g, x + (size_t)offset[e] * k, w + (size_t)e * w_stride, m, n_out, k,
                                    y + (size_t)offset[e] * n_out, false);
         }
         return status;
+    }
+    if (mode == MOE_GEMM_STREAMS) {
+        if ((status = gemm_fork(g)) != MOE_STATUS_OK) return status;
+        for (int e = 0, i = 0; e < groups && status == MOE_STATUS_OK; e++) {
+            int m = offset[e + 1] - offset[e];
+            if (m == 0) continue;
+            status = gemm_on(g->side_cublas[i++ % g->n_side], x + (size_t)offset[e] * k, w + (size_t)e * w_stride,
+                             m, n_out, k, y + (size_t)offset[e] * n_out, false);
+        }
+        moe_status_t joined = gemm_join(g);
+        return status != MOE_STATUS_OK ? status : joined;
     }
     if ((status = gemm_grow_groups(g, groups)) != MOE_STATUS_OK) return status;
     int used = 0;
@@ -504,9 +676,29 @@ moe_status_t moe_expert_ffn_grouped_cuda(moe_gemm_h g, const moe_bf16_t *x,
                                                     const int *offset, int groups, int d, int f,
                                                     moe_bf16_t *gate_up, moe_bf16_t *act, moe_bf16_t *y)
 {
-    moe_status_t status;
+    moe_status_t status = MOE_STATUS_OK;
     const int rows = offset[groups];
     if (rows == 0) return MOE_STATUS_OK;
+    if (gemm_mode_for(g, offset, groups) == MOE_GEMM_STREAMS) {
+        /* Each expert's gate/up, SwiGLU and down in order on one side stream; experts round-robin
+         * over the side streams, so that several small GEMMs fill the GPU together. */
+        if ((status = gemm_fork(g)) != MOE_STATUS_OK) return status;
+        for (int e = 0, i = 0; e < groups && status == MOE_STATUS_OK; e++) {
+            const int m = offset[e + 1] - offset[e], side = i % g->n_side;
+            if (m == 0) continue;
+            i++;
+            const size_t o = (size_t)offset[e];
+            status = gemm_on(g->side_cublas[side], x + o * d, w_gate_up + (size_t)e * 2 * f * d, m, 2 * f, d,
+                             gate_up + o * 2 * f, false);
+            if (status == MOE_STATUS_OK)
+                status = moe_swiglu_cuda(gate_up + o * 2 * f, m, f, act + o * f, g->side[side]);
+            if (status == MOE_STATUS_OK)
+                status = gemm_on(g->side_cublas[side], act + o * f, w_down + (size_t)e * d * f, m, d, f,
+                                 y + o * d, false);
+        }
+        moe_status_t joined = gemm_join(g);
+        return status != MOE_STATUS_OK ? status : joined;
+    }
     if ((status = moe_grouped_gemm_cuda(g, x, w_gate_up, (size_t)2 * f * d, offset, groups, 2 * f, d,
                                         gate_up)) != MOE_STATUS_OK)
         return status;

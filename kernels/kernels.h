@@ -111,6 +111,12 @@ moe_status_t moe_swiglu_cuda(const moe_bf16_t *gate_up, int n, int f, moe_bf16_t
 /* out[rows[i]] += weights[i] * y[i] in fp32 (atomics: rows may repeat); weights NULL means 1. */
 moe_status_t moe_scatter_add_cuda(const moe_bf16_t *y, const int32_t *rows, const float *weights,
                                   int n, int d, float *out, cudaStream_t stream);
+/* The weighted combine at the destination, without atomics: out[r] = sum over i in
+ * row_offset[r] .. row_offset[r+1]-1 of weights[entry[i]] * y[entry[i]], in fp32, rounded once to bf16.
+ * (CPU reference: moe_scatter_add_cpu onto zeros, rows grouped by output row.) Device arrays. */
+moe_status_t moe_combine_rows_cuda(const moe_bf16_t *y, const int *row_offset, const int32_t *entry,
+                                   const float *weights, int n_rows, int d, moe_bf16_t *out,
+                                   cudaStream_t stream);
 /* x += out; out = 0 (n floats). */
 moe_status_t moe_residual_cuda(float *x, float *out, size_t n, cudaStream_t stream);
 
@@ -119,7 +125,10 @@ moe_status_t moe_residual_cuda(float *x, float *out, size_t n, cudaStream_t stre
 typedef enum {
     MOE_GEMM_LOOP = 0, /* one cublasGemmEx per expert, in order on the stream */
     MOE_GEMM_GROUPED,  /* one cublasGemmGroupedBatchedEx over the experts */
+    MOE_GEMM_STREAMS,  /* one cublasGemmEx per expert, round-robin over 4 side streams */
+    MOE_GEMM_AUTO,     /* STREAMS when experts average under MOE_GEMM_AUTO_ROWS rows, else LOOP */
 } moe_gemm_mode_t;
+#define MOE_GEMM_AUTO_ROWS 1024
 typedef struct moe_gemm_s *moe_gemm_h;
 
 moe_status_t moe_gemm_create(cudaStream_t stream, moe_gemm_mode_t mode, moe_gemm_h *out);

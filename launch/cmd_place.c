@@ -3,9 +3,10 @@
  * placement/plan_yaml.c, docs/placement.md).
  *
  * Several sources (--stats, --trace, --loads-csv) are several workloads that the plan must serve at
- * once. For each source the command reports the modelled figures and, for traces, the replayed ones;
- * --score TRACE replays the new plan (and the baselines) on traces it was not built from. Output: a
- * short table for people, or one JSON object with --json. Exit status: 0 done, 1 error, 2 usage. */
+ * once. For each source the command reports the modelled figures and, for traces, the replayed
+ * ones; --score TRACE replays the new plan (and the baselines) on traces it was not built from.
+ * Output: a short table for people, or one JSON object with --json. Exit status: 0 done, 1 error,
+ * 2 usage. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,10 +19,13 @@
 
 static void place_usage(FILE *out)
 {
-    fprintf(out,
+    fprintf(
+        out,
         "usage: moerun place (--stats S.safetensors | --trace IDS.npy[@A:B] |\n"
-        "                     --loads-csv F.csv[@LABEL] --tokens N)... --ranks N --ranks-per-node G\n"
-        "                    [--replicas R] [--solver contiguous|round-robin|greedy|ilp] [--exact]\n"
+        "                     --loads-csv F.csv[@LABEL] --tokens N)... --ranks N --ranks-per-node "
+        "G\n"
+        "                    [--replicas R] [--solver contiguous|round-robin|greedy|ilp] "
+        "[--exact]\n"
         "                    [--current PLAN] [--time-limit SEC] -o PLAN.yaml [--json]\n"
         "       moerun place --evaluate --plan PLAN.yaml --trace IDS.npy[@A:B]... [--json]\n"
         "\n"
@@ -35,12 +39,15 @@ static void place_usage(FILE *out)
         "  --slots-per-rank S    experts one rank can hold (default: no limit)\n"
         "  --solver NAME         default ilp; --exact: the joint model (small instances)\n"
         "  --time-limit SEC      for ilp / exact (default 60)\n"
-        "  --current PLAN        plan in service: moving an expert costs --move-cost (default 0.05)\n"
+        "  --current PLAN        plan in service: moving an expert costs --move-cost (default "
+        "0.05)\n"
         "  --expert-bytes B      weight bytes of one expert (reported bytes moved)\n"
         "  --verbose             per-layer progress of the solver\n"
         "  --copy-cost X         intra-node copy vs one token-expert FFN (default 1)\n"
         "  --inter-factor X      inter-node vs intra-node copy (default 3.2)\n"
         "  --hierarchical        model hierarchical dispatch in the objective\n"
+        "  --residency home|stay tokens go home between layers (the runtime), or stay on the rank of\n"
+        "                        their last expert (modelled: transitions count); default home\n"
         "  --tokens-per-rank N   replay: home rank of token t is (t / N) %% ranks (default 512)\n"
         "  --score IDS[@A:B]     also replay the plan on this trace (repeatable)\n"
         "  --no-baselines        skip the contiguous / round-robin / greedy figures\n"
@@ -56,8 +63,10 @@ typedef struct {
 
 static void json_num(FILE *f, double v)
 {
-    if (isfinite(v)) fprintf(f, "%.6g", v);
-    else fprintf(f, "null");
+    if (isfinite(v))
+        fprintf(f, "%.6g", v);
+    else
+        fprintf(f, "null");
 }
 
 static void json_str(FILE *f, const char *s)
@@ -65,8 +74,10 @@ static void json_str(FILE *f, const char *s)
     fputc('"', f);
     for (; *s; s++) {
         if (*s == '"' || *s == '\\') fputc('\\', f);
-        if ((unsigned char)*s < 0x20) fprintf(f, "\\u%04x", *s);
-        else fputc(*s, f);
+        if ((unsigned char)*s < 0x20)
+            fprintf(f, "\\u%04x", *s);
+        else
+            fputc(*s, f);
     }
     fputc('"', f);
 }
@@ -79,10 +90,15 @@ static void json_figures(FILE *f, const moe_place_figures_t *g)
     json_num(f, g->worst_imbalance);
     fprintf(f, ", \"max_mean_mean\": ");
     json_num(f, g->mean_imbalance);
-    const char *names[] = {"inter", "intra", "inter_hier", "intra_hier", "inter_stay", "intra_stay",
-                           "cost"};
-    double vals[] = {g->inter_total, g->intra_total, g->inter_hier_total, g->intra_hier_total,
-                     g->inter_stay_total, g->intra_stay_total, g->cost};
+    const char *names[] = {"inter",      "intra",      "inter_hier", "intra_hier",
+                           "inter_stay", "intra_stay", "cost"};
+    double vals[] = {g->inter_total,
+                     g->intra_total,
+                     g->inter_hier_total,
+                     g->intra_hier_total,
+                     g->inter_stay_total,
+                     g->intra_stay_total,
+                     g->cost};
     for (int i = 0; i < 7; i++) {
         fprintf(f, ", \"%s\": ", names[i]);
         json_num(f, vals[i]);
@@ -118,8 +134,8 @@ static void table_row(const char *plan, const char *workload, const moe_place_fi
 
 /* Figures of a plan on every source (modelled, and replayed where there are routes) and on every
  * scored trace; JSON fragments or table rows. */
-static int report_plan(const printer_t *p, const char *label, moe_plan_h plan,
-                       moe_workload_h *src, int n_src, moe_workload_h *scored, int n_scored,
+static int report_plan(const printer_t *p, const char *label, moe_plan_h plan, moe_workload_h *src,
+                       int n_src, moe_workload_h *scored, int n_scored,
                        const moe_place_options_t *o)
 {
     moe_place_figures_t g;
@@ -191,8 +207,8 @@ static char *predicted_yaml(const char *solver, moe_plan_h plan, moe_workload_h 
         moe_place_figures_t g;
         if (moe_place_model(plan, src[i], o, &g) != MOE_STATUS_OK) continue;
         APPEND("    - {max_mean_mean: %.4f, max_mean_worst: %.4f, inter_modelled: %.0f, "
-               "intra_modelled: %.0f}\n", g.mean_imbalance, g.worst_imbalance, g.inter_total,
-               g.intra_total);
+               "intra_modelled: %.0f}\n",
+               g.mean_imbalance, g.worst_imbalance, g.inter_total, g.intra_total);
         moe_place_figures_free(&g);
     }
 #undef APPEND
@@ -227,8 +243,9 @@ static int cmd_evaluate(const char *plan_path, const char **traces, int n_traces
         int te = moe_workload_experts(w[i]), pe = moe_plan_experts(plan);
         if (moe_workload_layers(w[i]) != moe_plan_layers(plan) || te > (pe + 7) / 8 * 8) {
             moe_error("%s: %d layers x %d experts, but the plan %s is for %d layers x %d experts "
-                      "(a plan for another model)", traces[i], moe_workload_layers(w[i]), te,
-                      plan_path, moe_plan_layers(plan), pe);
+                      "(a plan for another model)",
+                      traces[i], moe_workload_layers(w[i]), te, plan_path, moe_plan_layers(plan),
+                      pe);
             goto done;
         }
         if (te != pe) {
@@ -294,14 +311,22 @@ int moe_cmd_place(int argc, char **argv)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             place_usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--json")) json = true;
-        else if (!strcmp(a, "--evaluate")) evaluate = true;
-        else if (!strcmp(a, "--exact")) exact = true;
-        else if (!strcmp(a, "--hierarchical")) o.hierarchical = true;
-        else if (!strcmp(a, "--verbose")) o.verbose = 1, moe_log_init(0, MOE_LOG_INFO);
-        else if (!strcmp(a, "--no-baselines")) baselines = false;
-        else if (!strcmp(a, "--no-share-lp")) o.share_lp = false;
-        else if (!v) ok = false;
+        } else if (!strcmp(a, "--json"))
+            json = true;
+        else if (!strcmp(a, "--evaluate"))
+            evaluate = true;
+        else if (!strcmp(a, "--exact"))
+            exact = true;
+        else if (!strcmp(a, "--hierarchical"))
+            o.hierarchical = true;
+        else if (!strcmp(a, "--verbose"))
+            o.verbose = 1, moe_log_init(0, MOE_LOG_INFO);
+        else if (!strcmp(a, "--no-baselines"))
+            baselines = false;
+        else if (!strcmp(a, "--no-share-lp"))
+            o.share_lp = false;
+        else if (!v)
+            ok = false;
         else if (!strcmp(a, "--stats") || !strcmp(a, "--trace") || !strcmp(a, "--loads-csv")) {
             if (n_src == MAX_SOURCES) {
                 fprintf(stderr, "moerun place: at most %d sources\n", MAX_SOURCES);
@@ -318,31 +343,49 @@ int moe_cmd_place(int argc, char **argv)
         } else if (!strcmp(a, "--score")) {
             if (n_scores == MAX_SOURCES) return 2;
             scores[n_scores++] = v, i++;
-        } else if (!strcmp(a, "-o")) output = v, i++;
-        else if (!strcmp(a, "--plan")) plan_path = v, i++;
-        else if (!strcmp(a, "--current")) current_path = v, i++;
-        else if (!strcmp(a, "--model")) model = v, i++;
-        else if (!strcmp(a, "--solver")) {
+        } else if (!strcmp(a, "-o"))
+            output = v, i++;
+        else if (!strcmp(a, "--plan"))
+            plan_path = v, i++;
+        else if (!strcmp(a, "--current"))
+            current_path = v, i++;
+        else if (!strcmp(a, "--model"))
+            model = v, i++;
+        else if (!strcmp(a, "--residency")) {
+            ok = !strcmp(v, "home") || !strcmp(v, "stay");
+            o.stay = !strcmp(v, "stay");
+            i++;
+        } else if (!strcmp(a, "--solver")) {
             if (moe_place_solver_parse(v, &o.solver) != MOE_STATUS_OK) return 2;
             i++;
-        } else if (!strcmp(a, "--tokens")) ok = parse_double(v, &tokens) && tokens > 0, i++;
-        else if (!strcmp(a, "--ranks")) ok = parse_long(v, &ranks) && ranks > 0, i++;
-        else if (!strcmp(a, "--ranks-per-node")) ok = parse_long(v, &rpn) && rpn > 0, i++;
-        else if (!strcmp(a, "--experts")) ok = parse_long(v, &experts) && experts > 0, i++;
-        else if (!strcmp(a, "--replicas")) ok = parse_long(v, &lv) && lv >= 0, o.replicas = (int)lv, i++;
+        } else if (!strcmp(a, "--tokens"))
+            ok = parse_double(v, &tokens) && tokens > 0, i++;
+        else if (!strcmp(a, "--ranks"))
+            ok = parse_long(v, &ranks) && ranks > 0, i++;
+        else if (!strcmp(a, "--ranks-per-node"))
+            ok = parse_long(v, &rpn) && rpn > 0, i++;
+        else if (!strcmp(a, "--experts"))
+            ok = parse_long(v, &experts) && experts > 0, i++;
+        else if (!strcmp(a, "--replicas"))
+            ok = parse_long(v, &lv) && lv >= 0, o.replicas = (int)lv, i++;
         else if (!strcmp(a, "--slots-per-rank"))
             ok = parse_long(v, &lv) && lv > 0, o.slots_per_rank = (int)lv, i++;
         else if (!strcmp(a, "--tokens-per-rank"))
             ok = parse_long(v, &lv) && lv > 0, o.tokens_per_rank = lv, i++;
-        else if (!strcmp(a, "--time-limit")) ok = parse_double(v, &dv) && dv > 0, o.time_limit = dv, i++;
-        else if (!strcmp(a, "--copy-cost")) ok = parse_double(v, &dv) && dv >= 0, o.copy_cost = dv, i++;
+        else if (!strcmp(a, "--time-limit"))
+            ok = parse_double(v, &dv) && dv > 0, o.time_limit = dv, i++;
+        else if (!strcmp(a, "--copy-cost"))
+            ok = parse_double(v, &dv) && dv >= 0, o.copy_cost = dv, i++;
         else if (!strcmp(a, "--inter-factor"))
             ok = parse_double(v, &dv) && dv >= 0, o.inter_factor = dv, i++;
-        else if (!strcmp(a, "--node-slack")) ok = parse_double(v, &dv) && dv >= 0, o.node_slack = dv, i++;
-        else if (!strcmp(a, "--move-cost")) ok = parse_double(v, &dv) && dv >= 0, o.move_cost = dv, i++;
+        else if (!strcmp(a, "--node-slack"))
+            ok = parse_double(v, &dv) && dv >= 0, o.node_slack = dv, i++;
+        else if (!strcmp(a, "--move-cost"))
+            ok = parse_double(v, &dv) && dv >= 0, o.move_cost = dv, i++;
         else if (!strcmp(a, "--expert-bytes"))
             ok = parse_double(v, &dv) && dv >= 0, o.expert_bytes = dv, i++;
-        else ok = false;
+        else
+            ok = false;
         if (!ok) {
             fprintf(stderr, "moerun place: unknown, incomplete or invalid option '%s'%s%s\n\n", a,
                     v ? " " : "", v ? v : "");
@@ -371,7 +414,8 @@ int moe_cmd_place(int argc, char **argv)
         return cmd_evaluate(plan_path, traces, nt, (int)experts, (int)ranks, model, json, &o);
     }
     if (n_src == 0 || !output || ranks <= 0 || rpn <= 0) {
-        fprintf(stderr, "moerun place: needs at least one source, --ranks, --ranks-per-node and -o\n\n");
+        fprintf(stderr,
+                "moerun place: needs at least one source, --ranks, --ranks-per-node and -o\n\n");
         place_usage(stderr);
         return 2;
     }
@@ -384,10 +428,12 @@ int moe_cmd_place(int argc, char **argv)
     char *extra = NULL;
     for (int i = 0; i < n_src; i++) {
         moe_status_t s;
-        if (!strcmp(kinds[i], "--stats")) s = moe_workload_load_stats(specs[i], &src[i]);
+        if (!strcmp(kinds[i], "--stats"))
+            s = moe_workload_load_stats(specs[i], &src[i]);
         else if (!strcmp(kinds[i], "--trace"))
             s = moe_workload_load_trace(specs[i], (int)experts, &src[i]);
-        else s = moe_workload_load_csv(specs[i], csv_tokens[i], &src[i]);
+        else
+            s = moe_workload_load_csv(specs[i], csv_tokens[i], &src[i]);
         if (s != MOE_STATUS_OK) goto done;
         if (experts > 0 && moe_workload_experts(src[i]) != experts) {
             moe_error("%s: %d experts, not %ld (--experts)", specs[i], moe_workload_experts(src[i]),
@@ -399,8 +445,9 @@ int moe_cmd_place(int argc, char **argv)
         if (moe_workload_layers(src[i]) != moe_workload_layers(src[0]) ||
             moe_workload_experts(src[i]) != moe_workload_experts(src[0])) {
             moe_error("%s has %d layers x %d experts but %s has %d x %d: sources must describe one "
-                      "model", specs[i], moe_workload_layers(src[i]), moe_workload_experts(src[i]),
-                      specs[0], moe_workload_layers(src[0]), moe_workload_experts(src[0]));
+                      "model",
+                      specs[i], moe_workload_layers(src[i]), moe_workload_experts(src[i]), specs[0],
+                      moe_workload_layers(src[0]), moe_workload_experts(src[0]));
             goto done;
         }
     }
@@ -434,8 +481,8 @@ int moe_cmd_place(int argc, char **argv)
         json_str(stdout, output);
         printf(", \"solver\": \"%s\", \"layers\": %d, \"experts\": %d, \"ranks\": %d, "
                "\"ranks_per_node\": %d, \"replicas\": %d, \"tokens_per_rank\": %lld, "
-               "\"solve_seconds\": ", solver, L, E, o.ranks, o.ranks_per_node, o.replicas,
-               (long long)o.tokens_per_rank);
+               "\"solve_seconds\": ",
+               solver, L, E, o.ranks, o.ranks_per_node, o.replicas, (long long)o.tokens_per_rank);
         json_num(stdout, rep.solve_seconds);
         printf(", \"objective\": ");
         json_num(stdout, rep.objective);
@@ -451,8 +498,9 @@ int moe_cmd_place(int argc, char **argv)
                rep.layers_kept_warm, rep.experts_moved, rep.bytes_moved);
     } else {
         printf("moerun place: %s plan for %d layers x %d experts on %d ranks (%d nodes x %d), %d "
-               "redundant -> %s\n", solver, L, E, o.ranks, o.ranks / o.ranks_per_node,
-               o.ranks_per_node, o.replicas, output);
+               "redundant -> %s\n",
+               solver, L, E, o.ranks, o.ranks / o.ranks_per_node, o.ranks_per_node, o.replicas,
+               output);
         printf("  solve %.3f s, objective %.4f", rep.solve_seconds, rep.objective);
         if (isfinite(rep.warm_objective)) printf(" (greedy warm start %.4f)", rep.warm_objective);
         if (isfinite(rep.mip_gap) && rep.subproblems > 0)
@@ -461,8 +509,9 @@ int moe_cmd_place(int argc, char **argv)
                    rep.subproblems_unsolved);
         if (isfinite(rep.balance_gap)) printf(", balance gap %.2f%%", 100 * rep.balance_gap);
         printf("\n");
-        if (current) printf("  moved %d experts (%.1f MB) from %s\n", rep.experts_moved,
-                            rep.bytes_moved / 1e6, current_path);
+        if (current)
+            printf("  moved %d experts (%.1f MB) from %s\n", rep.experts_moved,
+                   rep.bytes_moved / 1e6, current_path);
         table_header();
     }
     if (report_plan(&p, solver, plan, src, n_src, scored, n_scores, &o)) goto done;
@@ -492,9 +541,11 @@ int moe_cmd_place(int argc, char **argv)
         }
         if (json) printf("]");
     }
-    if (json) printf("}\n");
-    else printf("(model: second-order estimate from statistics; replay: the runtime's sends; * = "
-                "scored trace)\n");
+    if (json)
+        printf("}\n");
+    else
+        printf("(model: second-order estimate from statistics; replay: the runtime's sends; * = "
+               "scored trace)\n");
     rc = 0;
 done:
     free(extra);

@@ -1,26 +1,27 @@
-/* cost.c: the cost model of a placement, the replay evaluator and the objective the solvers minimise.
+/* cost.c: the cost model of a placement, the replay evaluator and the objective the solvers
+ * minimise.
  *
  * What the runtime does, and so what is counted (see docs/placement.md):
- *   - token t lives on its home rank h(t) = (t / tokens_per_rank) % ranks (the runtime hands out tokens
- *     in contiguous blocks); node(r) = r / ranks_per_node;
+ *   - token t lives on its home rank h(t) = (t / tokens_per_rank) % ranks (the runtime hands out
+ *     tokens in contiguous blocks); node(r) = r / ranks_per_node;
  *   - at layer l the token's k experts are looked up; for a replicated expert the replica is
  *     moe_plan_pick_replica(plan, l, e, t); the token's hidden state travels ONCE to each distinct
  *     destination rank; the destination applies all its local experts to it and sends one combined
  *     vector back (combine mirrors dispatch, so only dispatch copies are counted);
  *   - a copy to h(t) itself is free, a copy to another rank of h's node is intra-node, any other is
  *     inter-node;
- *   - hierarchical dispatch (modelled, not in the runtime): one inter-node copy per remote node, to the
- *     rank with h's local index there (the "rail"), forwarded inside that node to the other
+ *   - hierarchical dispatch (modelled, not in the runtime): one inter-node copy per remote node,
+ *     to the rank with h's local index there (the "rail"), forwarded inside that node to the other
  *     destinations (intra-node copies);
  *   - "stay" residency (modelled): instead of returning home after a layer, the token stays on the
- *     destination rank that applied most of its experts (ties: where it was, else the lowest rank), which
- *     is where layer l+1's copies then start (MoETuner / ExFlow);
+ *     destination rank that applied most of its experts (ties: where it was, else the lowest
+ *     rank), which is where layer l+1's copies then start (MoETuner / ExFlow);
  *   - load of a rank = token-expert pairs it receives (uniform experts: x one expert's FLOPs).
  *
- * Figures per layer: max load, mean load (= pairs / ranks), max/mean, copies; summed / worst / mean over
- * layers.
+ * Figures per layer: max load, mean load (= pairs / ranks), max/mean, copies; summed / worst / mean
+ * over layers.
  *
- * The modelled cost of one layer for workloads w = 1..n (statistics only, what the solvers minimise):
+ * The modelled cost of one layer for workloads w = 1..n (statistics only; what solvers minimise):
  *
  *   cost_l = max_w (max_r load_w(r) / mean_w)
  *          + copy_cost * (1/n) sum_w (inter_factor * inter_w + intra_w) / pairs_w
@@ -28,16 +29,17 @@
  * with load_w(r) = sum_e loads_w[l][e] * share(e, r), pairs_w = sum_e loads_w[l][e] (token-expert
  * pairs), and the copies estimated from the pairwise statistics. With the home rank independent of
  * the routes (uniform over ranks), the expected copies are
- *   inter = (1 - G/R) * sum_r touched_r,   intra = ((G - 1)/R) * sum_r touched_r       (flat)
- *   inter = (1 - G/R) * sum_n touched_n                                                  (hierarchical)
+ *   inter = (1 - G/R) * sum_r touched_r,   intra = ((G - 1)/R) * sum_r touched_r      (flat)
+ *   inter = (1 - G/R) * sum_n touched_n                                        (hierarchical)
  * where touched_r is the number of tokens sending to rank r. By the Bonferroni inequality
  *   touched_r >= sum_e loads[e] share(e, r) - sum_{a<b} coact[a][b] share(a, r) share(b, r)
  * (the replica picks of two experts are independent hashes), exact when no token has three or more
  * experts on one rank; the model uses this second-order value. Summed over ranks the first term is
- * pairs_w, so the traffic term rewards co-activated experts on one rank (node): a graph-partitioning
- * objective. Copy cost 1 says an intra-node copy there and back costs one token-expert FFN (a 2048-wide
- * bf16 hidden state over NVLink vs a 2048x1408 SwiGLU expert on a H100-class GPU); inter_factor 3.2 is
- * NVLink vs InfiniBand per GPU in the DeepSeek-V3 report. The objective is the mean over layers. */
+ * pairs_w, so the traffic term rewards co-activated experts on one rank (node): a graph-
+ * partitioning objective. Copy cost 1 says an intra-node copy there and back costs one token-expert
+ * FFN (a 2048-wide bf16 hidden state over NVLink vs a 2048x1408 SwiGLU expert on an H100-class
+ * GPU); inter_factor 3.2 is NVLink vs InfiniBand per GPU in the DeepSeek-V3 report. The objective
+ * is the mean over layers. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,7 +59,7 @@ static moe_status_t figures_alloc(int layers, int ranks, int ranks_per_node, moe
     f->layers = layers;
     f->ranks = ranks;
     f->ranks_per_node = ranks_per_node;
-    double **arrays[9] = {&f->max_load, &f->mean_load, &f->imbalance, &f->inter, &f->intra,
+    double **arrays[9] = {&f->max_load,   &f->mean_load,  &f->imbalance,  &f->inter,     &f->intra,
                           &f->inter_hier, &f->intra_hier, &f->inter_stay, &f->intra_stay};
     for (int i = 0; i < 9; i++) *arrays[i] = block + (size_t)i * layers;
     return MOE_STATUS_OK;
@@ -118,21 +120,26 @@ moe_status_t moe_place_layout_make(const moe_workload_h *w, int n, const moe_pla
         return MOE_STATUS_INVALID_ARGUMENT;
     }
     if (o->replicas < 0 || (long)o->replicas > (long)E * (R - 1)) {
-        moe_error("place: %d redundant experts cannot be hosted: each of the %d experts can have at "
-                  "most one replica per rank (at most %ld redundant)", o->replicas, E,
-                  (long)E * (R - 1));
+        moe_error(
+            "place: %d redundant experts cannot be hosted: each of the %d experts can have at "
+            "most one replica per rank (at most %ld redundant)",
+            o->replicas, E, (long)E * (R - 1));
         return MOE_STATUS_INVALID_ARGUMENT;
     }
     int slots = E + o->replicas;
     int cap = (slots + R - 1) / R;
     if (o->slots_per_rank > 0 && cap > o->slots_per_rank) {
         moe_error("place: %d slots (%d experts + %d redundant) need %d per rank, but a rank holds "
-                  "%d (--slots-per-rank); use fewer replicas or more ranks", slots, E, o->replicas,
-                  cap, o->slots_per_rank);
+                  "%d (--slots-per-rank); use fewer replicas or more ranks",
+                  slots, E, o->replicas, cap, o->slots_per_rank);
         return MOE_STATUS_INVALID_ARGUMENT;
     }
-    *out = (moe_place_layout_t){.layers = w[0]->layers, .experts = E, .ranks = R,
-                                .ranks_per_node = G, .nodes = R / G, .slots = slots,
+    *out = (moe_place_layout_t){.layers = w[0]->layers,
+                                .experts = E,
+                                .ranks = R,
+                                .ranks_per_node = G,
+                                .nodes = R / G,
+                                .slots = slots,
                                 .rank_cap = cap};
     return MOE_STATUS_OK;
 }
@@ -247,8 +254,58 @@ double moe_place_layer_balance(const double *share, int layer, const moe_workloa
     return worst;
 }
 
-double moe_place_layer_cost(const double *share, int layer, const moe_workload_h *w, int n,
-                            const moe_place_options_t *o)
+/* Stay residency, for layer >= 1 given the previous layer's shares prev: of the token-expert pairs
+ * of this layer, how many start on the node (ln) and on the rank (lr) of the replica that serves
+ * them. The token sits on the rank of one of its k' previous experts (k' = previous pairs / tokens),
+ * each taken as equally likely: ln = sum_{a,b} T[a][b] / k' sum_r share(b, r) f_prev(a, node(r)),
+ * with T the transitions from layer - 1 to layer. Returns false without transitions. */
+static bool stay_mass(const double *share, const double *prev, int layer, const moe_workload_h w,
+                      int R, int G, double *ln, double *lr)
+{
+    *ln = *lr = 0;
+    if (!prev || layer < 1 || !w->trans || w->tokens <= 0) return false;
+    int E = w->experts, N = R / G;
+    double prev_pairs = 0;
+    for (int e = 0; e < E; e++) prev_pairs += w->loads[(size_t)(layer - 1) * E + e];
+    double kp = prev_pairs / w->tokens;
+    if (kp <= 0) return false;
+    double *fp = calloc((size_t)E * N, sizeof(double));
+    if (!fp) return false;
+    for (int a = 0; a < E; a++)
+        for (int r = 0; r < R; r++) fp[(size_t)a * N + r / G] += prev[(size_t)a * R + r];
+    const double *T = w->trans + (size_t)(layer - 1) * E * E;
+    for (int b = 0; b < E; b++) {
+        for (int r = 0; r < R; r++) {
+            double sb = share[(size_t)b * R + r];
+            if (sb <= 0) continue;
+            double on_node = 0, on_rank = 0;
+            for (int a = 0; a < E; a++) {
+                double t = T[(size_t)a * E + b];
+                if (t <= 0) continue;
+                on_node += t * fp[(size_t)a * N + r / G];
+                on_rank += t * prev[(size_t)a * R + r];
+            }
+            *ln += sb * on_node / kp;
+            *lr += sb * on_rank / kp;
+        }
+    }
+    free(fp);
+    return true;
+}
+
+/* Copies under stay residency from the location masses and the co-located pair mass: per
+ * (token, expert) pair a copy is inter-node unless the token starts on the serving rank's node,
+ * and each co-located pair saves one copy, split like the others:
+ *   inter = (P - ln) - pi_r (1 - ln / P),   intra = (ln - lr) - pi_r (ln - lr) / P. */
+static void stay_copies(double pairs, double ln, double lr, double pi_rank, double *inter,
+                        double *intra)
+{
+    *inter = (pairs - ln) - pi_rank * (1 - ln / pairs);
+    *intra = (ln - lr) - pi_rank * (ln - lr) / pairs;
+}
+
+double moe_place_layer_cost(const double *share, const double *prev, int layer,
+                            const moe_workload_h *w, int n, const moe_place_options_t *o)
 {
     int R = o->ranks, G = o->ranks_per_node;
     double worst = 0, traffic = 0;
@@ -257,13 +314,19 @@ double moe_place_layer_cost(const double *share, int layer, const moe_workload_h
     double *load = malloc(sizeof(double) * R);
     if (!load) return INFINITY;
     for (int i = 0; i < n; i++) {
-        double mx, pr, pn;
+        double mx, pr, pn, ln, lr;
         double pairs = layer_model(share, layer, w[i], R, G, load, &mx, &pr, &pn);
         if (pairs <= 0) continue;
         double imb = mx * R / pairs;
         worst = imb > worst ? imb : worst;
-        /* (phi * inter + intra) / pairs, written with the pair weights: */
-        traffic += (wr + wn) - (wr * pr + wn * pn) / pairs;
+        if (o->stay && stay_mass(share, prev, layer, w[i], R, G, &ln, &lr)) {
+            double inter, intra;
+            stay_copies(pairs, ln, lr, pr, &inter, &intra);
+            traffic += o->copy_cost * (o->inter_factor * inter + intra) / pairs;
+        } else {
+            /* (phi * inter + intra) / pairs, written with the pair weights: */
+            traffic += (wr + wn) - (wr * pr + wn * pn) / pairs;
+        }
     }
     free(load);
     return worst + traffic / n;
@@ -276,15 +339,21 @@ double moe_place_objective(const moe_plan_h plan, const moe_workload_h *w, int n
     moe_place_options_t opt = *o;
     opt.ranks = R;
     opt.ranks_per_node = moe_plan_ranks_per_node(plan);
-    double *share = malloc(sizeof(double) * E * R);
-    if (!share) return INFINITY;
+    double *share = malloc(sizeof(double) * E * R), *prev = malloc(sizeof(double) * E * R);
+    if (!share || !prev) {
+        free(share);
+        free(prev);
+        return INFINITY;
+    }
     double sum = 0;
     for (int l = 0; l < L; l++) {
         moe_place_plan_layer_shares(plan, l, share);
-        double c = moe_place_layer_cost(share, l, w, n, &opt);
+        double c = moe_place_layer_cost(share, l > 0 ? prev : NULL, l, w, n, &opt);
         if (per_layer) per_layer[l] = c;
         sum += c;
+        memcpy(prev, share, sizeof(double) * E * R);
     }
+    free(prev);
     free(share);
     return sum / L;
 }
@@ -314,7 +383,13 @@ moe_status_t moe_place_model(const moe_plan_h plan, const moe_workload_h w,
     MOE_CHECK(figures_alloc(L, R, G, out), fail_share);
     out->tokens = w->tokens;
     double fi = 1.0 - (double)G / R, fa = (G - 1.0) / R;
+    double *prev = malloc(sizeof(double) * E * R);
+    if (!prev) {
+        moe_place_figures_free(out);
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail_share, "out of memory");
+    }
     for (int l = 0; l < L; l++) {
+        if (l > 0) memcpy(prev, share, sizeof(double) * E * R);
         moe_place_plan_layer_shares(plan, l, share);
         double mx, pr, pn;
         double pairs = layer_model(share, l, w, R, G, NULL, &mx, &pr, &pn);
@@ -327,9 +402,15 @@ moe_status_t moe_place_model(const moe_plan_h plan, const moe_workload_h w,
         out->inter_hier[l] = NAN;
         out->intra_hier[l] = NAN;
         (void)pn;
-        out->inter_stay[l] = NAN;
-        out->intra_stay[l] = NAN;
+        double ln, lr;
+        if (l > 0 && pairs > 0 && stay_mass(share, prev, l, w, R, G, &ln, &lr)) {
+            stay_copies(pairs, ln, lr, pr, &out->inter_stay[l], &out->intra_stay[l]);
+        } else if (l == 0 || !w->trans) { /* first layer: tokens start home */
+            out->inter_stay[l] = l == 0 ? out->inter[l] : NAN;
+            out->intra_stay[l] = l == 0 ? out->intra[l] : NAN;
+        }
     }
+    free(prev);
     figures_summarise(out, o);
 fail_share:
     free(share);
@@ -417,8 +498,10 @@ moe_status_t moe_place_evaluate(const moe_plan_h plan, const moe_workload_h w,
             for (int i = 0; i < nd; i++) {
                 int r = dest[i];
                 if (r != s) {
-                    if (r / G == sn) intra_s += 1;
-                    else inter_s += 1;
+                    if (r / G == sn)
+                        intra_s += 1;
+                    else
+                        inter_s += 1;
                 }
                 if (cnt[i] > best_cnt || (cnt[i] == best_cnt && r != s && best != s && r < best) ||
                     (cnt[i] == best_cnt && r == s)) {

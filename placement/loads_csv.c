@@ -6,9 +6,9 @@
  *   - traces (.npy ids [L][T][k], any integer type), optionally a token range PATH@START:END;
  *   - statistics files (safetensors, via moe_stats_load);
  *   - CSVs of per-layer loads as published for Qwen3-30B-A3B: header "Layer,<label>,Expert_0,...",
- *     one row per (layer, label) holding the fraction of tokens that picked each expert (a row sums to
- *     top_k). Rows of one layer are added up unless PATH@LABEL picks one label. Such a workload has
- *     loads only: the traffic terms treat its co-activation as unknown (zero).
+ *     one row per (layer, label) holding the fraction of tokens that picked each expert (a row
+ *     sums to top_k). Rows of one layer are added up unless PATH@LABEL picks one label. Such a
+ *     workload has loads only: the traffic terms treat its co-activation as unknown (zero).
  * Errors name the file (and line and column for CSVs). */
 #include <ctype.h>
 #include <errno.h>
@@ -62,14 +62,38 @@ void moe_workload_destroy(moe_workload_h w)
     moe_free(w);
 }
 
-const char *moe_workload_name(const moe_workload_h w) { return w->name; }
-int moe_workload_layers(const moe_workload_h w) { return w->layers; }
-int moe_workload_experts(const moe_workload_h w) { return w->experts; }
-int moe_workload_top_k(const moe_workload_h w) { return w->top_k; }
-double moe_workload_tokens(const moe_workload_h w) { return w->tokens; }
-bool moe_workload_has_routes(const moe_workload_h w) { return w->ids != NULL; }
-const double *moe_workload_loads(const moe_workload_h w) { return w->loads; }
-const double *moe_workload_coactivation(const moe_workload_h w) { return w->coact; }
+const char *moe_workload_name(const moe_workload_h w)
+{
+    return w->name;
+}
+int moe_workload_layers(const moe_workload_h w)
+{
+    return w->layers;
+}
+int moe_workload_experts(const moe_workload_h w)
+{
+    return w->experts;
+}
+int moe_workload_top_k(const moe_workload_h w)
+{
+    return w->top_k;
+}
+double moe_workload_tokens(const moe_workload_h w)
+{
+    return w->tokens;
+}
+bool moe_workload_has_routes(const moe_workload_h w)
+{
+    return w->ids != NULL;
+}
+const double *moe_workload_loads(const moe_workload_h w)
+{
+    return w->loads;
+}
+const double *moe_workload_coactivation(const moe_workload_h w)
+{
+    return w->coact;
+}
 
 /* ---------------------------------------------------------------- routes */
 
@@ -125,7 +149,8 @@ moe_status_t moe_workload_from_ids(const int32_t *ids, int layers, int64_t token
             }
             if (l + 1 < layers) {
                 double *tr = w->trans + (size_t)l * EE;
-                int m = token_set(ids + ((size_t)(l + 1) * tokens + t) * top_k, top_k, experts, next);
+                int m =
+                    token_set(ids + ((size_t)(l + 1) * tokens + t) * top_k, top_k, experts, next);
                 for (int i = 0; i < n; i++)
                     for (int j = 0; j < m; j++) tr[(size_t)set[i] * experts + next[j]] += 1;
             }
@@ -182,7 +207,8 @@ moe_status_t moe_workload_load_trace(const char *spec, int experts, moe_workload
     if (arr.ndim != 3 || !moe_dtype_is_integer(arr.dtype))
         MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
                  "%s: a trace holds integer ids [layers, tokens, top_k]; this array has %d dims, "
-                 "dtype %s", path, arr.ndim, moe_dtype_name(arr.dtype));
+                 "dtype %s",
+                 path, arr.ndim, moe_dtype_name(arr.dtype));
     int64_t L = arr.shape[0], T = arr.shape[1], K = arr.shape[2];
     if (end < 0) end = T;
     if (start >= T || end > T)
@@ -203,7 +229,8 @@ moe_status_t moe_workload_load_trace(const char *spec, int experts, moe_workload
     if (max_id < 0) MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s: no valid expert id", path);
     /* The trace does not say how many experts the model has: unless told, the largest id + 1
      * rounded up to a multiple of 8 (real models have 8, 64, 128, 256 ...). */
-    if (experts <= 0) experts = (max_id + 8) / 8 * 8;
+    if (experts <= 0)
+        experts = (max_id + 8) / 8 * 8;
     else if (max_id >= experts)
         MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s: expert id %d, but the model has %d experts",
                  path, max_id, experts);
@@ -354,8 +381,8 @@ moe_status_t moe_workload_load_csv(const char *spec, double tokens, moe_workload
                  label ? label : "");
     for (int l = 0; l < layers; l++)
         if (seen[l] != seen[0])
-            MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s: layer %d has %d rows, layer 0 has %d", path,
-                     l, seen[l], seen[0]);
+            MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s: layer %d has %d rows, layer 0 has %d",
+                     path, l, seen[l], seen[0]);
     int top_k = (int)(ksum / nrows + 0.5);
     if (top_k < 1) top_k = 1;
     MOE_CHECK(moe_workload_alloc(spec, layers, E, top_k, false, &w), done);

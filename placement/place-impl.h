@@ -13,10 +13,10 @@ struct moe_workload_s {
     int experts;
     int top_k;
     double tokens;
-    double *loads;       /* [L][E] */
-    double *coact;       /* [L][E][E] (symmetric, diagonal = loads) or NULL */
-    double *trans;       /* [L-1][E][E] or NULL */
-    int32_t *ids;        /* [L][T][k] routes, or NULL */
+    double *loads; /* [L][E] */
+    double *coact; /* [L][E][E] (symmetric, diagonal = loads) or NULL */
+    double *trans; /* [L-1][E][E] or NULL */
+    int32_t *ids;  /* [L][T][k] routes, or NULL */
     int64_t route_tokens;
 };
 
@@ -27,8 +27,8 @@ moe_status_t moe_workload_alloc(const char *name, int layers, int experts, int t
 /* The layout of ranks and slots that every solver shares. */
 typedef struct {
     int layers, experts, ranks, ranks_per_node, nodes;
-    int slots;     /* experts + replicas per layer */
-    int rank_cap;  /* ceil(slots / ranks): slots one rank may host */
+    int slots;    /* experts + replicas per layer */
+    int rank_cap; /* ceil(slots / ranks): slots one rank may host */
 } moe_place_layout_t;
 
 moe_status_t moe_place_layout_make(const moe_workload_h *w, int n, const moe_place_options_t *o,
@@ -47,9 +47,10 @@ static inline double moe_place_norm_load(const moe_workload_h w, int layer, int 
 /* Solvers work on dense share matrices: share[e * ranks + r] is the share of expert e's tokens that
  * rank r takes at one layer (0: not hosted). */
 
-/* The objective's term for one layer (see cost.c). */
-double moe_place_layer_cost(const double *share, int layer, const moe_workload_h *w, int n,
-                            const moe_place_options_t *o);
+/* The objective's term for one layer (see cost.c); prev: the previous layer's shares (used with
+ * stay residency; may be NULL). */
+double moe_place_layer_cost(const double *share, const double *prev, int layer,
+                            const moe_workload_h *w, int n, const moe_place_options_t *o);
 /* Its balance part: the worst workload's max/mean load. */
 double moe_place_layer_balance(const double *share, int layer, const moe_workload_h *w, int n,
                                int ranks);
@@ -75,7 +76,8 @@ moe_status_t moe_place_solve_simple(const moe_workload_h *w, int n, const moe_pl
                                     moe_plan_h *out);
 /* The decomposed ILP and the exact joint model. */
 moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place_options_t *o,
-                                 const moe_plan_h current, moe_plan_h *out, moe_place_report_t *rep);
+                                 const moe_plan_h current, moe_plan_h *out,
+                                 moe_place_report_t *rep);
 moe_status_t moe_place_solve_exact(const moe_workload_h *w, int n, const moe_place_options_t *o,
                                    moe_plan_h *out, moe_place_report_t *rep);
 

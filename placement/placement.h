@@ -160,6 +160,8 @@ typedef struct {
     double move_cost;        /* objective units per expert moved away from the current plan */
     int slots_per_rank;      /* experts one rank can hold (memory); 0: no limit */
     bool hierarchical;       /* model hierarchical dispatch (once per remote node) in the objective */
+    bool stay;               /* model stay residency (tokens stay on the rank of their last expert
+                                between layers) in the objective: transitions count */
     int verbose;
 } moe_place_options_t;
 
@@ -168,7 +170,8 @@ typedef struct {
         .ranks = 0, .ranks_per_node = 0, .replicas = 0, .solver = MOE_PLACE_SOLVER_ILP,           \
         .time_limit = 60.0, .copy_cost = 1.0, .inter_factor = 3.2, .tokens_per_rank = 512,        \
         .node_slack = 0.01, .max_pairs = 0, .share_lp = true, .expert_bytes = 17301504.0,         \
-        .move_cost = 0.05, .slots_per_rank = 0, .hierarchical = false, .verbose = 0,              \
+        .move_cost = 0.05, .slots_per_rank = 0, .hierarchical = false, .stay = false,             \
+        .verbose = 0,                                                                             \
     }
 
 /* Figures of one plan on one workload, per layer and summed. Replayed (exact, from routes) or

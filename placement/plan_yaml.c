@@ -13,16 +13,16 @@
  *   predicted: {...}              # optional, informational (any YAML): the solver's figures
  *   placement:                    # required: one entry per layer, each layer exactly once
  *     - layer: 0
- *       ranks:                    # the ranks that host something at this layer (others host nothing)
+ *       ranks:                    # ranks hosting something at this layer (others: nothing)
  *         - {rank: 0, experts: [3, 17, 42], shares: [1, 0.5, 1]}
  *         - {rank: 1, experts: [17, 20]}
  *
- * `shares` (optional, one per listed expert) is the share of the expert's tokens this replica takes;
- * without it every replica of an expert on that layer takes an equal share (1 / replicas), so hand-
- * written plans need not spell them out. Shares of one expert must sum to 1, every expert of every
- * layer must be hosted, a rank may list an expert once. Unknown keys are errors (a typo must not
- * silently change a plan). Every error names file:line and the key. Shares are written with 6
- * significant digits (a plan reads back within 1e-6). Saving is atomic. */
+ * `shares` (optional, one per listed expert) is the share of the expert's tokens this replica
+ * takes; without it every replica of an expert on that layer takes an equal share (1 / replicas),
+ * so hand-written plans need not spell them out. Shares of one expert must sum to 1, every expert
+ * of every layer must be hosted, a rank may list an expert once. Unknown keys are errors (a typo
+ * must not silently change a plan). Every error names file:line and the key. Shares are written
+ * with 6 significant digits (a plan reads back within 1e-6). Saving is atomic. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -39,11 +39,15 @@ typedef struct {
     yaml_document_t *doc;
 } ctx_t;
 
-static int node_line(const yaml_node_t *n) { return (int)n->start_mark.line + 1; }
+static int node_line(const yaml_node_t *n)
+{
+    return (int)n->start_mark.line + 1;
+}
 
 static yaml_node_t *map_get(ctx_t *c, yaml_node_t *map, const char *key)
 {
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
         yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
         if (k && k->type == YAML_SCALAR_NODE && strcmp((char *)k->data.scalar.value, key) == 0)
             return yaml_document_get_node(c->doc, p->value);
@@ -55,14 +59,16 @@ static yaml_node_t *map_get(ctx_t *c, yaml_node_t *map, const char *key)
 static moe_status_t check_keys(ctx_t *c, yaml_node_t *map, const char *const *allowed,
                                const char *where)
 {
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
         yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
         if (!k || k->type != YAML_SCALAR_NODE) {
             moe_error("%s:%d: %s: keys must be plain names", c->path, k ? node_line(k) : 0, where);
             return MOE_STATUS_FORMAT_ERROR;
         }
         bool ok = false;
-        for (int i = 0; allowed[i]; i++) ok |= strcmp((char *)k->data.scalar.value, allowed[i]) == 0;
+        for (int i = 0; allowed[i]; i++)
+            ok |= strcmp((char *)k->data.scalar.value, allowed[i]) == 0;
         if (!ok) {
             moe_error("%s:%d: %s: unknown key '%s'", c->path, node_line(k), where,
                       (char *)k->data.scalar.value);
@@ -98,7 +104,8 @@ static moe_status_t seq_number(ctx_t *c, yaml_node_t *item, const char *key, boo
                                double *out)
 {
     if (!item || item->type != YAML_SCALAR_NODE) {
-        moe_error("%s:%d: %s: expected a list of numbers", c->path, item ? node_line(item) : 0, key);
+        moe_error("%s:%d: %s: expected a list of numbers", c->path, item ? node_line(item) : 0,
+                  key);
         return MOE_STATUS_FORMAT_ERROR;
     }
     const char *s = (const char *)item->data.scalar.value;
@@ -124,23 +131,26 @@ static moe_status_t parse_plan(ctx_t *c, char *model, size_t model_size, moe_pla
     if (!root || root->type != YAML_MAPPING_NODE)
         MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: a plan is a mapping (format, layers, ...)",
                  c->path, root ? node_line(root) : 1);
-    static const char *const top_keys[] = {"format", "model", "layers", "experts", "ranks",
-                                           "ranks_per_node", "solver", "sources", "predicted",
-                                           "placement", NULL};
+    static const char *const top_keys[] = {"format",    "model",          "layers", "experts",
+                                           "ranks",     "ranks_per_node", "solver", "sources",
+                                           "predicted", "placement",      NULL};
     MOE_CHECK(check_keys(c, root, top_keys, "plan"), done);
     long format, L, E, R, G;
     MOE_CHECK(get_int(c, root, "format", 0, 1000, &format), done);
     if (format != PLAN_FORMAT)
-        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: format: %ld is not supported (this moerun "
-                 "reads format %d)", c->path, node_line(map_get(c, root, "format")), format,
-                 PLAN_FORMAT);
+        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
+                 "%s:%d: format: %ld is not supported (this moerun "
+                 "reads format %d)",
+                 c->path, node_line(map_get(c, root, "format")), format, PLAN_FORMAT);
     MOE_CHECK(get_int(c, root, "layers", 1, 100000, &L), done);
     MOE_CHECK(get_int(c, root, "experts", 1, 1 << 20, &E), done);
     MOE_CHECK(get_int(c, root, "ranks", 1, 1 << 20, &R), done);
     MOE_CHECK(get_int(c, root, "ranks_per_node", 1, 1 << 20, &G), done);
     if (R % G != 0)
-        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: ranks (%ld) is not a multiple of "
-                 "ranks_per_node (%ld)", c->path, node_line(map_get(c, root, "ranks")), R, G);
+        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
+                 "%s:%d: ranks (%ld) is not a multiple of "
+                 "ranks_per_node (%ld)",
+                 c->path, node_line(map_get(c, root, "ranks")), R, G);
     if (model && model_size) {
         model[0] = '\0';
         yaml_node_t *m = map_get(c, root, "model");
@@ -148,8 +158,9 @@ static moe_status_t parse_plan(ctx_t *c, char *model, size_t model_size, moe_pla
             snprintf(model, model_size, "%s", (char *)m->data.scalar.value);
     }
     yaml_node_t *pl = map_get(c, root, "placement");
-    if (!pl) MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: missing key 'placement'", c->path,
-                      node_line(root));
+    if (!pl)
+        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: missing key 'placement'", c->path,
+                 node_line(root));
     if (pl->type != YAML_SEQUENCE_NODE)
         MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: placement: expected a list of layers",
                  c->path, node_line(pl));
@@ -164,8 +175,10 @@ static moe_status_t parse_plan(ctx_t *c, char *model, size_t model_size, moe_pla
          it++) {
         yaml_node_t *ln = yaml_document_get_node(c->doc, *it);
         if (!ln || ln->type != YAML_MAPPING_NODE)
-            MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: placement: each entry is a mapping "
-                     "{layer, ranks}", c->path, ln ? node_line(ln) : 0);
+            MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
+                     "%s:%d: placement: each entry is a mapping "
+                     "{layer, ranks}",
+                     c->path, ln ? node_line(ln) : 0);
         MOE_CHECK(check_keys(c, ln, layer_keys, "placement entry"), done);
         long l;
         MOE_CHECK(get_int(c, ln, "layer", 0, L - 1, &l), done);
@@ -174,8 +187,10 @@ static moe_status_t parse_plan(ctx_t *c, char *model, size_t model_size, moe_pla
                      node_line(ln), l);
         yaml_node_t *rs = map_get(c, ln, "ranks");
         if (!rs || rs->type != YAML_SEQUENCE_NODE)
-            MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: ranks: layer %ld needs a list of "
-                     "{rank, experts[, shares]}", c->path, node_line(rs ? rs : ln), l);
+            MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
+                     "%s:%d: ranks: layer %ld needs a list of "
+                     "{rank, experts[, shares]}",
+                     c->path, node_line(rs ? rs : ln), l);
         /* Two passes: count replicas per expert (for default shares), then add. */
         memset(count, 0, sizeof(int) * E);
         for (int pass = 0; pass < 2; pass++) {
@@ -183,27 +198,36 @@ static moe_status_t parse_plan(ctx_t *c, char *model, size_t model_size, moe_pla
                  ri < rs->data.sequence.items.top; ri++) {
                 yaml_node_t *rn = yaml_document_get_node(c->doc, *ri);
                 if (!rn || rn->type != YAML_MAPPING_NODE)
-                    MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: ranks: each entry is a mapping "
-                             "{rank, experts[, shares]}", c->path, rn ? node_line(rn) : 0);
+                    MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
+                             "%s:%d: ranks: each entry is a mapping "
+                             "{rank, experts[, shares]}",
+                             c->path, rn ? node_line(rn) : 0);
                 if (pass == 0) MOE_CHECK(check_keys(c, rn, rank_keys, "rank entry"), done);
                 long r;
                 MOE_CHECK(get_int(c, rn, "rank", 0, R - 1, &r), done);
                 yaml_node_t *ex = map_get(c, rn, "experts"), *sh = map_get(c, rn, "shares");
                 if (!ex || ex->type != YAML_SEQUENCE_NODE)
-                    MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: experts: expected a list of "
-                             "expert ids for rank %ld", c->path, node_line(ex ? ex : rn), r);
+                    MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
+                             "%s:%d: experts: expected a list of "
+                             "expert ids for rank %ld",
+                             c->path, node_line(ex ? ex : rn), r);
                 long ne = ex->data.sequence.items.top - ex->data.sequence.items.start;
                 if (sh && (sh->type != YAML_SEQUENCE_NODE ||
                            sh->data.sequence.items.top - sh->data.sequence.items.start != ne))
-                    MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: shares: expected %ld numbers, "
-                             "one per expert", c->path, node_line(sh), ne);
+                    MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
+                             "%s:%d: shares: expected %ld numbers, "
+                             "one per expert",
+                             c->path, node_line(sh), ne);
                 for (long i = 0; i < ne; i++) {
-                    yaml_node_t *en = yaml_document_get_node(c->doc, ex->data.sequence.items.start[i]);
+                    yaml_node_t *en =
+                        yaml_document_get_node(c->doc, ex->data.sequence.items.start[i]);
                     double ev;
                     MOE_CHECK(seq_number(c, en, "experts", true, &ev), done);
                     if (ev < 0 || ev >= E)
-                        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: experts: %g is out of range "
-                                 "(%ld experts)", c->path, node_line(en), ev, E);
+                        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
+                                 "%s:%d: experts: %g is out of range "
+                                 "(%ld experts)",
+                                 c->path, node_line(en), ev, E);
                     int e = (int)ev;
                     if (pass == 0) {
                         count[e]++;
@@ -215,12 +239,16 @@ static moe_status_t parse_plan(ctx_t *c, char *model, size_t model_size, moe_pla
                             yaml_document_get_node(c->doc, sh->data.sequence.items.start[i]);
                         MOE_CHECK(seq_number(c, sn, "shares", false, &s), done);
                         if (!(s > 0 && s <= 1))
-                            MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: shares: %g is not in "
-                                     "(0, 1]", c->path, node_line(sn), s);
+                            MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
+                                     "%s:%d: shares: %g is not in "
+                                     "(0, 1]",
+                                     c->path, node_line(sn), s);
                     }
                     if (moe_plan_add_replica(plan, (int)l, e, (int)r, (float)s) != MOE_STATUS_OK)
-                        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: experts: layer %ld: rank "
-                                 "%ld lists expert %d twice", c->path, node_line(en), l, r, e);
+                        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
+                                 "%s:%d: experts: layer %ld: rank "
+                                 "%ld lists expert %d twice",
+                                 c->path, node_line(en), l, r, e);
                 }
             }
         }
@@ -278,7 +306,10 @@ moe_status_t moe_plan_load(const char *path, moe_plan_h *out)
 
 /* 6 significant digits: readable, and within 1e-6 of the float (a replica pick changes only for the
  * hash values in that sliver). */
-static void format_share(float s, char *buf, size_t size) { snprintf(buf, size, "%.6g", (double)s); }
+static void format_share(float s, char *buf, size_t size)
+{
+    snprintf(buf, size, "%.6g", (double)s);
+}
 
 moe_status_t moe_plan_save_annotated(const moe_plan_h plan, const char *path, const char *model,
                                      const char *extra_yaml)

@@ -9,8 +9,9 @@
  *                                                        objective has a node term)
  *   minimise z + const - sum pair weight / (r_a r_b) * t
  * which is exactly moe_place_layer_cost() of the resulting plan (the product of two binaries is
- * linearised exactly because its weight is positive and minimised). The MILP is solved to optimality
- * unless the time limit stops it (then a warning and the gap). Tests compare it with brute force. */
+ * linearised exactly because its weight is positive and minimised). The MILP is solved to
+ * optimality unless the time limit stops it (then a warning and the gap). Tests compare it with
+ * brute force. */
 #include <glpk.h>
 #include <math.h>
 #include <stdlib.h>
@@ -25,9 +26,14 @@ moe_status_t moe_place_solve_exact(const moe_workload_h *w, int n, const moe_pla
     moe_place_layout_t lay;
     MOE_CHECK(moe_place_layout_make(w, n, o, &lay), fail);
     int L = lay.layers, E = lay.experts, R = lay.ranks, G = lay.ranks_per_node, W = n;
+    if (o->stay)
+        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "place --exact: the joint model is per layer; "
+                 "stay residency couples layers (use --solver ilp)");
     if ((long)(E + o->replicas) * R > 256)
-        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "place --exact: %d slots x %d ranks is too "
-                 "large for the joint model (at most 256); use --solver ilp", E + o->replicas, R);
+        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail,
+                 "place --exact: %d slots x %d ranks is too "
+                 "large for the joint model (at most 256); use --solver ilp",
+                 E + o->replicas, R);
     double wr, wn;
     moe_place_pair_weights(o, &wr, &wn);
     double deadline = moe_now() + o->time_limit;
@@ -93,7 +99,8 @@ moe_status_t moe_place_solve_exact(const moe_workload_h *w, int n, const moe_pla
                 glp_set_row_bnds(P, row, GLP_UP, 0, 0);
                 for (int e = 0; e < E; e++)
                     if (u[(size_t)i * E + e] != 0)
-                        ia[++k] = row, ja[k] = 1 + e * R + r, ar[k] = u[(size_t)i * E + e] / counts[e];
+                        ia[++k] = row, ja[k] = 1 + e * R + r,
+                        ar[k] = u[(size_t)i * E + e] / counts[e];
                 ia[++k] = row, ja[k] = col_z, ar[k] = -1;
             }
         for (int a = 0; a < E; a++)
@@ -130,7 +137,8 @@ moe_status_t moe_place_solve_exact(const moe_workload_h *w, int n, const moe_pla
         int ms = glp_mip_status(P);
         if (ms != GLP_OPT && ms != GLP_FEAS) {
             glp_delete_prob(P);
-            MOE_FAIL(MOE_STATUS_SOLVER_ERROR, done, "place --exact: layer %d: GLPK found no "
+            MOE_FAIL(MOE_STATUS_SOLVER_ERROR, done,
+                     "place --exact: layer %d: GLPK found no "
                      "solution (glp_intopt %d, status %d); raise --time-limit or use --solver ilp",
                      l, rc, ms);
         }

@@ -1,10 +1,11 @@
-/* solve_ilp.c: the decomposed integer program (GLPK), warm-started from greedy, under a time limit.
+/* solve_ilp.c: the decomposed integer program (GLPK), warm-started from greedy, under a time
+ * limit.
  *
  * Layers are independent in the cost model (tokens return home between layers), so each layer is
  * solved on its own, in four steps that keep every subproblem small:
  *
- *   A. replica counts: the redundant slots go to the experts with the largest load per replica, the load
- *      being the largest over the workloads (an expert hot in any workload gets replicas);
+ *   A. replica counts: the redundant slots go to the experts with the largest load per replica,
+ *      the load being the largest over the workloads (an expert hot in any workload gets replicas);
  *   B. experts to nodes (GLPK MILP, skipped on one node):
  *        x[e][n] in 0..min(r_e, G)   replicas of e on node n;   sum_n x[e][n] = r_e
  *        sum_e x[e][n] <= G * cap                                slots of a node
@@ -12,25 +13,26 @@
  *                                                 (u_w: loads normalised to mean 1 per rank)
  *        v[p][n] <= x[a][n] / r_a,  v[p][n] <= x[b][n] / r_b    pair p = (a, b) together on n
  *        minimise  z + sum_p g_p (1 - sum_n v[p][n])
- *      z is bounded by the warm start's node balance (or 1 + node_slack when that is larger), so the
- *      warm start is feasible and is handed to GLPK as its first incumbent (glp_ios_heur_sol). The
- *      pairs are the most co-activated ones (max_pairs, default min(8 x experts, 2048 / nodes));
- *      g_p is the pair's weight in the objective (cost.c), scaled for flat dispatch by the chance
- *      that two slots of a node are on one rank. GLPK's relative gap at the time limit is reported;
- *   C. experts to GPUs inside each node: longest-processing-time packing (a rank never hosts an expert
- *      twice), then a local search over moves and swaps that minimises the node's worst normalised rank
- *      load minus the co-located pair weight (what the flat-dispatch traffic term rewards), iterated
- *      (40 kicks of two hashed swaps, each followed by descent, the best kept). With flat dispatch the
- *      same search then runs over all ranks at once: there only co-location on a rank saves copies,
- *      wherever the rank is, so node boundaries should not limit it;
- *   D. replica shares: an LP (GLPK simplex) that minimises the worst workload's max/mean load over the
- *      shares of the replicated experts (each share >= 5% of equal).
- * The layer's result is then compared, on the modelled objective, with the same hosting at equal shares
- * and with the greedy (EPLB) plan itself; the best is kept, so the ILP plan is never worse than its
- * warm start on any layer. The balance gap is measured against the lower bound
- * max(1, max_w max_e u_w[e] / r_e). Deterministic: no randomness; GLPK is deterministic given the same
- * input and time; ties go to the lowest index. (A time limit that cuts GLPK short can make results depend
- * on machine speed; the warm start bounds the damage.) */
+ *      z is bounded by the warm start's node balance (or 1 + node_slack when that is larger), so
+ *      the warm start is feasible and is handed to GLPK as its first incumbent
+ *      (glp_ios_heur_sol). The pairs are the most co-activated ones (max_pairs, default
+ *      min(8 x experts, 2048 / nodes)); g_p is the pair's weight in the objective (cost.c), scaled
+ *      for flat dispatch by the chance that two slots of a node are on one rank. GLPK's relative
+ *      gap at the time limit is reported;
+ *   C. experts to GPUs inside each node: longest-processing-time packing (a rank never hosts an
+ *      expert twice), then a local search over moves and swaps that minimises the node's worst
+ *      normalised rank load minus the co-located pair weight (what the flat-dispatch traffic term
+ *      rewards), iterated (40 kicks of two hashed swaps, each followed by descent, the best kept).
+ *      With flat dispatch the same search then runs over all ranks at once: there only co-location
+ *      on a rank saves copies, wherever the rank is, so node boundaries should not limit it;
+ *   D. replica shares: an LP (GLPK simplex) that minimises the worst workload's max/mean load over
+ *      the shares of the replicated experts (each share >= 5% of equal).
+ * The layer's result is then compared, on the modelled objective, with the same hosting at equal
+ * shares and with the greedy (EPLB) plan itself; the best is kept, so the ILP plan is never worse
+ * than its warm start on any layer. The balance gap is measured against the lower bound
+ * max(1, max_w max_e u_w[e] / r_e). Deterministic: no randomness (kicks are hashes); ties go to the
+ * lowest index; GLPK is deterministic for a given input. A time limit that cuts GLPK or the local
+ * search short can make results depend on machine speed; the warm start bounds the damage. */
 #include <glpk.h>
 #include <math.h>
 #include <stdlib.h>
@@ -44,8 +46,11 @@ typedef struct {
     const moe_place_options_t *o;
     const moe_place_layout_t *lay;
     double rank_weight, node_weight;
-    double *u;      /* [n][E] normalised loads of the current layer */
-    double *pairc;  /* [E][E] mean over workloads of coact / pairs */
+    double *u;     /* [n][E] normalised loads of the current layer */
+    double *pairc; /* [E][E] mean over workloads of coact / pairs */
+    double *bonus; /* [E][R] stay residency: objective decrease per unit share of e on rank r, or
+                      NULL */
+    double *bonus_node; /* [E][N] the same for the node part only */
 } layer_ctx_t;
 
 /* ---------------------------------------------------------------- B: experts to nodes */
@@ -118,7 +123,8 @@ static moe_status_t nodes_ilp(const layer_ctx_t *c, const int *counts, const int
     int np = 0;
     for (int a = 0; a < E; a++)
         for (int b = a + 1; b < E; b++)
-            if (c->pairc[(size_t)a * E + b] > 0) pairs[np++] = (pair_t){a, b, c->pairc[(size_t)a * E + b]};
+            if (c->pairc[(size_t)a * E + b] > 0)
+                pairs[np++] = (pair_t){a, b, c->pairc[(size_t)a * E + b]};
     qsort(pairs, (size_t)np, sizeof(pair_t), pair_cmp);
     if (np > max_pairs) np = max_pairs;
     double slots_node = (double)G * lay->rank_cap;
@@ -147,7 +153,8 @@ static moe_status_t nodes_ilp(const layer_ctx_t *c, const int *counts, const int
     for (int w = 0; w < W; w++)
         for (int n = 0; n < N; n++) {
             double s = 0;
-            for (int e = 0; e < E; e++) s += c->u[(size_t)w * E + e] / counts[e] * warm_x[e * N + n];
+            for (int e = 0; e < E; e++)
+                s += c->u[(size_t)w * E + e] / counts[e] * warm_x[e * N + n];
             zwarm = fmax(zwarm, s / G);
         }
     double zmax = fmax(zwarm, 1.0 + c->o->node_slack) + 1e-9;
@@ -159,9 +166,12 @@ static moe_status_t nodes_ilp(const layer_ctx_t *c, const int *counts, const int
         for (int n = 0; n < N; n++) {
             int j = col_x + e * N + n, hi = counts[e] < G ? counts[e] : G;
             glp_set_col_kind(P, j, GLP_IV);
-            if (hi > 0) glp_set_col_bnds(P, j, GLP_DB, 0, hi);
-            else glp_set_col_bnds(P, j, GLP_FX, 0, 0);
+            if (hi > 0)
+                glp_set_col_bnds(P, j, GLP_DB, 0, hi);
+            else
+                glp_set_col_bnds(P, j, GLP_FX, 0, 0);
             warm[j] = warm_x[e * N + n];
+            if (c->bonus_node) glp_set_obj_coef(P, j, -c->bonus_node[e * N + n] / counts[e]);
         }
     glp_set_col_bnds(P, col_z, GLP_DB, 0, zmax);
     glp_set_obj_coef(P, col_z, 1.0);
@@ -175,7 +185,8 @@ static moe_status_t nodes_ilp(const layer_ctx_t *c, const int *counts, const int
             glp_set_col_bnds(P, j, GLP_DB, 0, 1);
             glp_set_obj_coef(P, j, -g);
             int a = pairs[p].a, b = pairs[p].b;
-            warm[j] = fmin((double)warm_x[a * N + n] / counts[a], (double)warm_x[b * N + n] / counts[b]);
+            warm[j] =
+                fmin((double)warm_x[a * N + n] / counts[a], (double)warm_x[b * N + n] / counts[b]);
         }
     }
     glp_set_obj_coef(P, 0, const_obj);
@@ -184,8 +195,10 @@ static moe_status_t nodes_ilp(const layer_ctx_t *c, const int *counts, const int
             for (int n = 0; n < N; n++) {
                 int j = col_k + e * N + n;
                 int cur = current_x[e * N + n];
-                if (cur > 0) glp_set_col_bnds(P, j, GLP_DB, 0, cur);
-                else glp_set_col_bnds(P, j, GLP_FX, 0, 0);
+                if (cur > 0)
+                    glp_set_col_bnds(P, j, GLP_DB, 0, cur);
+                else
+                    glp_set_col_bnds(P, j, GLP_FX, 0, 0);
                 glp_set_obj_coef(P, j, -c->o->move_cost);
                 glp_set_obj_coef(P, 0, glp_get_obj_coef(P, 0) + c->o->move_cost * cur);
                 warm[j] = fmin(cur, warm_x[e * N + n]);
@@ -255,7 +268,8 @@ static moe_status_t nodes_ilp(const layer_ctx_t *c, const int *counts, const int
     int ms = glp_mip_status(P);
     if (ms == GLP_OPT || ms == GLP_FEAS) {
         for (int e = 0; e < E; e++)
-            for (int n = 0; n < N; n++) x[e * N + n] = (int)lround(glp_mip_col_val(P, col_x + e * N + n));
+            for (int n = 0; n < N; n++)
+                x[e * N + n] = (int)lround(glp_mip_col_val(P, col_x + e * N + n));
         /* sanity: counts and slots (GLPK's tolerances) */
         bool ok = true;
         for (int e = 0; e < E; e++) {
@@ -290,8 +304,8 @@ done:
 
 typedef struct {
     int expert;
-    double s;       /* share 1 / r_e */
-    int rank;       /* local rank index 0..G-1 */
+    double s; /* share 1 / r_e */
+    int rank; /* local rank index 0..G-1 */
 } slot_item_t;
 
 /* Worst normalised load over the node's ranks and workloads. */
@@ -347,10 +361,14 @@ static moe_status_t pack_group(const layer_ctx_t *c, const int *counts, const in
             }
         }
     }
-#define U(i, w) (c->u[(size_t)(w) * E + it[i].expert] * it[i].s)
+#define U(i, w) (c->u[(size_t)(w)*E + it[i].expert] * it[i].s)
     /* moving an expert onto a rank that does not host it in the current plan costs move_cost */
     double mc = cur ? c->o->move_cost : 0;
-#define MOVE(i, g) (mc > 0 && !(cur[(size_t)it[i].expert * R + base + (g)] > 0) ? mc : 0)
+    /* ... and with stay residency, hosting an expert where its predecessors sit saves copies: both
+     * are linear per (item, rank), so they share one term */
+#define MOVE(i, g)                                                                                 \
+    ((mc > 0 && !(cur[(size_t)it[i].expert * R + base + (g)] > 0) ? mc : 0) -                     \
+     (c->bonus ? it[i].s * c->bonus[(size_t)it[i].expert * R + base + (g)] : 0))
     for (int i = 0; i < ni && init; i++) { /* start from init: the k-th replica on the k-th host */
         int kth = 0;
         for (int j = 0; j < i; j++) kth += it[j].expert == it[i].expert;
@@ -376,8 +394,10 @@ static moe_status_t pack_group(const layer_ctx_t *c, const int *counts, const in
             if (best < 0 || v < best_v) best = g, best_v = v;
         }
         if (best < 0)
-            MOE_FAIL(MOE_STATUS_SOLVER_ERROR, done, "place: ranks %d..: no rank can take a replica "
-                     "of expert %d", node, it[i].expert);
+            MOE_FAIL(MOE_STATUS_SOLVER_ERROR, done,
+                     "place: ranks %d..: no rank can take a replica "
+                     "of expert %d",
+                     node, it[i].expert);
         it[i].rank = best;
         used[best]++;
         for (int w = 0; w < W; w++) load[best * W + w] += U(i, w);
@@ -419,8 +439,8 @@ static moe_status_t pack_group(const layer_ctx_t *c, const int *counts, const in
                                   (uint64_t)ni);
             int i = (int)(h % (uint64_t)ni), j = (int)((h >> 24) % (uint64_t)ni);
             int r1 = it[i].rank, r2 = it[j].rank;
-            if (r1 == r2 || it[i].expert == it[j].expert ||
-                host[(size_t)it[i].expert * G + r2] || host[(size_t)it[j].expert * G + r1])
+            if (r1 == r2 || it[i].expert == it[j].expert || host[(size_t)it[i].expert * G + r2] ||
+                host[(size_t)it[j].expert * G + r1])
                 continue;
             for (int w = 0; w < W; w++) {
                 load[r1 * W + w] += U(j, w) - U(i, w);
@@ -488,7 +508,8 @@ static moe_status_t pack_group(const layer_ctx_t *c, const int *counts, const in
                     host[(size_t)it[i].expert * G + r1]--, host[(size_t)it[i].expert * G + r2]++;
                     it[i].rank = r2;
                     if (j >= 0) {
-                        host[(size_t)it[j].expert * G + r2]--, host[(size_t)it[j].expert * G + r1]++;
+                        host[(size_t)it[j].expert * G + r2]--,
+                            host[(size_t)it[j].expert * G + r1]++;
                         it[j].rank = r1;
                     } else {
                         used[r1]--;
@@ -565,7 +586,8 @@ static void shares_lp(const layer_ctx_t *c, const int *counts, double seconds, d
         for (int r = 0; r < R; r++) {
             double s = share[(size_t)e * R + r];
             if (s <= 0) continue;
-            if (counts[e] > 1) ve[v] = e, vr[v++] = r;
+            if (counts[e] > 1)
+                ve[v] = e, vr[v++] = r;
             else
                 for (int w = 0; w < W; w++) fixed[(size_t)w * R + r] += c->u[(size_t)w * E + e] * s;
         }
@@ -574,8 +596,7 @@ static void shares_lp(const layer_ctx_t *c, const int *counts, double seconds, d
     glp_set_obj_dir(P, GLP_MIN);
     glp_add_cols(P, nv + 1);
     int col_z = nv + 1;
-    for (int i = 0; i < nv; i++)
-        glp_set_col_bnds(P, i + 1, GLP_DB, 0.05 / counts[ve[i]], 1.0);
+    for (int i = 0; i < nv; i++) glp_set_col_bnds(P, i + 1, GLP_DB, 0.05 / counts[ve[i]], 1.0);
     glp_set_col_bnds(P, col_z, GLP_LO, 0, 0);
     glp_set_obj_coef(P, col_z, 1.0);
     /* rows: one per replicated expert (sum = 1), W*R balance rows */
@@ -626,6 +647,47 @@ done:
 
 /* ---------------------------------------------------------------- driver */
 
+/* Stay residency (cost.c): with the previous layer fixed, the traffic term per workload is, to first
+ * order, phi - ((phi - 1) ln + lr) / P, linear in this layer's shares: bonus[e][r] is what a unit
+ * share of e on rank r takes off the objective; bonus_node[e][n] its node part. */
+static void stay_bonus(const moe_workload_h *w, int n, int l, const double *prev,
+                       const moe_place_layout_t *lay, const moe_place_options_t *o, double *fprev,
+                       double *bonus, double *bonus_node)
+{
+    int E = lay->experts, R = lay->ranks, G = lay->ranks_per_node, N = lay->nodes;
+    memset(bonus, 0, sizeof(double) * E * R);
+    memset(bonus_node, 0, sizeof(double) * E * N);
+    memset(fprev, 0, sizeof(double) * E * N);
+    for (int a = 0; a < E; a++)
+        for (int r = 0; r < R; r++) fprev[(size_t)a * N + r / G] += prev[(size_t)a * R + r];
+    for (int i = 0; i < n; i++) {
+        if (!w[i]->trans || w[i]->tokens <= 0) continue;
+        double pairs = 0, prev_pairs = 0;
+        for (int e = 0; e < E; e++) {
+            pairs += w[i]->loads[(size_t)l * E + e];
+            prev_pairs += w[i]->loads[(size_t)(l - 1) * E + e];
+        }
+        double kp = prev_pairs / w[i]->tokens;
+        if (pairs <= 0 || kp <= 0) continue;
+        double scale = o->copy_cost / (n * kp * pairs);
+        const double *T = w[i]->trans + (size_t)(l - 1) * E * E;
+        for (int a = 0; a < E; a++) {
+            for (int b = 0; b < E; b++) {
+                double t = T[(size_t)a * E + b] * scale;
+                if (t <= 0) continue;
+                for (int nd = 0; nd < N; nd++) {
+                    double f = fprev[(size_t)a * N + nd];
+                    if (f <= 0) continue;
+                    double v = t * (o->inter_factor - 1) * f;
+                    bonus_node[(size_t)b * N + nd] += v;
+                    for (int r = nd * G; r < nd * G + G; r++)
+                        bonus[(size_t)b * R + r] += v + t * prev[(size_t)a * R + r];
+                }
+            }
+        }
+    }
+}
+
 /* move_cost x hosts in share that the current plan does not have. */
 static double move_penalty(const double *share, const double *cur, int E, int R,
                            const moe_place_options_t *o)
@@ -660,7 +722,8 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
                                  const moe_plan_h current, moe_plan_h *out, moe_place_report_t *rep)
 {
     moe_status_t status = MOE_STATUS_OK;
-    /* 5% of the limit is kept for what follows the layers (building the plan, the caller's figures) */
+    /* 5% of the limit is kept for what follows the layers (building the plan, the caller's figures)
+     */
     double t0 = moe_now(), deadline = t0 + 0.95 * o->time_limit;
     moe_place_layout_t lay;
     MOE_CHECK(moe_place_layout_make(w, n, o, &lay), fail);
@@ -671,7 +734,8 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
     MOE_CHECK(moe_place_solve_simple(w, n, &og, &warm_plan), fail);
     double *shares = moe_calloc((size_t)L * E * R, sizeof(double));
     double *cand = malloc(sizeof(double) * E * R), *equal = malloc(sizeof(double) * E * R);
-    double *warm_share = malloc(sizeof(double) * E * R), *cur_share = malloc(sizeof(double) * E * R);
+    double *warm_share = malloc(sizeof(double) * E * R),
+           *cur_share = malloc(sizeof(double) * E * R);
     double *weight = malloc(sizeof(double) * E);
     int *counts = malloc(sizeof(int) * E);
     int *wx = malloc(sizeof(int) * E * N), *x = malloc(sizeof(int) * E * N);
@@ -679,11 +743,15 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
     layer_ctx_t c = {.w = w, .n = n, .o = o, .lay = &lay};
     c.u = malloc(sizeof(double) * n * E);
     c.pairc = malloc(sizeof(double) * E * E);
+    double *bonus = o->stay ? malloc(sizeof(double) * E * R) : NULL;
+    double *bonus_node = o->stay ? malloc(sizeof(double) * E * N) : NULL;
+    double *fprev = o->stay ? malloc(sizeof(double) * E * N) : NULL;
     moe_place_pair_weights(o, &c.rank_weight, &c.node_weight);
     MOE_CHECK_ALLOC(shares, done);
     if (!cand || !equal || !warm_share || !cur_share || !weight || !counts || !wx || !x || !cx ||
-        !xn || !c.u || !c.pairc)
-        MOE_FAIL(MOE_STATUS_NO_MEMORY, done, "place: out of memory for %d experts x %d ranks", E, R);
+        !xn || !c.u || !c.pairc || (o->stay && (!bonus || !bonus_node || !fprev)))
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, done, "place: out of memory for %d experts x %d ranks", E,
+                 R);
     double gap_max = 0, bal_gap = 0, warm_total = 0;
     int proven = 0, subproblems = 0, kept_warm = 0, unsolved = 0;
     for (int l = 0; l < L; l++) {
@@ -700,6 +768,15 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
             const double *C = w[i]->coact + (size_t)l * E * E;
             for (size_t q = 0; q < (size_t)E * E; q++) c.pairc[q] += C[q] / pairs / n;
         }
+        /* stay residency: what hosting e on rank r saves, given the previous layer as decided */
+        c.bonus = c.bonus_node = NULL;
+        if (o->stay && l > 0) {
+            const double *prev = shares + (size_t)(l - 1) * E * R;
+            stay_bonus(w, n, l, prev, &lay, o, fprev, bonus, bonus_node);
+            c.bonus = bonus;
+            c.bonus_node = bonus_node;
+        }
+        const double *prev_l = l > 0 ? shares + (size_t)(l - 1) * E * R : NULL;
         /* A: counts; the start: greedy packing with these counts */
         moe_place_replica_counts(w, n, l, o->replicas, R, counts);
         for (int e = 0; e < E; e++) {
@@ -721,8 +798,10 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
         if (N > 1) {
             subproblems++;
             proven += pr;
-            if (isfinite(gap)) gap_max = fmax(gap_max, gap);
-            else unsolved++;
+            if (isfinite(gap))
+                gap_max = fmax(gap_max, gap);
+            else
+                unsolved++;
         }
         /* C */
         memset(cand, 0, sizeof(double) * E * R);
@@ -730,7 +809,8 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
         for (int nd = 0; nd < N; nd++) {
             for (int e = 0; e < E; e++) xn[e] = x[e * N + nd];
             MOE_CHECK(pack_group(&c, counts, xn, nd * G, G, NULL, node_deadline,
-                                 cxp ? cur_share : NULL, cand), done);
+                                 cxp ? cur_share : NULL, cand),
+                      done);
         }
         /* C': with flat dispatch only co-location on a rank saves copies, wherever the ranks are:
          * a local search over all ranks from there */
@@ -739,7 +819,8 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
             memcpy(equal, cand, sizeof(double) * E * R);
             memset(cand, 0, sizeof(double) * E * R);
             MOE_CHECK(pack_group(&c, counts, counts, 0, R, equal, glob_deadline,
-                                 cxp ? cur_share : NULL, cand), done);
+                                 cxp ? cur_share : NULL, cand),
+                      done);
         }
         memcpy(equal, cand, sizeof(double) * E * R);
         /* D */
@@ -748,17 +829,18 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
          * the move cost when there is a current plan */
         moe_place_plan_layer_shares(warm_plan, l, warm_share);
         const double *cur = cxp ? cur_share : NULL;
-        double c_lp = moe_place_layer_cost(cand, l, w, n, o) + move_penalty(cand, cur, E, R, o);
-        double c_eq = moe_place_layer_cost(equal, l, w, n, o) + move_penalty(equal, cur, E, R, o);
-        double c_warm = moe_place_layer_cost(warm_share, l, w, n, o);
-        warm_total += c_warm;
-        c_warm += move_penalty(warm_share, cur, E, R, o);
+        double c_lp = moe_place_layer_cost(cand, prev_l, l, w, n, o) +
+                      move_penalty(cand, cur, E, R, o);
+        double c_eq = moe_place_layer_cost(equal, prev_l, l, w, n, o) +
+                      move_penalty(equal, cur, E, R, o);
+        double c_warm = moe_place_layer_cost(warm_share, prev_l, l, w, n, o) +
+                        move_penalty(warm_share, cur, E, R, o);
         const double *best = cand;
         double c_best = c_lp;
         if (c_eq < c_best) best = equal, c_best = c_eq;
         if (c_warm < c_best) best = warm_share, c_best = c_warm, kept_warm++;
         if (cur) {
-            double c_cur = moe_place_layer_cost(cur_share, l, w, n, o);
+            double c_cur = moe_place_layer_cost(cur_share, prev_l, l, w, n, o);
             if (c_cur < c_best && counts_fit(cur_share, E, R, lay.rank_cap))
                 best = cur_share, c_best = c_cur;
         }
@@ -771,11 +853,20 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
         bal_gap += bal > 0 ? (bal - lb) / bal : 0;
         if (o->verbose)
             moe_info("place: layer %d: cost %.4f (lp %.4f, equal %.4f, greedy %.4f), gap %.3g, "
-                     "%.2f s", l, c_best, c_lp, c_eq, c_warm, gap, moe_now() - t0);
+                     "%.2f s",
+                     l, c_best, c_lp, c_eq, c_warm, gap, moe_now() - t0);
     }
     MOE_CHECK(moe_place_plan_from_shares(L, E, R, G, shares, out), done);
+    warm_total = moe_place_objective(warm_plan, w, n, o, NULL);
+    if (o->stay && !current && moe_place_objective(*out, w, n, o, NULL) > warm_total) {
+        /* with stay residency layers interact: the per-layer choice does not guarantee the total */
+        moe_plan_destroy(*out);
+        *out = warm_plan;
+        warm_plan = NULL;
+        kept_warm = L;
+    }
     if (rep) {
-        rep->warm_objective = warm_total / L;
+        rep->warm_objective = warm_total;
         rep->mip_gap = subproblems == 0 ? 0 : (unsolved == subproblems ? NAN : gap_max);
         rep->balance_gap = fmax(0, bal_gap / L);
         rep->subproblems = subproblems;
@@ -784,6 +875,9 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
         rep->layers_kept_warm = kept_warm;
     }
 done:
+    free(fprev);
+    free(bonus_node);
+    free(bonus);
     free(c.pairc);
     free(c.u);
     free(xn);

@@ -2,13 +2,13 @@
  *
  *   contiguous   expert e on rank floor(e * R / E): what a runtime does without a plan;
  *   round-robin  expert e on rank e % R;
- *   greedy       DeepSeek's EPLB (global policy): the redundant slots go one at a time to the expert
- *                with the largest load per replica; replicas (equal shares) are then packed heaviest
- *                first onto the least loaded rank that still has a free slot and does not already host
- *                that expert. Several workloads are merged by adding their normalised loads (what a user
- *                of EPLB would do with several statistics files).
- * contiguous and round-robin host one copy of each expert (no redundant experts). Ties are broken by
- * the lowest index, so results are deterministic. */
+ *   greedy       DeepSeek's EPLB (global policy): the redundant slots go one at a time to the
+ *                expert with the largest load per replica; replicas (equal shares) are then packed
+ *                heaviest first onto the least loaded rank that still has a free slot and does not
+ *                already host that expert. Several workloads are merged by adding their normalised
+ *                loads (what a user of EPLB would do with several statistics files).
+ * contiguous and round-robin host one copy of each expert (no redundant experts). Ties are broken
+ * by the lowest index, so results are deterministic. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -14,8 +14,9 @@
  * directly; stages that produce rows for MPI synchronise the stream before returning.
  *
  * Experts: received rows are gathered into expert order, run through the grouped SwiGLU GEMMs
- * (kernels: one cuBLAS GEMM per expert by default, docs/cuda.md), and scattered back weighted into
- * an fp32 accumulator, which is rounded once into the bf16 partial rows. route() and residual()
+ * (kernels, MOE_GEMM_AUTO: per-expert cuBLAS GEMMs, on side streams when the groups are small;
+ * docs/cuda.md), and combined per received row (its experts' outputs weighted, summed in fp32,
+ * rounded once into the bf16 partial row; no atomics, so the sum order is fixed). route() and residual()
  * synchronise: the first because the host needs the routing, the second so that a layer's host time
  * is its device time. */
 #include <hwloc.h>
@@ -51,9 +52,9 @@ typedef struct {
     int cap_entries, cap_rows;
     void *eblock;
     moe_bf16_t *e_in, *e_gu, *e_act, *e_y;
-    float *e_acc;
-    int32_t *e_row, *e_src;
-    float *e_weight;
+    int32_t *e_pack;  /* device: received row [entries], weight bits [entries], entry of each
+                         received row grouped by row [entries], row offsets [n_recv + 1] */
+    int32_t *h_pack;  /* the same, built on the host and uploaded in one copy */
     int *host_offset; /* [slots + 1] */
     int cap_slots;
     /* index upload of permute/unpermute per chunk */
@@ -127,6 +128,7 @@ static void cuda_destroy(void *state)
     cudaFree(s->ablock);
     cudaFree(s->wblock);
     free(s->host_offset);
+    free(s->h_pack);
     moe_gemm_destroy(s->gemm);
     if (s->stream) cudaStreamDestroy(s->stream);
     free(s);
@@ -174,7 +176,7 @@ static moe_status_t cuda_create(const void *config, const void *weights, int max
     s->host_rows = cfg->run.transport == MOE_TRANSPORT_MPI;
     MOE_CHECK_CUDA(cudaGetDevice(&s->device), fail_free);
     MOE_CHECK_CUDA(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), fail_free);
-    MOE_CHECK(moe_gemm_create(s->stream, MOE_GEMM_LOOP, &s->gemm), fail_free);
+    MOE_CHECK(moe_gemm_create(s->stream, MOE_GEMM_AUTO, &s->gemm), fail_free);
     s->chunk = calloc((size_t)chunks, sizeof(cuda_chunk_t));
     s->rows_dev = calloc((size_t)chunks, sizeof(int32_t *));
     s->cap_rows_dev = calloc((size_t)chunks, sizeof(int));
@@ -372,20 +374,22 @@ static moe_status_t grow_experts(cuda_state_t *s, int entries, int rows, int slo
     while (cr < rows) cr *= 2;
     MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
     cudaFree(s->eblock);
+    free(s->h_pack);
     s->eblock = NULL;
+    s->h_pack = NULL;
     s->cap_entries = s->cap_rows = 0;
     const size_t E_ = (size_t)ce, R = (size_t)cr, d = (size_t)s->d, f = (size_t)s->f;
-    size_t bytes = 256 * 8 + 2 * E_ * (d + 2 * f + f + d) + 4 * R * d + 4 * E_ * 3;
+    const size_t pack = 3 * E_ + R + 1;
+    size_t bytes = 256 * 8 + 2 * E_ * (d + 2 * f + f + d) + 4 * pack;
     MOE_CHECK_CUDA(cudaMalloc(&s->eblock, bytes), fail);
+    s->h_pack = malloc(4 * pack);
+    MOE_CHECK_ALLOC(s->h_pack, fail);
     char *cur = s->eblock;
     s->e_in = cut(&cur, 2 * E_ * d);
     s->e_gu = cut(&cur, 2 * E_ * 2 * f);
     s->e_act = cut(&cur, 2 * E_ * f);
     s->e_y = cut(&cur, 2 * E_ * d);
-    s->e_acc = cut(&cur, 4 * R * d);
-    s->e_row = cut(&cur, 4 * E_);
-    s->e_src = cut(&cur, 4 * E_);
-    s->e_weight = cut(&cur, 4 * E_);
+    s->e_pack = cut(&cur, 4 * pack);
     s->cap_entries = ce;
     s->cap_rows = cr;
 fail:
@@ -403,19 +407,32 @@ static moe_status_t cuda_experts(void *state, int layer, int chunk, int n_recv,
     if (n_recv > 0) {
         MOE_CHECK(grow_experts(s, entries, n_recv, g->slots), fail);
         memcpy(s->host_offset, g->offset, sizeof(int) * (size_t)(g->slots + 1));
-        MOE_CHECK_CUDA(cudaMemcpyAsync(s->e_row, g->row, sizeof(int32_t) * entries, cudaMemcpyHostToDevice,
-                                       s->stream), fail);
-        MOE_CHECK_CUDA(cudaMemcpyAsync(s->e_weight, g->weight, sizeof(float) * entries,
-                                       cudaMemcpyHostToDevice, s->stream), fail);
-        MOE_CHECK(moe_gather_rows_cuda(c->recv, d, s->e_row, entries, s->e_in, s->stream), fail);
+        /* One upload: rows and weights of the entries in expert order, then for the combine the
+         * entries of each received row (a counting sort by row). */
+        int32_t *row = s->h_pack, *wbits = row + entries, *entry = wbits + entries,
+                *row_offset = entry + entries;
+        memcpy(row, g->row, sizeof(int32_t) * entries);
+        memcpy(wbits, g->weight, sizeof(float) * entries);
+        memset(row_offset, 0, sizeof(int32_t) * (size_t)(n_recv + 1));
+        for (int i = 0; i < entries; i++) row_offset[row[i] + 1]++;
+        for (int r = 0; r < n_recv; r++) row_offset[r + 1] += row_offset[r];
+        for (int i = 0; i < entries; i++) entry[row_offset[row[i]]++] = i;
+        for (int r = n_recv; r > 0; r--) row_offset[r] = row_offset[r - 1]; /* back to starts */
+        row_offset[0] = 0;
+        const size_t pack = (size_t)3 * entries + n_recv + 1;
+        MOE_CHECK_CUDA(cudaMemcpyAsync(s->e_pack, s->h_pack, 4 * pack, cudaMemcpyHostToDevice, s->stream),
+                       fail);
+        const int32_t *d_row = s->e_pack, *d_entry = s->e_pack + 2 * (size_t)entries,
+                      *d_row_offset = s->e_pack + 3 * (size_t)entries;
+        const float *d_weight = (const float *)(s->e_pack + entries);
+        MOE_CHECK(moe_gather_rows_cuda(c->recv, d, d_row, entries, s->e_in, s->stream), fail);
         const size_t per_slot_gu = (size_t)2 * f * d;
         const moe_bf16_t *wgu = s->expert_gate_up + (size_t)s->w->local_offset[layer] * per_slot_gu;
         const moe_bf16_t *wd = s->expert_down + (size_t)s->w->local_offset[layer] * (size_t)d * f;
         MOE_CHECK(moe_expert_ffn_grouped_cuda(s->gemm, s->e_in, wgu, wd, s->host_offset, g->slots, d, f,
                                               s->e_gu, s->e_act, s->e_y), fail);
-        MOE_CHECK_CUDA(cudaMemsetAsync(s->e_acc, 0, sizeof(float) * (size_t)n_recv * d, s->stream), fail);
-        MOE_CHECK(moe_scatter_add_cuda(s->e_y, s->e_row, s->e_weight, entries, d, s->e_acc, s->stream), fail);
-        MOE_CHECK(moe_f32_to_bf16_cuda(s->e_acc, (size_t)n_recv * d, c->partial, s->stream), fail);
+        MOE_CHECK(moe_combine_rows_cuda(s->e_y, d_row_offset, d_entry, d_weight, n_recv, d, c->partial,
+                                        s->stream), fail);
     }
     if (s->host_rows) MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
     if (progress) progress(progress_arg);

@@ -64,7 +64,8 @@ static moe_status_t engine_plan(moe_engine_h e)
 {
     moe_status_t status = MOE_STATUS_OK;
     const moe_config_t *c = &e->config;
-    if (!c->placement.plan[0])
+    /* The reference has no placement: every expert is local. */
+    if (!c->placement.plan[0] || e->options.reference)
         return moe_plan_create_contiguous(c->model.layers, c->model.experts, e->size,
                                           c->placement.ranks_per_node, &e->plan);
     MOE_CHECK(moe_plan_load(c->placement.plan, &e->plan), fail);

@@ -59,6 +59,11 @@ expect_failure "missing input" "absent.npy" inp "$data/absent.npy"
 expect_failure "output in a missing folder" "no_such_dir/out.npy" run2 -c "$src/configs/tiny.yaml" --output /tmp/no_such_dir/out.npy
 expect_failure "metrics in a missing folder" "no_such_dir/m.jsonl" run2 -c "$src/configs/tiny.yaml" --metrics /tmp/no_such_dir/m.jsonl
 expect_failure "stats in a missing folder" "no_such_dir/s.safetensors" run2 -c "$src/configs/tiny.yaml" --stats /tmp/no_such_dir/s.safetensors
+expect_failure "plan for another world size" "tiny_4ranks_replicas.yaml|4 ranks|2 ranks" \
+    run2 -c "$src/configs/tiny.yaml" --plan "$src/tests/data/plans/tiny_4ranks_replicas.yaml"
+expect_failure "plan for another model" "tiny_4ranks_replicas.yaml|8 experts|16 experts" \
+    timeout 60 mpirun --oversubscribe -np 4 "$moerun" infer -c "$src/configs/tiny.yaml" --set model.experts=16 \
+    --plan "$src/tests/data/plans/tiny_4ranks_replicas.yaml"
 expect_failure "plan file missing" "absent_plan.yaml" run2 -c "$src/configs/tiny.yaml" --plan "$data/absent_plan.yaml"
 expect_failure "stats of a missing trace" "absent.npy" timeout 60 "$moerun" stats --trace "$data/absent.npy" -o /tmp/unused.safetensors
 expect_failure "stats of a truncated trace" "trace_truncated.npy" timeout 60 "$moerun" stats --trace "$data/trace_truncated.npy" -o /tmp/unused.safetensors

@@ -3,7 +3,7 @@
 # reads back to the same effective configuration (overrides included; the first line names the
 # source file); bad usage exits 2.
 set -euo pipefail
-moerun=$1 src=$2
+moerun=$(realpath "$1") src=$(realpath "$2")
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

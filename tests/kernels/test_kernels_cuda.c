@@ -193,6 +193,47 @@ static void test_gather_scatter(int n_src, int n, int d)
     free(src), free(ref), free(o), free(wt), free(acc), free(acc_ref), free(rows), free(src16), free(ones);
 }
 
+/* The destination's combine: each output row the weighted sum of its entries (some rows have
+ * several, every row at least one), against moe_scatter_add_cpu onto zeros. */
+static void test_combine(int n_rows, int d)
+{
+    int entries = 0;
+    int *per_row = malloc(sizeof(int) * n_rows);
+    for (int r = 0; r < n_rows; r++) entries += per_row[r] = 1 + (int)(moe_hash(5, draw, r, 0, 0) % 3);
+    draw++;
+    size_t ed = (size_t)entries * d, rd = (size_t)n_rows * d;
+    float *y = malloc(4 * ed), *wt = malloc(4 * (size_t)entries), *ref = calloc(rd, 4), *o = malloc(4 * rd);
+    int32_t *rows = malloc(4 * (size_t)entries), *entry = malloc(4 * (size_t)entries);
+    int *row_offset = malloc(sizeof(int) * (n_rows + 1));
+    fill(y, ed, 1.0f);
+    fill(wt, (size_t)entries, 1.0f);
+    /* entries in a scrambled order, as the expert grouping leaves them */
+    for (int i = 0; i < entries; i++) entry[i] = i;
+    for (int i = entries - 1; i > 0; i--) {
+        int j = (int)(moe_hash(6, draw, i, 0, 0) % (uint64_t)(i + 1)), t = entry[i];
+        entry[i] = entry[j], entry[j] = t;
+    }
+    draw++;
+    row_offset[0] = 0;
+    for (int r = 0, i = 0; r < n_rows; r++) {
+        for (int q = 0; q < per_row[r]; q++) rows[entry[i++]] = r;
+        row_offset[r + 1] = row_offset[r] + per_row[r];
+    }
+    uint16_t *y16 = round_bf16(y, ed);
+    moe_scatter_add_cpu(y, rows, wt, entries, d, ref);
+    moe_bf16_t *dy = dev_copy(y16, 2 * ed), *dout = dev_poisoned(2 * rd);
+    float *dwt = dev_copy(wt, 4 * (size_t)entries);
+    int32_t *dentry = dev_copy(entry, 4 * (size_t)entries);
+    int *doff = dev_copy(row_offset, sizeof(int) * (n_rows + 1));
+    CHECK_STATUS(moe_combine_rows_cuda(dy, doff, dentry, dwt, n_rows, d, dout, stream), MOE_STATUS_OK);
+    host_from_bf16(o, dout, rd);
+    char what[96];
+    snprintf(what, sizeof what, "combine %d entries -> %dx%d", entries, n_rows, d);
+    check_rel(what, o, ref, rd, TOL_BF16);
+    cudaFree(dy), cudaFree(dout), cudaFree(dwt), cudaFree(dentry), cudaFree(doff);
+    free(per_row), free(y), free(wt), free(ref), free(o), free(rows), free(entry), free(row_offset), free(y16);
+}
+
 static void test_swiglu(int n, int f)
 {
     size_t n2 = (size_t)n * 2 * f, nf = (size_t)n * f;
@@ -254,14 +295,15 @@ static void test_experts(moe_gemm_h gemm, int groups, int d, int f, int max_rows
     moe_bf16_t *dx = dev_copy(x16, 2 * nx), *dwgu = dev_copy(wgu16, 2 * ngu), *dwd = dev_copy(wd16, 2 * nd);
     moe_bf16_t *dgu = dev_poisoned(2 * (size_t)rows * 2 * f), *dact = dev_poisoned(2 * (size_t)rows * f);
     moe_bf16_t *dy = dev_poisoned(2 * nx);
-    for (int mode = 0; mode < 2; mode++) {
+    static const char *const mode_names[] = {"loop", "grouped", "streams", "auto"};
+    for (int mode = 0; mode < 4; mode++) {
         moe_gemm_set_mode(gemm, (moe_gemm_mode_t)mode);
         cudaMemset(dy, 0xff, 2 * nx);
         CHECK_STATUS(moe_expert_ffn_grouped_cuda(gemm, dx, dwgu, dwd, offset, groups, d, f, dgu, dact, dy),
                      MOE_STATUS_OK);
         host_from_bf16(o, dy, nx);
         char what[96];
-        snprintf(what, sizeof what, "experts %s %d x (d %d, f %d), %d rows", mode ? "grouped" : "loop",
+        snprintf(what, sizeof what, "experts %s %d x (d %d, f %d), %d rows", mode_names[mode],
                  groups, d, f, rows);
         check_rel(what, o, ref, nx, TOL_BF16);
     }
@@ -310,6 +352,7 @@ int main(void)
         test_rmsnorm(shapes[i][0], shapes[i][1]);
         test_gather_scatter(shapes[i][0] + 3, shapes[i][0] * 2 + 1, shapes[i][1]);
         test_swiglu(shapes[i][0], shapes[i][1] + 1);
+        test_combine(shapes[i][0] * 3 + 1, shapes[i][1]);
         test_swiglu(shapes[i][0], shapes[i][1]);
     }
     test_residual(12345);
@@ -323,6 +366,7 @@ int main(void)
     test_experts(gemm, 8, 96, 40, 33);
     test_experts(gemm, 5, 256, 512, 130);
     test_experts(gemm, 16, 512, 256, 70);
+    test_experts(gemm, 3, 256, 256, 2500); /* AUTO takes the loop here */
 
     moe_gemm_destroy(gemm);
     cudaError_t err = cudaDeviceSynchronize();

@@ -1,6 +1,6 @@
-/* test_place_eval: the evaluator's counts against a direct count on small hand-made traces (replicas,
- * co-located experts, several nodes), plan YAML round trips, malformed plans / CSVs / traces, and
- * infeasible requests. */
+/* test_place_eval: the evaluator's counts against a direct count on small hand-made traces
+ * (replicas, co-located experts, several nodes), plan YAML round trips, malformed plans / CSVs /
+ * traces, and infeasible requests. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,8 +51,8 @@ static void test_hand_counts(void)
     CHECK_STATUS(moe_place_evaluate(plan, w, &o, &f), MOE_STATUS_OK);
     CHECK_NEAR(f.intra_total, 1, 0);
     CHECK_NEAR(f.inter_total, 3, 0);
-    /* hierarchical: token 1 sends once to node 1 (rail rank 3, which is a destination: rank 2 gets a
-     * forward), token 2 once to node 0 (rail rank 0 = destination) */
+    /* hierarchical: token 1 sends once to node 1 (rail rank 3, which is a destination: rank 2 gets
+     * a forward), token 2 once to node 0 (rail rank 0 = destination) */
     CHECK_NEAR(f.inter_hier_total, 2, 0);
     CHECK_NEAR(f.intra_hier_total, 2, 0);
     /* loads: rank0: t0,t2 = 2; rank1: 1; rank2: t1,t2 = 2; rank3: t1,t3 = 2 -> 7 pairs */
@@ -87,8 +87,10 @@ static void direct_count(moe_plan_h plan, const int32_t *ids, int L, int T, int 
             }
             for (int r = 0; r < R; r++) {
                 if (!hit[r] || r == home) continue;
-                if (r / G == home / G) *intra += 1;
-                else *inter += 1;
+                if (r / G == home / G)
+                    *intra += 1;
+                else
+                    *inter += 1;
             }
         }
         load_max[l] = 0;
@@ -104,7 +106,8 @@ static void test_direct_counts(void)
     moe_plan_h plan = NULL;
     CHECK_STATUS(moe_plan_create_empty(L, E, R, G, &plan), MOE_STATUS_OK);
     for (int l = 0; l < L; l++) {
-        for (int e = 0; e < E; e++) moe_plan_add_replica(plan, l, e, (e + l) % R, e < 2 ? 0.5f : 1.0f);
+        for (int e = 0; e < E; e++)
+            moe_plan_add_replica(plan, l, e, (e + l) % R, e < 2 ? 0.5f : 1.0f);
         moe_plan_add_replica(plan, l, 0, 5 - l, 0.25f);
         moe_plan_add_replica(plan, l, 0, 3 - l, 0.25f);
         moe_plan_add_replica(plan, l, 1, 4, 0.5f);
@@ -152,7 +155,8 @@ static void test_model_exact_top2(void)
     int32_t *ids = malloc(sizeof(int32_t) * T * K);
     for (int t = 0; t < T; t++) {
         ids[t * K] = (int32_t)(moe_hash(3, (uint64_t)t, 0, 0, 0) % E);
-        ids[t * K + 1] = (ids[t * K] + 1 + (int32_t)(moe_hash(3, (uint64_t)t, 1, 0, 0) % (E - 1))) % E;
+        ids[t * K + 1] =
+            (ids[t * K] + 1 + (int32_t)(moe_hash(3, (uint64_t)t, 1, 0, 0) % (E - 1))) % E;
     }
     moe_workload_h w = NULL;
     CHECK_STATUS(moe_workload_from_ids(ids, 1, T, K, E, "top2", &w), MOE_STATUS_OK);
@@ -178,8 +182,10 @@ static void test_round_trip(void)
     moe_plan_h plan = NULL, back = NULL;
     CHECK_STATUS(moe_plan_create_empty(3, 5, 4, 2, &plan), MOE_STATUS_OK);
     for (int l = 0; l < 3; l++) {
-        for (int e = 0; e < 5; e++) moe_plan_add_replica(plan, l, e, (e * 3 + l) % 4, e == 1 ? 0.3f : 1.0f);
-        moe_plan_add_replica(plan, l, 1, (3 + l + 1) % 4 == (1 * 3 + l) % 4 ? 0 : (3 + l + 1) % 4, 0.7f);
+        for (int e = 0; e < 5; e++)
+            moe_plan_add_replica(plan, l, e, (e * 3 + l) % 4, e == 1 ? 0.3f : 1.0f);
+        moe_plan_add_replica(plan, l, 1, (3 + l + 1) % 4 == (1 * 3 + l) % 4 ? 0 : (3 + l + 1) % 4,
+                             0.7f);
     }
     CHECK_STATUS(moe_plan_check(plan, "rt"), MOE_STATUS_OK);
     const char *p1 = tmp_path("rt1.yaml"), *p2 = tmp_path("rt2.yaml");
@@ -237,7 +243,8 @@ static void test_malformed_plans(void)
         /* unknown key */
         "placement:\n  - layer: 0\n    ranks:\n      - {rank: 0, experts: [0, 1]}\nextra: 1\n",
         /* shares do not sum to 1 */
-        "placement:\n  - layer: 0\n    ranks:\n      - {rank: 0, experts: [0, 1], shares: [0.5, 1]}\n",
+        "placement:\n  - layer: 0\n    ranks:\n      - {rank: 0, experts: [0, 1], shares: [0.5, "
+        "1]}\n",
         /* expert out of range */
         "placement:\n  - layer: 0\n    ranks:\n      - {rank: 0, experts: [0, 2]}\n",
         /* rank out of range */
@@ -260,7 +267,8 @@ static void test_malformed_plans(void)
         /* no placement */
         "solver: x\n",
         /* negative share */
-        "placement:\n  - layer: 0\n    ranks:\n      - {rank: 0, experts: [0, 1], shares: [-1, 1]}\n"
+        "placement:\n  - layer: 0\n    ranks:\n      - {rank: 0, experts: [0, 1], shares: [-1, "
+        "1]}\n"
         "      - {rank: 1, experts: [0], shares: [2]}\n",
     };
     char text[1024];
@@ -276,11 +284,12 @@ static void test_malformed_plans(void)
     /* header errors */
     const char *heads[] = {"format: 2\nlayers: 1\nexperts: 2\nranks: 2\nranks_per_node: 1\n",
                            "format: 1\nlayers: 1\nexperts: 2\nranks: 3\nranks_per_node: 2\n",
-                           "format: 1\nexperts: 2\nranks: 2\nranks_per_node: 1\n",
-                           "- a list\n"};
+                           "format: 1\nexperts: 2\nranks: 2\nranks_per_node: 1\n", "- a list\n"};
     for (int i = 0; i < 4; i++) {
-        snprintf(text, sizeof(text), "%s%s", heads[i],
-                 i == 3 ? "" : "placement:\n  - layer: 0\n    ranks:\n      - {rank: 0, experts: [0, 1]}\n");
+        snprintf(
+            text, sizeof(text), "%s%s", heads[i],
+            i == 3 ? ""
+                   : "placement:\n  - layer: 0\n    ranks:\n      - {rank: 0, experts: [0, 1]}\n");
         write_text(tmp_path("bad.yaml"), text);
         moe_plan_h p = NULL;
         CHECK(moe_plan_load(tmp_path("bad.yaml"), &p) != MOE_STATUS_OK);
@@ -316,13 +325,13 @@ static void test_csv(void)
     if (w) CHECK_NEAR(moe_workload_loads(w)[1], 0, 0);
     moe_workload_destroy(w);
     const char *bad[] = {
-        "Layer,Language,Expert_0,Expert_2\n0,a,0.5,0.5\n",     /* column names */
-        "Layer,Language,Expert_0,Expert_1\n0,a,0.5\n",         /* short row */
-        "Layer,Language,Expert_0,Expert_1\n0,a,0.5,x\n",       /* not a number */
-        "Layer,Language,Expert_0,Expert_1\nz,a,0.5,0.5\n",     /* bad layer */
-        "Layer,Language,Expert_0,Expert_1\n0,a,0.5,1.5\n",     /* not a fraction */
+        "Layer,Language,Expert_0,Expert_2\n0,a,0.5,0.5\n",               /* column names */
+        "Layer,Language,Expert_0,Expert_1\n0,a,0.5\n",                   /* short row */
+        "Layer,Language,Expert_0,Expert_1\n0,a,0.5,x\n",                 /* not a number */
+        "Layer,Language,Expert_0,Expert_1\nz,a,0.5,0.5\n",               /* bad layer */
+        "Layer,Language,Expert_0,Expert_1\n0,a,0.5,1.5\n",               /* not a fraction */
         "Layer,Language,Expert_0,Expert_1\n0,a,1,1\n0,b,1,1\n1,a,1,1\n", /* uneven layers */
-        "",                                                     /* empty */
+        "",                                                              /* empty */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         write_text(path, bad[i]);
@@ -336,14 +345,20 @@ static void test_traces(void)
 {
     /* a float array is not a trace; a 2-d array is not a trace; ids out of range */
     float fdata[2 * 3 * 2] = {0};
-    moe_array_t a = {.dtype = MOE_DTYPE_F32, .ndim = 3, .shape = {2, 3, 2}, .data = fdata,
+    moe_array_t a = {.dtype = MOE_DTYPE_F32,
+                     .ndim = 3,
+                     .shape = {2, 3, 2},
+                     .data = fdata,
                      .nbytes = sizeof(fdata)};
     const char *p = tmp_path("float.npy");
     CHECK_STATUS(moe_npy_write(p, &a), MOE_STATUS_OK);
     moe_workload_h w = NULL;
     CHECK(moe_workload_load_trace(p, 0, &w) != MOE_STATUS_OK);
     int8_t idata[2 * 3 * 2] = {0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3};
-    moe_array_t b = {.dtype = MOE_DTYPE_I8, .ndim = 3, .shape = {2, 3, 2}, .data = idata,
+    moe_array_t b = {.dtype = MOE_DTYPE_I8,
+                     .ndim = 3,
+                     .shape = {2, 3, 2},
+                     .data = idata,
                      .nbytes = sizeof(idata)};
     p = tmp_path("ids.npy");
     CHECK_STATUS(moe_npy_write(p, &b), MOE_STATUS_OK);

@@ -26,8 +26,8 @@ typedef struct {
     double best;
     int rank_of[64];
     int used[16];
-    double u[2][16];      /* normalised loads of the layer */
-    double c[2][16][16];  /* co-activation / pairs */
+    double u[2][16];     /* normalised loads of the layer */
+    double c[2][16][16]; /* co-activation / pairs */
 } bf_t;
 
 /* The cost of one layer with equal shares, straight from the definition in cost.c. */
@@ -69,7 +69,8 @@ static void bf_search(bf_t *b, int i)
     for (int r = 0; r < b->R; r++) {
         if (b->used[r] >= cap) continue;
         bool dup = false;
-        for (int j = 0; j < i; j++) dup |= b->rank_of[j] == r && b->item_expert[j] == b->item_expert[i];
+        for (int j = 0; j < i; j++)
+            dup |= b->rank_of[j] == r && b->item_expert[j] == b->item_expert[i];
         if (dup) continue;
         /* replicas of one expert in increasing rank order (they are interchangeable) */
         if (i > 0 && b->item_expert[i - 1] == b->item_expert[i] && r < b->rank_of[i - 1]) continue;
@@ -90,8 +91,8 @@ static void make_ids(int32_t *ids, int L, int T, int K, int E, uint64_t seed)
                 int tries = 0;
                 do {
                     /* skewed: low ids are hot */
-                    double x = moe_hash_to_unit(moe_hash(seed, (uint64_t)l, (uint64_t)t, (uint64_t)j,
-                                                         (uint64_t)tries++));
+                    double x = moe_hash_to_unit(
+                        moe_hash(seed, (uint64_t)l, (uint64_t)t, (uint64_t)j, (uint64_t)tries++));
                     e = (int)(E * x * x);
                     dup = false;
                     for (int i = 0; i < j; i++) dup |= ids[(l * T + t) * K + i] == e;
@@ -125,8 +126,8 @@ static void exact_vs_brute(int W, bool hierarchical, int replicas)
     double per_layer[2];
     moe_place_objective(plan, w, W, &o, per_layer);
     for (int l = 0; l < L; l++) {
-        bf_t b = {.L = L, .E = E, .R = R, .G = G, .W = W, .K = K, .T = T, .layer = l,
-                  .best = INFINITY};
+        bf_t b = {
+            .L = L, .E = E, .R = R, .G = G, .W = W, .K = K, .T = T, .layer = l, .best = INFINITY};
         /* the cost model's pair weights, from its definition */
         double inter = o.inter_factor * (1.0 - (double)G / R), intra = (G - 1.0) / R;
         b.wr = o.copy_cost * (intra + (hierarchical ? 0 : inter));
@@ -194,13 +195,14 @@ static void ilp_not_worse(moe_workload_h *w, int n, int R, int G, int replicas, 
     if (!ilp || !greedy) return;
     int L = moe_plan_layers(ilp);
     double *a = malloc(sizeof(double) * L), *b = malloc(sizeof(double) * L);
-    double ja = moe_place_objective(ilp, w, n, &o, a), jb = moe_place_objective(greedy, w, n, &o, b);
+    double ja = moe_place_objective(ilp, w, n, &o, a),
+           jb = moe_place_objective(greedy, w, n, &o, b);
     for (int l = 0; l < L; l++) CHECK(a[l] <= b[l] + 1e-12);
     CHECK(ja <= jb + 1e-12);
     CHECK_NEAR(rep.warm_objective, jb, 1e-9);
     printf("ilp vs greedy, %d source(s), %d ranks (%d per node), %d redundant: objective %.4f vs "
-           "%.4f, %.2f s, %d layers kept greedy\n", n, R, G, replicas, ja, jb, rep.solve_seconds,
-           rep.layers_kept_warm);
+           "%.4f, %.2f s, %d layers kept greedy\n",
+           n, R, G, replicas, ja, jb, rep.solve_seconds, rep.layers_kept_warm);
     /* every rank holds at most ceil(slots / ranks) experts */
     int cap = (moe_plan_experts(ilp) + replicas + R - 1) / R;
     for (int l = 0; l < L; l++)
@@ -229,7 +231,8 @@ static void baselines_and_determinism(moe_workload_h w)
             for (int e = 0; e < E; e++) {
                 const int *r1, *r2;
                 const float *s1, *s2;
-                int n1 = moe_plan_replicas(p1, l, e, &r1, &s1), n2 = moe_plan_replicas(p2, l, e, &r2, &s2);
+                int n1 = moe_plan_replicas(p1, l, e, &r1, &s1),
+                    n2 = moe_plan_replicas(p2, l, e, &r2, &s2);
                 total += n1;
                 same &= n1 == n2;
                 for (int i = 0; i < n1 && i < n2; i++) same &= r1[i] == r2[i] && s1[i] == s2[i];
@@ -245,7 +248,8 @@ static void baselines_and_determinism(moe_workload_h w)
 
 static void current_plan(moe_workload_h from, moe_workload_h to)
 {
-    /* re-plan for a new workload starting from a plan in service: with a move cost, fewer experts move */
+    /* re-plan for a new workload starting from a plan in service: with a move cost, fewer experts
+     * move */
     moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
     o.ranks = 16;
     o.ranks_per_node = 8;
