@@ -332,6 +332,7 @@ moe_status_t moe_scheduler_layer(moe_scheduler_h s, int layer, int64_t g0, int n
     }
     MOE_CHECK(combine_finish(s, C - 1, m), fail);
     MOE_CHECK(s->backend->residual(s->backend_state, n), fail);
+    m->tokens += n;
     m->layer_time += moe_now() - t_layer;
 fail:
     return status;

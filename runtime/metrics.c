@@ -20,8 +20,8 @@ struct moe_metrics_s {
     int rank, size, layers;
     moe_layer_metrics_t *layer;     /* [L] this batch, this rank */
     double *reduce_buf;             /* [L][STAGE_COUNT + 1] */
-    int64_t *gather_buf;            /* [P][L][3] on rank 0 */
-    int64_t *send_buf;              /* [L][3] */
+    int64_t *gather_buf;            /* [P][L][4] on rank 0 */
+    int64_t *send_buf;              /* [L][4] */
     moe_atomic_file_t jsonl;
     bool jsonl_open;
     /* summary (rank 0), over measured batches */
@@ -50,8 +50,8 @@ moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_m
     m->layers = config->model.layers;
     m->layer = calloc((size_t)m->layers, sizeof(moe_layer_metrics_t));
     m->reduce_buf = calloc((size_t)m->layers * (MOE_STAGE_COUNT + 1), sizeof(double));
-    m->send_buf = calloc((size_t)m->layers * 3, sizeof(int64_t));
-    m->gather_buf = calloc((size_t)m->size * m->layers * 3, sizeof(int64_t));
+    m->send_buf = calloc((size_t)m->layers * 4, sizeof(int64_t));
+    m->gather_buf = calloc((size_t)m->size * m->layers * 4, sizeof(int64_t));
     if (!m->layer || !m->reduce_buf || !m->send_buf || !m->gather_buf) {
         moe_metrics_destroy(m);
         MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "metrics: out of memory");
@@ -92,14 +92,15 @@ moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tok
     for (int l = 0; l < L; l++) {
         memcpy(local + (size_t)l * (S + 1), m->layer[l].time, sizeof(double) * S);
         local[(size_t)l * (S + 1) + S] = m->layer[l].layer_time;
-        m->send_buf[l * 3 + 0] = m->layer[l].load;
-        m->send_buf[l * 3 + 1] = m->layer[l].rows_sent;
-        m->send_buf[l * 3 + 2] = m->layer[l].rows_received;
+        m->send_buf[l * 4 + 0] = m->layer[l].load;
+        m->send_buf[l * 4 + 1] = m->layer[l].rows_sent;
+        m->send_buf[l * 4 + 2] = m->layer[l].rows_received;
+        m->send_buf[l * 4 + 3] = m->layer[l].tokens;
     }
     double batch_time_max = batch_time;
     int rc = MPI_Reduce(local, m->reduce_buf, L * (S + 1), MPI_DOUBLE, MPI_MAX, 0, m->comm);
     if (rc == MPI_SUCCESS)
-        rc = MPI_Gather(m->send_buf, L * 3, MPI_INT64_T, m->gather_buf, L * 3, MPI_INT64_T, 0, m->comm);
+        rc = MPI_Gather(m->send_buf, L * 4, MPI_INT64_T, m->gather_buf, L * 4, MPI_INT64_T, 0, m->comm);
     if (rc == MPI_SUCCESS)
         rc = MPI_Reduce(&batch_time, &batch_time_max, 1, MPI_DOUBLE, MPI_MAX, 0, m->comm);
     free(local);
@@ -117,10 +118,10 @@ moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tok
         const double *t = m->reduce_buf + (size_t)l * (S + 1);
         int64_t total = 0, max = 0, sent = 0;
         for (int p = 0; p < m->size; p++) {
-            int64_t load = m->gather_buf[((size_t)p * L + l) * 3];
+            int64_t load = m->gather_buf[((size_t)p * L + l) * 4];
             total += load;
             if (load > max) max = load;
-            sent += m->gather_buf[((size_t)p * L + l) * 3 + 1];
+            sent += m->gather_buf[((size_t)p * L + l) * 4 + 1];
         }
         double mean = (double)total / m->size;
         double imbalance = mean > 0 ? (double)max / mean : 1.0;
@@ -139,13 +140,16 @@ moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tok
             for (int s = 0; s < S; s++) fprintf(fp, "\"%s\":%.9g,", stage_names[s], t[s]);
             fprintf(fp, "\"layer\":%.9g},\"load\":[", t[S]);
             for (int p = 0; p < m->size; p++)
-                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 3]);
+                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 4]);
+            fprintf(fp, "],\"tokens_per_rank\":[");
+            for (int p = 0; p < m->size; p++)
+                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 4 + 3]);
             fprintf(fp, "],\"rows_sent\":[");
             for (int p = 0; p < m->size; p++)
-                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 3 + 1]);
+                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 4 + 1]);
             fprintf(fp, "],\"rows_received\":[");
             for (int p = 0; p < m->size; p++)
-                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 3 + 2]);
+                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 4 + 2]);
             fprintf(fp, "],\"load_max_mean\":%.6g}\n", imbalance);
         }
     }

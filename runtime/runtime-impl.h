@@ -105,6 +105,7 @@ const char *moe_stage_name(moe_stage_t stage);
 typedef struct {
     double time[MOE_STAGE_COUNT];
     double layer_time;
+    int64_t tokens;                   /* tokens this rank owns */
     int64_t rows_sent, rows_received; /* token copies, this rank's out and in */
     int64_t load;                     /* (token, expert) pairs computed here */
 } moe_layer_metrics_t;
