@@ -42,11 +42,14 @@ static void place_usage(FILE *out)
         "  --current PLAN        plan in service: moving an expert costs --move-cost (default "
         "0.05)\n"
         "  --expert-bytes B      weight bytes of one expert (reported bytes moved)\n"
+        "  --node-slack X        ilp: node balance within 1 + X of the warm start's (default 0.01)\n"
+        "  --no-share-lp         ilp: keep equal replica shares (no share LP)\n"
         "  --verbose             per-layer progress of the solver\n"
         "  --copy-cost X         intra-node copy vs one token-expert FFN (default 1)\n"
         "  --inter-factor X      inter-node vs intra-node copy (default 3.2)\n"
         "  --hierarchical        model hierarchical dispatch in the objective\n"
-        "  --residency home|stay tokens go home between layers (the runtime), or stay on the rank of\n"
+        "  --residency home|stay tokens go home between layers (the runtime), or stay on the rank "
+        "of\n"
         "                        their last expert (modelled: transitions count); default home\n"
         "  --tokens-per-rank N   replay: home rank of token t is (t / N) %% ranks (default 512)\n"
         "  --score IDS[@A:B]     also replay the plan on this trace (repeatable)\n"
@@ -199,8 +202,8 @@ static char *predicted_yaml(const char *solver, moe_plan_h plan, moe_workload_h 
             APPEND("%s%c", (*s == '"' || *s == '\\') ? "\\" : "", *s);
         APPEND("\"\n");
     }
-    APPEND("predicted:\n  objective: %.6g\n  solve_seconds: %.3f\n", rep->objective,
-           rep->solve_seconds);
+    /* no solve time here: the same input gives the same file */
+    APPEND("predicted:\n  objective: %.6g\n", rep->objective);
     if (isfinite(rep->mip_gap)) APPEND("  mip_gap: %.4g\n", rep->mip_gap);
     APPEND("  per_source:\n");
     for (int i = 0; i < n_src; i++) {

@@ -256,8 +256,8 @@ double moe_place_layer_balance(const double *share, int layer, const moe_workloa
 
 /* Stay residency, for layer >= 1 given the previous layer's shares prev: of the token-expert pairs
  * of this layer, how many start on the node (ln) and on the rank (lr) of the replica that serves
- * them. The token sits on the rank of one of its k' previous experts (k' = previous pairs / tokens),
- * each taken as equally likely: ln = sum_{a,b} T[a][b] / k' sum_r share(b, r) f_prev(a, node(r)),
+ * them. The token sits on the rank of one of its k' previous experts (k' = previous pairs /
+ * tokens), each taken as equally likely: ln = sum_{a,b} T[a][b] / k' sum_r share(b, r) f_prev(a, node(r)),
  * with T the transitions from layer - 1 to layer. Returns false without transitions. */
 static bool stay_mass(const double *share, const double *prev, int layer, const moe_workload_h w,
                       int R, int G, double *ln, double *lr)

@@ -27,7 +27,8 @@ moe_status_t moe_place_solve_exact(const moe_workload_h *w, int n, const moe_pla
     MOE_CHECK(moe_place_layout_make(w, n, o, &lay), fail);
     int L = lay.layers, E = lay.experts, R = lay.ranks, G = lay.ranks_per_node, W = n;
     if (o->stay)
-        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "place --exact: the joint model is per layer; "
+        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail,
+                 "place --exact: the joint model is per layer; "
                  "stay residency couples layers (use --solver ilp)");
     if ((long)(E + o->replicas) * R > 256)
         MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail,

@@ -1,8 +1,8 @@
 /* solve_ilp.c: the decomposed integer program (GLPK), warm-started from greedy, under a time
  * limit.
  *
- * Layers are independent in the cost model (tokens return home between layers), so each layer is
- * solved on its own, in four steps that keep every subproblem small:
+ * With tokens returning home between layers, layers are independent in the cost model, so each
+ * layer is solved on its own, in four steps that keep every subproblem small:
  *
  *   A. replica counts: the redundant slots go to the experts with the largest load per replica,
  *      the load being the largest over the workloads (an expert hot in any workload gets replicas);
@@ -29,7 +29,10 @@
  *      the shares of the replicated experts (each share >= 5% of equal).
  * The layer's result is then compared, on the modelled objective, with the same hosting at equal
  * shares and with the greedy (EPLB) plan itself; the best is kept, so the ILP plan is never worse
- * than its warm start on any layer. The balance gap is measured against the lower bound
+ * than its warm start on any layer. With stay residency (options->stay) layers are coupled: they
+ * are swept in order with the previous one fixed, which makes "host e where its predecessors sit" a
+ * linear term (stay_bonus) in B and C; the guarantee then holds on the total (the greedy plan is
+ * returned if it is better). The balance gap is measured against the lower bound
  * max(1, max_w max_e u_w[e] / r_e). Deterministic: no randomness (kicks are hashes); ties go to the
  * lowest index; GLPK is deterministic for a given input. A time limit that cuts GLPK or the local
  * search short can make results depend on machine speed; the warm start bounds the damage. */
@@ -367,7 +370,7 @@ static moe_status_t pack_group(const layer_ctx_t *c, const int *counts, const in
     /* ... and with stay residency, hosting an expert where its predecessors sit saves copies: both
      * are linear per (item, rank), so they share one term */
 #define MOVE(i, g)                                                                                 \
-    ((mc > 0 && !(cur[(size_t)it[i].expert * R + base + (g)] > 0) ? mc : 0) -                     \
+    ((mc > 0 && !(cur[(size_t)it[i].expert * R + base + (g)] > 0) ? mc : 0) -                      \
      (c->bonus ? it[i].s * c->bonus[(size_t)it[i].expert * R + base + (g)] : 0))
     for (int i = 0; i < ni && init; i++) { /* start from init: the k-th replica on the k-th host */
         int kth = 0;
@@ -647,9 +650,9 @@ done:
 
 /* ---------------------------------------------------------------- driver */
 
-/* Stay residency (cost.c): with the previous layer fixed, the traffic term per workload is, to first
- * order, phi - ((phi - 1) ln + lr) / P, linear in this layer's shares: bonus[e][r] is what a unit
- * share of e on rank r takes off the objective; bonus_node[e][n] its node part. */
+/* Stay residency (cost.c): with the previous layer fixed, the traffic term per workload is, to
+ * first order, phi - ((phi - 1) ln + lr) / P, linear in this layer's shares: bonus[e][r] is what a
+ * unit share of e on rank r takes off the objective; bonus_node[e][n] its node part. */
 static void stay_bonus(const moe_workload_h *w, int n, int l, const double *prev,
                        const moe_place_layout_t *lay, const moe_place_options_t *o, double *fprev,
                        double *bonus, double *bonus_node)
@@ -829,10 +832,10 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
          * the move cost when there is a current plan */
         moe_place_plan_layer_shares(warm_plan, l, warm_share);
         const double *cur = cxp ? cur_share : NULL;
-        double c_lp = moe_place_layer_cost(cand, prev_l, l, w, n, o) +
-                      move_penalty(cand, cur, E, R, o);
-        double c_eq = moe_place_layer_cost(equal, prev_l, l, w, n, o) +
-                      move_penalty(equal, cur, E, R, o);
+        double c_lp =
+            moe_place_layer_cost(cand, prev_l, l, w, n, o) + move_penalty(cand, cur, E, R, o);
+        double c_eq =
+            moe_place_layer_cost(equal, prev_l, l, w, n, o) + move_penalty(equal, cur, E, R, o);
         double c_warm = moe_place_layer_cost(warm_share, prev_l, l, w, n, o) +
                         move_penalty(warm_share, cur, E, R, o);
         const double *best = cand;

@@ -11,6 +11,7 @@
 #   single: plans from intent scored on law, and the reverse (ILP + contiguous, round-robin, greedy);
 #   robust: plans from the first halves of intent and law together, scored on the second halves; the
 #           same from one half alone; in-domain reference: greedy built from the scored data itself;
+#   stay:   the robust case with --residency stay (tokens stay on the rank of their last expert);
 #   v3: 58 layers x 256 experts, top-8, 64 ranks (8x8), 32 redundant: solve time.
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,6 +44,8 @@ for cfg in "8 8 0" "16 8 16" "32 8 32"; do
     run "robust_both_$R" --trace "$IA" --trace "$LA" --score "$IB" --score "$LB" $W
     run "robust_intent_only_$R" --trace "$IA" --score "$IB" --score "$LB" $W
     run "robust_law_only_$R" --trace "$LA" --score "$IB" --score "$LB" $W
+    run "robust_both_stay_$R" --trace "$IA" --trace "$LA" --score "$IB" --score "$LB" \
+        --residency stay $W
     run "indomain_intentB_$R" --trace "$IB" --solver greedy --no-baselines $W
     run "indomain_lawB_$R" --trace "$LB" --solver greedy --no-baselines $W
 done

@@ -100,6 +100,31 @@ for R in (8, 16, 32):
                                   f"{copies}")
     print()
 
+print("## Stay residency (tokens stay on the rank of their last expert; modelled, replayed)\n")
+print("plans from the first halves of intent and law with `--residency stay`, scored on the second "
+      "halves; copies counted from where the token sits\n")
+print("| ranks | solver | scored | max/mean (mean) | max/mean (worst) | inter-node (stay) | "
+      "intra-node (stay) | inter-node (home) |")
+print("|---|---|---|---|---|---|---|---|")
+for R in (16, 32):
+    try:
+        run = load(f"robust_both_stay_{R}")
+    except FileNotFoundError:
+        continue
+    p = plans(run)
+    for s in ("greedy", "ilp"):
+        for k in range(2):
+            f = p[s][1][k]["replayed"]
+            print(f"| {R} | {s} | {short(p[s][1][k]['name'])} | {f['max_mean_mean']:.3f} | "
+                  f"{f['max_mean_worst']:.3f} | {f['inter_stay']:.0f} | {f['intra_stay']:.0f} | "
+                  f"{f['inter']:.0f} |")
+    for k in range(2):
+        f, g = p["ilp"][1][k]["replayed"], p["greedy"][1][k]["replayed"]
+        checks.append(f"{R} ranks, stay residency, robust on {short(p['ilp'][1][k]['name'])}: "
+                      f"inter-node copies {100 * (1 - f['inter_stay'] / g['inter_stay']):.1f}% "
+                      f"below greedy")
+print()
+
 v3 = load("v3")
 with open(os.path.join(OUT, "v3.wall")) as f:
     a, b = map(float, f.read().split())

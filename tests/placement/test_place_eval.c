@@ -98,6 +98,33 @@ static void direct_count(moe_plan_h plan, const int32_t *ids, int L, int T, int 
     }
 }
 
+/* Stay residency, counted directly: the token starts at home and then sits on the rank that applied
+ * most of its experts (ties: where it was, else the lowest rank). */
+static void direct_stay(moe_plan_h plan, const int32_t *ids, int L, int T, int K, int tpr,
+                        double *inter, double *intra)
+{
+    int R = moe_plan_ranks(plan), G = moe_plan_ranks_per_node(plan);
+    *inter = *intra = 0;
+    for (int t = 0; t < T; t++) {
+        int at = (t / tpr) % R;
+        for (int l = 0; l < L; l++) {
+            int cnt[64] = {0};
+            for (int j = 0; j < K; j++) {
+                int e = ids[(l * T + t) * K + j];
+                bool dup = false;
+                for (int i = 0; i < j; i++) dup |= ids[(l * T + t) * K + i] == e;
+                if (!dup) cnt[moe_plan_pick_replica(plan, l, e, t)]++;
+            }
+            int best = at;
+            for (int r = 0; r < R; r++) {
+                if (cnt[r] && r != at) *(r / G == at / G ? intra : inter) += 1;
+                if (cnt[r] > cnt[best]) best = r;
+            }
+            at = best;
+        }
+    }
+}
+
 static void test_direct_counts(void)
 {
     /* 3 nodes x 2 ranks, 8 experts, 2 layers, top-3, 60 tokens; replicas with unequal shares and
@@ -131,6 +158,10 @@ static void test_direct_counts(void)
             CHECK_NEAR(f.mean_load[l] * R, pairs[l], 1e-9);
         }
         CHECK(f.inter_total > 0 && f.intra_total > 0);
+        double si, sa;
+        direct_stay(plan, ids, L, T, K, tpr, &si, &sa);
+        CHECK_NEAR(f.inter_stay_total, si, 0);
+        CHECK_NEAR(f.intra_stay_total, sa, 0);
         moe_place_figures_free(&f);
     }
     /* the model's loads equal the expected loads (shares x counts) */
