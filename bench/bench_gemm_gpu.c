@@ -113,6 +113,17 @@ static void ffn_work(void *arg)
                                    a->act, a->y));
 }
 
+typedef struct {
+    ffn_arg_t a;
+    int stride;
+} padded_arg_t;
+static void padded_work(void *arg)
+{
+    padded_arg_t *p = arg;
+    OK(moe_expert_ffn_padded_cuda(p->a.gemm, p->a.x, p->a.wgu, p->a.wd, p->a.groups, p->stride, p->a.d, p->a.f,
+                                  p->a.gu, p->a.act, p->a.y));
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1) reps = atoi(argv[1]);
@@ -187,6 +198,14 @@ int main(int argc, char **argv)
             printf("g1 %s mode %s ms %.4f tflops %.1f of_dense %.3f weight_floor_ms %.4f of_weight_floor %.3f\n",
                    cases[ci].name, names[mode], tm, flops / (tm * 1e-3) / 1e12, t_dense / tm,
                    weight_bytes / copy_bw * 1e3, weight_bytes / copy_bw * 1e3 / tm);
+        }
+        {   /* padded layout; equal groups here, so no padding rows */
+            float tp = 0;
+            padded_arg_t pa = {a, T};
+            tp = time_ms(padded_work, &pa);
+            printf("g1 %s mode padded ms %.4f tflops %.1f of_dense %.3f weight_floor_ms %.4f of_weight_floor %.3f\n",
+                   cases[ci].name, tp, flops / (tp * 1e-3) / 1e12, t_dense / tp, weight_bytes / copy_bw * 1e3,
+                   weight_bytes / copy_bw * 1e3 / tp);
         }
         CK(cudaFree(a.x));
         CK(cudaFree(a.wgu));

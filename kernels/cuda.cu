@@ -242,16 +242,21 @@ moe_status_t moe_router_topk_cuda(const float *logits, int n, const moe_router_p
 /* One block per row; 16-byte copies when the row allows it. */
 __global__ void k_gather_rows16(const uint4 *src, int words, const int32_t *rows, uint4 *dst)
 {
-    const uint4 *s = src + (size_t)rows[blockIdx.x] * words;
+    const int32_t r = rows[blockIdx.x];
     uint4 *o = dst + (size_t)blockIdx.x * words;
+    if (r < 0) {
+        for (int j = threadIdx.x; j < words; j += blockDim.x) o[j] = make_uint4(0, 0, 0, 0);
+        return;
+    }
+    const uint4 *s = src + (size_t)r * words;
     for (int j = threadIdx.x; j < words; j += blockDim.x) o[j] = s[j];
 }
 
 __global__ void k_gather_rows2(const uint16_t *src, int d, const int32_t *rows, uint16_t *dst)
 {
-    const uint16_t *s = src + (size_t)rows[blockIdx.x] * d;
+    const int32_t r = rows[blockIdx.x];
     uint16_t *o = dst + (size_t)blockIdx.x * d;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) o[j] = s[j];
+    for (int j = threadIdx.x; j < d; j += blockDim.x) o[j] = r < 0 ? 0 : src[(size_t)r * d + j];
 }
 
 moe_status_t moe_gather_rows_cuda(const moe_bf16_t *src, int d, const int32_t *rows, int n,
@@ -347,16 +352,15 @@ moe_status_t moe_scatter_add_cuda(const moe_bf16_t *y, const int32_t *rows, cons
 }
 
 /* One block per output row: the weighted sum of its entries in fp32, rounded once to bf16. */
-__global__ void k_combine8(const uint4 *y, const int *row_offset, const int32_t *entry, const float *weights,
+__global__ void k_combine8(const uint4 *y, const int *row_offset, const int32_t *pos, const float *weights,
                            int d8, uint4 *out)
 {
     const int r = blockIdx.x, begin = row_offset[r], end = row_offset[r + 1];
     for (int j = threadIdx.x; j < d8; j += blockDim.x) {
         float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int i = begin; i < end; i++) {
-            const int e = entry[i];
-            const float w = weights[e];
-            uint4 v = y[(size_t)e * d8 + j];
+            const float w = weights[i];
+            uint4 v = y[(size_t)pos[i] * d8 + j];
             const __nv_bfloat162 *v2 = (const __nv_bfloat162 *)&v;
 #pragma unroll
             for (int q = 0; q < 4; q++) {
@@ -373,28 +377,47 @@ __global__ void k_combine8(const uint4 *y, const int *row_offset, const int32_t 
     }
 }
 
-__global__ void k_combine(const bf16 *y, const int *row_offset, const int32_t *entry, const float *weights,
+__global__ void k_combine(const bf16 *y, const int *row_offset, const int32_t *pos, const float *weights,
                           int d, bf16 *out)
 {
     const int r = blockIdx.x, begin = row_offset[r], end = row_offset[r + 1];
     for (int j = threadIdx.x; j < d; j += blockDim.x) {
         float acc = 0.0f;
-        for (int i = begin; i < end; i++) acc += weights[entry[i]] * __bfloat162float(y[(size_t)entry[i] * d + j]);
+        for (int i = begin; i < end; i++) acc += weights[i] * __bfloat162float(y[(size_t)pos[i] * d + j]);
         out[(size_t)r * d + j] = __float2bfloat16(acc);
     }
 }
 
-moe_status_t moe_combine_rows_cuda(const moe_bf16_t *y, const int *row_offset, const int32_t *entry,
+moe_status_t moe_combine_rows_cuda(const moe_bf16_t *y, const int *row_offset, const int32_t *pos,
                                    const float *weights, int n_rows, int d, moe_bf16_t *out, cudaStream_t s)
 {
     if (n_rows == 0) return MOE_STATUS_OK;
     if (d % 8 == 0 && (uintptr_t)y % 16 == 0 && (uintptr_t)out % 16 == 0) {
         int d8 = d / 8, threads = d8 < 128 ? (d8 + 31) / 32 * 32 : 128;
-        k_combine8<<<n_rows, threads, 0, s>>>((const uint4 *)y, row_offset, entry, weights, d8, (uint4 *)out);
+        k_combine8<<<n_rows, threads, 0, s>>>((const uint4 *)y, row_offset, pos, weights, d8, (uint4 *)out);
     } else {
-        k_combine<<<n_rows, 128, 0, s>>>((const bf16 *)y, row_offset, entry, weights, d, (bf16 *)out);
+        k_combine<<<n_rows, 128, 0, s>>>((const bf16 *)y, row_offset, pos, weights, d, (bf16 *)out);
     }
     return LAUNCHED("combine_rows");
+}
+
+/* One block per row: out[t] += sigmoid(h[t] . gate) * y[t] (Qwen2-MoE's gated shared expert). */
+__global__ void k_gated_add(const bf16 *y, const float *h, const float *gate, int d, float *out)
+{
+    const size_t t = blockIdx.x;
+    float dot = 0.0f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) dot += h[t * d + j] * gate[j];
+    dot = block_sum(dot);
+    const float g = 1.0f / (1.0f + expf(-dot));
+    for (int j = threadIdx.x; j < d; j += blockDim.x) out[t * d + j] += g * __bfloat162float(y[t * d + j]);
+}
+
+moe_status_t moe_gated_add_cuda(const moe_bf16_t *y, const float *h, const float *gate, int n, int d, float *out,
+                                cudaStream_t s)
+{
+    if (n == 0) return MOE_STATUS_OK;
+    k_gated_add<<<n, 256, 0, s>>>((const bf16 *)y, h, gate, d, out);
+    return LAUNCHED("gated_add");
 }
 
 __global__ void k_residual(float *x, float *out, size_t n)
@@ -704,4 +727,30 @@ moe_status_t moe_expert_ffn_grouped_cuda(moe_gemm_h g, const moe_bf16_t *x,
         return status;
     if ((status = moe_swiglu_cuda(gate_up, rows, f, act, g->stream)) != MOE_STATUS_OK) return status;
     return moe_grouped_gemm_cuda(g, act, w_down, (size_t)d * f, offset, groups, d, f, y);
+}
+
+/* Row-major y_e[m][n_out] = x_e[m][k] . w_e[n_out][k]^T for e < groups, one strided-batched call. */
+static moe_status_t gemm_strided(moe_gemm_h g, const moe_bf16_t *x, const moe_bf16_t *w, int groups, int m,
+                                 int n_out, int k, moe_bf16_t *y)
+{
+    const float one = 1.0f, zero = 0.0f;
+    return cublas_status(cublasGemmStridedBatchedEx(g->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, m, k, &one, w,
+                                                    CUDA_R_16BF, k, (long long)n_out * k, x, CUDA_R_16BF, k,
+                                                    (long long)m * k, &zero, y, CUDA_R_16BF, n_out,
+                                                    (long long)m * n_out, groups, CUBLAS_COMPUTE_32F,
+                                                    CUBLAS_GEMM_DEFAULT),
+                         "cublasGemmStridedBatchedEx");
+}
+
+moe_status_t moe_expert_ffn_padded_cuda(moe_gemm_h g, const moe_bf16_t *x, const moe_bf16_t *w_gate_up,
+                                        const moe_bf16_t *w_down, int groups, int stride_rows, int d, int f,
+                                        moe_bf16_t *gate_up, moe_bf16_t *act, moe_bf16_t *y)
+{
+    moe_status_t status;
+    if (groups == 0 || stride_rows == 0) return MOE_STATUS_OK;
+    if ((status = gemm_strided(g, x, w_gate_up, groups, stride_rows, 2 * f, d, gate_up)) != MOE_STATUS_OK)
+        return status;
+    if ((status = moe_swiglu_cuda(gate_up, groups * stride_rows, f, act, g->stream)) != MOE_STATUS_OK)
+        return status;
+    return gemm_strided(g, act, w_down, groups, stride_rows, d, f, y);
 }

@@ -104,6 +104,7 @@ moe_status_t moe_router_logits_cuda(cublasHandle_t cublas, const float *h, const
 /* params on the host; params->bias, if set, on the device. At most 512 experts, 64 groups. */
 moe_status_t moe_router_topk_cuda(const float *logits, int n, const moe_router_params_t *params,
                                   int32_t *ids, float *weights, cudaStream_t stream);
+/* As moe_gather_rows_cpu; a negative rows[i] writes a zero row (padding of the padded expert layout). */
 moe_status_t moe_gather_rows_cuda(const moe_bf16_t *src, int d, const int32_t *rows, int n,
                                   moe_bf16_t *dst, cudaStream_t stream);
 moe_status_t moe_swiglu_cuda(const moe_bf16_t *gate_up, int n, int f, moe_bf16_t *act,
@@ -112,11 +113,15 @@ moe_status_t moe_swiglu_cuda(const moe_bf16_t *gate_up, int n, int f, moe_bf16_t
 moe_status_t moe_scatter_add_cuda(const moe_bf16_t *y, const int32_t *rows, const float *weights,
                                   int n, int d, float *out, cudaStream_t stream);
 /* The weighted combine at the destination, without atomics: out[r] = sum over i in
- * row_offset[r] .. row_offset[r+1]-1 of weights[entry[i]] * y[entry[i]], in fp32, rounded once to bf16.
- * (CPU reference: moe_scatter_add_cpu onto zeros, rows grouped by output row.) Device arrays. */
-moe_status_t moe_combine_rows_cuda(const moe_bf16_t *y, const int *row_offset, const int32_t *entry,
+ * row_offset[r] .. row_offset[r+1]-1 of weights[i] * y[pos[i]], in fp32, rounded once to bf16.
+ * (CPU reference: moe_scatter_add_cpu onto zeros, with the entries grouped by output row.) */
+moe_status_t moe_combine_rows_cuda(const moe_bf16_t *y, const int *row_offset, const int32_t *pos,
                                    const float *weights, int n_rows, int d, moe_bf16_t *out,
                                    cudaStream_t stream);
+/* out[t] += sigmoid(h[t] . gate) * y[t] for t < n: the gated shared expert (Qwen2-MoE); h and gate fp32
+ * (the reference is the loop in backend_cpu.c's shared stage). */
+moe_status_t moe_gated_add_cuda(const moe_bf16_t *y, const float *h, const float *gate, int n, int d,
+                                float *out, cudaStream_t stream);
 /* x += out; out = 0 (n floats). */
 moe_status_t moe_residual_cuda(float *x, float *out, size_t n, cudaStream_t stream);
 
@@ -149,6 +154,13 @@ moe_status_t moe_expert_ffn_grouped_cuda(moe_gemm_h gemm, const moe_bf16_t *x,
                                          const moe_bf16_t *w_gate_up, const moe_bf16_t *w_down,
                                          const int *offset, int groups, int d, int f,
                                          moe_bf16_t *gate_up, moe_bf16_t *act, moe_bf16_t *y);
+/* The same on the padded layout: expert e's rows at e*stride_rows .. (e+1)*stride_rows-1 of x, gate_up,
+ * act and y (rows past its count are padding, best zeros); each projection is one strided-batched
+ * cuBLAS GEMM over all experts. Pays stride_rows*groups - rows padding rows, saves the per-expert
+ * launches and fills the GPU with small groups (docs/cuda.md: when the backend takes it). */
+moe_status_t moe_expert_ffn_padded_cuda(moe_gemm_h gemm, const moe_bf16_t *x, const moe_bf16_t *w_gate_up,
+                                        const moe_bf16_t *w_down, int groups, int stride_rows, int d, int f,
+                                        moe_bf16_t *gate_up, moe_bf16_t *act, moe_bf16_t *y);
 #endif
 
 #ifdef __cplusplus

@@ -26,6 +26,16 @@
 
 #include "runtime/runtime-impl.h"
 
+/* A pinned host buffer for index uploads: the host fills it only once the previous copy out of it
+ * has run (its event), so that uploads are truly asynchronous (a pageable source can make
+ * cudaMemcpyAsync wait for the stream). */
+typedef struct {
+    void *host;
+    size_t cap;
+    cudaEvent_t done;
+    bool pending;
+} cuda_staging_t;
+
 typedef struct {
     void *send, *recv, *partial, *back; /* bf16 rows: device, or pinned host (MPI transport) */
     int cap_send, cap_recv;
@@ -41,20 +51,21 @@ typedef struct {
     moe_gemm_h gemm;
     /* weights (one allocation) */
     void *wblock;
-    float *norm, *router, *bias;
+    float *norm, *router, *bias, *shared_gate;
     moe_bf16_t *expert_gate_up, *expert_down, *shared_gate_up, *shared_down;
     /* activations (one allocation) */
     void *ablock;
     float *x, *out, *h32, *logits, *route_w;
     int32_t *route_ids;
-    moe_bf16_t *h, *shared_gu, *shared_act;
+    moe_bf16_t *h, *shared_gu, *shared_act, *shared_y;
     /* expert scratch, grown to the largest chunk */
     int cap_entries, cap_rows;
     void *eblock;
     moe_bf16_t *e_in, *e_gu, *e_act, *e_y;
     int32_t *e_pack;  /* device: received row [entries], weight bits [entries], entry of each
                          received row grouped by row [entries], row offsets [n_recv + 1] */
-    int32_t *h_pack;  /* the same, built on the host and uploaded in one copy */
+    cuda_staging_t *pack_stage; /* [chunks] the same, built on the host and uploaded in one copy */
+    cuda_staging_t *rows_stage; /* [2 chunks] permute, unpermute rows of each chunk */
     int *host_offset; /* [slots + 1] */
     int cap_slots;
     /* index upload of permute/unpermute per chunk */
@@ -128,7 +139,13 @@ static void cuda_destroy(void *state)
     cudaFree(s->ablock);
     cudaFree(s->wblock);
     free(s->host_offset);
-    free(s->h_pack);
+    for (int i = 0; s->rows_stage && i < 3 * s->chunks; i++) {
+        cuda_staging_t *st = i < s->chunks ? &s->pack_stage[i] : &s->rows_stage[i - s->chunks];
+        if (st->host) cudaFreeHost(st->host);
+        if (st->done) cudaEventDestroy(st->done);
+    }
+    free(s->pack_stage);
+    free(s->rows_stage);
     moe_gemm_destroy(s->gemm);
     if (s->stream) cudaStreamDestroy(s->stream);
     free(s);
@@ -183,20 +200,26 @@ static moe_status_t cuda_create(const void *config, const void *weights, int max
     MOE_CHECK_ALLOC(s->chunk, fail_free);
     MOE_CHECK_ALLOC(s->rows_dev, fail_free);
     MOE_CHECK_ALLOC(s->cap_rows_dev, fail_free);
+    s->pack_stage = calloc((size_t)chunks, sizeof(cuda_staging_t));
+    s->rows_stage = calloc((size_t)2 * chunks, sizeof(cuda_staging_t));
+    MOE_CHECK_ALLOC(s->pack_stage, fail_free);
+    MOE_CHECK_ALLOC(s->rows_stage, fail_free);
 
     /* weights */
     const size_t L = (size_t)s->layers, d = (size_t)s->d, f = (size_t)s->f, fs = (size_t)s->fs,
                  E = (size_t)s->E;
     size_t slots = 0;
     for (size_t l = 0; l < L; l++) slots += (size_t)w->local_count[l];
+    const size_t n_gate = w->shared_gate ? L * d : 0;
     const size_t n_norm = L * d, n_router = L * E * d, n_bias = w->score_bias ? L * E : 0,
                  n_sgu = L * 2 * fs * d, n_sd = L * d * fs, n_egu = slots * 2 * f * d, n_ed = slots * d * f;
-    size_t wbytes = 256 * 8 + 4 * (n_norm + n_router + n_bias) + 2 * (n_sgu + n_sd + n_egu + n_ed);
+    size_t wbytes = 256 * 9 + 4 * (n_norm + n_router + n_bias + n_gate) + 2 * (n_sgu + n_sd + n_egu + n_ed);
     MOE_CHECK_CUDA(cudaMalloc(&s->wblock, wbytes), fail_free);
     char *cur = s->wblock;
     s->norm = cut(&cur, 4 * n_norm);
     s->router = cut(&cur, 4 * n_router);
     s->bias = n_bias ? cut(&cur, 4 * n_bias) : NULL;
+    s->shared_gate = n_gate ? cut(&cur, 4 * n_gate) : NULL;
     s->shared_gate_up = cut(&cur, 2 * n_sgu);
     s->shared_down = cut(&cur, 2 * n_sd);
     s->expert_gate_up = cut(&cur, 2 * n_egu);
@@ -204,6 +227,8 @@ static moe_status_t cuda_create(const void *config, const void *weights, int max
     MOE_CHECK_CUDA(cudaMemcpy(s->norm, w->norm, 4 * n_norm, cudaMemcpyHostToDevice), fail_free);
     MOE_CHECK_CUDA(cudaMemcpy(s->router, w->router, 4 * n_router, cudaMemcpyHostToDevice), fail_free);
     if (n_bias) MOE_CHECK_CUDA(cudaMemcpy(s->bias, w->score_bias, 4 * n_bias, cudaMemcpyHostToDevice), fail_free);
+    if (n_gate)
+        MOE_CHECK_CUDA(cudaMemcpy(s->shared_gate, w->shared_gate, 4 * n_gate, cudaMemcpyHostToDevice), fail_free);
     const size_t stage_n = 16u << 20;
     MOE_CHECK_CUDA(cudaMalloc((void **)&stage, 4 * stage_n), fail_free);
     if (fs) {
@@ -217,8 +242,8 @@ static moe_status_t cuda_create(const void *config, const void *weights, int max
 
     /* activations */
     const size_t T = (size_t)max_tokens;
-    size_t abytes = 256 * 10 + 4 * (3 * T * d + T * E + T * s->k) + 4 * T * s->k + 2 * T * d +
-                    2 * (T * 3 * fs);
+    size_t abytes = 256 * 11 + 4 * (3 * T * d + T * E + T * s->k) + 4 * T * s->k + 2 * T * d +
+                    2 * (T * 3 * fs) + (n_gate ? 2 * T * d : 0);
     MOE_CHECK_CUDA(cudaMalloc(&s->ablock, abytes), fail_free);
     cur = s->ablock;
     s->x = cut(&cur, 4 * T * d);
@@ -230,6 +255,7 @@ static moe_status_t cuda_create(const void *config, const void *weights, int max
     s->h = cut(&cur, 2 * T * d);
     s->shared_gu = cut(&cur, 2 * T * 2 * fs);
     s->shared_act = cut(&cur, 2 * T * fs);
+    s->shared_y = n_gate ? cut(&cur, 2 * T * d) : NULL;
     MOE_CHECK_CUDA(cudaMemset(s->out, 0, 4 * T * d), fail_free);
     *state = s;
     return MOE_STATUS_OK;
@@ -260,7 +286,7 @@ static moe_status_t cuda_route(void *state, int layer, int n, bool use_router, i
     cuda_state_t *s = state;
     const int d = s->d, k = s->k;
     MOE_CHECK(moe_rmsnorm_cuda(s->x, s->norm + (size_t)layer * d, n, d, s->config->model.norm_eps,
-                               use_router ? s->h32 : NULL, s->h, s->stream), fail);
+                               use_router || s->shared_gate ? s->h32 : NULL, s->h, s->stream), fail);
     if (use_router && n > 0) {
         moe_router_params_t p = moe_model_router_params(s->config, s->w, layer);
         p.bias = p.bias ? s->bias + (size_t)layer * s->E : NULL;
@@ -324,8 +350,40 @@ fail:
     return status;
 }
 
+/* Host memory of at least `bytes` to fill, once the previous upload from it has run. */
+static moe_status_t staging_get(cuda_staging_t *st, size_t bytes, void **out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    if (!st->done) MOE_CHECK_CUDA(cudaEventCreateWithFlags(&st->done, cudaEventDisableTiming), fail);
+    if (st->pending) MOE_CHECK_CUDA(cudaEventSynchronize(st->done), fail);
+    st->pending = false;
+    if (bytes > st->cap) {
+        size_t cap = st->cap ? st->cap : 4096;
+        while (cap < bytes) cap *= 2;
+        if (st->host) cudaFreeHost(st->host);
+        st->host = NULL;
+        st->cap = 0;
+        MOE_CHECK_CUDA(cudaHostAlloc(&st->host, cap, cudaHostAllocDefault), fail);
+        st->cap = cap;
+    }
+    *out = st->host;
+fail:
+    return status;
+}
+
+/* Copy `bytes` of the staging buffer to dst on the stream. */
+static moe_status_t staging_put(cuda_staging_t *st, void *dst, size_t bytes, cudaStream_t stream)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MOE_CHECK_CUDA(cudaMemcpyAsync(dst, st->host, bytes, cudaMemcpyHostToDevice, stream), fail);
+    MOE_CHECK_CUDA(cudaEventRecord(st->done, stream), fail);
+    st->pending = true;
+fail:
+    return status;
+}
+
 /* Upload chunk c's host row indices to its device array (the copy is staged before returning). */
-static moe_status_t upload_rows(cuda_state_t *s, int c, const int32_t *rows, int n)
+static moe_status_t upload_rows(cuda_state_t *s, int c, bool back, const int32_t *rows, int n)
 {
     moe_status_t status = MOE_STATUS_OK;
     if (n > s->cap_rows_dev[c]) {
@@ -338,8 +396,11 @@ static moe_status_t upload_rows(cuda_state_t *s, int c, const int32_t *rows, int
         MOE_CHECK_CUDA(cudaMalloc((void **)&s->rows_dev[c], sizeof(int32_t) * cap), fail);
         s->cap_rows_dev[c] = cap;
     }
-    MOE_CHECK_CUDA(cudaMemcpyAsync(s->rows_dev[c], rows, sizeof(int32_t) * n, cudaMemcpyHostToDevice,
-                                   s->stream), fail);
+    void *host;
+    cuda_staging_t *st = &s->rows_stage[2 * c + back];
+    MOE_CHECK(staging_get(st, sizeof(int32_t) * n, &host), fail);
+    memcpy(host, rows, sizeof(int32_t) * n);
+    MOE_CHECK(staging_put(st, s->rows_dev[c], sizeof(int32_t) * n, s->stream), fail);
 fail:
     return status;
 }
@@ -349,7 +410,7 @@ static moe_status_t cuda_permute(void *state, int chunk, const int32_t *rows, in
     moe_status_t status = MOE_STATUS_OK;
     cuda_state_t *s = state;
     if (n_send > 0) {
-        MOE_CHECK(upload_rows(s, chunk, rows, n_send), fail);
+        MOE_CHECK(upload_rows(s, chunk, false, rows, n_send), fail);
         MOE_CHECK(moe_gather_rows_cuda(s->h, s->d, s->rows_dev[chunk], n_send, s->chunk[chunk].send,
                                        s->stream), fail);
     }
@@ -374,16 +435,12 @@ static moe_status_t grow_experts(cuda_state_t *s, int entries, int rows, int slo
     while (cr < rows) cr *= 2;
     MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
     cudaFree(s->eblock);
-    free(s->h_pack);
     s->eblock = NULL;
-    s->h_pack = NULL;
     s->cap_entries = s->cap_rows = 0;
     const size_t E_ = (size_t)ce, R = (size_t)cr, d = (size_t)s->d, f = (size_t)s->f;
     const size_t pack = 3 * E_ + R + 1;
     size_t bytes = 256 * 8 + 2 * E_ * (d + 2 * f + f + d) + 4 * pack;
     MOE_CHECK_CUDA(cudaMalloc(&s->eblock, bytes), fail);
-    s->h_pack = malloc(4 * pack);
-    MOE_CHECK_ALLOC(s->h_pack, fail);
     char *cur = s->eblock;
     s->e_in = cut(&cur, 2 * E_ * d);
     s->e_gu = cut(&cur, 2 * E_ * 2 * f);
@@ -396,6 +453,23 @@ fail:
     return status;
 }
 
+/* Padded layout (one strided-batched GEMM per projection) when the experts are small on average
+ * and evenly loaded enough that padding every expert to the largest costs at most a quarter more
+ * rows; else per-expert GEMMs (MOE_GEMM_AUTO). The numbers behind this are in docs/cuda.md. */
+static int padded_stride(const moe_expert_groups_t *g)
+{
+    const int entries = g->offset[g->slots];
+    int largest = 0, active = 0;
+    for (int e = 0; e < g->slots; e++) {
+        int m = g->offset[e + 1] - g->offset[e];
+        largest = m > largest ? m : largest;
+        active += m > 0;
+    }
+    if (active < 2 || entries >= MOE_GEMM_AUTO_ROWS * active) return 0;
+    largest = (largest + 7) / 8 * 8;
+    return (int64_t)largest * g->slots * 4 <= (int64_t)entries * 5 ? largest : 0;
+}
+
 static moe_status_t cuda_experts(void *state, int layer, int chunk, int n_recv,
                                  const moe_expert_groups_t *g, moe_progress_fn progress,
                                  void *progress_arg)
@@ -405,34 +479,56 @@ static moe_status_t cuda_experts(void *state, int layer, int chunk, int n_recv,
     cuda_chunk_t *c = &s->chunk[chunk];
     const int d = s->d, f = s->f, entries = g->offset[g->slots];
     if (n_recv > 0) {
-        MOE_CHECK(grow_experts(s, entries, n_recv, g->slots), fail);
+        const int stride = padded_stride(g);
+        const int n_dst = stride ? stride * g->slots : entries; /* expert-layout rows */
+        const double t0 = moe_now();
+        MOE_CHECK(grow_experts(s, n_dst, n_recv, g->slots), fail);
         memcpy(s->host_offset, g->offset, sizeof(int) * (size_t)(g->slots + 1));
-        /* One upload: rows and weights of the entries in expert order, then for the combine the
-         * entries of each received row (a counting sort by row). */
-        int32_t *row = s->h_pack, *wbits = row + entries, *entry = wbits + entries,
-                *row_offset = entry + entries;
-        memcpy(row, g->row, sizeof(int32_t) * entries);
-        memcpy(wbits, g->weight, sizeof(float) * entries);
+        /* One upload: the received row of each expert-layout row (-1: padding), then for the
+         * combine, grouped by received row (a counting sort), each entry's expert-layout row and
+         * weight, and the row offsets. */
+        const size_t pack = (size_t)n_dst + 2 * (size_t)entries + n_recv + 1;
+        void *host;
+        MOE_CHECK(staging_get(&s->pack_stage[chunk], 4 * pack, &host), fail);
+        int32_t *src = host, *pos = src + n_dst, *wbits = pos + entries, *row_offset = wbits + entries;
+        float wf;
         memset(row_offset, 0, sizeof(int32_t) * (size_t)(n_recv + 1));
-        for (int i = 0; i < entries; i++) row_offset[row[i] + 1]++;
+        for (int i = 0; i < entries; i++) row_offset[g->row[i] + 1]++;
         for (int r = 0; r < n_recv; r++) row_offset[r + 1] += row_offset[r];
-        for (int i = 0; i < entries; i++) entry[row_offset[row[i]]++] = i;
+        if (stride)
+            for (int i = 0; i < n_dst; i++) src[i] = -1;
+        for (int e = 0; e < g->slots; e++)
+            for (int i = g->offset[e]; i < g->offset[e + 1]; i++) {
+                const int at = stride ? e * stride + (i - g->offset[e]) : i;
+                const int slot = row_offset[g->row[i]]++;
+                src[at] = g->row[i];
+                pos[slot] = at;
+                wf = g->weight[i];
+                memcpy(&wbits[slot], &wf, 4);
+            }
         for (int r = n_recv; r > 0; r--) row_offset[r] = row_offset[r - 1]; /* back to starts */
         row_offset[0] = 0;
-        const size_t pack = (size_t)3 * entries + n_recv + 1;
-        MOE_CHECK_CUDA(cudaMemcpyAsync(s->e_pack, s->h_pack, 4 * pack, cudaMemcpyHostToDevice, s->stream),
-                       fail);
-        const int32_t *d_row = s->e_pack, *d_entry = s->e_pack + 2 * (size_t)entries,
-                      *d_row_offset = s->e_pack + 3 * (size_t)entries;
-        const float *d_weight = (const float *)(s->e_pack + entries);
-        MOE_CHECK(moe_gather_rows_cuda(c->recv, d, d_row, entries, s->e_in, s->stream), fail);
-        const size_t per_slot_gu = (size_t)2 * f * d;
-        const moe_bf16_t *wgu = s->expert_gate_up + (size_t)s->w->local_offset[layer] * per_slot_gu;
+        const double t1 = moe_now();
+        MOE_CHECK(staging_put(&s->pack_stage[chunk], s->e_pack, 4 * pack, s->stream), fail);
+        const int32_t *d_src = s->e_pack, *d_pos = s->e_pack + n_dst,
+                      *d_row_offset = s->e_pack + n_dst + 2 * (size_t)entries;
+        const float *d_weight = (const float *)(s->e_pack + n_dst + entries);
+        MOE_CHECK(moe_gather_rows_cuda(c->recv, d, d_src, n_dst, s->e_in, s->stream), fail);
+        const moe_bf16_t *wgu = s->expert_gate_up + (size_t)s->w->local_offset[layer] * 2 * f * d;
         const moe_bf16_t *wd = s->expert_down + (size_t)s->w->local_offset[layer] * (size_t)d * f;
-        MOE_CHECK(moe_expert_ffn_grouped_cuda(s->gemm, s->e_in, wgu, wd, s->host_offset, g->slots, d, f,
-                                              s->e_gu, s->e_act, s->e_y), fail);
-        MOE_CHECK(moe_combine_rows_cuda(s->e_y, d_row_offset, d_entry, d_weight, n_recv, d, c->partial,
+        if (stride)
+            MOE_CHECK(moe_expert_ffn_padded_cuda(s->gemm, s->e_in, wgu, wd, g->slots, stride, d, f, s->e_gu,
+                                                 s->e_act, s->e_y), fail);
+        else
+            MOE_CHECK(moe_expert_ffn_grouped_cuda(s->gemm, s->e_in, wgu, wd, s->host_offset, g->slots, d, f,
+                                                  s->e_gu, s->e_act, s->e_y), fail);
+        const double t2 = moe_now();
+        MOE_CHECK(moe_combine_rows_cuda(s->e_y, d_row_offset, d_pos, d_weight, n_recv, d, c->partial,
                                         s->stream), fail);
+        /* host time only: building the upload, then queueing the GEMMs */
+        moe_debug("cuda experts: layer %d chunk %d: %d rows to %d experts, %s; host %.3f + %.3f ms",
+                  layer, chunk, entries, g->slots, stride ? "padded strided-batched" : "per-expert GEMMs",
+                  1e3 * (t1 - t0), 1e3 * (t2 - t1));
     }
     if (s->host_rows) MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
     if (progress) progress(progress_arg);
@@ -450,9 +546,15 @@ static moe_status_t cuda_shared(void *state, int layer, int begin, int end)
     MOE_CHECK(moe_gemm_cuda(s->gemm, h, s->shared_gate_up + (size_t)layer * 2 * fs * d, n, 2 * fs, d,
                             s->shared_gu, false), fail);
     MOE_CHECK(moe_swiglu_cuda(s->shared_gu, n, fs, s->shared_act, s->stream), fail);
-    /* out += y, straight from the GEMM in fp32 */
-    MOE_CHECK(moe_gemm_cuda(s->gemm, s->shared_act, s->shared_down + (size_t)layer * d * fs, n, d, fs,
-                            s->out + (size_t)begin * d, true), fail);
+    if (s->shared_gate) { /* Qwen2-MoE: out += sigmoid(h . w_gate) * y, h in fp32 as on the cpu */
+        MOE_CHECK(moe_gemm_cuda(s->gemm, s->shared_act, s->shared_down + (size_t)layer * d * fs, n, d, fs,
+                                s->shared_y, false), fail);
+        MOE_CHECK(moe_gated_add_cuda(s->shared_y, s->h32 + (size_t)begin * d, s->shared_gate + (size_t)layer * d,
+                                     n, d, s->out + (size_t)begin * d, s->stream), fail);
+    } else { /* out += y, straight from the GEMM in fp32 */
+        MOE_CHECK(moe_gemm_cuda(s->gemm, s->shared_act, s->shared_down + (size_t)layer * d * fs, n, d, fs,
+                                s->out + (size_t)begin * d, true), fail);
+    }
 fail:
     return status;
 }
@@ -462,7 +564,7 @@ static moe_status_t cuda_unpermute(void *state, int chunk, const int32_t *rows, 
     moe_status_t status = MOE_STATUS_OK;
     cuda_state_t *s = state;
     if (n_send == 0) return MOE_STATUS_OK;
-    MOE_CHECK(upload_rows(s, chunk, rows, n_send), fail);
+    MOE_CHECK(upload_rows(s, chunk, true, rows, n_send), fail);
     MOE_CHECK(moe_scatter_add_cuda(s->chunk[chunk].back, s->rows_dev[chunk], NULL, n_send, s->d, s->out,
                                    s->stream), fail);
 fail:

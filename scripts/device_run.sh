@@ -44,9 +44,9 @@ fi
 # ---- 2. build
 if [ ! -f build-gpu/build.ninja ]; then
     meson setup build-gpu -Dcuda=enabled -Dgpu_arch=90a -Dc_args="-I$deps/usr/include" \
-        -Dc_link_args="-L$lib -Wl,-rpath,$lib" >"$out/setup.log" 2>&1 || { tail -40 "$out/setup.log"; exit 1; }
+        -Dc_link_args="-L$lib -Wl,-rpath,$lib" >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 fi
-if ! ninja -C build-gpu >"$out/build.log" 2>&1; then tail -60 "$out/build.log"; exit 1; fi
+if ! ninja -C build-gpu >>"$out/build.log" 2>&1; then tail -60 "$out/build.log"; exit 1; fi
 grep -i "warning" "$out/build.log" | head -20
 echo "build: ok ($(grep -ci warning "$out/build.log") warning lines)"
 
@@ -56,7 +56,12 @@ if [ "$what" != bench ]; then
     echo "test_kernels_cuda: exit $?"
     meson test -C build-gpu --suite gpu --print-errorlogs --num-processes 1 >"$out/gpu_tests.log" 2>&1
     grep -E "^ *[0-9]+/[0-9]+ |^(Ok|Fail|Skipped|Timeout):" "$out/gpu_tests.log"
-    grep -E "vs cpu|vs chunks" build-gpu/meson-logs/testlog.txt | sort | uniq >"$out/e2e.log"
+    grep -E "^>>>|vs cpu|vs chunks" build-gpu/meson-logs/testlog.txt | sed 's/^>>>.*configs\/tiny.yaml/case:/' >"$out/e2e.log"
+    # which expert path the uniform-routing case took (padded strided-batched or per-expert)
+    mpirun -np 1 build-gpu/launch/moerun infer -c configs/tiny.yaml --set routing.source=synthetic \
+        --set routing.skew=0 --set routing.affinity=0 --set run.tokens_per_rank=768 --set run.batches=1 \
+        --set run.backend=cuda --set run.transport=nccl --set outputs.progress=false --log-level debug 2>&1 |
+        grep -o "rows to [^;]*" | sort | uniq -c >>"$out/e2e.log"
 fi
 
 # ---- 4. benchmarks
@@ -66,11 +71,16 @@ if [ "$what" != test ]; then
     for chunks in 1 4; do
         timeout 300 mpirun -np 1 build-gpu/launch/moerun infer -c configs/mixtral-8x7b.yaml \
             --set model.layers=1 --set run.tokens_per_rank=8192 --set run.backend=cuda \
-            --set run.transport=nccl --set run.chunks=$chunks --set run.batches=8 \
-            --set run.warmup_batches=3 --set outputs.progress=false \
-            --metrics "$out/g2_c$chunks.jsonl" >"$out/g2_c$chunks.log" 2>&1
+            --set run.transport=nccl --set run.chunks=$chunks --set run.batches=16 \
+            --set run.warmup_batches=6 --set outputs.progress=false \
+            --metrics "$out/g2_c$chunks.jsonl" >"/tmp/g2_c$chunks.log" 2>&1
         echo "g2 chunks $chunks: exit $?"
     done
+    # where the host time of the experts stage goes (debug timers), one G2 batch set
+    timeout 300 mpirun -np 1 build-gpu/launch/moerun infer -c configs/mixtral-8x7b.yaml \
+        --set model.layers=1 --set run.tokens_per_rank=8192 --set run.backend=cuda \
+        --set run.transport=nccl --set run.batches=4 --set outputs.progress=false --log-level debug 2>&1 |
+        grep -E "cuda experts|layers " >>"$out/e2e.log"
     timeout 400 python3 scripts/bench_gpu.py >"$out/torch.log" 2>&1
     echo "bench_gpu.py: exit $?"
 fi

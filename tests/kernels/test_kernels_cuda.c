@@ -168,6 +168,21 @@ static void test_gather_scatter(int n_src, int n, int d)
     draw++;
     uint16_t *src16 = round_bf16(src, sd);
     moe_gather_rows_cpu(src, d, rows, n, ref);
+    {   /* padding rows (-1) come out as zeros */
+        int32_t *prow = malloc(4 * (size_t)n);
+        for (int i = 0; i < n; i++) prow[i] = i % 3 == 1 ? -1 : rows[i];
+        moe_bf16_t *ds = dev_copy(src16, 2 * sd), *dd = dev_poisoned(2 * nd);
+        int32_t *dp = dev_copy(prow, 4 * (size_t)n);
+        CHECK_STATUS(moe_gather_rows_cuda(ds, d, dp, n, dd, stream), MOE_STATUS_OK);
+        host_from_bf16(o, dd, nd);
+        int bad = 0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < d; j++)
+                bad += o[(size_t)i * d + j] != (prow[i] < 0 ? 0.0f : ref[(size_t)i * d + j]);
+        CHECK_EQ_INT(bad, 0);
+        cudaFree(ds), cudaFree(dd), cudaFree(dp);
+        free(prow);
+    }
     moe_bf16_t *dsrc = dev_copy(src16, 2 * sd), *ddst = dev_poisoned(2 * nd);
     int32_t *drows = dev_copy(rows, 4 * (size_t)n);
     CHECK_STATUS(moe_gather_rows_cuda(dsrc, d, drows, n, ddst, stream), MOE_STATUS_OK);
@@ -215,14 +230,19 @@ static void test_combine(int n_rows, int d)
     }
     draw++;
     row_offset[0] = 0;
+    float *wlist = malloc(4 * (size_t)entries);
     for (int r = 0, i = 0; r < n_rows; r++) {
-        for (int q = 0; q < per_row[r]; q++) rows[entry[i++]] = r;
+        for (int q = 0; q < per_row[r]; q++, i++) {
+            rows[entry[i]] = r;
+            wlist[i] = wt[entry[i]];
+        }
         row_offset[r + 1] = row_offset[r] + per_row[r];
     }
     uint16_t *y16 = round_bf16(y, ed);
     moe_scatter_add_cpu(y, rows, wt, entries, d, ref);
     moe_bf16_t *dy = dev_copy(y16, 2 * ed), *dout = dev_poisoned(2 * rd);
-    float *dwt = dev_copy(wt, 4 * (size_t)entries);
+    float *dwt = dev_copy(wlist, 4 * (size_t)entries);
+    free(wlist);
     int32_t *dentry = dev_copy(entry, 4 * (size_t)entries);
     int *doff = dev_copy(row_offset, sizeof(int) * (n_rows + 1));
     CHECK_STATUS(moe_combine_rows_cuda(dy, doff, dentry, dwt, n_rows, d, dout, stream), MOE_STATUS_OK);
@@ -249,6 +269,34 @@ static void test_swiglu(int n, int f)
     check_rel(what, o, ref, nf, TOL_BF16);
     cudaFree(dgu), cudaFree(dact);
     free(gu), free(ref), free(o), free(gu16);
+}
+
+/* Gated shared expert: out[t] += sigmoid(h[t] . gate) * y[t], against a double-precision loop. */
+static void test_gated_add(int n, int d)
+{
+    size_t nd = (size_t)n * d;
+    float *y = malloc(4 * nd), *h = malloc(4 * nd), *gate = malloc(4 * d), *out = malloc(4 * nd);
+    float *ref = malloc(4 * nd), *o = malloc(4 * nd);
+    fill(y, nd, 1.0f);
+    fill(h, nd, 1.0f);
+    fill(gate, d, 1.0f / sqrtf((float)d));
+    fill(out, nd, 1.0f);
+    uint16_t *y16 = round_bf16(y, nd);
+    for (int t = 0; t < n; t++) {
+        double dot = 0;
+        for (int j = 0; j < d; j++) dot += (double)h[(size_t)t * d + j] * gate[j];
+        double g = 1.0 / (1.0 + exp(-dot));
+        for (int j = 0; j < d; j++) ref[(size_t)t * d + j] = (float)(out[(size_t)t * d + j] + g * y[(size_t)t * d + j]);
+    }
+    moe_bf16_t *dy = dev_copy(y16, 2 * nd);
+    float *dh = dev_copy(h, 4 * nd), *dg = dev_copy(gate, 4 * d), *dout = dev_copy(out, 4 * nd);
+    CHECK_STATUS(moe_gated_add_cuda(dy, dh, dg, n, d, dout, stream), MOE_STATUS_OK);
+    host_f32(o, dout, nd);
+    char what[96];
+    snprintf(what, sizeof what, "gated add %dx%d", n, d);
+    check_rel(what, o, ref, nd, TOL_F32);
+    cudaFree(dy), cudaFree(dh), cudaFree(dg), cudaFree(dout);
+    free(y), free(h), free(gate), free(out), free(ref), free(o), free(y16);
 }
 
 static void test_residual(size_t n)
@@ -308,6 +356,31 @@ static void test_experts(moe_gemm_h gemm, int groups, int d, int f, int max_rows
         check_rel(what, o, ref, nx, TOL_BF16);
     }
     moe_gemm_set_mode(gemm, MOE_GEMM_LOOP);
+    {   /* padded layout: expert e's rows at e*stride, padding rows zero */
+        int stride = 0;
+        for (int e = 0; e < groups; e++)
+            stride = offset[e + 1] - offset[e] > stride ? offset[e + 1] - offset[e] : stride;
+        stride = (stride + 7) / 8 * 8;
+        size_t np_ = (size_t)groups * stride;
+        uint16_t *xp = calloc(np_ * d + 1, 2);
+        for (int e = 0; e < groups; e++)
+            memcpy(xp + (size_t)e * stride * d, x16 + (size_t)offset[e] * d,
+                   2 * (size_t)(offset[e + 1] - offset[e]) * d);
+        moe_bf16_t *dxp = dev_copy(xp, 2 * np_ * d), *dgup = dev_poisoned(2 * np_ * 2 * f);
+        moe_bf16_t *dactp = dev_poisoned(2 * np_ * f), *dyp = dev_poisoned(2 * np_ * d);
+        CHECK_STATUS(moe_expert_ffn_padded_cuda(gemm, dxp, dwgu, dwd, groups, stride, d, f, dgup, dactp, dyp),
+                     MOE_STATUS_OK);
+        float *op = malloc(4 * np_ * d + 4);
+        host_from_bf16(op, dyp, np_ * d);
+        for (int e = 0; e < groups; e++) /* back to the contiguous layout */
+            memmove(o + (size_t)offset[e] * d, op + (size_t)e * stride * d,
+                    4 * (size_t)(offset[e + 1] - offset[e]) * d);
+        char what[96];
+        snprintf(what, sizeof what, "experts padded %d x (d %d, f %d), stride %d", groups, d, f, stride);
+        check_rel(what, o, ref, nx, TOL_BF16);
+        cudaFree(dxp), cudaFree(dgup), cudaFree(dactp), cudaFree(dyp);
+        free(xp), free(op);
+    }
     /* fp32 accumulate: acc += x0 . wd0^T over the first group's rows (k = d, n_out = f here) */
     int m = offset[1];
     if (m > 0) {
@@ -353,6 +426,7 @@ int main(void)
         test_gather_scatter(shapes[i][0] + 3, shapes[i][0] * 2 + 1, shapes[i][1]);
         test_swiglu(shapes[i][0], shapes[i][1] + 1);
         test_combine(shapes[i][0] * 3 + 1, shapes[i][1]);
+        test_gated_add(shapes[i][0], shapes[i][1]);
         test_swiglu(shapes[i][0], shapes[i][1]);
     }
     test_residual(12345);

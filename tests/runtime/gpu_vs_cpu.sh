@@ -15,7 +15,7 @@ fi
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-tokens=96
+tokens=${GPU_TEST_TOKENS:-96}
 common=(--set run.batches=2 --set outputs.progress=false)
 mpirun --oversubscribe -np 1 "$moerun" infer -c "$config" "${extra[@]}" "${common[@]}" --set run.tokens_per_rank=$tokens \
     --set run.backend=cpu --set run.transport=mpi --output "$dir/cpu.npy" >/dev/null
