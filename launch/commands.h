@@ -6,5 +6,6 @@
 int moe_cmd_infer(int argc, char **argv);
 int moe_cmd_stats(int argc, char **argv);
 int moe_cmd_place(int argc, char **argv);
+int moe_cmd_config(int argc, char **argv);
 
 #endif

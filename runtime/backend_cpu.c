@@ -1,5 +1,6 @@
 /* backend_cpu: the stages on the host in float32, with OpenBLAS GEMMs (see backend.h). It is also
  * what the cuda backend is checked against. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -197,6 +198,17 @@ static moe_status_t cpu_shared(void *state, int layer, int begin, int end)
                        w->shared_down + (size_t)layer * d * fs, n, d, fs, s->shared_scratch,
                        s->shared_y);
     float *o = s->out + (size_t)begin * d;
+    if (w->shared_gate) { /* Qwen2-MoE: out += sigmoid(h . w_gate) * shared(h) */
+        const float *gate = w->shared_gate + (size_t)layer * d;
+        for (int t = 0; t < n; t++) {
+            const float *ht = s->h + (size_t)(begin + t) * d;
+            double dot = 0;
+            for (int j = 0; j < d; j++) dot += (double)ht[j] * gate[j];
+            float g = 1.0f / (1.0f + expf(-(float)dot));
+            for (int j = 0; j < d; j++) o[(size_t)t * d + j] += g * s->shared_y[(size_t)t * d + j];
+        }
+        return MOE_STATUS_OK;
+    }
     for (size_t i = 0; i < (size_t)n * d; i++) o[i] += s->shared_y[i];
     return MOE_STATUS_OK;
 }

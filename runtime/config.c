@@ -51,7 +51,7 @@ static const char *const backend_words[] = {"cpu", "cuda", NULL};
 static const char *const transport_words[] = {"mpi", "nccl", NULL};
 static const char *const source_words[] = {"router", "trace", "synthetic", NULL};
 static const char *const input_words[] = {"synthetic", "npy", NULL};
-static const char *const weights_words[] = {"random", NULL};
+static const char *const weights_words[] = {"random", "checkpoint", NULL};
 
 /* Enum fields are read and written as int. */
 _Static_assert(sizeof(moe_scoring_t) == sizeof(int), "enum size");
@@ -97,6 +97,8 @@ _Static_assert(sizeof(moe_weights_kind_t) == sizeof(int), "enum size");
       "factor on the routed output weights")                                                           \
     X(BOOL, "model.score_bias", model.score_bias, bool, NULL, "false", NOLIM, RANGE_GE,               \
       "sigmoid correction bias, added for expert selection only")                                      \
+    X(BOOL, "model.shared_gate", model.shared_gate, bool, NULL, "false", NOLIM, RANGE_GE,             \
+      "scale the shared experts' output by sigmoid(h . w) (Qwen2-MoE)")                                \
     X(FLOAT, "model.norm_eps", model.norm_eps, float, NULL, "1e-6", FLOAT_MIN(0), RANGE_GT,           \
       "RMSNorm epsilon")                                                                               \
     X(ENUM, "run.backend", run.backend, moe_backend_kind_t, backend_words, "cpu", NOLIM, RANGE_GE,    \
@@ -128,9 +130,11 @@ _Static_assert(sizeof(moe_weights_kind_t) == sizeof(int), "enum size");
     X(PATH, "input.path", input.path, char *, NULL, "", NOLIM, RANGE_GE,                              \
       "input hidden states, .npy [T, d] float32/float16 (input.kind: npy)")                            \
     X(ENUM, "weights.kind", weights.kind, moe_weights_kind_t, weights_words, "random", NOLIM,         \
-      RANGE_GE, "expert and router weights: random (seeded)")                                          \
+      RANGE_GE, "expert and router weights: random (seeded) | checkpoint")                             \
     X(FLOAT, "weights.scale", weights.scale, float, NULL, "1.0", FLOAT_MIN(0), RANGE_GT,              \
       "multiplies 1/sqrt(fan_in) of the random weights")                                               \
+    X(PATH, "weights.checkpoint", weights.checkpoint, char *, NULL, "", NOLIM, RANGE_GE,              \
+      "Hugging Face checkpoint directory; implies weights.kind: checkpoint")                          \
     X(PATH, "placement.plan", placement.plan, char *, NULL, "", NOLIM, RANGE_GE,                      \
       "placement plan YAML (empty = contiguous blocks of experts)")                                    \
     X(INT, "placement.ranks_per_node", placement.ranks_per_node, int, NULL, "8", AT_LEAST(1),         \
@@ -585,6 +589,14 @@ static void log_yaml_error(const char *path, const yaml_parser_t *parser)
     }
 }
 
+/* weights.checkpoint given and weights.kind left at its default: the checkpoint is the weights. */
+static void apply_implied(moe_config_t *config)
+{
+    int kind = find_setting("weights.kind");
+    if (config->weights.checkpoint[0] && kind >= 0 && config->line[kind] == 0)
+        config->weights.kind = MOE_WEIGHTS_CHECKPOINT;
+}
+
 moe_status_t moe_config_load(const char *path, moe_config_t *config)
 {
     moe_status_t status = MOE_STATUS_OK;
@@ -623,6 +635,7 @@ moe_status_t moe_config_load(const char *path, moe_config_t *config)
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     if (root == NULL) goto close_file; /* an empty file: the defaults */
     load_root(&ld, root);
+    apply_implied(tmp);
 
     /* One document per file: a second one would be silently ignored otherwise. */
     if (!yaml_parser_load(&parser, &extra)) {
@@ -683,6 +696,7 @@ moe_status_t moe_config_set(moe_config_t *config, const char *assignment)
         return MOE_STATUS_INVALID_ARGUMENT;
     }
     config->line[i] = -1;
+    apply_implied(config);
     return MOE_STATUS_OK;
 }
 
@@ -776,6 +790,12 @@ moe_status_t moe_config_validate(const moe_config_t *config, int world_size)
 
     if (config->routing.source == MOE_ROUTING_TRACE && config->routing.trace_ids[0] == '\0')
         errors += report(config, "routing.source", "trace needs routing.trace_ids");
+    if (config->weights.kind == MOE_WEIGHTS_CHECKPOINT && config->weights.checkpoint[0] == '\0')
+        errors += report(config, "weights.kind", "checkpoint needs weights.checkpoint (a directory)");
+    if (config->weights.kind == MOE_WEIGHTS_RANDOM && config->weights.checkpoint[0])
+        errors += report(config, "weights.checkpoint", "given, but weights.kind is random");
+    if (m->shared_gate && m->shared_experts == 0)
+        errors += report(config, "model.shared_gate", "needs shared experts (model.shared_experts)");
     if (config->input.kind == MOE_INPUT_NPY && config->input.path[0] == '\0')
         errors += report(config, "input.kind", "npy needs input.path");
 

@@ -267,6 +267,11 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
 {
     moe_status_t status = MOE_STATUS_OK;
     const moe_config_t *c = &e->config;
+    if (c->weights.kind == MOE_WEIGHTS_CHECKPOINT) { /* checkpoint bytes each rank read, to rank 0 */
+        int64_t mine[2] = {e->weights.read_bytes, e->weights.read_expert_bytes};
+        MOE_CHECK_MPI(MPI_Gather(mine, 2, MPI_INT64_T, moe_metrics_read_bytes(e->metrics), 2, MPI_INT64_T,
+                                 0, e->comm), fail);
+    }
     if (e->stats) {
         MOE_CHECK(engine_reduce_stats(e), fail);
         if (e->rank == 0) MOE_CHECK(moe_stats_save(e->stats, c->model.name, c->outputs.stats), fail);

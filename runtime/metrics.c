@@ -31,6 +31,8 @@ struct moe_metrics_s {
     double imbalance_sum, imbalance_worst;
     int imbalance_n;
     int64_t rows_sent;
+    int64_t *read_bytes;            /* [P][2] checkpoint bytes read (all, experts) */
+    bool have_read_bytes;
 };
 
 static const char *stage_names[MOE_STAGE_COUNT] = {"route", "plan", "permute", "dispatch",
@@ -52,7 +54,8 @@ moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_m
     m->reduce_buf = calloc((size_t)m->layers * (MOE_STAGE_COUNT + 1), sizeof(double));
     m->send_buf = calloc((size_t)m->layers * 4, sizeof(int64_t));
     m->gather_buf = calloc((size_t)m->size * m->layers * 4, sizeof(int64_t));
-    if (!m->layer || !m->reduce_buf || !m->send_buf || !m->gather_buf) {
+    m->read_bytes = calloc((size_t)m->size * 2, sizeof(int64_t));
+    if (!m->layer || !m->reduce_buf || !m->send_buf || !m->gather_buf || !m->read_bytes) {
         moe_metrics_destroy(m);
         MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "metrics: out of memory");
     }
@@ -77,6 +80,7 @@ void moe_metrics_destroy(moe_metrics_h m)
     free(m->reduce_buf);
     free(m->send_buf);
     free(m->gather_buf);
+    free(m->read_bytes);
     free(m);
 }
 
@@ -157,6 +161,12 @@ fail:
     return status;
 }
 
+int64_t *moe_metrics_read_bytes(moe_metrics_h m)
+{
+    m->have_read_bytes = true;
+    return m->read_bytes;
+}
+
 void moe_metrics_print_summary(moe_metrics_h m, FILE *out)
 {
     if (m->rank != 0) return;
@@ -178,6 +188,13 @@ void moe_metrics_print_summary(moe_metrics_h m, FILE *out)
                 m->imbalance_n ? m->imbalance_sum / m->imbalance_n : 0.0, m->imbalance_worst);
         fprintf(out, "  token copies sent per batch: %.1f\n", (double)m->rows_sent / m->measured);
     }
+    if (m->have_read_bytes) {
+        fprintf(out, "  checkpoint bytes read per rank (routed experts):");
+        for (int p = 0; p < m->size; p++)
+            fprintf(out, " %lld (%lld)", (long long)m->read_bytes[2 * p],
+                    (long long)m->read_bytes[2 * p + 1]);
+        fputc('\n', out);
+    }
 }
 
 moe_status_t moe_metrics_commit(moe_metrics_h m)
@@ -187,6 +204,13 @@ moe_status_t moe_metrics_commit(moe_metrics_h m)
             "\"tokens_per_s\":%.9g,\"load_max_mean_mean\":%.6g,\"load_max_mean_worst\":%.6g,",
             m->size, (long long)m->tokens, m->time, m->time > 0 ? (double)m->tokens / m->time : 0.0,
             m->imbalance_n ? m->imbalance_sum / m->imbalance_n : 0.0, m->imbalance_worst);
+    if (m->have_read_bytes)
+        for (int i = 0; i < 2; i++) {
+            fprintf(m->jsonl.fp, "\"checkpoint_%sbytes_read\":[", i ? "expert_" : "");
+            for (int p = 0; p < m->size; p++)
+                fprintf(m->jsonl.fp, "%s%lld", p ? "," : "", (long long)m->read_bytes[2 * p + i]);
+            fprintf(m->jsonl.fp, "],");
+        }
     /* the stage breakdown of the summary table, per measured batch */
     fprintf(m->jsonl.fp, "\"stage_ms_per_batch\":{");
     for (int s = 0; s < MOE_STAGE_COUNT; s++)

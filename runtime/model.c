@@ -3,7 +3,8 @@
  * Weights are seeded: element i of tensor T of (layer, expert) is a pure function of
  * (seed, layer, expert, T, i), uniform in [-1, 1) times scale / sqrt(fan_in), so every rank builds
  * exactly the experts it hosts and a run's numbers do not depend on the world size or placement.
- * RMSNorm weights are 1 + 0.1 u, sigmoid correction biases 0.05 u.
+ * RMSNorm weights are 1 + 0.1 u, sigmoid correction biases 0.05 u. With weights.kind checkpoint the
+ * same layout is filled from the checkpoint instead (checkpoint.c).
  *
  * Inputs: rows of input.path, or seeded values per global token (uniform in [-1, 1)).
  *
@@ -35,6 +36,7 @@ enum {
     TENSOR_SYNTH_NEXT,
     TENSOR_SYNTH_PICK,
     TENSOR_SYNTH_WEIGHT,
+    TENSOR_SHARED_GATE,
 };
 
 float moe_model_weight(uint64_t seed, int layer, int expert, int tensor, size_t index, int fan_in,
@@ -73,8 +75,9 @@ moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h pla
     }
     /* One block cut by offsets: norms, routers, biases, shared experts, routed experts. */
     size_t n_norm = L * d, n_router = L * E * d, n_bias = m->score_bias ? L * E : 0,
-           n_shared = L * 3 * fs * d, n_experts = slots * 3 * f * d;
-    size_t total = n_norm + n_router + n_bias + n_shared + n_experts;
+           n_shared = L * 3 * fs * d, n_gate = m->shared_gate && fs ? L * d : 0,
+           n_experts = slots * 3 * f * d;
+    size_t total = n_norm + n_router + n_bias + n_shared + n_gate + n_experts;
     w.block = moe_calloc(total, sizeof(float));
     if (!w.block) goto oom;
     w.bytes = total * sizeof(float);
@@ -84,9 +87,19 @@ moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h pla
     w.score_bias = n_bias ? p : NULL, p += n_bias;
     w.shared_gate_up = fs ? p : NULL, p += L * 2 * fs * d;
     w.shared_down = fs ? p : NULL, p += L * fs * d;
+    w.shared_gate = n_gate ? p : NULL, p += n_gate;
     w.expert_gate_up = p, p += slots * 2 * f * d;
     w.expert_down = p;
 
+    if (config->weights.kind == MOE_WEIGHTS_CHECKPOINT) {
+        moe_status_t status = moe_checkpoint_load(config, plan, rank, &w);
+        if (status != MOE_STATUS_OK) {
+            moe_weights_destroy(&w);
+            return status;
+        }
+        *out = w;
+        return MOE_STATUS_OK;
+    }
     for (size_t l = 0; l < L; l++) {
         int li = (int)l;
         for (size_t j = 0; j < d; j++)
@@ -101,6 +114,7 @@ moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h pla
             fill_tensor(w.shared_down + l * d * fs, d * fs, seed, li, 0, TENSOR_SHARED_DOWN, (int)fs,
                         scale);
         }
+        if (n_gate) fill_tensor(w.shared_gate + l * d, d, seed, li, 0, TENSOR_SHARED_GATE, (int)d, 1.0f);
         const int *experts;
         int n = moe_plan_local_experts(plan, li, rank, &experts);
         for (int s = 0; s < n; s++) {

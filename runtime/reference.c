@@ -2,6 +2,7 @@
  * against. No plan, no dispatch: each token goes through its k experts directly, one at a time, in
  * the order of its choices. It shares only the kernels (each tested on its own) and the seeded
  * sources with the engine. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,7 +54,13 @@ moe_status_t moe_reference_forward(const moe_config_t *config, const moe_weights
             if (fs) {
                 moe_expert_ffn_cpu(ht, w->shared_gate_up + (size_t)l * 2 * fs * d,
                                    w->shared_down + (size_t)l * d * fs, 1, d, fs, scratch, y);
-                for (int i = 0; i < d; i++) acc[i] += y[i];
+                float g = 1.0f;
+                if (w->shared_gate) { /* Qwen2-MoE's sigmoid gate on the shared expert */
+                    double dot = 0;
+                    for (int i = 0; i < d; i++) dot += (double)ht[i] * w->shared_gate[(size_t)l * d + i];
+                    g = 1.0f / (1.0f + expf(-(float)dot));
+                }
+                for (int i = 0; i < d; i++) acc[i] += g * y[i];
             }
             for (int i = 0; i < d; i++) x[(size_t)t * d + i] += acc[i];
         }

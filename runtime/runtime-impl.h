@@ -2,6 +2,7 @@
  *
  * The engine is split by concern:
  *   model.c      seeded weights of the experts a rank hosts, inputs, routing sources (trace, synthetic)
+ *   checkpoint.c the same weights read from a Hugging Face checkpoint (hf_config.c reads its config.json)
  *   backend.h    the stage interface a backend implements; backend_cpu.c is the first
  *   layer.c      the scheduler: one MoE layer as a chunked pipeline over the stage interface
  *   reference.c  the single-process dense reference (each token through its k experts directly)
@@ -28,12 +29,17 @@ typedef struct {
     float *score_bias;      /* [L][E], or NULL without model.score_bias */
     float *shared_gate_up;  /* [L][2 fs][d], or NULL without shared experts */
     float *shared_down;     /* [L][d][fs] */
+    float *shared_gate;     /* [L][d], or NULL without model.shared_gate */
     int *local_count;       /* [L] experts hosted per layer */
     int *local_offset;      /* [L] first slot of layer l in the expert arrays */
     float *expert_gate_up;  /* [slots][2f][d] */
     float *expert_down;     /* [slots][d][f] */
     float *block;
     size_t bytes;
+    /* Read from a checkpoint (0 for seeded weights): tensor bytes on disk this rank copied, of which
+     * routed-expert bytes, and the files it mapped. */
+    int64_t read_bytes, read_expert_bytes;
+    int read_files;
 } moe_weights_t;
 
 /* The value every rank computes for element `index` of `tensor` of (layer, expert). */
@@ -51,6 +57,40 @@ static inline const float *moe_weights_expert_down(const moe_weights_t *w, int l
 {
     return w->expert_down + (size_t)(w->local_offset[layer] + slot) * w->d * w->f;
 }
+
+/* ---------------------------------------------------------------- checkpoints (checkpoint.c, hf_config.c) */
+
+typedef enum {
+    MOE_HF_MIXTRAL = 0,
+    MOE_HF_QWEN2_MOE,
+    MOE_HF_QWEN3_MOE,
+    MOE_HF_OLMOE,
+    MOE_HF_DEEPSEEK_V2,
+    MOE_HF_DEEPSEEK_V3,
+} moe_hf_family_t;
+
+#define MOE_HF_MAX_LAYERS 1024
+
+/* What moerun takes from a checkpoint's config.json. */
+typedef struct {
+    moe_hf_family_t family;
+    char architecture[MOE_NAME_MAX]; /* architectures[0], or model_type */
+    moe_model_config_t model;        /* the model settings it implies (name: the model_type) */
+    int hidden_layers;               /* num_hidden_layers */
+    int moe_layers;                  /* layers with an MoE block ... */
+    int moe_layer[MOE_HF_MAX_LAYERS]; /* ... and their indices in the checkpoint */
+} moe_hf_config_t;
+
+/* Parse DIR/config.json. Errors name the file and the key. */
+moe_status_t moe_hf_config_read(const char *config_json, moe_hf_config_t *out);
+const char *moe_hf_family_name(moe_hf_family_t family);
+
+/* Fill w (laid out by moe_weights_create for this rank: norms, routers, biases, shared experts,
+ * shared gates, and the experts the plan gives this rank) from weights.checkpoint, reading only
+ * those tensors (an expert's slice of a fused per-layer tensor). Checks the model settings against
+ * config.json and every tensor's name, shape and dtype; errors name the file and tensor. */
+moe_status_t moe_checkpoint_load(const moe_config_t *config, const moe_plan_h plan, int rank,
+                                 moe_weights_t *w);
 
 /* Inputs and routing that do not come from the model itself. */
 typedef struct {
@@ -118,6 +158,9 @@ moe_layer_metrics_t *moe_metrics_layer(moe_metrics_h metrics, int layer);
 /* Collective: reduce this batch's layer metrics to rank 0, write its JSON lines, accumulate. */
 moe_status_t moe_metrics_end_batch(moe_metrics_h metrics, int batch, int64_t batch_tokens,
                                    double batch_time, bool warmup);
+/* Where rank 0 gathers the checkpoint tensor bytes each rank read, [P][2] (all, routed experts);
+ * once asked for, the summary reports them. */
+int64_t *moe_metrics_read_bytes(moe_metrics_h metrics);
 /* Rank 0: the summary table. */
 void moe_metrics_print_summary(moe_metrics_h metrics, FILE *out);
 /* Rank 0: append the summary line and commit the JSON lines file (no-op elsewhere). */

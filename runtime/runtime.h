@@ -22,7 +22,7 @@ typedef enum { MOE_ROUTING_ROUTER = 0, MOE_ROUTING_TRACE, MOE_ROUTING_SYNTHETIC 
 typedef enum { MOE_BACKEND_CPU = 0, MOE_BACKEND_CUDA } moe_backend_kind_t;
 typedef enum { MOE_TRANSPORT_MPI = 0, MOE_TRANSPORT_NCCL } moe_transport_kind_t;
 typedef enum { MOE_INPUT_SYNTHETIC = 0, MOE_INPUT_NPY } moe_input_kind_t;
-typedef enum { MOE_WEIGHTS_RANDOM = 0 } moe_weights_kind_t;
+typedef enum { MOE_WEIGHTS_RANDOM = 0, MOE_WEIGHTS_CHECKPOINT } moe_weights_kind_t;
 
 #define MOE_PATH_MAX 4096
 #define MOE_NAME_MAX 128
@@ -43,6 +43,7 @@ typedef struct {
     int groups_kept;           /* model.groups_kept: groups a token may pick from */
     float routed_scaling;      /* model.routed_scaling: factor on the routed output weights */
     bool score_bias;           /* model.score_bias: sigmoid correction bias added for selection only */
+    bool shared_gate;          /* model.shared_gate: shared output scaled by sigmoid(h . w) (Qwen2-MoE) */
     float norm_eps;            /* model.norm_eps: RMSNorm epsilon */
 } moe_model_config_t;
 
@@ -70,8 +71,9 @@ typedef struct {
 } moe_input_config_t;
 
 typedef struct {
-    moe_weights_kind_t kind;      /* weights.kind: random */
+    moe_weights_kind_t kind;      /* weights.kind: random | checkpoint (implied by weights.checkpoint) */
     float scale;                  /* weights.scale: multiplies 1/sqrt(fan_in) */
+    char checkpoint[MOE_PATH_MAX]; /* weights.checkpoint: Hugging Face checkpoint directory */
 } moe_weights_config_t;
 
 typedef struct {
@@ -118,6 +120,12 @@ moe_status_t moe_config_validate(const moe_config_t *config, int world_size);
 
 /* The effective configuration as YAML that moe_config_load reads back. */
 void moe_config_print(const moe_config_t *config, FILE *out);
+
+/* The model settings and weights.checkpoint for the Hugging Face checkpoint whose config.json is at
+ * config_json (hf_config.c), over the defaults: what `moerun config --from-hf` writes. Errors name the
+ * file and the key: missing or mistyped keys, an unsupported architecture. The checkpoint directory
+ * is stored as an absolute path. */
+moe_status_t moe_config_from_hf(const char *config_json, moe_config_t *config);
 
 /* The settings table, for `--help`: name, default, meaning; NULL name ends it. */
 typedef struct {

@@ -158,7 +158,7 @@ static void test_settings_table(void)
         CHECK_STATUS(moe_config_set(c, assignment), MOE_STATUS_OK);
         CHECK_EQ_INT(c->line[n], -1);
     }
-    CHECK_EQ_INT(n, 37); /* every field of moe_config_t but source_path and line */
+    CHECK_EQ_INT(n, 39); /* every field of moe_config_t but source_path and line */
     CHECK(n <= MOE_CONFIG_SETTINGS_MAX);
     CHECK(same_settings(c, d));
     free(c);
@@ -442,6 +442,11 @@ static const struct {
      {"trace_without_ids.yaml:3:", "routing.source: trace needs routing.trace_ids", NULL}},
     {"nccl_without_cuda.yaml", 1, MOE_STATUS_OK, MOE_STATUS_INVALID_ARGUMENT,
      {"nccl_without_cuda.yaml:4:", "run.transport: nccl needs run.backend: cuda", NULL}},
+    {"checkpoint_with_random_weights.yaml", 1, MOE_STATUS_OK, MOE_STATUS_INVALID_ARGUMENT,
+     {"checkpoint_with_random_weights.yaml:5:", "weights.checkpoint: given, but weights.kind is random",
+      NULL}},
+    {"shared_gate_without_shared.yaml", 1, MOE_STATUS_OK, MOE_STATUS_INVALID_ARGUMENT,
+     {"shared_gate_without_shared.yaml:4:", "model.shared_gate: needs shared experts", NULL}},
 };
 
 static void test_bad_configs(const char *dir)
@@ -484,6 +489,24 @@ static void test_bad_configs(const char *dir)
     free(before);
 }
 
+/* weights.checkpoint alone means checkpoint weights; an explicit weights.kind: random contradicts it. */
+static void test_checkpoint_implies_kind(void)
+{
+    moe_config_t *c = malloc(sizeof *c);
+    moe_config_defaults(c);
+    CHECK_STATUS(moe_config_set(c, "weights.checkpoint=/some/checkpoint"), MOE_STATUS_OK);
+    CHECK_EQ_INT(c->weights.kind, MOE_WEIGHTS_CHECKPOINT);
+    CHECK_STATUS(moe_config_validate(c, 1), MOE_STATUS_OK);
+    moe_config_defaults(c);
+    CHECK_STATUS(moe_config_set(c, "weights.kind=checkpoint"), MOE_STATUS_OK);
+    capture_begin();
+    moe_status_t st = moe_config_validate(c, 1);
+    const char *text = capture_end();
+    CHECK_HAS(text, "weights.kind: checkpoint needs weights.checkpoint");
+    CHECK_STATUS(st, MOE_STATUS_INVALID_ARGUMENT);
+    free(c);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -497,5 +520,6 @@ int main(int argc, char **argv)
     test_round_trip_strings();
     test_good_snippets();
     test_bad_configs(argv[2]);
+    test_checkpoint_implies_kind();
     return moe_test_result("test_config");
 }
