@@ -16,21 +16,6 @@
 
 #define NCCL_EVENT_POOL 64
 
-#define MOE_CHECK_NCCL(call, label)                                                               \
-    do {                                                                                          \
-        ncclResult_t moe_check_nr_ = (call);                                                      \
-        if (moe_check_nr_ != ncclSuccess)                                                         \
-            MOE_FAIL(MOE_STATUS_NCCL_ERROR, label, "%s failed: %s", #call,                        \
-                     ncclGetErrorString(moe_check_nr_));                                          \
-    } while (0)
-#define MOE_CHECK_CUDA_RT(call, label)                                                            \
-    do {                                                                                          \
-        cudaError_t moe_check_ce_ = (call);                                                       \
-        if (moe_check_ce_ != cudaSuccess)                                                         \
-            MOE_FAIL(MOE_STATUS_CUDA_ERROR, label, "%s failed: %s", #call,                        \
-                     cudaGetErrorString(moe_check_ce_));                                          \
-    } while (0)
-
 struct moe_comm_nccl_s {
     ncclComm_t nccl;
     int rank, size, device;
@@ -52,9 +37,9 @@ moe_status_t moe_comm_nccl_create(MPI_Comm mpi, int rank, int size, int device, 
     ncclResult_t id_err = ncclSuccess;
     if (rank == 0) id_err = ncclGetUniqueId(&id);
     MOE_CHECK_MPI(MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, mpi), fail_free);
-    MOE_CHECK_CUDA_RT(dev_err, fail_free);
+    MOE_CHECK_CUDA(dev_err, fail_free);
     MOE_CHECK_NCCL(id_err, fail_free);
-    MOE_CHECK_CUDA_RT(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), fail_free);
+    MOE_CHECK_CUDA(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), fail_free);
     MOE_CHECK_NCCL(ncclCommInitRank(&c->nccl, size, id, rank), fail_free);
     *out = c;
     return MOE_STATUS_OK;
@@ -83,7 +68,7 @@ static moe_status_t event_get(moe_comm_nccl_t *c, cudaEvent_t *out)
         *out = c->free_events[--c->n_free];
         return MOE_STATUS_OK;
     }
-    MOE_CHECK_CUDA_RT(cudaEventCreateWithFlags(out, cudaEventDisableTiming), fail);
+    MOE_CHECK_CUDA(cudaEventCreateWithFlags(out, cudaEventDisableTiming), fail);
 fail:
     return status;
 }
@@ -104,8 +89,8 @@ moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *c, const void *send, const int
     MOE_CHECK(event_get(c, &done), fail);
     if (c->producer) {
         MOE_CHECK(event_get(c, &ready), fail);
-        MOE_CHECK_CUDA_RT(cudaEventRecord(ready, c->producer), fail);
-        MOE_CHECK_CUDA_RT(cudaStreamWaitEvent(c->stream, ready, 0), fail);
+        MOE_CHECK_CUDA(cudaEventRecord(ready, c->producer), fail);
+        MOE_CHECK_CUDA(cudaStreamWaitEvent(c->stream, ready, 0), fail);
     }
     MOE_CHECK_NCCL(ncclGroupStart(), fail);
     size_t s_off = 0, r_off = 0;
@@ -121,7 +106,7 @@ moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *c, const void *send, const int
     ncclResult_t end = ncclGroupEnd();
     MOE_CHECK_NCCL(rc, fail);
     MOE_CHECK_NCCL(end, fail);
-    MOE_CHECK_CUDA_RT(cudaEventRecord(done, c->stream), fail);
+    MOE_CHECK_CUDA(cudaEventRecord(done, c->stream), fail);
     if (ready) event_put(c, ready); /* recorded work stays ordered; the handle may be reused */
     *event = done;
     return MOE_STATUS_OK;
@@ -139,7 +124,7 @@ moe_status_t moe_comm_nccl_test(moe_comm_nccl_t *c, void *event, bool *done)
         *done = false;
         return MOE_STATUS_OK;
     }
-    MOE_CHECK_CUDA_RT(err, fail);
+    MOE_CHECK_CUDA(err, fail);
     *done = true;
 fail:
     return status;
@@ -150,9 +135,9 @@ moe_status_t moe_comm_nccl_wait(moe_comm_nccl_t *c, void *event)
     moe_status_t status = MOE_STATUS_OK;
     cudaEvent_t ev = (cudaEvent_t)event;
     if (c->producer)
-        MOE_CHECK_CUDA_RT(cudaStreamWaitEvent(c->producer, ev, 0), fail);
+        MOE_CHECK_CUDA(cudaStreamWaitEvent(c->producer, ev, 0), fail);
     else
-        MOE_CHECK_CUDA_RT(cudaEventSynchronize(ev), fail);
+        MOE_CHECK_CUDA(cudaEventSynchronize(ev), fail);
     event_put(c, ev);
     return MOE_STATUS_OK;
 fail:

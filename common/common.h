@@ -2,9 +2,9 @@
  *
  * - moe_status_t, the one status type that library code returns (it never calls exit());
  * - logging with levels, the rank in every line, rank 0 alone printing banners (moe_log0);
- * - the check macros that turn a foreign error (MPI, our own) into a status, log file:line once and
- *   jump to a cleanup label (the CUDA, NCCL, cuBLAS macros live in kernels/ and comm/ next to their
- *   headers so that CPU-only builds do not see CUDA types);
+ * - the check macros that turn a foreign error (MPI, CUDA, cuBLAS, NCCL, our own) into a status, log
+ *   file:line once and jump to a cleanup label (the foreign types appear only inside the macro bodies,
+ *   so CPU-only code includes this header without the CUDA headers);
  * - counter-based random numbers: a value is a pure function of its (seed, indices), so that weights and
  *   inputs are the same whatever the world size, placement or order of generation;
  * - a monotonic clock.
@@ -99,6 +99,30 @@ void moe_print0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
             MPI_Error_string(moe_check_rc_, moe_check_msg_, &moe_check_len_);                     \
             MOE_FAIL(MOE_STATUS_MPI_ERROR, label, "%s failed: %s", #call, moe_check_msg_);        \
         }                                                                                         \
+    } while (0)
+
+/* CUDA runtime, cuBLAS and NCCL calls (need their headers where used). */
+#define MOE_CHECK_CUDA(call, label)                                                               \
+    do {                                                                                          \
+        cudaError_t moe_check_ce_ = (call);                                                       \
+        if (moe_check_ce_ != cudaSuccess)                                                         \
+            MOE_FAIL(MOE_STATUS_CUDA_ERROR, label, "%s failed: %s", #call,                        \
+                     cudaGetErrorString(moe_check_ce_));                                          \
+    } while (0)
+#define MOE_CHECK_CUBLAS(call, label)                                                             \
+    do {                                                                                          \
+        cublasStatus_t moe_check_cb_ = (call);                                                    \
+        if (moe_check_cb_ != CUBLAS_STATUS_SUCCESS)                                               \
+            MOE_FAIL(MOE_STATUS_CUBLAS_ERROR, label, "%s failed: %s", #call,                      \
+                     cublasGetStatusString(moe_check_cb_));                                       \
+    } while (0)
+
+#define MOE_CHECK_NCCL(call, label)                                                               \
+    do {                                                                                          \
+        ncclResult_t moe_check_nr_ = (call);                                                      \
+        if (moe_check_nr_ != ncclSuccess)                                                         \
+            MOE_FAIL(MOE_STATUS_NCCL_ERROR, label, "%s failed: %s", #call,                        \
+                     ncclGetErrorString(moe_check_nr_));                                          \
     } while (0)
 
 /* ---------------------------------------------------------------- allocation */

@@ -73,22 +73,6 @@ void moe_scatter_add_cpu(const float *y, const int32_t *rows, const float *weigh
 
 typedef uint16_t moe_bf16_t;
 
-/* CUDA and cuBLAS calls: log the error text once with file:line, set `status`, jump to label. */
-#define MOE_CHECK_CUDA(call, label)                                                               \
-    do {                                                                                          \
-        cudaError_t moe_check_ce_ = (call);                                                       \
-        if (moe_check_ce_ != cudaSuccess)                                                         \
-            MOE_FAIL(MOE_STATUS_CUDA_ERROR, label, "%s failed: %s", #call,                        \
-                     cudaGetErrorString(moe_check_ce_));                                          \
-    } while (0)
-#define MOE_CHECK_CUBLAS(call, label)                                                             \
-    do {                                                                                          \
-        cublasStatus_t moe_check_cb_ = (call);                                                    \
-        if (moe_check_cb_ != CUBLAS_STATUS_SUCCESS)                                               \
-            MOE_FAIL(MOE_STATUS_CUBLAS_ERROR, label, "%s failed: %s", #call,                      \
-                     cublasGetStatusString(moe_check_cb_));                                       \
-    } while (0)
-
 moe_status_t moe_f32_to_bf16_cuda(const float *x, size_t n, moe_bf16_t *y, cudaStream_t stream);
 moe_status_t moe_bf16_to_f32_cuda(const moe_bf16_t *x, size_t n, float *y, cudaStream_t stream);
 /* Seeded uniform values in [-scale, scale) (benchmarks and tests; never zeros). */
