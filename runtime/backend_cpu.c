@@ -101,19 +101,25 @@ static moe_status_t cpu_route(void *state, int layer, int n, bool use_router, in
     return MOE_STATUS_OK;
 }
 
-/* Grow a row buffer to at least `rows` rows of d floats (doubling, so growth is rare). */
-static moe_status_t grow_rows(float **buf, int *cap, int rows, int d)
+/* Grow a pair of row buffers that share a row count (send/back, recv/partial) to at least `rows`
+ * rows of d floats, doubling so that growth is rare. On failure both keep their old size. */
+static moe_status_t grow_pair(float **a, float **b, int *cap, int rows, int d)
 {
-    if (rows <= *cap && *buf) return MOE_STATUS_OK;
+    if (rows <= *cap && *a && *b) return MOE_STATUS_OK;
     int cap_new = *cap > 0 ? *cap : 64;
     while (cap_new < rows) cap_new *= 2;
-    float *p = moe_calloc((size_t)cap_new * d, sizeof(float));
-    if (!p) {
+    float *pa = moe_calloc((size_t)cap_new * d, sizeof(float));
+    float *pb = moe_calloc((size_t)cap_new * d, sizeof(float));
+    if (!pa || !pb) {
+        moe_free(pa);
+        moe_free(pb);
         moe_error("cpu backend: out of memory for %d rows of %d", cap_new, d);
         return MOE_STATUS_NO_MEMORY;
     }
-    moe_free(*buf);
-    *buf = p;
+    moe_free(*a);
+    moe_free(*b);
+    *a = pa;
+    *b = pb;
     *cap = cap_new;
     return MOE_STATUS_OK;
 }
@@ -124,20 +130,8 @@ static moe_status_t cpu_chunk_buffers(void *state, int chunk, int n_send, int n_
     moe_status_t status = MOE_STATUS_OK;
     cpu_state_t *s = state;
     cpu_chunk_t *c = &s->chunk[chunk];
-    if (n_send > c->cap_send || !c->send) {
-        int cap = c->cap_send;
-        MOE_CHECK(grow_rows(&c->send, &cap, n_send, s->d), fail);
-        cap = c->cap_send;
-        MOE_CHECK(grow_rows(&c->back, &cap, n_send, s->d), fail);
-        c->cap_send = cap;
-    }
-    if (n_recv > c->cap_recv || !c->recv) {
-        int cap = c->cap_recv;
-        MOE_CHECK(grow_rows(&c->recv, &cap, n_recv, s->d), fail);
-        cap = c->cap_recv;
-        MOE_CHECK(grow_rows(&c->partial, &cap, n_recv, s->d), fail);
-        c->cap_recv = cap;
-    }
+    MOE_CHECK(grow_pair(&c->send, &c->back, &c->cap_send, n_send, s->d), fail);
+    MOE_CHECK(grow_pair(&c->recv, &c->partial, &c->cap_recv, n_recv, s->d), fail);
     *out = (moe_chunk_buffers_t){c->send, c->recv, c->partial, c->back};
 fail:
     return status;
