@@ -84,12 +84,16 @@ moe_status_t moe_npy_read(const char *path, moe_array_t *out);
 /* Write an array atomically. */
 moe_status_t moe_npy_write(const char *path, const moe_array_t *array);
 
-/* Streaming writer for outputs too large to hold: the shape is known up front, rows are appended,
- * and commit checks that exactly shape[0] rows arrived before renaming. */
+/* Streaming writer for outputs too large to hold: rows are appended, and commit checks that exactly
+ * shape[0] rows arrived before renaming. shape[0] = -1 when the row count is not known up front
+ * (an elastic run): commit then writes the count into the header, which keeps its length because
+ * the header leaves room for the first axis to grow, as NumPy's does. */
 typedef struct {
     moe_atomic_file_t file;
     moe_dtype_t dtype;
-    int64_t rows_expected;
+    int ndim;
+    int64_t shape[MOE_MAX_DIMS];
+    int64_t rows_expected; /* -1: as many as are appended */
     int64_t rows_written;
     size_t row_bytes;
 } moe_npy_writer_t;

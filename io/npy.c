@@ -421,16 +421,23 @@ moe_status_t moe_npy_writer_open(const char *path, moe_dtype_t dtype, int ndim, 
     if (ndim < 1)
         MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, out, "%s: a streamed .npy needs at least one dimension",
                  path);
-    MOE_CHECK(npy_check_shape(path, ndim, shape, &numel), out);
+    if (ndim > MOE_MAX_DIMS)
+        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, out, "%s: cannot write %d dimensions (at most %d)", path,
+                 ndim, MOE_MAX_DIMS);
+    memcpy(w.shape, shape, sizeof(int64_t) * (size_t)ndim);
+    w.ndim = ndim;
+    const bool grow = shape[0] == -1;
+    if (grow) w.shape[0] = 0;
+    MOE_CHECK(npy_check_shape(path, ndim, w.shape, &numel), out);
     size_t row_elems = 1;
     for (int d = 1; d < ndim; d++) row_elems *= (size_t)shape[d]; /* no overflow: numel did not */
     if (!moe_size_mul(row_elems, moe_dtype_size(dtype), &row_bytes) || moe_dtype_size(dtype) == 0)
         MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, out, "%s: bad dtype or row size", path);
 
     MOE_CHECK(moe_atomic_file_open(path, &w.file), out);
-    MOE_CHECK(npy_write_header(w.file.fp, path, dtype, ndim, shape), abort_file);
+    MOE_CHECK(npy_write_header(w.file.fp, path, dtype, ndim, w.shape), abort_file);
     w.dtype = dtype;
-    w.rows_expected = shape[0];
+    w.rows_expected = grow ? -1 : shape[0];
     w.rows_written = 0;
     w.row_bytes = row_bytes;
     *out = w;
@@ -449,7 +456,8 @@ moe_status_t moe_npy_writer_append(moe_npy_writer_t *writer, const void *rows, i
         moe_error("%s: append to a writer that is closed", path);
         return MOE_STATUS_INVALID_ARGUMENT;
     }
-    if (n_rows < 0 || n_rows > writer->rows_expected - writer->rows_written) {
+    if (n_rows < 0 ||
+        (writer->rows_expected >= 0 && n_rows > writer->rows_expected - writer->rows_written)) {
         moe_error("%s: appending %lld rows to %lld of %lld overruns the declared shape", path,
                   (long long)n_rows, (long long)writer->rows_written, (long long)writer->rows_expected);
         return MOE_STATUS_INVALID_ARGUMENT;
@@ -465,7 +473,23 @@ moe_status_t moe_npy_writer_append(moe_npy_writer_t *writer, const void *rows, i
 
 moe_status_t moe_npy_writer_commit(moe_npy_writer_t *writer)
 {
-    if (writer->file.fp != NULL && writer->rows_written != writer->rows_expected) {
+    if (writer->file.fp != NULL && writer->rows_expected < 0) {
+        /* the header now declares the rows that arrived; its length does not change */
+        writer->shape[0] = writer->rows_written;
+        moe_status_t status = MOE_STATUS_OK;
+        if (fseek(writer->file.fp, 0, SEEK_SET) != 0)
+            status = MOE_STATUS_IO_ERROR;
+        else
+            status = npy_write_header(writer->file.fp, writer->file.path, writer->dtype, writer->ndim,
+                                      writer->shape);
+        if (status == MOE_STATUS_OK && fseek(writer->file.fp, 0, SEEK_END) != 0)
+            status = MOE_STATUS_IO_ERROR;
+        if (status != MOE_STATUS_OK) {
+            moe_error("%s: could not rewrite the header; file discarded", writer->file.path);
+            moe_atomic_file_abort(&writer->file);
+            return status;
+        }
+    } else if (writer->file.fp != NULL && writer->rows_written != writer->rows_expected) {
         moe_error("%s: %lld rows written, the header declares %lld; file discarded", writer->file.path,
                   (long long)writer->rows_written, (long long)writer->rows_expected);
         moe_atomic_file_abort(&writer->file);

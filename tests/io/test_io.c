@@ -550,6 +550,19 @@ static void test_npy_writer(void)
     free(b1);
     free(b2);
 
+    /* Rows not known up front (shape[0] = -1): commit declares what arrived, and the file is again
+     * byte-identical to the one-shot writer's. */
+    const int64_t grow[] = {-1, 3};
+    path = tmp_path("stream_grow.npy");
+    CHECK_STATUS(moe_npy_writer_open(path, MOE_DTYPE_F32, 2, grow, &w), MOE_STATUS_OK);
+    CHECK_STATUS(moe_npy_writer_append(&w, rows, 3), MOE_STATUS_OK);
+    CHECK_STATUS(moe_npy_writer_append(&w, rows + 9, 1), MOE_STATUS_OK);
+    CHECK_STATUS(moe_npy_writer_commit(&w), MOE_STATUS_OK);
+    b1 = read_bytes(path, &n1), b2 = read_bytes(tmp_path("whole.npy"), &n2);
+    CHECK(b1 && b2 && n1 == n2 && memcmp(b1, b2, n1) == 0);
+    free(b1);
+    free(b2);
+
     /* Zero rows declared: an empty commit is complete. */
     const int64_t empty[] = {0, 5};
     path = tmp_path("stream_empty.npy");
