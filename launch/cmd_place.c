@@ -24,9 +24,10 @@ static void place_usage(FILE *out)
         "usage: moerun place (--stats S.safetensors | --trace IDS.npy[@A:B] |\n"
         "                     --loads-csv F.csv[@LABEL] --tokens N)... --ranks N --ranks-per-node "
         "G\n"
-        "                    [--replicas R] [--solver contiguous|round-robin|greedy|ilp] "
-        "[--exact]\n"
-        "                    [--current PLAN] [--time-limit SEC] -o PLAN.yaml [--json]\n"
+        "                    [--replicas R]"
+        " [--solver contiguous|round-robin|greedy|ilp|incremental]\n"
+        "                    [--exact]"
+        " [--current PLAN] [--time-limit SEC] -o PLAN.yaml [--json]\n"
         "       moerun place --evaluate --plan PLAN.yaml --trace IDS.npy[@A:B]... [--json]\n"
         "\n"
         "  sources (repeat: each is a workload the plan must keep balanced):\n"
@@ -37,10 +38,14 @@ static void place_usage(FILE *out)
         "  --ranks N, --ranks-per-node G   world: N ranks, G per node\n"
         "  --replicas R          redundant expert slots per layer (default 0)\n"
         "  --slots-per-rank S    experts one rank can hold (default: no limit)\n"
-        "  --solver NAME         default ilp; --exact: the joint model (small instances)\n"
+        "  --solver NAME         default ilp; --exact: the joint model (small instances);\n"
+        "                        incremental: from --current (which may have another number of\n"
+        "                        ranks: a scale event), moving few experts; balance only, keeps\n"
+        "                        the current replicas and shares (--replicas does not apply)\n"
         "  --time-limit SEC      for ilp / exact (default 60)\n"
         "  --current PLAN        plan in service: moving an expert costs --move-cost (default "
-        "0.05)\n"
+        "0.05;\n"
+        "                        max/mean per layer); required by --solver incremental\n"
         "  --expert-bytes B      weight bytes of one expert (reported bytes moved)\n"
         "  --node-slack X        ilp: node balance within 1 + X of the warm start's (default 0.01)\n"
         "  --no-share-lp         ilp: keep equal replica shares (no share LP)\n"
@@ -422,6 +427,12 @@ int moe_cmd_place(int argc, char **argv)
         place_usage(stderr);
         return 2;
     }
+    if (o.solver == MOE_PLACE_SOLVER_INCREMENTAL && !current_path) {
+        fprintf(stderr, "moerun place: --solver incremental starts from the plan in service: give "
+                        "it with --current PLAN\n\n");
+        place_usage(stderr);
+        return 2;
+    }
     o.ranks = (int)ranks;
     o.ranks_per_node = (int)rpn;
 
@@ -479,13 +490,23 @@ int moe_cmd_place(int argc, char **argv)
 
     printer_t p = {json, stdout};
     const char *solver = moe_place_solver_name(o.solver);
+    /* the incremental solver keeps the current plan's replicas: report the most of any layer */
+    int redundant = o.replicas;
+    if (o.solver == MOE_PLACE_SOLVER_INCREMENTAL) {
+        redundant = 0;
+        for (int l = 0; l < L; l++) {
+            int k = -E;
+            for (int e = 0; e < E; e++) k += moe_plan_replicas(plan, l, e, NULL, NULL);
+            redundant = k > redundant ? k : redundant;
+        }
+    }
     if (json) {
         printf("{\"command\": \"place\", \"plan\": ");
         json_str(stdout, output);
         printf(", \"solver\": \"%s\", \"layers\": %d, \"experts\": %d, \"ranks\": %d, "
                "\"ranks_per_node\": %d, \"replicas\": %d, \"tokens_per_rank\": %lld, "
                "\"solve_seconds\": ",
-               solver, L, E, o.ranks, o.ranks_per_node, o.replicas, (long long)o.tokens_per_rank);
+               solver, L, E, o.ranks, o.ranks_per_node, redundant, (long long)o.tokens_per_rank);
         json_num(stdout, rep.solve_seconds);
         printf(", \"objective\": ");
         json_num(stdout, rep.objective);
@@ -502,7 +523,7 @@ int moe_cmd_place(int argc, char **argv)
     } else {
         printf("moerun place: %s plan for %d layers x %d experts on %d ranks (%d nodes x %d), %d "
                "redundant -> %s\n",
-               solver, L, E, o.ranks, o.ranks / o.ranks_per_node, o.ranks_per_node, o.replicas,
+               solver, L, E, o.ranks, o.ranks / o.ranks_per_node, o.ranks_per_node, redundant,
                output);
         printf("  solve %.3f s, objective %.4f", rep.solve_seconds, rep.objective);
         if (isfinite(rep.warm_objective)) printf(" (greedy warm start %.4f)", rep.warm_objective);

@@ -80,5 +80,10 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
                                  moe_place_report_t *rep);
 moe_status_t moe_place_solve_exact(const moe_workload_h *w, int n, const moe_place_options_t *o,
                                    moe_plan_h *out, moe_place_report_t *rep);
+/* The incremental solver (online re-balancing, scale events): current is required and may have
+ * another number of ranks than o->ranks. */
+moe_status_t moe_place_solve_incremental(const moe_workload_h *w, int n,
+                                         const moe_place_options_t *o, const moe_plan_h current,
+                                         moe_plan_h *out);
 
 #endif

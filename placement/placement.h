@@ -57,10 +57,13 @@ int moe_plan_ranks_per_node(const moe_plan_h plan);
 int moe_plan_replicas(const moe_plan_h plan, int layer, int expert, const int **ranks,
                       const float **shares);
 
-/* Experts that rank hosts at layer, ascending: returns the count; experts points into the plan. */
+/* Experts that rank hosts at layer, ascending: returns the count; experts points into the plan. A
+ * rank beyond the plan's ranks hosts none. The first call builds a cache: make it before sharing
+ * the plan between threads. */
 int moe_plan_local_experts(const moe_plan_h plan, int layer, int rank, const int **experts);
 
-/* Index of expert in rank's local list at layer, or -1 if the rank does not host it. */
+/* Index of expert in rank's local list at layer, or -1 if the rank does not host it (or is beyond
+ * the plan's ranks). */
 int moe_plan_local_slot(const moe_plan_h plan, int layer, int rank, int expert);
 
 /* The replica (a rank) that token `token` (global index) uses for (layer, expert): a hash of
@@ -138,6 +141,7 @@ typedef enum {
     MOE_PLACE_SOLVER_GREEDY,
     MOE_PLACE_SOLVER_ILP,
     MOE_PLACE_SOLVER_EXACT,
+    MOE_PLACE_SOLVER_INCREMENTAL, /* online: from `current` (any ranks), few moves; balance only */
 } moe_place_solver_t;
 
 moe_status_t moe_place_solver_parse(const char *name, moe_place_solver_t *out);
@@ -233,7 +237,9 @@ typedef struct {
 } moe_place_report_t;
 
 /* Solve: a plan for the workloads (same layers and experts) under options. `current` (may be NULL) is
- * the plan in service: moving an expert then costs options->move_cost. The plan is the caller's. */
+ * the plan in service: moving an expert then costs options->move_cost. The incremental solver needs
+ * it (it may have another number of ranks than options->ranks: a scale event) and keeps its replica
+ * counts and shares (options->replicas is ignored). The plan is the caller's. */
 moe_status_t moe_place_solve(const moe_workload_h *workloads, int n_workloads,
                              const moe_place_options_t *options, const moe_plan_h current,
                              moe_plan_h *out, moe_place_report_t *report);

@@ -205,6 +205,10 @@ static void plan_build_local(struct moe_plan_s *plan)
 
 int moe_plan_local_experts(const moe_plan_h plan, int layer, int rank, const int **experts)
 {
+    if (rank >= plan->ranks) { /* a rank the plan does not have (standby in an elastic run) */
+        if (experts) *experts = NULL;
+        return 0;
+    }
     if (!plan->local_valid) plan_build_local(plan);
     size_t lr = (size_t)layer * plan->ranks + rank;
     if (experts) *experts = plan->local_expert + (size_t)layer * plan->experts * plan->ranks +
@@ -214,6 +218,7 @@ int moe_plan_local_experts(const moe_plan_h plan, int layer, int rank, const int
 
 int moe_plan_local_slot(const moe_plan_h plan, int layer, int rank, int expert)
 {
+    if (rank >= plan->ranks) return -1;
     if (!plan->local_valid) plan_build_local(plan);
     return plan->local_slot[((size_t)layer * plan->ranks + rank) * plan->experts + expert];
 }

@@ -8,30 +8,34 @@
  *                already host that expert. Several workloads are merged by adding their normalised
  *                loads (what a user of EPLB would do with several statistics files).
  * contiguous and round-robin host one copy of each expert (no redundant experts). Ties are broken
- * by the lowest index, so results are deterministic. */
+ * by the lowest index, so results are deterministic. The ILP, the exact model and the incremental
+ * solver have files of their own. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "placement/place-impl.h"
 
-static const char *const solver_names[] = {"contiguous", "round-robin", "greedy", "ilp", "exact"};
+static const char *const solver_names[] = {"contiguous", "round-robin", "greedy",
+                                           "ilp",        "exact",       "incremental"};
+#define N_SOLVERS ((int)(sizeof(solver_names) / sizeof(solver_names[0])))
 
 moe_status_t moe_place_solver_parse(const char *name, moe_place_solver_t *out)
 {
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < N_SOLVERS; i++) {
         if (strcmp(name, solver_names[i]) == 0) {
             *out = (moe_place_solver_t)i;
             return MOE_STATUS_OK;
         }
     }
-    moe_error("unknown solver '%s' (contiguous, round-robin, greedy, ilp, exact)", name);
+    moe_error("unknown solver '%s' (contiguous, round-robin, greedy, ilp, exact, incremental)",
+              name);
     return MOE_STATUS_INVALID_ARGUMENT;
 }
 
 const char *moe_place_solver_name(moe_place_solver_t solver)
 {
-    return (unsigned)solver < 5 ? solver_names[solver] : "?";
+    return (unsigned)solver < (unsigned)N_SOLVERS ? solver_names[solver] : "?";
 }
 
 void moe_place_merged_weight(const moe_workload_h *w, int n, int layer, int ranks, double *weight)
@@ -177,7 +181,19 @@ moe_status_t moe_place_solve(const moe_workload_h *w, int n, const moe_place_opt
     moe_place_report_t rep = {.warm_objective = NAN, .mip_gap = NAN, .balance_gap = NAN};
     moe_place_layout_t lay;
     moe_plan_h plan = NULL;
-    MOE_CHECK(moe_place_layout_make(w, n, o, &lay), fail);
+    bool incremental = o->solver == MOE_PLACE_SOLVER_INCREMENTAL;
+    /* the incremental solver keeps the current plan's replicas: --replicas does not apply */
+    moe_place_options_t lo = *o;
+    if (incremental) lo.replicas = 0;
+    MOE_CHECK(moe_place_layout_make(w, n, &lo, &lay), fail);
+    if (incremental && !current)
+        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail,
+                 "place: the incremental solver starts from the plan in service: give it "
+                 "(--current PLAN)");
+    if (incremental && o->replicas > 0)
+        moe_warn("place: the incremental solver keeps the current plan's replicas; --replicas %d "
+                 "is ignored",
+                 o->replicas);
     if (current) {
         if (moe_plan_layers(current) != lay.layers || moe_plan_experts(current) != lay.experts)
             MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail,
@@ -192,6 +208,9 @@ moe_status_t moe_place_solve(const moe_workload_h *w, int n, const moe_place_opt
     case MOE_PLACE_SOLVER_EXACT:
         MOE_CHECK(moe_place_solve_exact(w, n, o, &plan, &rep), fail);
         break;
+    case MOE_PLACE_SOLVER_INCREMENTAL:
+        MOE_CHECK(moe_place_solve_incremental(w, n, o, current, &plan), fail);
+        break;
     default:
         MOE_CHECK(moe_place_solve_simple(w, n, o, &plan), fail);
         break;
@@ -199,16 +218,20 @@ moe_status_t moe_place_solve(const moe_workload_h *w, int n, const moe_place_opt
     rep.solve_seconds = moe_now() - t0;
     rep.objective = moe_place_objective(plan, w, n, o, NULL);
     if (current) {
-        /* hosts that are new compared with the plan in service */
+        /* hosts that are new compared with the plan in service; the two plans may have different
+         * numbers of ranks (a scale event): a host on a rank the current plan lacks is new. The
+         * replica lists are read, not the lookup cache, so `current` is only read. */
         rep.experts_moved = 0;
         for (int l = 0; l < lay.layers; l++)
             for (int e = 0; e < lay.experts; e++) {
-                const int *rk;
+                const int *rk, *ck;
                 int nr = moe_plan_replicas(plan, l, e, &rk, NULL);
-                for (int i = 0; i < nr; i++)
-                    if (rk[i] >= moe_plan_ranks(current) ||
-                        moe_plan_local_slot(current, l, rk[i], e) < 0)
-                        rep.experts_moved++;
+                int nc = moe_plan_replicas(current, l, e, &ck, NULL);
+                for (int i = 0; i < nr; i++) {
+                    bool hosted = false;
+                    for (int j = 0; j < nc; j++) hosted |= ck[j] == rk[i];
+                    rep.experts_moved += !hosted;
+                }
             }
         rep.bytes_moved = rep.experts_moved * o->expert_bytes;
     }

@@ -29,6 +29,17 @@ grep -q '"max_mean_worst"' "$T/out" || { echo "FAILED: no figures from --evaluat
 ok "$M" place --evaluate --plan "$T/greedy.yaml" --trace "$D/law.topk_ids.npy" --model deepseek-v2-lite
 ok "$M" place --trace "$D/law.topk_ids.npy" --ranks 8 --ranks-per-node 8 --solver ilp --time-limit 2 \
     --current "$T/greedy.yaml" -o "$T/replan.yaml"
+# the incremental solver from the 16-rank plan: a scale event to 8 ranks and one to 24, re-balancing
+# on 16; the result evaluates on the new world size
+ok "$M" place --trace "$D/law.topk_ids.npy" --ranks 8 --ranks-per-node 8 --solver incremental \
+    --current "$T/greedy.yaml" -o "$T/inc8.yaml" --json --no-baselines
+grep -q '"solver": "incremental"' "$T/out" || { echo "FAILED: no incremental JSON"; fails=$((fails + 1)); }
+ok "$M" place --evaluate --plan "$T/inc8.yaml" --trace "$D/law.topk_ids.npy" --ranks 8
+ok "$M" place --trace "$D/law.topk_ids.npy" --ranks 24 --ranks-per-node 8 --solver incremental \
+    --current "$T/greedy.yaml" -o "$T/inc24.yaml"
+ok "$M" place --trace "$D/law.topk_ids.npy" --ranks 16 --ranks-per-node 8 --solver incremental \
+    --current "$T/greedy.yaml" --move-cost 1000 -o "$T/inc16.yaml" --json --no-baselines
+grep -q '"experts_moved": 0,' "$T/out" || { echo "FAILED: incremental with a huge move cost moved experts"; fails=$((fails + 1)); }
 ok "$M" place --tokens 1000 --loads-csv "$Q/arc.activation.csv@English" \
     --tokens 1000 --loads-csv "$Q/gsm8k.activation.csv@English" --ranks 16 --ranks-per-node 8 \
     --replicas 16 --time-limit 3 -o "$T/qwen.yaml"
@@ -52,6 +63,9 @@ bad "$M" place --trace "$D/law.topk_ids.npy" --trace "$F/../placement/tiny_plan.
 bad "$M" place --trace "$D/law.topk_ids.npy" --ranks 16 --ranks-per-node 8 --exact -o "$T/x.yaml"
 "$M" place --ranks 16 >/dev/null 2>&1
 [ $? -eq 2 ] || { echo "FAILED: usage errors exit 2"; fails=$((fails + 1)); }
+"$M" place --trace "$D/law.topk_ids.npy" --ranks 8 --ranks-per-node 8 --solver incremental \
+    -o "$T/x.yaml" >/dev/null 2>"$T/err"
+[ $? -eq 2 ] && grep -q -- '--current' "$T/err" || { echo "FAILED: incremental without --current"; fails=$((fails + 1)); }
 [ -e "$T/x.yaml" ] && { echo "FAILED: a failed run left a plan behind"; fails=$((fails + 1)); }
 
 if [ $fails -ne 0 ]; then echo "test_place_cli: $fails failures"; exit 1; fi
