@@ -78,7 +78,7 @@ bool moe_size_mul(size_t a, size_t b, size_t *out)
     return true;
 }
 
-void *moe_calloc(size_t count, size_t size)
+void *moe_malloc(size_t count, size_t size)
 {
     size_t bytes;
     if (!moe_size_mul(count, size, &bytes)) return NULL;
@@ -86,7 +86,15 @@ void *moe_calloc(size_t count, size_t size)
     bytes = (bytes + 63) & ~(size_t)63;
     void *p = NULL;
     if (posix_memalign(&p, 64, bytes) != 0) return NULL;
-    memset(p, 0, bytes);
+    return p;
+}
+
+void *moe_calloc(size_t count, size_t size)
+{
+    size_t bytes;
+    if (!moe_size_mul(count, size, &bytes)) return NULL;
+    void *p = moe_malloc(count, size);
+    if (p) memset(p, 0, bytes);
     return p;
 }
 

@@ -132,6 +132,8 @@ bool moe_size_mul(size_t a, size_t b, size_t *out);
 
 /* 64-byte aligned, zero-filled host allocation; NULL on failure or overflow. Free with moe_free. */
 void *moe_calloc(size_t count, size_t size);
+/* The same, not zero-filled: for memory about to be written whole (the pages are touched then). */
+void *moe_malloc(size_t count, size_t size);
 void moe_free(void *ptr);
 
 /* ---------------------------------------------------------------- random numbers */

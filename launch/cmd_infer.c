@@ -1,4 +1,5 @@
-/* cmd_infer: `moerun infer`, the expert-parallel run under mpirun.
+/* cmd_infer: `moerun infer`, the expert-parallel run under mpirun, and `moerun elastic`, the same
+ * run with a serving set that grows and shrinks on a schedule (runtime/elastic.c).
  *
  * Failure policy: a configuration error is seen by every rank alike, so each returns and the job
  * ends cleanly with one message from rank 0; any other error may be one rank's alone, so that rank
@@ -12,17 +13,33 @@
 #include "launch/launcher.h"
 #include "runtime/runtime.h"
 
-static void infer_usage(FILE *out)
+static void infer_usage(FILE *out, bool elastic)
 {
+    if (elastic)
+        fprintf(out,
+                "usage: mpirun -np NMAX moerun elastic -c CONFIG --schedule SPEC [options]\n"
+                "\n"
+                "The job is launched at its largest size; ranks 0..P-1 serve and the others wait. SPEC\n"
+                "gives P over batches or seconds: POSITION:RANKS entries, the first at 0, e.g.\n"
+                "0:2,20:4,40:2 (batches) or 0s:2,30s:4 (seconds). At each change a plan for the new\n"
+                "size is made from the live routing of the last rebalance.window batches, moving few\n"
+                "experts; the experts move point to point while the old set serves; the switch is at\n"
+                "a batch boundary.\n"
+                "\n"
+                "  --schedule SPEC        the serving size over batches or seconds (required)\n");
+    else
+        fprintf(out, "usage: mpirun -np N moerun infer -c CONFIG [options]\n\n");
     fprintf(out,
-            "usage: mpirun -np N moerun infer -c CONFIG [options]\n"
-            "\n"
             "  -c, --config FILE      model and run configuration (YAML); see configs/\n"
             "  --plan PLAN            placement plan (YAML, from `moerun place`); default: contiguous\n"
             "  --set KEY=VALUE        override one setting (repeatable), e.g. --set run.chunks=4\n"
             "  --output OUT.npy       final hidden states [tokens, d_model] float32\n"
             "  --metrics M.jsonl      per batch and layer: stage times, loads (JSON lines)\n"
             "  --stats S.safetensors  routing statistics of the run (loads, co-activation, transitions)\n"
+            "  --timeline T.csv       elastic or re-balancing runs: a row per batch (time, tokens/s,\n"
+            "                         serving ranks, bytes in flight, load), see docs/elastic.md\n"
+            "  --events E.csv         ... a row per scale or re-balance event (latency, stall, bytes)\n"
+            "  --plans DIR            ... each plan put in service, DIR/plan-N.yaml\n"
             "  --reference            run the single-process dense reference instead (-np 1)\n"
             "  --print-config         print the effective configuration and exit\n"
             "  --log-level LEVEL      error | warn | info | debug (default warn)\n"
@@ -55,14 +72,15 @@ static moe_status_t set_path(moe_config_t *config, const char *key, const char *
     return moe_config_set(config, buf);
 }
 
-int moe_cmd_infer(int argc, char **argv)
+static int run_command(int argc, char **argv, bool elastic)
 {
-    const char *config_path = NULL;
+    const char *name = elastic ? "elastic" : "infer";
+    const char *config_path = NULL, *schedule = NULL, *timeline = NULL, *events = NULL, *plans = NULL;
     bool print_config = false, reference = false;
     moe_log_level_t level = MOE_LOG_WARN;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            infer_usage(stdout);
+            infer_usage(stdout, elastic);
             print_settings(stdout);
             return 0;
         }
@@ -84,7 +102,8 @@ int moe_cmd_infer(int argc, char **argv)
             config_path = argv[++i];
         else if (!strcmp(argv[i], "--log-level") && i + 1 < argc) {
             if (parse_level(argv[++i], &level) != 0) {
-                if (launch.rank == 0) fprintf(stderr, "moerun infer: --log-level: unknown level '%s'\n", argv[i]);
+                if (launch.rank == 0)
+                    fprintf(stderr, "moerun %s: --log-level: unknown level '%s'\n", name, argv[i]);
                 rc = 2;
                 goto done;
             }
@@ -92,8 +111,8 @@ int moe_cmd_infer(int argc, char **argv)
     }
     if (!config_path) {
         if (launch.rank == 0) {
-            fprintf(stderr, "moerun infer: missing -c CONFIG\n\n");
-            infer_usage(stderr);
+            fprintf(stderr, "moerun %s: missing -c CONFIG\n\n", name);
+            infer_usage(stderr, elastic);
         }
         rc = 2;
         goto done;
@@ -108,16 +127,27 @@ int moe_cmd_infer(int argc, char **argv)
         else if (!strcmp(a, "--output") && v) status = set_path(&config, "outputs.output", v), i++;
         else if (!strcmp(a, "--metrics") && v) status = set_path(&config, "outputs.metrics", v), i++;
         else if (!strcmp(a, "--stats") && v) status = set_path(&config, "outputs.stats", v), i++;
+        else if (!strcmp(a, "--schedule") && v && elastic) schedule = v, i++;
+        else if (!strcmp(a, "--timeline") && v) timeline = v, i++;
+        else if (!strcmp(a, "--events") && v) events = v, i++;
+        else if (!strcmp(a, "--plans") && v) plans = v, i++;
         else if (!strcmp(a, "--print-config")) print_config = true;
         else if (!strcmp(a, "--reference")) reference = true;
         else {
             if (launch.rank == 0)
-                fprintf(stderr, "moerun infer: unknown or incomplete option '%s' (see --help)\n", a);
+                fprintf(stderr, "moerun %s: unknown or incomplete option '%s' (see --help)\n", name, a);
             rc = 2;
             goto done;
         }
     }
-    if (status == MOE_STATUS_OK) status = moe_config_validate(&config, launch.size);
+    if (status == MOE_STATUS_OK && elastic && !schedule) {
+        if (launch.rank == 0) fprintf(stderr, "moerun elastic: missing --schedule SPEC (see --help)\n");
+        rc = 2;
+        goto done;
+    }
+    if (status == MOE_STATUS_OK && schedule) status = moe_schedule_check(schedule, launch.size);
+    /* an elastic run's experts are split over the schedule's first size; the engine checks that */
+    if (status == MOE_STATUS_OK) status = moe_config_validate(&config, schedule ? 0 : launch.size);
     if (status != MOE_STATUS_OK) {
         rc = 1;
         goto done;
@@ -131,6 +161,10 @@ int moe_cmd_infer(int argc, char **argv)
     moe_log_init(launch.rank, level);
     moe_engine_options_t options = MOE_ENGINE_OPTIONS_INIT;
     options.reference = reference;
+    options.schedule = schedule;
+    options.timeline = timeline;
+    options.events = events;
+    options.plans_dir = plans;
     moe_engine_h engine = NULL;
     status = moe_engine_create(&config, &options, MPI_COMM_WORLD, &engine);
     /* Bad input files fail create on every rank alike: agree, and end cleanly without an abort. */
@@ -138,7 +172,7 @@ int moe_cmd_infer(int argc, char **argv)
     MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     if (any_failed) {
         if (launch.rank == 0 || failed)
-            fprintf(stderr, "moerun[%d]: infer could not start: %s\n", launch.rank,
+            fprintf(stderr, "moerun[%d]: %s could not start: %s\n", launch.rank, name,
                     failed ? moe_status_string(status) : "another rank failed");
         moe_engine_destroy(engine);
         rc = 1;
@@ -147,7 +181,7 @@ int moe_cmd_infer(int argc, char **argv)
     status = moe_engine_run(engine);
     if (status == MOE_STATUS_OK) status = moe_engine_finalize(engine);
     if (status != MOE_STATUS_OK) {
-        fprintf(stderr, "moerun[%d]: infer failed: %s; ending the job\n", launch.rank,
+        fprintf(stderr, "moerun[%d]: %s failed: %s; ending the job\n", launch.rank, name,
                 moe_status_string(status));
         fflush(stderr);
         if (launch.size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
@@ -158,3 +192,6 @@ done:
     MPI_Finalize();
     return rc;
 }
+
+int moe_cmd_infer(int argc, char **argv) { return run_command(argc, argv, false); }
+int moe_cmd_elastic(int argc, char **argv) { return run_command(argc, argv, true); }

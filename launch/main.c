@@ -13,6 +13,8 @@ static void usage(FILE *out)
             "\n"
             "commands:\n"
             "  infer   run an MoE model expert-parallel under mpirun (mpirun -np N moerun infer -c C)\n"
+            "  elastic the same with a serving set that grows and shrinks on a schedule, experts\n"
+            "          moving while it serves (mpirun -np NMAX moerun elastic -c C --schedule 0:2,20:4)\n"
             "  stats   derive routing statistics from a trace (moerun stats --trace IDS.npy -o S)\n"
             "  place   compute an expert placement plan, or evaluate one against a trace\n"
             "  config  write the configuration of a Hugging Face checkpoint (--from-hf DIR/config.json)\n"
@@ -27,6 +29,7 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "infer")) return moe_cmd_infer(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "elastic")) return moe_cmd_elastic(argc - 1, argv + 1);
     if (!strcmp(argv[1], "stats")) return moe_cmd_stats(argc - 1, argv + 1);
     if (!strcmp(argv[1], "place")) return moe_cmd_place(argc - 1, argv + 1);
     if (!strcmp(argv[1], "config")) return moe_cmd_config(argc - 1, argv + 1);

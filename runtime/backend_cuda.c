@@ -235,8 +235,12 @@ static moe_status_t cuda_create(const void *config, const void *weights, int max
         MOE_CHECK(upload_bf16(w->shared_gate_up, n_sgu, s->shared_gate_up, stage, stage_n, s->stream), fail_free);
         MOE_CHECK(upload_bf16(w->shared_down, n_sd, s->shared_down, stage, stage_n, s->stream), fail_free);
     }
-    MOE_CHECK(upload_bf16(w->expert_gate_up, n_egu, s->expert_gate_up, stage, stage_n, s->stream), fail_free);
-    MOE_CHECK(upload_bf16(w->expert_down, n_ed, s->expert_down, stage, stage_n, s->stream), fail_free);
+    for (size_t i = 0; i < slots; i++) { /* host experts are allocated one by one (model.c) */
+        MOE_CHECK(upload_bf16(w->gate_up[i], 2 * f * d, s->expert_gate_up + i * 2 * f * d, stage, stage_n,
+                              s->stream), fail_free);
+        MOE_CHECK(upload_bf16(w->down[i], d * f, s->expert_down + i * d * f, stage, stage_n, s->stream),
+                  fail_free);
+    }
     cudaFree(stage);
     stage = NULL;
 

@@ -1,12 +1,18 @@
-/* engine: a whole `moerun infer` run (see runtime.h): create builds this rank's share of the model,
- * run drives the batches through the scheduler (or the dense reference), finalize reduces and
- * writes what the run produced.
+/* engine: a whole `moerun infer` or `moerun elastic` run (see runtime.h): create builds this rank's
+ * share of the model, run drives the batches through the scheduler (or the dense reference),
+ * finalize reduces and writes what the run produced.
  *
- * Tokens: batch b covers global tokens [b*P*tpr, (b+1)*P*tpr) (tpr = run.tokens_per_rank), rank r
- * owning the r-th block of tpr; when the data ends inside a batch, the last ranks get fewer tokens or
- * none, and still take part in every collective. */
+ * Tokens: batch b covers the next P*tpr global tokens (tpr = run.tokens_per_rank, P the ranks serving
+ * it), serving rank r owning the r-th block of tpr; when the data ends inside a batch, the last ranks
+ * get fewer tokens or none, and still take part in every collective.
+ *
+ * The serving set is world ranks 0..P-1 on a communicator split from the world; P is the world size
+ * unless the run is elastic (a schedule, or rebalance.every), when elastic.c decides, at batch
+ * boundaries, to switch to another plan, weights and P. Ranks outside the set hold the dense part of
+ * the model (norms, routers, shared experts) and wait at the boundaries. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "runtime/runtime-impl.h"
@@ -14,8 +20,13 @@
 struct moe_engine_s {
     moe_config_t config;
     moe_engine_options_t options;
-    MPI_Comm comm;
+    MPI_Comm comm;            /* the world */
     int rank, size;
+    int serving;              /* ranks 0..serving-1 serve */
+    MPI_Comm serve_comm;      /* MPI_COMM_NULL outside the serving set */
+    int device;               /* cuda: this rank's GPU */
+    moe_elastic_h elastic;    /* NULL for a static run */
+    int64_t g_next;           /* first global token of the next batch */
     moe_plan_h plan;
     moe_weights_t weights;
     moe_sources_t sources;
@@ -26,8 +37,8 @@ struct moe_engine_s {
     moe_scheduler_h sched;
     moe_metrics_h metrics;
     moe_stats_h stats;
-    int64_t total_tokens;
-    int batches;
+    int64_t total_tokens; /* -1: not known up front (an elastic run of run.batches batches) */
+    int batches;          /* -1: until the data ends */
     float *x;           /* [tpr][d] this rank's tokens */
     int32_t *ids;       /* [L][n][k] this batch's routing */
     float *weights_buf; /* [tpr][k] */
@@ -37,15 +48,69 @@ struct moe_engine_s {
     bool output_open;
 };
 
+/* The serving set's transports, backend state and scheduler (local). */
+static void serving_destroy(moe_engine_h e)
+{
+    moe_scheduler_destroy(e->sched);
+    if (e->backend && e->backend_state) e->backend->destroy(e->backend_state);
+    moe_comm_destroy(e->transport);
+    moe_comm_destroy(e->meta_transport);
+    e->sched = NULL;
+    e->backend_state = NULL;
+    e->transport = e->meta_transport = NULL;
+    if (e->serve_comm != MPI_COMM_NULL) MPI_Comm_free(&e->serve_comm);
+}
+
+/* Collective over the world: split the serving set (ranks 0..serving-1) off and create its
+ * transports (collective over the set). The collectives come before anything one rank may fail
+ * alone, so that such a failure cannot leave the others waiting in them. */
+static moe_status_t serving_connect(moe_engine_h e)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const moe_config_t *c = &e->config;
+    const bool serves = e->rank < e->serving;
+    MOE_CHECK_MPI(MPI_Comm_split(e->comm, serves ? 0 : MPI_UNDEFINED, e->rank, &e->serve_comm), fail);
+    if (!serves) return MOE_STATUS_OK;
+#if MOE_HAVE_CUDA
+    if (c->run.backend == MOE_BACKEND_CUDA && c->run.transport == MOE_TRANSPORT_NCCL) {
+        MOE_CHECK(moe_comm_create_nccl(e->serve_comm, e->device, &e->transport), fail);
+        MOE_CHECK(moe_comm_create_mpi(e->serve_comm, &e->meta_transport), fail);
+    }
+#endif
+    if (!e->transport) MOE_CHECK(moe_comm_create_mpi(e->serve_comm, &e->transport), fail);
+    (void)c;
+fail:
+    return status;
+}
+
+/* Local: on a serving rank, the backend state on this rank's weights and the scheduler on the plan. */
+static moe_status_t serving_build(moe_engine_h e)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const moe_config_t *c = &e->config;
+    if (e->rank >= e->serving) return MOE_STATUS_OK;
+    const int tpr = c->run.tokens_per_rank;
+    MOE_CHECK(e->backend->create(c, &e->weights, tpr, c->run.chunks, &e->backend_state), fail);
+#if MOE_HAVE_CUDA
+    if (e->backend == &moe_backend_cuda)
+        moe_comm_set_stream(e->transport, moe_backend_cuda_stream(e->backend_state));
+#endif
+    moe_scheduler_args_t args = {.config = c, .plan = e->plan, .sources = &e->sources,
+                                 .backend = e->backend, .backend_state = e->backend_state,
+                                 .comm = e->transport, .meta_comm = e->meta_transport,
+                                 .max_tokens = tpr};
+    MOE_CHECK(moe_scheduler_create(&args, &e->sched), fail);
+fail:
+    return status;
+}
+
 void moe_engine_destroy(moe_engine_h e)
 {
     if (!e) return;
     if (e->output_open) moe_npy_writer_abort(&e->output);
     moe_metrics_destroy(e->metrics);
-    moe_scheduler_destroy(e->sched);
-    if (e->backend && e->backend_state) e->backend->destroy(e->backend_state);
-    moe_comm_destroy(e->transport);
-    moe_comm_destroy(e->meta_transport);
+    serving_destroy(e);
+    moe_elastic_destroy(e->elastic);
     moe_stats_destroy(e->stats);
     moe_sources_destroy(&e->sources);
     moe_weights_destroy(&e->weights);
@@ -66,11 +131,11 @@ static moe_status_t engine_plan(moe_engine_h e)
     const moe_config_t *c = &e->config;
     /* The reference has no placement: every expert is local. */
     if (!c->placement.plan[0] || e->options.reference)
-        return moe_plan_create_contiguous(c->model.layers, c->model.experts, e->size,
-                                          c->placement.ranks_per_node, &e->plan);
+        return moe_plan_create_contiguous(c->model.layers, c->model.experts, e->serving,
+                                          moe_ranks_per_node(c, e->serving), &e->plan);
     MOE_CHECK(moe_plan_load(c->placement.plan, &e->plan), fail);
     MOE_CHECK(moe_plan_check(e->plan, c->placement.plan), fail);
-    MOE_CHECK(moe_plan_check_fits(e->plan, c->model.layers, c->model.experts, e->size,
+    MOE_CHECK(moe_plan_check_fits(e->plan, c->model.layers, c->model.experts, e->serving,
                                   c->placement.plan), fail);
 fail:
     return status;
@@ -84,30 +149,30 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     MOE_CHECK_ALLOC(e, fail);
     e->config = *config;
     e->options = options ? *options : (moe_engine_options_t)MOE_ENGINE_OPTIONS_INIT;
-    e->comm = MPI_COMM_NULL;
+    e->comm = e->serve_comm = MPI_COMM_NULL;
     MOE_CHECK_MPI(MPI_Comm_dup(comm, &e->comm), fail);
     MPI_Comm_rank(e->comm, &e->rank);
     MPI_Comm_size(e->comm, &e->size);
-    /* The only collective of create comes first, so that a rank failing below cannot leave the
-     * others waiting in it. */
     const moe_config_t *c = &e->config;
-#if MOE_HAVE_CUDA
-    /* cuda: the GPU first (the NCCL communicator is created on it); then, as for cpu, the
-     * transports are the collectives of create. */
-    if (c->run.backend == MOE_BACKEND_CUDA) {
-        int device = 0;
-        MOE_CHECK(moe_cuda_select_device(e->comm, &device), fail);
-        if (c->run.transport == MOE_TRANSPORT_NCCL) {
-            MOE_CHECK(moe_comm_create_nccl(e->comm, device, &e->transport), fail);
-            MOE_CHECK(moe_comm_create_mpi(e->comm, &e->meta_transport), fail);
-        }
-    }
-#endif
-    if (!e->transport) MOE_CHECK(moe_comm_create_mpi(e->comm, &e->transport), fail);
     const int tpr = c->run.tokens_per_rank, d = c->model.d_model, k = c->model.top_k,
               L = c->model.layers;
 
-    MOE_CHECK(moe_config_validate(c, e->size), fail);
+    /* Checks that need no communication come first: every rank reaches the same verdict, so a
+     * failure here cannot leave another rank waiting in a collective below. */
+    e->serving = e->size;
+    /* a static run asked for a timeline or events takes the elastic path too (with no events) */
+    const moe_engine_options_t *o = &e->options;
+    if (o->schedule || c->rebalance.every > 0 || (o->timeline && o->timeline[0]) ||
+        (o->events && o->events[0])) {
+        if (o->reference)
+            MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail,
+                     "--reference runs one rank; it has no schedule, re-balancing or timeline");
+        moe_elastic_args_t args = {.schedule = e->options.schedule, .timeline = e->options.timeline,
+                                   .events = e->options.events, .plans_dir = e->options.plans_dir};
+        MOE_CHECK(moe_elastic_create(c, &args, e->comm, &e->elastic), fail);
+        e->serving = moe_elastic_initial_size(e->elastic);
+    }
+    MOE_CHECK(moe_config_validate(c, e->serving), fail);
 #if !MOE_HAVE_CUDA
     if (c->run.backend != MOE_BACKEND_CPU)
         MOE_FAIL(MOE_STATUS_UNSUPPORTED, fail, "run.backend: cuda is not available in this build");
@@ -117,9 +182,24 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     if (e->options.reference && e->size != 1)
         MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "--reference runs on one rank, not %d", e->size);
 
+#if MOE_HAVE_CUDA
+    if (c->run.backend == MOE_BACKEND_CUDA) /* the GPU first: the NCCL communicator is made on it */
+        MOE_CHECK(moe_cuda_select_device(e->comm, &e->device), fail);
+#endif
+    MOE_CHECK(serving_connect(e), fail);
+
     MOE_CHECK(engine_plan(e), fail);
     MOE_CHECK(moe_sources_create(c, &e->sources), fail);
-    MOE_CHECK(moe_sources_total_tokens(&e->sources, e->size, &e->total_tokens, &e->batches), fail);
+    /* An elastic run's batches change size: the data must hold run.batches batches of the whole
+     * world, and the tokens are counted as they are served. */
+    MOE_CHECK(moe_sources_total_tokens(&e->sources, e->elastic ? e->size : e->serving,
+                                       &e->total_tokens, &e->batches), fail);
+    if (e->elastic) {
+        if (c->run.batches > 0)
+            e->total_tokens = -1;
+        else
+            e->batches = -1;
+    }
     MOE_CHECK(moe_weights_create(c, e->plan, e->rank, &e->weights), fail);
 
     e->x = moe_calloc((size_t)tpr * d, sizeof(float));
@@ -133,16 +213,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
 #if MOE_HAVE_CUDA
     if (c->run.backend == MOE_BACKEND_CUDA) e->backend = &moe_backend_cuda;
 #endif
-    MOE_CHECK(e->backend->create(c, &e->weights, tpr, c->run.chunks, &e->backend_state), fail);
-#if MOE_HAVE_CUDA
-    if (e->backend == &moe_backend_cuda)
-        moe_comm_set_stream(e->transport, moe_backend_cuda_stream(e->backend_state));
-#endif
-    moe_scheduler_args_t args = {.config = c, .plan = e->plan, .sources = &e->sources,
-                                 .backend = e->backend, .backend_state = e->backend_state,
-                                 .comm = e->transport, .meta_comm = e->meta_transport,
-                                 .max_tokens = tpr};
-    MOE_CHECK(moe_scheduler_create(&args, &e->sched), fail);
+    MOE_CHECK(serving_build(e), fail);
     MOE_CHECK(moe_metrics_create(c, e->comm, &e->metrics), fail);
     if (c->outputs.stats[0]) MOE_CHECK(moe_stats_create(L, c->model.experts, k, &e->stats), fail);
 
@@ -154,13 +225,13 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
             MOE_CHECK_ALLOC(e->gathered, fail);
             MOE_CHECK_ALLOC(e->gather_counts, fail);
             MOE_CHECK_ALLOC(e->gather_displs, fail);
-            int64_t shape[2] = {e->total_tokens, d};
+            int64_t shape[2] = {e->total_tokens, d}; /* -1: declared at commit */
             MOE_CHECK(moe_npy_writer_open(c->outputs.output, MOE_DTYPE_F32, 2, shape, &e->output), fail);
             e->output_open = true;
         }
     }
-    moe_info("rank %d: %zu bytes of weights, %lld tokens in %d batches", e->rank, e->weights.bytes,
-             (long long)e->total_tokens, e->batches);
+    moe_info("rank %d: %zu bytes of weights, %lld tokens in %d batches, %d of %d ranks serving",
+             e->rank, e->weights.bytes, (long long)e->total_tokens, e->batches, e->serving, e->size);
     *out = e;
     return MOE_STATUS_OK;
 fail:
@@ -188,47 +259,113 @@ fail:
     return status;
 }
 
+/* Collective over the world: serve from now on with the plan, weights and size the elastic
+ * controller hands over; the old ones are freed. */
+static moe_status_t engine_switch(moe_engine_h e, moe_elastic_switch_t *sw)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    double t0 = moe_now();
+    serving_destroy(e);
+    moe_weights_hand_over(&sw->weights, &e->weights); /* kept experts and the dense part: shared */
+    moe_weights_destroy(&e->weights);
+    e->weights = sw->weights;
+    moe_plan_destroy(e->plan);
+    e->plan = sw->plan;
+    e->serving = sw->size;
+    MOE_CHECK(serving_connect(e), fail);
+    MOE_CHECK(serving_build(e), fail);
+    moe_elastic_switched(e->elastic, moe_now() - t0);
+fail:
+    return status;
+}
+
+/* Elastic runs: every rank meets the others after the batch. Ranks outside the serving set wait
+ * here sleeping between polls, rather than spinning in the next collective for a whole batch on
+ * cores the serving ranks may share; the polls also move their incoming experts on. */
+static moe_status_t engine_wait_batch(moe_engine_h e, bool serves)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MPI_Request request;
+    MOE_CHECK_MPI(MPI_Ibarrier(e->comm, &request), fail);
+    if (serves) {
+        MOE_CHECK_MPI(MPI_Wait(&request, MPI_STATUS_IGNORE), fail);
+        return MOE_STATUS_OK;
+    }
+    for (int done = 0;;) {
+        MOE_CHECK_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE), fail);
+        if (done) break;
+        moe_elastic_progress(e->elastic);
+        nanosleep(&(struct timespec){.tv_sec = 0, .tv_nsec = 200000}, NULL);
+    }
+fail:
+    return status;
+}
+
+/* Whether the run has more batches: the same answer on every rank. */
+static bool engine_more(const moe_engine_h e, int b)
+{
+    if (e->batches >= 0 && b >= e->batches) return false;
+    return e->total_tokens < 0 || e->g_next < e->total_tokens;
+}
+
 moe_status_t moe_engine_run(moe_engine_h e)
 {
     moe_status_t status = MOE_STATUS_OK;
     const moe_config_t *c = &e->config;
     const int tpr = c->run.tokens_per_rank, k = c->model.top_k, L = c->model.layers;
-    const int64_t per_batch = (int64_t)tpr * e->size;
     const bool progress = c->outputs.progress && e->rank == 0 && isatty(STDOUT_FILENO);
     double t_start = moe_now();
-    for (int b = 0; b < e->batches; b++) {
-        const int64_t g_batch = (int64_t)b * per_batch;
+    for (int b = 0; engine_more(e, b); b++) {
+        if (e->elastic) {
+            moe_elastic_switch_t sw;
+            MOE_CHECK(moe_elastic_boundary(e->elastic, b, e->plan, &e->weights, e->serving, &sw), fail);
+            if (sw.switch_now) MOE_CHECK(engine_switch(e, &sw), fail);
+        }
+        const int64_t per_batch = (int64_t)tpr * e->serving;
+        const int64_t g_batch = e->g_next;
         const int64_t g0 = g_batch + (int64_t)e->rank * tpr;
-        int64_t left = e->total_tokens - g0;
-        const int n = left <= 0 ? 0 : left < tpr ? (int)left : tpr;
-        int64_t batch_tokens = e->total_tokens - g_batch < per_batch ? e->total_tokens - g_batch
-                                                                     : per_batch;
+        const int64_t end = e->total_tokens < 0 ? g_batch + per_batch : e->total_tokens;
+        int64_t left = end - g0;
+        const bool serves = e->rank < e->serving;
+        const int n = !serves || left <= 0 ? 0 : left < tpr ? (int)left : tpr;
+        int64_t batch_tokens = end - g_batch < per_batch ? end - g_batch : per_batch;
         moe_sources_input(&e->sources, g0, n, e->x);
 
-        MOE_CHECK_MPI(MPI_Barrier(e->comm), fail); /* batches start together, so times compare */
+        /* batches start together, so that times compare; ranks outside the serving set (busy with
+         * incoming experts, maybe) are not waited for */
+        if (serves) MOE_CHECK_MPI(MPI_Barrier(e->serve_comm), fail);
         double t0 = moe_now();
         if (e->options.reference) {
             MOE_CHECK(moe_reference_forward(c, &e->weights, &e->sources, g0, n, e->x, e->ids), fail);
-        } else {
+        } else if (serves) {
             MOE_CHECK(e->backend->load(e->backend_state, e->x, n), fail);
-            for (int l = 0; l < L; l++)
+            for (int l = 0; l < L; l++) {
                 MOE_CHECK(moe_scheduler_layer(e->sched, l, g0, n,
                                               l > 0 ? e->ids + (size_t)(l - 1) * n * k : NULL,
                                               e->ids + (size_t)l * n * k, e->weights_buf,
                                               moe_metrics_layer(e->metrics, l)), fail);
+                moe_elastic_progress(e->elastic); /* expert transfers move on */
+            }
             MOE_CHECK(e->backend->store(e->backend_state, e->x, n), fail);
         }
         double batch_time = moe_now() - t0;
+        if (e->elastic) MOE_CHECK(engine_wait_batch(e, serves), fail);
+        e->g_next += batch_tokens;
 
         if (e->stats) moe_stats_add(e->stats, e->ids, n);
+        double load_max_mean = 0;
         MOE_CHECK(moe_metrics_end_batch(e->metrics, b, batch_tokens, batch_time,
-                                        b < c->run.warmup_batches), fail);
+                                        b < c->run.warmup_batches, e->serving, &load_max_mean), fail);
+        if (e->elastic)
+            MOE_CHECK(moe_elastic_end_batch(e->elastic, b, e->ids, n, batch_tokens, e->serving,
+                                            load_max_mean), fail);
         if (e->output_open || (c->outputs.output[0] && e->rank != 0))
             MOE_CHECK(engine_write_output(e, n), fail);
         if (progress) {
             double el = moe_now() - t_start;
-            printf("\r  batch %d/%d  %.0f tokens/s   ", b + 1, e->batches,
-                   el > 0 ? (double)(g_batch + batch_tokens) / el : 0.0);
+            printf("\r  batch %d", b + 1);
+            if (e->batches >= 0) printf("/%d", e->batches);
+            printf("  %d ranks  %.0f tokens/s   ", e->serving, el > 0 ? (double)e->g_next / el : 0.0);
             fflush(stdout);
         }
     }
@@ -272,6 +409,7 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
         MOE_CHECK_MPI(MPI_Gather(mine, 2, MPI_INT64_T, moe_metrics_read_bytes(e->metrics), 2, MPI_INT64_T,
                                  0, e->comm), fail);
     }
+    if (e->elastic) MOE_CHECK(moe_elastic_finish(e->elastic), fail);
     if (e->stats) {
         MOE_CHECK(engine_reduce_stats(e), fail);
         if (e->rank == 0) MOE_CHECK(moe_stats_save(e->stats, c->model.name, c->outputs.stats), fail);
@@ -283,6 +421,7 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
             MOE_CHECK(moe_npy_writer_commit(&e->output), fail);
         }
         moe_metrics_print_summary(e->metrics, stdout);
+        if (e->elastic) moe_elastic_print(e->elastic, stdout);
         fflush(stdout);
     }
 fail:

@@ -87,8 +87,10 @@ void moe_metrics_destroy(moe_metrics_h m)
 moe_layer_metrics_t *moe_metrics_layer(moe_metrics_h m, int layer) { return &m->layer[layer]; }
 
 moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tokens,
-                                   double batch_time, bool warmup)
+                                   double batch_time, bool warmup, int serving,
+                                   double *load_max_mean)
 {
+    double imbalance_batch = 0;
     moe_status_t status = MOE_STATUS_OK;
     const int L = m->layers, S = MOE_STAGE_COUNT;
     double *local = malloc(sizeof(double) * (size_t)L * (S + 1));
@@ -121,14 +123,15 @@ moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tok
     for (int l = 0; l < L; l++) {
         const double *t = m->reduce_buf + (size_t)l * (S + 1);
         int64_t total = 0, max = 0, sent = 0;
-        for (int p = 0; p < m->size; p++) {
+        for (int p = 0; p < serving; p++) {
             int64_t load = m->gather_buf[((size_t)p * L + l) * 4];
             total += load;
             if (load > max) max = load;
             sent += m->gather_buf[((size_t)p * L + l) * 4 + 1];
         }
-        double mean = (double)total / m->size;
+        double mean = (double)total / serving;
         double imbalance = mean > 0 ? (double)max / mean : 1.0;
+        imbalance_batch += imbalance / L;
         if (!warmup) {
             for (int s = 0; s < S; s++) m->stage[s] += t[s];
             m->layer_time += t[S];
@@ -139,24 +142,25 @@ moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tok
         }
         if (m->jsonl_open) {
             FILE *fp = m->jsonl.fp;
-            fprintf(fp, "{\"batch\":%d,\"layer\":%d,\"warmup\":%s,\"tokens\":%lld,\"time_s\":{", batch,
-                    l, warmup ? "true" : "false", (long long)batch_tokens);
+            fprintf(fp, "{\"batch\":%d,\"layer\":%d,\"warmup\":%s,\"tokens\":%lld,\"serving\":%d,"
+                    "\"time_s\":{", batch, l, warmup ? "true" : "false", (long long)batch_tokens, serving);
             for (int s = 0; s < S; s++) fprintf(fp, "\"%s\":%.9g,", stage_names[s], t[s]);
             fprintf(fp, "\"layer\":%.9g},\"load\":[", t[S]);
-            for (int p = 0; p < m->size; p++)
+            for (int p = 0; p < serving; p++)
                 fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 4]);
             fprintf(fp, "],\"tokens_per_rank\":[");
-            for (int p = 0; p < m->size; p++)
+            for (int p = 0; p < serving; p++)
                 fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 4 + 3]);
             fprintf(fp, "],\"rows_sent\":[");
-            for (int p = 0; p < m->size; p++)
+            for (int p = 0; p < serving; p++)
                 fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 4 + 1]);
             fprintf(fp, "],\"rows_received\":[");
-            for (int p = 0; p < m->size; p++)
+            for (int p = 0; p < serving; p++)
                 fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 4 + 2]);
             fprintf(fp, "],\"load_max_mean\":%.6g}\n", imbalance);
         }
     }
+    if (load_max_mean) *load_max_mean = imbalance_batch;
 fail:
     return status;
 }

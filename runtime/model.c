@@ -54,12 +54,10 @@ static void fill_tensor(float *dst, size_t count, uint64_t seed, int layer, int 
         dst[i] = moe_model_weight(seed, layer, expert, tensor, i, fan_in, scale);
 }
 
-moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h plan, int rank,
-                                moe_weights_t *out)
+moe_status_t moe_weights_layout(const moe_config_t *config, const moe_plan_h plan, int rank,
+                                const moe_weights_t *share_dense, moe_weights_t *out)
 {
     const moe_model_config_t *m = &config->model;
-    const uint64_t seed = config->run.seed;
-    const float scale = config->weights.scale;
     moe_weights_t w = {.layers = m->layers, .d = m->d_model, .f = m->d_ff,
                        .fs = m->shared_experts * m->shared_d_ff, .experts = m->experts};
     const size_t L = (size_t)w.layers, d = (size_t)w.d, f = (size_t)w.f, fs = (size_t)w.fs,
@@ -73,23 +71,58 @@ moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h pla
         w.local_count[l] = moe_plan_local_experts(plan, (int)l, rank, NULL);
         slots += (size_t)w.local_count[l];
     }
-    /* One block cut by offsets: norms, routers, biases, shared experts, routed experts. */
+    /* The dense part, one block cut by offsets: norms, routers, biases, shared experts; then the
+     * routed experts, one allocation each for gate_up and down. */
     size_t n_norm = L * d, n_router = L * E * d, n_bias = m->score_bias ? L * E : 0,
-           n_shared = L * 3 * fs * d, n_gate = m->shared_gate && fs ? L * d : 0,
-           n_experts = slots * 3 * f * d;
-    size_t total = n_norm + n_router + n_bias + n_shared + n_gate + n_experts;
-    w.block = moe_calloc(total, sizeof(float));
-    if (!w.block) goto oom;
-    w.bytes = total * sizeof(float);
-    float *p = w.block;
+           n_shared = L * 3 * fs * d, n_gate = m->shared_gate && fs ? L * d : 0;
+    size_t n_dense = n_norm + n_router + n_bias + n_shared + n_gate;
+    w.bytes = (n_dense + slots * 3 * f * d) * sizeof(float);
+    w.slots = (int)slots;
+    w.gate_up = calloc(slots + 1, sizeof(float *));
+    w.down = calloc(slots + 1, sizeof(float *));
+    w.owned = calloc(slots + 1, sizeof(bool));
+    if (!w.gate_up || !w.down || !w.owned) goto oom;
+    if (share_dense) {
+        w.dense_block = share_dense->dense_block;
+        w.dense_shared = true;
+    } else {
+        w.dense_block = moe_calloc(n_dense, sizeof(float));
+        if (!w.dense_block) goto oom;
+        for (size_t i = 0; i < slots; i++) {
+            w.owned[i] = true;
+            w.gate_up[i] = moe_calloc(2 * f * d, sizeof(float));
+            w.down[i] = moe_calloc(d * f, sizeof(float));
+            if (!w.gate_up[i] || !w.down[i]) goto oom;
+        }
+    }
+    float *p = w.dense_block;
     w.norm = p, p += n_norm;
     w.router = p, p += n_router;
     w.score_bias = n_bias ? p : NULL, p += n_bias;
     w.shared_gate_up = fs ? p : NULL, p += L * 2 * fs * d;
     w.shared_down = fs ? p : NULL, p += L * fs * d;
-    w.shared_gate = n_gate ? p : NULL, p += n_gate;
-    w.expert_gate_up = p, p += slots * 2 * f * d;
-    w.expert_down = p;
+    w.shared_gate = n_gate ? p : NULL;
+    *out = w;
+    return MOE_STATUS_OK;
+oom:
+    moe_weights_destroy(&w);
+    moe_error("weights: out of memory (%s: %d layers, d_model %d, d_ff %d)", config->source_path,
+              m->layers, m->d_model, m->d_ff);
+    return MOE_STATUS_NO_MEMORY;
+}
+
+moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h plan, int rank,
+                                moe_weights_t *out)
+{
+    const moe_model_config_t *m = &config->model;
+    const uint64_t seed = config->run.seed;
+    const float scale = config->weights.scale;
+    moe_weights_t w;
+    moe_status_t layout = moe_weights_layout(config, plan, rank, NULL, &w);
+    if (layout != MOE_STATUS_OK) return layout;
+    const size_t L = (size_t)w.layers, d = (size_t)w.d, f = (size_t)w.f, fs = (size_t)w.fs,
+                 E = (size_t)w.experts;
+    const bool n_bias = m->score_bias, n_gate = m->shared_gate && fs;
 
     if (config->weights.kind == MOE_WEIGHTS_CHECKPOINT) {
         moe_status_t status = moe_checkpoint_load(config, plan, rank, &w);
@@ -119,25 +152,40 @@ moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h pla
         int n = moe_plan_local_experts(plan, li, rank, &experts);
         for (int s = 0; s < n; s++) {
             size_t slot = (size_t)w.local_offset[l] + (size_t)s;
-            fill_tensor(w.expert_gate_up + slot * 2 * f * d, 2 * f * d, seed, li, experts[s],
+            fill_tensor(w.gate_up[slot], 2 * f * d, seed, li, experts[s],
                         TENSOR_GATE_UP, (int)d, scale);
-            fill_tensor(w.expert_down + slot * d * f, d * f, seed, li, experts[s], TENSOR_DOWN,
+            fill_tensor(w.down[slot], d * f, seed, li, experts[s], TENSOR_DOWN,
                         (int)f, scale);
         }
     }
     *out = w;
     return MOE_STATUS_OK;
-oom:
-    moe_weights_destroy(&w);
-    moe_error("weights: out of memory (%s: %d layers, d_model %d, d_ff %d)", config->source_path,
-              m->layers, m->d_model, m->d_ff);
-    return MOE_STATUS_NO_MEMORY;
+}
+
+void moe_weights_hand_over(moe_weights_t *to, moe_weights_t *from)
+{
+    to->dense_shared = from->dense_shared;
+    from->dense_shared = true;
+    for (int i = 0; i < to->slots; i++) {
+        if (to->owned[i]) continue;
+        for (int j = 0; j < from->slots; j++)
+            if (from->gate_up[j] == to->gate_up[i]) from->owned[j] = false;
+        to->owned[i] = true;
+    }
 }
 
 void moe_weights_destroy(moe_weights_t *w)
 {
     if (!w) return;
-    moe_free(w->block);
+    if (!w->dense_shared) moe_free(w->dense_block);
+    for (int i = 0; w->owned && i < w->slots; i++)
+        if (w->owned[i]) {
+            moe_free(w->gate_up[i]);
+            moe_free(w->down[i]);
+        }
+    free(w->gate_up);
+    free(w->down);
+    free(w->owned);
     free(w->local_count);
     free(w->local_offset);
     memset(w, 0, sizeof *w);

@@ -19,9 +19,10 @@
 
 /* ---------------------------------------------------------------- model (model.c) */
 
-/* Weights of one rank: the norms, routers and shared experts of every layer, and the routed experts
- * the plan gives this rank, in one allocation cut by offsets. Expert slot s of layer l is the s-th
- * entry of moe_plan_local_experts(plan, l, rank). */
+/* Weights of one rank: the norms, routers and shared experts of every layer (the dense part, one
+ * allocation cut by offsets), and the routed experts the plan gives this rank, one allocation per
+ * expert so that an expert the rank keeps across a plan change is handed over, not copied. Expert
+ * slot s of layer l is the s-th entry of moe_plan_local_experts(plan, l, rank). */
 typedef struct {
     int layers, d, f, fs, experts;
     float *norm;            /* [L][d] */
@@ -32,9 +33,12 @@ typedef struct {
     float *shared_gate;     /* [L][d], or NULL without model.shared_gate */
     int *local_count;       /* [L] experts hosted per layer */
     int *local_offset;      /* [L] first slot of layer l in the expert arrays */
-    float *expert_gate_up;  /* [slots][2f][d] */
-    float *expert_down;     /* [slots][d][f] */
-    float *block;
+    int slots;              /* experts hosted, all layers */
+    float **gate_up;        /* [slots] -> [2f][d] */
+    float **down;           /* [slots] -> [d][f] */
+    bool *owned;            /* [slots] false: another moe_weights_t's (see moe_weights_hand_over) */
+    float *dense_block;     /* norms ... shared gates */
+    bool dense_shared;      /* dense_block is another moe_weights_t's */
     size_t bytes;
     /* Read from a checkpoint (0 for seeded weights): tensor bytes on disk this rank copied, of which
      * routed-expert bytes, and the files it mapped. */
@@ -46,16 +50,27 @@ typedef struct {
 float moe_model_weight(uint64_t seed, int layer, int expert, int tensor, size_t index, int fan_in,
                        float scale);
 
+/* The weights of `rank` under plan, filled (seeded or read from the checkpoint). A rank beyond the
+ * plan's ranks (standby in an elastic run) gets the dense part only. */
 moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h plan, int rank,
                                 moe_weights_t *out);
+/* The same layout, unfilled. With share_dense, the dense part (norms, routers, shared experts:
+ * the same under every plan) is share_dense's, not copied, and no expert is allocated (the
+ * migration hands kept ones over and allocates received ones); without, everything is allocated
+ * zero-filled. */
+moe_status_t moe_weights_layout(const moe_config_t *config, const moe_plan_h plan, int rank,
+                                const moe_weights_t *share_dense, moe_weights_t *out);
+/* `to` was laid out from `from` (the dense part and kept experts are from's): make `to` the owner
+ * of all of them, so that destroying from frees only what `to` does not use. */
+void moe_weights_hand_over(moe_weights_t *to, moe_weights_t *from);
 void moe_weights_destroy(moe_weights_t *weights);
 static inline const float *moe_weights_expert_gate_up(const moe_weights_t *w, int layer, int slot)
 {
-    return w->expert_gate_up + (size_t)(w->local_offset[layer] + slot) * 2 * w->f * w->d;
+    return w->gate_up[w->local_offset[layer] + slot];
 }
 static inline const float *moe_weights_expert_down(const moe_weights_t *w, int layer, int slot)
 {
-    return w->expert_down + (size_t)(w->local_offset[layer] + slot) * w->d * w->f;
+    return w->down[w->local_offset[layer] + slot];
 }
 
 /* ---------------------------------------------------------------- checkpoints (checkpoint.c, hf_config.c) */
@@ -155,9 +170,12 @@ typedef struct moe_metrics_s *moe_metrics_h;
 moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_metrics_h *out);
 void moe_metrics_destroy(moe_metrics_h metrics);
 moe_layer_metrics_t *moe_metrics_layer(moe_metrics_h metrics, int layer);
-/* Collective: reduce this batch's layer metrics to rank 0, write its JSON lines, accumulate. */
+/* Collective: reduce this batch's layer metrics to rank 0, write its JSON lines, accumulate. The
+ * first `serving` ranks served the batch (the others are standby in an elastic run); rank 0 gets
+ * the batch's mean over layers of the max/mean load in *load_max_mean (may be NULL). */
 moe_status_t moe_metrics_end_batch(moe_metrics_h metrics, int batch, int64_t batch_tokens,
-                                   double batch_time, bool warmup);
+                                   double batch_time, bool warmup, int serving,
+                                   double *load_max_mean);
 /* Where rank 0 gathers the checkpoint tensor bytes each rank read, [P][2] (all, routed experts);
  * once asked for, the summary reports them. */
 int64_t *moe_metrics_read_bytes(moe_metrics_h metrics);
@@ -193,6 +211,78 @@ void moe_scheduler_destroy(moe_scheduler_h sched);
 moe_status_t moe_scheduler_layer(moe_scheduler_h sched, int layer, int64_t g0, int n,
                                  const int32_t *prev_ids, int32_t *ids, float *weights,
                                  moe_layer_metrics_t *metrics);
+
+/* placement.ranks_per_node for a serving set of `size` ranks: at most size, dividing it (nodes of
+ * equal size), as a plan requires. */
+static inline int moe_ranks_per_node(const moe_config_t *c, int size)
+{
+    int g = c->placement.ranks_per_node < size ? c->placement.ranks_per_node : size;
+    while (g > 1 && size % g) g--;
+    return g;
+}
+
+/* ---------------------------------------------------------------- migration (migrate.c) */
+
+typedef struct moe_migration_s *moe_migration_h;
+
+/* Collective over comm (all ranks, the same plans): lays out `to` for new_plan on this rank (the
+ * dense part shared with `from`, the experts it already holds copied from it) and posts the
+ * point-to-point transfers of the experts it gains or gives, at most `window` incoming experts in
+ * flight. `from` stays alive until every rank is done. */
+moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h old_plan,
+                                 const moe_weights_t *from, const moe_plan_h new_plan, int rank,
+                                 int window, MPI_Comm comm, moe_weights_t *to,
+                                 moe_migration_h *out);
+/* Progress; *done once this rank's sends and receives have completed. */
+moe_status_t moe_migration_test(moe_migration_h migration, bool *done);
+moe_status_t moe_migration_wait(moe_migration_h migration);
+int64_t moe_migration_bytes_pending(const moe_migration_h migration); /* receives not yet arrived */
+int64_t moe_migration_bytes_in(const moe_migration_h migration);      /* all this rank receives */
+int moe_migration_experts_in(const moe_migration_h migration);
+double moe_migration_seconds(const moe_migration_h migration);        /* from start to done */
+void moe_migration_destroy(moe_migration_h migration);                /* NULL-safe; after done */
+
+/* ---------------------------------------------------------------- elastic control (elastic.c) */
+
+typedef struct moe_elastic_s *moe_elastic_h;
+
+typedef struct {
+    const char *schedule;  /* NULL: the world serves throughout (re-balancing only) */
+    const char *timeline, *events, *plans_dir; /* outputs, NULL or "" for none */
+} moe_elastic_args_t;
+
+/* Checks the schedule against the world size (the same answer on every rank) and makes the plans
+ * folder (rank 0, the verdict broadcast): collective over world. */
+moe_status_t moe_elastic_create(const moe_config_t *config, const moe_elastic_args_t *args,
+                                MPI_Comm world, moe_elastic_h *out);
+void moe_elastic_destroy(moe_elastic_h elastic);
+int moe_elastic_initial_size(const moe_elastic_h elastic);
+
+/* What a boundary asks of the engine: when switch_now, serve batch `batch` on `size` ranks with
+ * plan and weights (both passed to the engine, which frees the old ones). */
+typedef struct {
+    bool switch_now;
+    moe_plan_h plan;
+    moe_weights_t weights;
+    int size;
+} moe_elastic_switch_t;
+
+/* Collective over the world, before every batch: decides, starts and finishes events. */
+moe_status_t moe_elastic_boundary(moe_elastic_h elastic, int batch, const moe_plan_h plan,
+                                  const moe_weights_t *weights, int serving,
+                                  moe_elastic_switch_t *sw);
+/* The engine has switched, in `seconds`. */
+void moe_elastic_switched(moe_elastic_h elastic, double seconds);
+/* Between layers: lets transfers progress. NULL-safe. */
+void moe_elastic_progress(moe_elastic_h elastic);
+/* After each batch: this rank's routing ids [L][n][k] for the statistics window; rank 0 also
+ * records the batch's tokens, serving ranks and mean per-layer max/mean load. */
+moe_status_t moe_elastic_end_batch(moe_elastic_h elastic, int batch, const int32_t *ids, int n,
+                                   int64_t tokens, int serving, double load_max_mean);
+/* Collective: completes what is in flight; rank 0 writes the timeline and events. */
+moe_status_t moe_elastic_finish(moe_elastic_h elastic);
+/* Rank 0: the events table of the summary. */
+void moe_elastic_print(const moe_elastic_h elastic, FILE *out);
 
 /* ---------------------------------------------------------------- reference (reference.c) */
 

@@ -82,6 +82,13 @@ typedef struct {
 } moe_placement_config_t;
 
 typedef struct {
+    int every;                    /* rebalance.every: batches between re-placements (0 = off) */
+    int window;                   /* rebalance.window: batches of routing statistics planned from */
+    float move_cost;              /* rebalance.move_cost: objective cost of one expert moved */
+    int transfer_window;          /* rebalance.transfer_window: experts received at once */
+} moe_rebalance_config_t;
+
+typedef struct {
     char output[MOE_PATH_MAX];    /* outputs.output: final hidden states .npy [T, d] float32 */
     char metrics[MOE_PATH_MAX];   /* outputs.metrics: JSON lines */
     char stats[MOE_PATH_MAX];     /* outputs.stats: routing statistics .safetensors */
@@ -96,6 +103,7 @@ typedef struct {
     moe_input_config_t input;
     moe_weights_config_t weights;
     moe_placement_config_t placement;
+    moe_rebalance_config_t rebalance;
     moe_outputs_config_t outputs;
     /* Where each setting's value came from, one entry per row of the settings table (in the order of
      * moe_config_settings()): its line in source_path, 0 = the default, -1 = a --set override.
@@ -141,10 +149,23 @@ typedef struct moe_engine_s *moe_engine_h;
 
 typedef struct {
     bool reference;   /* run the single-process dense reference instead (world size must be 1) */
+    /* Elastic runs (runtime/elastic.c): the serving size over batches or seconds, "0:2,20:4,40:2"
+     * or "0s:2,30s:4" (NULL: all ranks serve throughout), and what to write: the timeline (a row
+     * per batch), the events (a row per scale or re-balance event), each plan put in service
+     * (DIR/plan-N.yaml). Rebalancing (config rebalance.every) uses the same machinery. */
+    const char *schedule;
+    const char *timeline;
+    const char *events;
+    const char *plans_dir;
 } moe_engine_options_t;
 #define MOE_ENGINE_OPTIONS_INIT {.reference = false}
 
-/* Collective over comm. Builds this rank's experts, routing source, inputs and buffers. */
+/* Checks an elastic schedule (moe_engine_options_t.schedule) for a world of world_size ranks; errors
+ * name the entry. */
+moe_status_t moe_schedule_check(const char *spec, int world_size);
+
+/* Collective over comm. Builds this rank's experts, routing source, inputs and buffers. With a
+ * schedule, comm is the world launched at the largest size, and the first entry's ranks serve. */
 moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_options_t *options,
                                MPI_Comm comm, moe_engine_h *out);
 

@@ -9,8 +9,10 @@
 #      rate), G2 (moerun infer, Mixtral-8x7B layer at 8192 tokens on one rank), and the PyTorch peers
 #      (scripts/bench_gpu.py);
 #   5. print a table (scripts/device_report.py).
+# `elastic` instead builds and runs scripts/bench_elastic.sh on the cuda backend (ranks share the GPU
+# over the MPI transport: scale events between 2 and 4 ranks, and the relaunch baseline).
 # Logs go to $OUT (the device tool's folder) or device-out/.
-#   scripts/device_run.sh [all|test|bench]
+#   scripts/device_run.sh [all|test|bench|elastic]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -49,6 +51,12 @@ fi
 if ! ninja -C build-gpu >>"$out/build.log" 2>&1; then tail -60 "$out/build.log"; exit 1; fi
 grep -i "warning" "$out/build.log" | head -20
 echo "build: ok ($(grep -ci warning "$out/build.log") warning lines)"
+
+if [ "$what" = elastic ]; then
+    CONFIG=${CONFIG:-configs/bench-mid.yaml} EXTRA_SETS="run.backend=cuda ${EXTRA_SETS:-}" \
+        scripts/bench_elastic.sh build-gpu/launch/moerun "$out/elastic"
+    exit $?
+fi
 
 # ---- 3. tests
 if [ "$what" != bench ]; then

@@ -68,5 +68,17 @@ expect_failure "plan file missing" "absent_plan.yaml" run2 -c "$src/configs/tiny
 expect_failure "stats of a missing trace" "absent.npy" timeout 60 "$moerun" stats --trace "$data/absent.npy" -o /tmp/unused.safetensors
 expect_failure "stats of a truncated trace" "trace_truncated.npy" timeout 60 "$moerun" stats --trace "$data/trace_truncated.npy" -o /tmp/unused.safetensors
 
+# Elastic schedules, at 4 ranks: refused before anything starts, naming the entry.
+el4() { timeout 60 mpirun --oversubscribe -np 4 "$moerun" elastic -c "$src/configs/tiny.yaml" "$@"; }
+expect_failure "schedule beyond the world" "--schedule|'4:8'|asks for 8 ranks|job has 4" el4 --schedule 0:2,4:8
+expect_failure "schedule of zero ranks" "--schedule|'3:0'|at least one" el4 --schedule 0:4,3:0
+expect_failure "schedule not starting at 0" "--schedule|'5:2'|must be at 0" el4 --schedule 5:2
+expect_failure "schedule out of order" "--schedule|'2:3'|not after" el4 --schedule 0:2,4:4,2:3
+expect_failure "schedule mixing units" "--schedule|mixes batches and seconds" el4 --schedule 0:2,3s:4
+expect_failure "malformed schedule" "--schedule|'four'|POSITION:RANKS" el4 --schedule 0:2,four
+expect_failure "missing schedule" "missing --schedule" el4
+expect_failure "plans folder that cannot be made" "--plans|no_such_dir/plans" \
+    el4 --schedule 0:2,2:4 --plans /tmp/no_such_dir/plans
+
 echo "bad_inputs: $((cases - failures)) of $cases cases ok"
 [ $failures -eq 0 ]

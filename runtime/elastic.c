@@ -1,0 +1,678 @@
+/* elastic: the serving set grows and shrinks, and experts are re-placed, while inference runs.
+ *
+ * The world is launched at its largest size; the serving set is world ranks 0..P-1 (a
+ * sub-communicator the engine splits), the others wait at batch boundaries. At every boundary the
+ * world agrees, in one small MPI_Allreduce, on: the size the schedule asks for (rank 0's clock for
+ * time schedules), whether a re-balance is due (rebalance.every), whether rank 0's solver is done,
+ * and how many ranks still have transfers in flight. An event then goes through:
+ *
+ *   decide   the routing loads of the last rebalance.window batches are summed on rank 0, which
+ *            starts the incremental placement solver (placement.h) on a thread of its own, with the
+ *            plan in service as `current`, so that it moves few experts; serving goes on;
+ *   move     at the first boundary after the solver is done, rank 0 broadcasts the plan and every
+ *            rank posts its transfers (migrate.c); serving goes on with the old plan;
+ *   switch   at the first boundary where no rank has transfers in flight, the engine swaps plan,
+ *            weights and serving set (the only time serving stops), and frees the old ones.
+ *
+ * Rank 0 keeps the timeline (one row per batch) and the events, written at the end as CSV (formats
+ * in docs/elastic.md). Every other decision is taken identically on every rank from the reduced
+ * values, so the ranks never disagree on the state. */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "runtime/runtime-impl.h"
+
+#define SCHEDULE_MAX 256
+
+typedef enum { STATE_IDLE = 0, STATE_PLANNING, STATE_MOVING } state_t;
+typedef enum { EVENT_SCALE = 0, EVENT_REBALANCE } event_kind_t;
+
+typedef struct {
+    event_kind_t kind;
+    int from, to;
+    int decision_batch, switch_batch; /* switch_batch: the first batch served after it; -1 */
+    double decision_t, plan_s, transfer_s, switch_s, done_t;
+    double longest_gap, batch_time;
+    int64_t experts_moved, bytes_moved, bytes_min;
+    bool kept;                        /* re-balance found nothing worth moving: no switch */
+} event_t;
+
+typedef struct {
+    double time, tokens_per_s, load_max_mean;
+    int batch, serving, event;
+    int64_t tokens, bytes_in_flight;
+    const char *phase;
+} timeline_row_t;
+
+/* The solver, on a thread of rank 0. */
+typedef struct {
+    pthread_t thread;
+    bool running;
+    atomic_int done;
+    moe_stats_h stats;
+    moe_plan_h current, plan;
+    moe_place_options_t options;
+    moe_status_t status;
+    double seconds;
+} solver_t;
+
+struct moe_elastic_s {
+    const moe_config_t *config;
+    MPI_Comm comm;
+    int rank, size;
+    moe_elastic_args_t args;
+    /* schedule */
+    int n_steps;
+    double step_at[SCHEDULE_MAX];
+    int step_size[SCHEDULE_MAX];
+    bool in_seconds;
+    /* window of per-batch loads [W][L][E] */
+    int window;
+    int64_t *window_loads, *window_tokens;
+    /* state */
+    state_t state;
+    int last_decision_batch;
+    double t0;
+    bool started;
+    solver_t solver;
+    moe_plan_h new_plan;
+    moe_weights_t new_weights;
+    moe_migration_h migration;
+    int64_t pending_bytes;          /* world sum, at the last boundary */
+    const char *phase;              /* of the batch about to run */
+    /* rank 0: what is reported */
+    event_t *events;
+    int n_events, cap_events;
+    timeline_row_t *rows;
+    int n_rows, cap_rows;
+    double last_end;
+    int plans_saved;
+};
+
+/* ---------------------------------------------------------------- the schedule */
+
+static moe_status_t parse_schedule(struct moe_elastic_s *el, const char *spec)
+{
+    const int world = el->size;
+    char buf[4096];
+    if (!spec[0]) {
+        moe_error("--schedule: empty; give POSITION:RANKS entries, e.g. 0:2,20:4,40:2");
+        return MOE_STATUS_INVALID_ARGUMENT;
+    }
+    if (strlen(spec) >= sizeof buf) {
+        moe_error("--schedule: longer than %zu characters", sizeof buf - 1);
+        return MOE_STATUS_INVALID_ARGUMENT;
+    }
+    strcpy(buf, spec);
+    int n = 0, units = -1;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), n++) {
+        if (n == SCHEDULE_MAX) {
+            moe_error("--schedule: more than %d entries", SCHEDULE_MAX);
+            return MOE_STATUS_INVALID_ARGUMENT;
+        }
+        char *colon = strchr(tok, ':'), *end = NULL;
+        errno = 0;
+        double at = colon ? strtod(tok, &end) : NAN;
+        bool seconds = end && *end == 's';
+        if (seconds) end++;
+        long size = 0;
+        char *size_end = NULL;
+        if (colon) size = strtol(colon + 1, &size_end, 10);
+        if (!colon || end != colon || !isfinite(at) || at < 0 || errno ||
+            (!seconds && at != floor(at)) || !size_end || size_end == colon + 1 || *size_end) {
+            moe_error("--schedule: entry %d '%s': expected POSITION:RANKS, a batch (20:8) or seconds "
+                      "(30s:8)", n + 1, tok);
+            return MOE_STATUS_INVALID_ARGUMENT;
+        }
+        if (units >= 0 && units != (int)seconds) {
+            moe_error("--schedule: entry %d '%s': mixes batches and seconds", n + 1, tok);
+            return MOE_STATUS_INVALID_ARGUMENT;
+        }
+        units = seconds;
+        if (size < 1) {
+            moe_error("--schedule: entry %d '%s': %ld ranks; a serving set needs at least one", n + 1,
+                      tok, size);
+            return MOE_STATUS_INVALID_ARGUMENT;
+        }
+        if (size > world) {
+            moe_error("--schedule: entry %d '%s' asks for %ld ranks, but the job has %d: launch at the "
+                      "largest size (mpirun -np %ld)", n + 1, tok, size, world, size);
+            return MOE_STATUS_INVALID_ARGUMENT;
+        }
+        if (n == 0 && at != 0) {
+            moe_error("--schedule: the first entry '%s' must be at 0 (the size the run starts with)",
+                      tok);
+            return MOE_STATUS_INVALID_ARGUMENT;
+        }
+        if (n > 0 && at <= el->step_at[n - 1]) {
+            moe_error("--schedule: entry %d '%s' is not after the entry before it", n + 1, tok);
+            return MOE_STATUS_INVALID_ARGUMENT;
+        }
+        el->step_at[n] = at;
+        el->step_size[n] = (int)size;
+    }
+    el->n_steps = n;
+    el->in_seconds = units == 1;
+    return MOE_STATUS_OK;
+}
+
+moe_status_t moe_schedule_check(const char *spec, int world_size)
+{
+    struct moe_elastic_s el = {.size = world_size};
+    return parse_schedule(&el, spec);
+}
+
+/* The size the schedule asks for at batch b / time t. */
+static int schedule_size(const struct moe_elastic_s *el, int batch, double t)
+{
+    double x = el->in_seconds ? t : (double)batch;
+    int size = el->step_size[0];
+    for (int i = 1; i < el->n_steps; i++)
+        if (x >= el->step_at[i]) size = el->step_size[i];
+    return size;
+}
+
+/* ---------------------------------------------------------------- create / destroy */
+
+moe_status_t moe_elastic_create(const moe_config_t *config, const moe_elastic_args_t *args,
+                                MPI_Comm comm, moe_elastic_h *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    struct moe_elastic_s *el = calloc(1, sizeof *el);
+    MOE_CHECK_ALLOC(el, fail);
+    el->config = config;
+    el->comm = comm;
+    el->args = *args;
+    MPI_Comm_rank(comm, &el->rank);
+    MPI_Comm_size(comm, &el->size);
+    if (args->schedule) {
+        MOE_CHECK(parse_schedule(el, args->schedule), fail);
+    } else {
+        el->n_steps = 1;
+        el->step_size[0] = el->size;
+    }
+    const int L = config->model.layers, E = config->model.experts;
+    el->window = config->rebalance.window;
+    el->window_loads = calloc((size_t)el->window * L * E, sizeof(int64_t));
+    el->window_tokens = calloc((size_t)el->window, sizeof(int64_t));
+    MOE_CHECK_ALLOC(el->window_loads, fail);
+    MOE_CHECK_ALLOC(el->window_tokens, fail);
+    el->phase = "serve";
+    if (args->plans_dir && args->plans_dir[0]) {
+        /* rank 0 writes the plans; every rank learns whether it can, so that none goes on alone */
+        int made = 1;
+        if (el->rank == 0 && mkdir(args->plans_dir, 0777) != 0 && errno != EEXIST) {
+            moe_error("--plans %s: cannot create the directory: %s", args->plans_dir, strerror(errno));
+            made = 0;
+        }
+        MOE_CHECK_MPI(MPI_Bcast(&made, 1, MPI_INT, 0, comm), fail);
+        if (!made) {
+            status = MOE_STATUS_IO_ERROR;
+            goto fail;
+        }
+    }
+    *out = el;
+    return MOE_STATUS_OK;
+fail:
+    moe_elastic_destroy(el);
+    return status;
+}
+
+int moe_elastic_initial_size(const moe_elastic_h el) { return el->step_size[0]; }
+
+void moe_elastic_destroy(moe_elastic_h el)
+{
+    if (!el) return;
+    if (el->solver.running) pthread_join(el->solver.thread, NULL);
+    moe_stats_destroy(el->solver.stats);
+    moe_plan_destroy(el->solver.plan);
+    moe_plan_destroy(el->new_plan);
+    moe_weights_destroy(&el->new_weights);
+    moe_migration_destroy(el->migration);
+    free(el->window_loads);
+    free(el->window_tokens);
+    free(el->events);
+    free(el->rows);
+    free(el);
+}
+
+/* ---------------------------------------------------------------- the solver thread */
+
+
+static void *solver_main(void *arg)
+{
+    solver_t *s = arg;
+    double t0 = moe_now();
+    moe_workload_h w = NULL;
+    s->status = moe_workload_from_stats(s->stats, "live routing window", &w);
+    if (s->status == MOE_STATUS_OK)
+        s->status = moe_place_solve(&w, 1, &s->options, s->current, &s->plan, NULL);
+    moe_workload_destroy(w);
+    s->seconds = moe_now() - t0;
+    atomic_store(&s->done, 1);
+    return NULL;
+}
+
+/* Rank 0: sum the window's loads over the world and start the solver for `size` ranks. The other
+ * ranks only take part in the reduction. */
+static moe_status_t start_solver(struct moe_elastic_s *el, const moe_plan_h current, int size)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const moe_config_t *c = el->config;
+    const int L = c->model.layers, E = c->model.experts;
+    const size_t LE = (size_t)L * E;
+    int64_t *sum = calloc(LE + 1, sizeof(int64_t));
+    MOE_CHECK_ALLOC(sum, fail);
+    for (int w = 0; w < el->window; w++) {
+        for (size_t i = 0; i < LE; i++) sum[i] += el->window_loads[(size_t)w * LE + i];
+        sum[LE] += el->window_tokens[w];
+    }
+    MOE_CHECK_MPI(MPI_Reduce(el->rank == 0 ? MPI_IN_PLACE : sum, sum, (int)LE + 1, MPI_INT64_T, MPI_SUM,
+                             0, el->comm), fail);
+    if (el->rank == 0) {
+        solver_t *s = &el->solver;
+        MOE_CHECK(moe_stats_create(L, E, c->model.top_k, &s->stats), fail);
+        memcpy(moe_stats_loads(s->stats), sum, sizeof(int64_t) * LE);
+        /* With no routing seen yet (an event before the first batch ends) every expert weighs alike. */
+        if (sum[LE] == 0)
+            for (size_t i = 0; i < LE; i++) moe_stats_loads(s->stats)[i] = 1;
+        moe_stats_set_tokens(s->stats, sum[LE] > 0 ? sum[LE] : E);
+        moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
+        o.ranks = size;
+        o.ranks_per_node = moe_ranks_per_node(c, size);
+        o.solver = MOE_PLACE_SOLVER_INCREMENTAL;
+        o.move_cost = c->rebalance.move_cost;
+        o.expert_bytes = 3.0 * c->model.d_ff * c->model.d_model * sizeof(float);
+        o.tokens_per_rank = c->run.tokens_per_rank;
+        s->options = o;
+        /* the plan's lookup cache is built here, before the thread reads the plan */
+        moe_plan_local_experts(current, 0, 0, NULL);
+        s->current = current;
+        s->plan = NULL;
+        atomic_store(&s->done, 0);
+        if (pthread_create(&s->thread, NULL, solver_main, s) != 0)
+            MOE_FAIL(MOE_STATUS_INTERNAL, fail, "elastic: cannot start the solver thread");
+        s->running = true;
+    }
+fail:
+    free(sum);
+    return status;
+}
+
+/* Rank 0's plan to every rank (flattened: replica counts, ranks, shares). A failed solve is
+ * broadcast as a count of -1 so that every rank returns the error. */
+static moe_status_t broadcast_plan(struct moe_elastic_s *el, int size, moe_plan_h *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const int L = el->config->model.layers, E = el->config->model.experts;
+    int64_t total = 0;
+    solver_t *s = &el->solver;
+    if (el->rank == 0) {
+        pthread_join(s->thread, NULL);
+        s->running = false;
+        moe_stats_destroy(s->stats);
+        s->stats = NULL;
+        total = s->status == MOE_STATUS_OK ? 0 : -1;
+        for (int l = 0; total >= 0 && l < L; l++)
+            for (int e = 0; e < E; e++) total += moe_plan_replicas(s->plan, l, e, NULL, NULL);
+    }
+    MOE_CHECK_MPI(MPI_Bcast(&total, 1, MPI_INT64_T, 0, el->comm), fail);
+    if (total < 0) MOE_FAIL(MOE_STATUS_INTERNAL, fail, "elastic: the placement solver failed");
+    int *counts = malloc(sizeof(int) * ((size_t)L * E + (size_t)total));
+    float *shares = malloc(sizeof(float) * ((size_t)total + 1));
+    double plan_s = s->seconds;
+    if (!counts || !shares) {
+        free(counts);
+        free(shares);
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "elastic: out of memory for the plan");
+    }
+    int *ranks = counts + (size_t)L * E;
+    if (el->rank == 0) {
+        size_t q = 0;
+        for (int l = 0; l < L; l++)
+            for (int e = 0; e < E; e++) {
+                const int *rk;
+                const float *sh;
+                int n = moe_plan_replicas(s->plan, l, e, &rk, &sh);
+                counts[(size_t)l * E + e] = n;
+                memcpy(ranks + q, rk, sizeof(int) * n);
+                memcpy(shares + q, sh, sizeof(float) * n);
+                q += (size_t)n;
+            }
+    }
+    int rc = MPI_Bcast(counts, (int)((size_t)L * E + (size_t)total), MPI_INT, 0, el->comm);
+    if (rc == MPI_SUCCESS) rc = MPI_Bcast(shares, (int)total, MPI_FLOAT, 0, el->comm);
+    if (rc == MPI_SUCCESS) rc = MPI_Bcast(&plan_s, 1, MPI_DOUBLE, 0, el->comm);
+    if (rc == MPI_SUCCESS) {
+        status = moe_plan_create_empty(L, E, size, moe_ranks_per_node(el->config, size), out);
+        size_t q = 0;
+        for (int l = 0; l < L && status == MOE_STATUS_OK; l++)
+            for (int e = 0; e < E && status == MOE_STATUS_OK; e++)
+                for (int i = 0; i < counts[(size_t)l * E + e] && status == MOE_STATUS_OK; i++, q++)
+                    status = moe_plan_add_replica(*out, l, e, ranks[q], shares[q]);
+        if (status == MOE_STATUS_OK) status = moe_plan_check(*out, "the broadcast plan");
+    }
+    free(counts);
+    free(shares);
+    MOE_CHECK_MPI(rc, fail);
+    if (status != MOE_STATUS_OK) goto fail;
+    if (el->n_events > 0) el->events[el->n_events - 1].plan_s = plan_s;
+    if (el->rank == 0) {
+        moe_plan_destroy(s->plan);
+        s->plan = NULL;
+    }
+fail:
+    return status;
+}
+
+/* ---------------------------------------------------------------- reports (rank 0) */
+
+static event_t *current_event(struct moe_elastic_s *el)
+{
+    return el->n_events > 0 ? &el->events[el->n_events - 1] : NULL;
+}
+
+static moe_status_t save_plan(struct moe_elastic_s *el, const moe_plan_h plan)
+{
+    if (el->rank != 0 || !el->args.plans_dir || !el->args.plans_dir[0]) return MOE_STATUS_OK;
+    char path[MOE_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/plan-%d.yaml", el->args.plans_dir, el->plans_saved++);
+    return moe_plan_save_annotated(plan, path, el->config->model.name, NULL);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Gaps between consecutive finished batches [first, last] (the gap of b ends with b). */
+static double batch_gap(const struct moe_elastic_s *el, int b)
+{
+    double prev = b > 0 ? el->rows[b - 1].time : 0.0;
+    return el->rows[b].time - prev;
+}
+
+static void event_gaps(struct moe_elastic_s *el, event_t *ev)
+{
+    ev->longest_gap = 0;
+    for (int b = ev->decision_batch; b <= ev->switch_batch && b < el->n_rows; b++)
+        ev->longest_gap = fmax(ev->longest_gap, batch_gap(el, b));
+    /* the median gap of the window's batches before the decision (the first batch is left out: it
+     * carries the first touches of every buffer) */
+    double gaps[1024];
+    int n = 0;
+    for (int b = ev->decision_batch - el->window; b < ev->decision_batch && n < 1024; b++)
+        if (b >= 1 && b < el->n_rows) gaps[n++] = batch_gap(el, b);
+    if (n == 0 && ev->decision_batch > 0) gaps[n++] = batch_gap(el, 0);
+    qsort(gaps, (size_t)n, sizeof(double), cmp_double);
+    ev->batch_time = n ? (n % 2 ? gaps[n / 2] : 0.5 * (gaps[n / 2 - 1] + gaps[n / 2])) : NAN;
+}
+
+/* ---------------------------------------------------------------- the boundary */
+
+static moe_status_t start_event(struct moe_elastic_s *el, event_kind_t kind, int batch,
+                                const moe_plan_h plan, int serving, int target)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    if (el->n_events == el->cap_events) {
+        int cap = el->cap_events ? 2 * el->cap_events : 8;
+        event_t *grown = realloc(el->events, sizeof(event_t) * (size_t)cap);
+        MOE_CHECK_ALLOC(grown, fail);
+        el->events = grown;
+        el->cap_events = cap;
+    }
+    event_t *ev = &el->events[el->n_events++];
+    *ev = (event_t){.kind = kind, .from = serving, .to = target, .decision_batch = batch,
+                    .switch_batch = -1, .decision_t = moe_now() - el->t0, .longest_gap = NAN,
+                    .batch_time = NAN};
+    el->last_decision_batch = batch;
+    MOE_CHECK(start_solver(el, plan, target), fail);
+    el->state = STATE_PLANNING;
+    moe_info("elastic: batch %d: %s %d -> %d ranks, planning", batch,
+             kind == EVENT_SCALE ? "scale" : "re-balance", serving, target);
+fail:
+    return status;
+}
+
+/* New (layer, expert, rank) hosts of `to` against `from`: the experts that must move. */
+static int64_t new_hosts(const moe_plan_h from, const moe_plan_h to)
+{
+    int64_t n = 0;
+    for (int l = 0; l < moe_plan_layers(to); l++)
+        for (int e = 0; e < moe_plan_experts(to); e++) {
+            const int *rk;
+            int r = moe_plan_replicas(to, l, e, &rk, NULL);
+            for (int i = 0; i < r; i++) n += moe_plan_local_slot(from, l, rk[i], e) < 0;
+        }
+    return n;
+}
+
+moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h plan,
+                                  const moe_weights_t *weights, int serving, moe_elastic_switch_t *sw)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const moe_config_t *c = el->config;
+    memset(sw, 0, sizeof *sw);
+    if (!el->started) {
+        el->started = true;
+        el->t0 = moe_now();
+        MOE_CHECK(save_plan(el, plan), fail);
+    }
+    const double now = moe_now() - el->t0;
+    bool done = true;
+    if (el->migration) MOE_CHECK(moe_migration_test(el->migration, &done), fail);
+    int64_t ctl[5] = {el->migration ? moe_migration_bytes_pending(el->migration) : 0, done ? 0 : 1, 0,
+                      0, 0};
+    if (el->rank == 0) {
+        ctl[2] = schedule_size(el, batch, now);
+        ctl[3] = c->rebalance.every > 0 && batch - el->last_decision_batch >= c->rebalance.every;
+        ctl[4] = el->state == STATE_PLANNING && atomic_load(&el->solver.done);
+    }
+    MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, ctl, 5, MPI_INT64_T, MPI_SUM, el->comm), fail);
+    el->pending_bytes = ctl[0];
+    event_t *ev = current_event(el);
+
+    switch (el->state) {
+    case STATE_IDLE:
+        if (ctl[2] != serving)
+            MOE_CHECK(start_event(el, EVENT_SCALE, batch, plan, serving, (int)ctl[2]), fail);
+        else if (ctl[3])
+            MOE_CHECK(start_event(el, EVENT_REBALANCE, batch, plan, serving, serving), fail);
+        break;
+    case STATE_PLANNING:
+        if (!ctl[4]) break;
+        MOE_CHECK(broadcast_plan(el, ev->to, &el->new_plan), fail);
+        ev->experts_moved = new_hosts(plan, el->new_plan);
+        ev->bytes_min = ev->experts_moved * (int64_t)(3 * sizeof(float)) * c->model.d_ff *
+                        c->model.d_model;
+        if (ev->experts_moved == 0 && ev->to == serving) { /* nothing worth moving */
+            ev->kept = true;
+            ev->done_t = now;
+            moe_plan_destroy(el->new_plan);
+            el->new_plan = NULL;
+            el->state = STATE_IDLE;
+            moe_info("elastic: batch %d: re-balance keeps the plan", batch);
+            break;
+        }
+        MOE_CHECK(moe_migration_start(c, plan, weights, el->new_plan, el->rank,
+                                      c->rebalance.transfer_window, el->comm, &el->new_weights,
+                                      &el->migration),
+                  fail);
+        el->state = STATE_MOVING;
+        el->pending_bytes = ev->bytes_min; /* nothing has arrived yet */
+        break;
+    case STATE_MOVING: {
+        if (ctl[1] != 0) break;
+        /* every rank's transfers are done: the figures, then the switch */
+        double seconds = moe_migration_seconds(el->migration);
+        int64_t bytes = moe_migration_bytes_in(el->migration);
+        MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &seconds, 1, MPI_DOUBLE, MPI_MAX, el->comm), fail);
+        MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &bytes, 1, MPI_INT64_T, MPI_SUM, el->comm), fail);
+        ev->transfer_s = seconds;
+        ev->bytes_moved = bytes;
+        moe_migration_destroy(el->migration);
+        el->migration = NULL;
+        MOE_CHECK(save_plan(el, el->new_plan), fail);
+        sw->switch_now = true;
+        sw->plan = el->new_plan;
+        sw->weights = el->new_weights;
+        sw->size = ev->to;
+        el->new_plan = NULL;
+        memset(&el->new_weights, 0, sizeof el->new_weights);
+        ev->switch_batch = batch;
+        el->state = STATE_IDLE;
+        break;
+    }
+    }
+    el->phase = sw->switch_now                 ? "switch"
+                : el->state == STATE_PLANNING ? "plan"
+                : el->state == STATE_MOVING   ? "move"
+                                              : "serve";
+fail:
+    return status;
+}
+
+void moe_elastic_switched(moe_elastic_h el, double seconds)
+{
+    event_t *ev = current_event(el);
+    if (!ev) return;
+    ev->switch_s = seconds;
+    ev->done_t = moe_now() - el->t0;
+    moe_info("elastic: switched to %d ranks at batch %d: %lld experts moved in %.3f s, switch %.3f s",
+             ev->to, ev->switch_batch, (long long)ev->experts_moved, ev->transfer_s, seconds);
+}
+
+void moe_elastic_progress(moe_elastic_h el)
+{
+    bool done;
+    if (el && el->migration) (void)moe_migration_test(el->migration, &done);
+}
+
+moe_status_t moe_elastic_end_batch(moe_elastic_h el, int batch, const int32_t *ids, int n,
+                                   int64_t tokens, int serving, double load_max_mean)
+{
+    const moe_config_t *c = el->config;
+    const int L = c->model.layers, E = c->model.experts, k = c->model.top_k;
+    const size_t LE = (size_t)L * E;
+    int64_t *loads = el->window_loads + (size_t)(batch % el->window) * LE;
+    memset(loads, 0, sizeof(int64_t) * LE);
+    for (int l = 0; l < L; l++)
+        for (size_t i = 0; i < (size_t)n * k; i++) {
+            int32_t e = ids[(size_t)l * n * k + i];
+            if (e >= 0 && e < E) loads[(size_t)l * E + e]++;
+        }
+    el->window_tokens[batch % el->window] = n;
+    if (el->rank != 0) return MOE_STATUS_OK;
+
+    if (el->n_rows == el->cap_rows) {
+        int cap = el->cap_rows ? 2 * el->cap_rows : 64;
+        timeline_row_t *grown = realloc(el->rows, sizeof(timeline_row_t) * (size_t)cap);
+        if (!grown) {
+            moe_error("elastic: out of memory for the timeline");
+            return MOE_STATUS_NO_MEMORY;
+        }
+        el->rows = grown;
+        el->cap_rows = cap;
+    }
+    const double t = moe_now() - el->t0;
+    event_t *ev = current_event(el);
+    bool in_event = ev && !ev->kept && (ev->switch_batch < 0 || ev->switch_batch == batch);
+    el->rows[el->n_rows++] = (timeline_row_t){
+        .time = t, .batch = batch, .tokens = tokens, .serving = serving,
+        .tokens_per_s = t > el->last_end ? (double)tokens / (t - el->last_end) : 0.0,
+        .bytes_in_flight = el->pending_bytes, .load_max_mean = load_max_mean, .phase = el->phase,
+        .event = in_event ? el->n_events - 1 : -1};
+    el->last_end = t;
+    if (ev && ev->switch_batch == batch) event_gaps(el, ev);
+    return MOE_STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- the end */
+
+static moe_status_t write_timeline(const struct moe_elastic_s *el, const char *path)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    moe_atomic_file_t f;
+    MOE_CHECK(moe_atomic_file_open(path, &f), fail);
+    fprintf(f.fp, "time_s,batch,tokens,tokens_per_s,serving,bytes_in_flight,load_max_mean,phase,event\n");
+    for (int i = 0; i < el->n_rows; i++) {
+        const timeline_row_t *r = &el->rows[i];
+        fprintf(f.fp, "%.6f,%d,%lld,%.1f,%d,%lld,%.6g,%s,", r->time, r->batch, (long long)r->tokens,
+                r->tokens_per_s, r->serving, (long long)r->bytes_in_flight, r->load_max_mean, r->phase);
+        if (r->event >= 0) fprintf(f.fp, "%d", r->event);
+        fputc('\n', f.fp);
+    }
+    MOE_CHECK(moe_atomic_file_commit(&f), fail);
+fail:
+    return status;
+}
+
+static moe_status_t write_events(const struct moe_elastic_s *el, const char *path)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    moe_atomic_file_t f;
+    MOE_CHECK(moe_atomic_file_open(path, &f), fail);
+    fprintf(f.fp, "event,kind,from_ranks,to_ranks,decision_batch,switch_batch,decision_s,plan_s,"
+                  "transfer_s,switch_s,latency_s,longest_gap_s,batch_time_s,experts_moved,bytes_moved,"
+                  "bytes_min,transfer_gbps\n");
+    for (int i = 0; i < el->n_events; i++) {
+        const event_t *ev = &el->events[i];
+        double latency = ev->done_t > 0 ? ev->done_t - ev->decision_t : NAN;
+        fprintf(f.fp, "%d,%s,%d,%d,%d,%d,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f,%lld,%lld,%lld,%.4f\n", i,
+                ev->kind == EVENT_SCALE ? "scale" : ev->kept ? "rebalance-kept" : "rebalance",
+                ev->from, ev->to, ev->decision_batch, ev->switch_batch, ev->decision_t, ev->plan_s,
+                ev->transfer_s, ev->switch_s, latency, ev->longest_gap, ev->batch_time,
+                (long long)ev->experts_moved, (long long)ev->bytes_moved, (long long)ev->bytes_min,
+                ev->transfer_s > 0 ? (double)ev->bytes_moved / ev->transfer_s / 1e9 : 0.0);
+    }
+    MOE_CHECK(moe_atomic_file_commit(&f), fail);
+fail:
+    return status;
+}
+
+moe_status_t moe_elastic_finish(moe_elastic_h el)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    /* an event the run outlived: its transfers complete (every rank posted its side), then go */
+    if (el->migration) {
+        MOE_CHECK(moe_migration_wait(el->migration), fail);
+        moe_migration_destroy(el->migration);
+        el->migration = NULL;
+        moe_weights_destroy(&el->new_weights);
+    }
+    if (el->solver.running) {
+        pthread_join(el->solver.thread, NULL);
+        el->solver.running = false;
+    }
+    if (el->rank != 0) return MOE_STATUS_OK;
+    if (el->args.timeline && el->args.timeline[0])
+        MOE_CHECK(write_timeline(el, el->args.timeline), fail);
+    if (el->args.events && el->args.events[0]) MOE_CHECK(write_events(el, el->args.events), fail);
+fail:
+    return status;
+}
+
+void moe_elastic_print(const moe_elastic_h el, FILE *out)
+{
+    if (el->rank != 0 || el->n_events == 0) return;
+    fprintf(out, "  events     kind        ranks   decided  switched  latency s  longest gap s  "
+                 "batch s  experts moved  MB moved (min)  GB/s\n");
+    for (int i = 0; i < el->n_events; i++) {
+        const event_t *ev = &el->events[i];
+        char ranks[32];
+        snprintf(ranks, sizeof ranks, "%d->%d", ev->from, ev->to);
+        fprintf(out, "  %-10d %-11s %-7s %7d  %8d  %9.3f  %13.3f  %7.3f  %13lld  %6.1f (%6.1f)  %.3f%s\n",
+                i, ev->kind == EVENT_SCALE ? "scale" : "rebalance", ranks, ev->decision_batch,
+                ev->switch_batch, ev->done_t > 0 ? ev->done_t - ev->decision_t : NAN, ev->longest_gap,
+                ev->batch_time, (long long)ev->experts_moved, ev->bytes_moved / 1e6, ev->bytes_min / 1e6,
+                ev->transfer_s > 0 ? (double)ev->bytes_moved / ev->transfer_s / 1e9 : 0.0,
+                ev->kept ? "  (kept the plan)" : ev->switch_batch < 0 ? "  (run ended first)" : "");
+    }
+}
