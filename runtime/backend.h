@@ -79,6 +79,8 @@ extern const moe_backend_t moe_backend_cuda;
 moe_status_t moe_cuda_select_device(MPI_Comm comm, int *device);
 /* The backend's compute stream (a cudaStream_t), for moe_comm_set_stream. */
 void *moe_backend_cuda_stream(void *state);
+/* Make `device` current on the calling thread (a thread that creates a backend state). */
+moe_status_t moe_cuda_use_device(int device);
 #endif
 
 #endif

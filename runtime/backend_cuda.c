@@ -76,6 +76,14 @@ typedef struct {
 
 /* ---------------------------------------------------------------- device choice */
 
+moe_status_t moe_cuda_use_device(int device)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MOE_CHECK_CUDA(cudaSetDevice(device), fail);
+fail:
+    return status;
+}
+
 moe_status_t moe_cuda_select_device(MPI_Comm comm, int *device)
 {
     moe_status_t status = MOE_STATUS_OK;

@@ -4,15 +4,19 @@
  * sub-communicator the engine splits), the others wait at batch boundaries. At every boundary the
  * world agrees, in one small MPI_Allreduce, on: the size the schedule asks for (rank 0's clock for
  * time schedules), whether a re-balance is due (rebalance.every), whether rank 0's solver is done,
- * and how many ranks still have transfers in flight. An event then goes through:
+ * and how many ranks still have transfers in flight or a state to prepare. An event then goes
+ * through:
  *
  *   decide   the routing loads of the last rebalance.window batches are summed on rank 0, which
  *            starts the incremental placement solver (placement.h) on a thread of its own, with the
  *            plan in service as `current`, so that it moves few experts; serving goes on;
  *   move     at the first boundary after the solver is done, rank 0 broadcasts the plan and every
  *            rank posts its transfers (migrate.c); serving goes on with the old plan;
- *   switch   at the first boundary where no rank has transfers in flight, the engine swaps plan,
- *            weights and serving set (the only time serving stops), and frees the old ones.
+ *   prepare  at the first boundary where no rank has transfers in flight, the engine takes the
+ *            plan and weights and builds its next backend state on a thread (for cuda, the upload
+ *            of the weights); serving goes on;
+ *   switch   at the first boundary where every rank is prepared, the engine swaps plan, weights,
+ *            backend state and serving set (the only time serving stops) and frees the old ones.
  *
  * Rank 0 keeps the timeline (one row per batch) and the events, written at the end as CSV (formats
  * in docs/elastic.md). Every other decision is taken identically on every rank from the reduced
@@ -29,7 +33,7 @@
 
 #define SCHEDULE_MAX 256
 
-typedef enum { STATE_IDLE = 0, STATE_PLANNING, STATE_MOVING } state_t;
+typedef enum { STATE_IDLE = 0, STATE_PLANNING, STATE_MOVING, STATE_PREPARING } state_t;
 typedef enum { EVENT_SCALE = 0, EVENT_REBALANCE } event_kind_t;
 
 typedef struct {
@@ -455,7 +459,8 @@ static int64_t new_hosts(const moe_plan_h from, const moe_plan_h to)
 }
 
 moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h plan,
-                                  const moe_weights_t *weights, int serving, moe_elastic_switch_t *sw)
+                                  const moe_weights_t *weights, int serving, bool busy,
+                                  moe_elastic_switch_t *sw)
 {
     moe_status_t status = MOE_STATUS_OK;
     const moe_config_t *c = el->config;
@@ -468,8 +473,8 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
     const double now = moe_now() - el->t0;
     bool done = true;
     if (el->migration) MOE_CHECK(moe_migration_test(el->migration, &done), fail);
-    int64_t ctl[5] = {el->migration ? moe_migration_bytes_pending(el->migration) : 0, done ? 0 : 1, 0,
-                      0, 0};
+    int64_t ctl[5] = {el->migration ? moe_migration_bytes_pending(el->migration) : 0,
+                      done && !busy ? 0 : 1, 0, 0, 0};
     if (el->rank == 0) {
         ctl[2] = schedule_size(el, batch, now);
         ctl[3] = c->rebalance.every > 0 && batch - el->last_decision_batch >= c->rebalance.every;
@@ -510,7 +515,7 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
         break;
     case STATE_MOVING: {
         if (ctl[1] != 0) break;
-        /* every rank's transfers are done: the figures, then the switch */
+        /* every rank's transfers are done: the figures; the engine prepares the new state */
         double seconds = moe_migration_seconds(el->migration);
         int64_t bytes = moe_migration_bytes_in(el->migration);
         MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &seconds, 1, MPI_DOUBLE, MPI_MAX, el->comm), fail);
@@ -520,21 +525,27 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
         moe_migration_destroy(el->migration);
         el->migration = NULL;
         MOE_CHECK(save_plan(el, el->new_plan), fail);
-        sw->switch_now = true;
+        sw->prepare_now = true;
         sw->plan = el->new_plan;
         sw->weights = el->new_weights;
         sw->size = ev->to;
         el->new_plan = NULL;
         memset(&el->new_weights, 0, sizeof el->new_weights);
+        el->state = STATE_PREPARING;
+        break;
+    }
+    case STATE_PREPARING:
+        if (ctl[1] != 0) break;
+        sw->switch_now = true; /* every rank has its new state ready */
         ev->switch_batch = batch;
         el->state = STATE_IDLE;
         break;
     }
-    }
-    el->phase = sw->switch_now                 ? "switch"
-                : el->state == STATE_PLANNING ? "plan"
-                : el->state == STATE_MOVING   ? "move"
-                                              : "serve";
+    el->phase = sw->switch_now                  ? "switch"
+                : el->state == STATE_PLANNING  ? "plan"
+                : el->state == STATE_MOVING    ? "move"
+                : el->state == STATE_PREPARING ? "prepare"
+                                               : "serve";
 fail:
     return status;
 }

@@ -10,6 +10,8 @@
  * unless the run is elastic (a schedule, or rebalance.every), when elastic.c decides, at batch
  * boundaries, to switch to another plan, weights and P. Ranks outside the set hold the dense part of
  * the model (norms, routers, shared experts) and wait at the boundaries. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -28,7 +30,18 @@ struct moe_engine_s {
     moe_elastic_h elastic;    /* NULL for a static run */
     int64_t g_next;           /* first global token of the next batch */
     moe_plan_h plan;
-    moe_weights_t weights;
+    moe_weights_t *weights;   /* on the heap: backend states keep its address */
+    /* the next serving state, prepared on a thread while the old one serves (elastic runs) */
+    struct {
+        moe_plan_h plan;
+        moe_weights_t *weights;
+        int size;
+        void *backend_state;
+        pthread_t thread;
+        bool running;
+        atomic_int done;
+        moe_status_t status;
+    } next;
     moe_sources_t sources;
     const moe_backend_t *backend;
     void *backend_state;
@@ -90,7 +103,8 @@ static moe_status_t serving_build(moe_engine_h e)
     const moe_config_t *c = &e->config;
     if (e->rank >= e->serving) return MOE_STATUS_OK;
     const int tpr = c->run.tokens_per_rank;
-    MOE_CHECK(e->backend->create(c, &e->weights, tpr, c->run.chunks, &e->backend_state), fail);
+    if (!e->backend_state) /* not prepared ahead (engine_prepare) */
+        MOE_CHECK(e->backend->create(c, e->weights, tpr, c->run.chunks, &e->backend_state), fail);
 #if MOE_HAVE_CUDA
     if (e->backend == &moe_backend_cuda)
         moe_comm_set_stream(e->transport, moe_backend_cuda_stream(e->backend_state));
@@ -104,6 +118,18 @@ fail:
     return status;
 }
 
+/* The next serving state, if any, is not going to be used: wait for its thread, free it. */
+static void engine_next_discard(moe_engine_h e)
+{
+    if (e->next.running) pthread_join(e->next.thread, NULL);
+    e->next.running = false;
+    if (e->next.backend_state) e->backend->destroy(e->next.backend_state);
+    moe_weights_destroy(e->next.weights); /* frees only what it owns: received experts */
+    free(e->next.weights);
+    moe_plan_destroy(e->next.plan);
+    memset(&e->next, 0, sizeof e->next);
+}
+
 void moe_engine_destroy(moe_engine_h e)
 {
     if (!e) return;
@@ -113,7 +139,9 @@ void moe_engine_destroy(moe_engine_h e)
     moe_elastic_destroy(e->elastic);
     moe_stats_destroy(e->stats);
     moe_sources_destroy(&e->sources);
-    moe_weights_destroy(&e->weights);
+    engine_next_discard(e);
+    moe_weights_destroy(e->weights);
+    free(e->weights);
     moe_plan_destroy(e->plan);
     moe_free(e->x);
     moe_free(e->ids);
@@ -200,7 +228,9 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
         else
             e->batches = -1;
     }
-    MOE_CHECK(moe_weights_create(c, e->plan, e->rank, &e->weights), fail);
+    e->weights = calloc(1, sizeof *e->weights);
+    MOE_CHECK_ALLOC(e->weights, fail);
+    MOE_CHECK(moe_weights_create(c, e->plan, e->rank, e->weights), fail);
 
     e->x = moe_calloc((size_t)tpr * d, sizeof(float));
     e->ids = moe_calloc((size_t)L * tpr * k, sizeof(int32_t));
@@ -231,7 +261,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
         }
     }
     moe_info("rank %d: %zu bytes of weights, %lld tokens in %d batches, %d of %d ranks serving",
-             e->rank, e->weights.bytes, (long long)e->total_tokens, e->batches, e->serving, e->size);
+             e->rank, e->weights->bytes, (long long)e->total_tokens, e->batches, e->serving, e->size);
     *out = e;
     return MOE_STATUS_OK;
 fail:
@@ -259,19 +289,104 @@ fail:
     return status;
 }
 
-/* Collective over the world: serve from now on with the plan, weights and size the elastic
- * controller hands over; the old ones are freed. */
-static moe_status_t engine_switch(moe_engine_h e, moe_elastic_switch_t *sw)
+/* Every stage of a new backend state once, on zero rows spread over its layer-0 experts, without
+ * the transport: the first real batch then does not pay for first launches (CUDA modules loaded on
+ * first use, cuBLAS's first GEMM of a shape, first touches of buffers). */
+static moe_status_t warm_backend(const moe_backend_t *b, void *state, const moe_config_t *c,
+                                 const moe_weights_t *w)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const int n = c->run.tokens_per_rank, k = c->model.top_k, d = c->model.d_model;
+    const int slots = w->local_count[0];
+    float *x = calloc((size_t)n * d, sizeof(float)), *weight = calloc((size_t)n * k + n, sizeof(float));
+    int32_t *ids = calloc((size_t)n * k, sizeof(int32_t)), *rows = calloc((size_t)n, sizeof(int32_t));
+    int *offset = calloc((size_t)slots + 1, sizeof(int));
+    MOE_CHECK_ALLOC(x, done);
+    MOE_CHECK_ALLOC(weight, done);
+    MOE_CHECK_ALLOC(ids, done);
+    MOE_CHECK_ALLOC(rows, done);
+    MOE_CHECK_ALLOC(offset, done);
+    for (int i = 0; i < n; i++) rows[i] = i;
+    for (int s = 0; s <= slots; s++) offset[s] = (int)((int64_t)n * s / (slots > 0 ? slots : 1));
+    moe_expert_groups_t groups = {.slots = slots, .offset = offset, .row = rows, .weight = weight + n * k};
+    moe_chunk_buffers_t buffers;
+    MOE_CHECK(b->load(state, x, n), done);
+    MOE_CHECK(b->route(state, 0, n, true, ids, weight), done);
+    MOE_CHECK(b->chunk_buffers(state, 0, n, n, &buffers), done);
+    MOE_CHECK(b->permute(state, 0, rows, n), done);
+    MOE_CHECK(b->experts(state, 0, 0, n, &groups, NULL, NULL), done);
+    MOE_CHECK(b->shared(state, 0, 0, n), done);
+    MOE_CHECK(b->unpermute(state, 0, rows, n), done);
+    MOE_CHECK(b->residual(state, n), done);
+    MOE_CHECK(b->store(state, x, n), done);
+done:
+    free(x);
+    free(weight);
+    free(ids);
+    free(rows);
+    free(offset);
+    return status;
+}
+
+static void *prepare_main(void *arg)
+{
+    moe_engine_h e = arg;
+    const moe_config_t *c = &e->config;
+#if MOE_HAVE_CUDA
+    if (e->backend == &moe_backend_cuda) moe_cuda_use_device(e->device); /* per thread */
+#endif
+    e->next.status = e->backend->create(c, e->next.weights, c->run.tokens_per_rank, c->run.chunks,
+                                        &e->next.backend_state);
+    if (e->next.status == MOE_STATUS_OK)
+        e->next.status = warm_backend(e->backend, e->next.backend_state, c, e->next.weights);
+    atomic_store(&e->next.done, 1);
+    return NULL;
+}
+
+/* Local: take the next plan and weights from the elastic controller and, on a rank that will
+ * serve, build the backend state on them on a thread (for cuda: the weights' upload), while the
+ * old state serves. */
+static moe_status_t engine_prepare(moe_engine_h e, moe_elastic_switch_t *sw)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    e->next.plan = sw->plan;
+    e->next.size = sw->size;
+    e->next.weights = malloc(sizeof *e->next.weights);
+    if (!e->next.weights) {
+        moe_weights_destroy(&sw->weights);
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "elastic: out of memory");
+    }
+    *e->next.weights = sw->weights;
+    atomic_store(&e->next.done, 1);
+    if (e->rank < sw->size && !e->options.reference) {
+        atomic_store(&e->next.done, 0);
+        if (pthread_create(&e->next.thread, NULL, prepare_main, e) != 0)
+            MOE_FAIL(MOE_STATUS_INTERNAL, fail, "elastic: cannot start a thread");
+        e->next.running = true;
+    }
+fail:
+    return status;
+}
+
+/* Collective over the world: serve from now on with the prepared plan, weights and size; the old
+ * ones are freed. */
+static moe_status_t engine_switch(moe_engine_h e)
 {
     moe_status_t status = MOE_STATUS_OK;
     double t0 = moe_now();
+    if (e->next.running) pthread_join(e->next.thread, NULL);
+    e->next.running = false;
+    MOE_CHECK(e->next.status, fail);
     serving_destroy(e);
-    moe_weights_hand_over(&sw->weights, &e->weights); /* kept experts and the dense part: shared */
-    moe_weights_destroy(&e->weights);
-    e->weights = sw->weights;
+    moe_weights_hand_over(e->next.weights, e->weights); /* kept experts and the dense part: shared */
+    moe_weights_destroy(e->weights);
+    free(e->weights);
+    e->weights = e->next.weights;
     moe_plan_destroy(e->plan);
-    e->plan = sw->plan;
-    e->serving = sw->size;
+    e->plan = e->next.plan;
+    e->serving = e->next.size;
+    e->backend_state = e->next.backend_state;
+    memset(&e->next, 0, sizeof e->next);
     MOE_CHECK(serving_connect(e), fail);
     MOE_CHECK(serving_build(e), fail);
     moe_elastic_switched(e->elastic, moe_now() - t0);
@@ -318,8 +433,11 @@ moe_status_t moe_engine_run(moe_engine_h e)
     for (int b = 0; engine_more(e, b); b++) {
         if (e->elastic) {
             moe_elastic_switch_t sw;
-            MOE_CHECK(moe_elastic_boundary(e->elastic, b, e->plan, &e->weights, e->serving, &sw), fail);
-            if (sw.switch_now) MOE_CHECK(engine_switch(e, &sw), fail);
+            bool busy = e->next.weights && !atomic_load(&e->next.done);
+            MOE_CHECK(moe_elastic_boundary(e->elastic, b, e->plan, e->weights, e->serving, busy, &sw),
+                      fail);
+            if (sw.prepare_now) MOE_CHECK(engine_prepare(e, &sw), fail);
+            if (sw.switch_now) MOE_CHECK(engine_switch(e), fail);
         }
         const int64_t per_batch = (int64_t)tpr * e->serving;
         const int64_t g_batch = e->g_next;
@@ -336,7 +454,7 @@ moe_status_t moe_engine_run(moe_engine_h e)
         if (serves) MOE_CHECK_MPI(MPI_Barrier(e->serve_comm), fail);
         double t0 = moe_now();
         if (e->options.reference) {
-            MOE_CHECK(moe_reference_forward(c, &e->weights, &e->sources, g0, n, e->x, e->ids), fail);
+            MOE_CHECK(moe_reference_forward(c, e->weights, &e->sources, g0, n, e->x, e->ids), fail);
         } else if (serves) {
             MOE_CHECK(e->backend->load(e->backend_state, e->x, n), fail);
             for (int l = 0; l < L; l++) {
@@ -405,7 +523,7 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
     moe_status_t status = MOE_STATUS_OK;
     const moe_config_t *c = &e->config;
     if (c->weights.kind == MOE_WEIGHTS_CHECKPOINT) { /* checkpoint bytes each rank read, to rank 0 */
-        int64_t mine[2] = {e->weights.read_bytes, e->weights.read_expert_bytes};
+        int64_t mine[2] = {e->weights->read_bytes, e->weights->read_expert_bytes};
         MOE_CHECK_MPI(MPI_Gather(mine, 2, MPI_INT64_T, moe_metrics_read_bytes(e->metrics), 2, MPI_INT64_T,
                                  0, e->comm), fail);
     }

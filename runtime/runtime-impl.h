@@ -258,10 +258,12 @@ moe_status_t moe_elastic_create(const moe_config_t *config, const moe_elastic_ar
 void moe_elastic_destroy(moe_elastic_h elastic);
 int moe_elastic_initial_size(const moe_elastic_h elastic);
 
-/* What a boundary asks of the engine: when switch_now, serve batch `batch` on `size` ranks with
- * plan and weights (both passed to the engine, which frees the old ones). */
+/* What a boundary asks of the engine. prepare_now: take plan and weights (they are the engine's
+ * now) for `size` ranks and prepare the backend state on them, in the background; busy is true at
+ * later boundaries until that is done. switch_now: serve from this batch on with them, and free the
+ * old ones. */
 typedef struct {
-    bool switch_now;
+    bool prepare_now, switch_now;
     moe_plan_h plan;
     moe_weights_t weights;
     int size;
@@ -269,7 +271,7 @@ typedef struct {
 
 /* Collective over the world, before every batch: decides, starts and finishes events. */
 moe_status_t moe_elastic_boundary(moe_elastic_h elastic, int batch, const moe_plan_h plan,
-                                  const moe_weights_t *weights, int serving,
+                                  const moe_weights_t *weights, int serving, bool busy,
                                   moe_elastic_switch_t *sw);
 /* The engine has switched, in `seconds`. */
 void moe_elastic_switched(moe_elastic_h elastic, double seconds);

@@ -23,7 +23,9 @@
 # gap/batch (longest_gap / batch_time: 1 means no visible stall), stall/batch ((longest_gap -
 # batch_time) / batch_time: the delay beyond a normal batch), relaunch_s (median relaunch wall time
 # at to_ranks, itself including a first batch), relaunch/gap (relaunch_s / longest_gap_s: how many
-# times longer a relaunch keeps the service from finishing a batch),
+# times longer a relaunch keeps the service from finishing a batch), relaunch/stall ((relaunch_s -
+# batch_time) / (longest_gap - batch_time): the time without output beyond a normal batch, relaunch
+# against elastic: the unavailability ratio),
 # moved/min (bytes received / new hosts x expert bytes: 1 means nothing was sent twice), GB/s (bytes
 # received / transfer time). One OpenBLAS thread per rank, so that ranks do not fight over cores.
 set -euo pipefail
@@ -118,8 +120,8 @@ for e in events:
             times = [float(x) for x in f.read().split()]
         relaunch[to] = statistics.median(times) if times else math.nan
 print("| event | kind | ranks | latency_s | switch_s | longest_gap_s | batch_time_s | gap/batch "
-      "| stall/batch | relaunch_s | relaunch/gap | moved/min | GB/s |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+      "| stall/batch | relaunch_s | relaunch/gap | relaunch/stall | moved/min | GB/s |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for e in events:
     gap, batch = num(e, "longest_gap_s"), num(e, "batch_time_s")
     rel = math.nan if e["kind"] == "rebalance-kept" else relaunch.get(e["to_ranks"], math.nan)
@@ -128,9 +130,10 @@ for e in events:
           f"| {fmt(num(e, 'latency_s'), '.3f')} | {fmt(num(e, 'switch_s'), '.3f')} | {fmt(gap, '.3f')} "
           f"| {fmt(batch, '.3f')} | {fmt(ratio(gap, batch), '.2f')} | {fmt(ratio(gap - batch, batch), '.2f')} "
           f"| {fmt(rel, '.2f')} | {fmt(ratio(rel, gap), '.1f')} "
+          f"| {fmt(ratio(rel - batch, gap - batch), '.1f')} "
           f"| {fmt(moved, '.3f')} | {fmt(num(e, 'transfer_gbps'), '.2f')} |")
 if not events:
-    print("| - | no events | - | - | - | - | - | - | - | - | - | - | - |")
+    print("| - | no events | - | - | - | - | - | - | - | - | - | - | - | - |")
 PY
 } >"$OUT/report.md.tmp"
 mv "$OUT/report.md.tmp" "$OUT/report.md"

@@ -27,7 +27,7 @@ TIMELINE_COLUMNS = ["time_s", "batch", "tokens", "tokens_per_s", "serving", "byt
 EVENT_COLUMNS = ["event", "kind", "from_ranks", "to_ranks", "decision_batch", "switch_batch",
                  "decision_s", "plan_s", "transfer_s", "switch_s", "latency_s", "longest_gap_s",
                  "batch_time_s", "experts_moved", "bytes_moved", "bytes_min", "transfer_gbps"]
-PHASES = ("serve", "plan", "move", "switch")
+PHASES = ("serve", "plan", "move", "prepare", "switch")
 KIND_COLOURS = {"scale": "tab:orange", "rebalance": "tab:green", "rebalance-kept": "tab:gray"}
 
 
