@@ -210,7 +210,6 @@ int64_t moe_migration_bytes_pending(const moe_migration_h m)
     return (int64_t)(2 * m->n_incoming - m->recv_done) / 2 * m->expert_bytes;
 }
 int64_t moe_migration_bytes_in(const moe_migration_h m) { return m->n_incoming * m->expert_bytes; }
-int moe_migration_experts_in(const moe_migration_h m) { return m->n_incoming; }
 double moe_migration_seconds(const moe_migration_h m)
 {
     return m->done ? m->t_done - m->t_start : moe_now() - m->t_start;

@@ -238,7 +238,6 @@ moe_status_t moe_migration_test(moe_migration_h migration, bool *done);
 moe_status_t moe_migration_wait(moe_migration_h migration);
 int64_t moe_migration_bytes_pending(const moe_migration_h migration); /* receives not yet arrived */
 int64_t moe_migration_bytes_in(const moe_migration_h migration);      /* all this rank receives */
-int moe_migration_experts_in(const moe_migration_h migration);
 double moe_migration_seconds(const moe_migration_h migration);        /* from start to done */
 void moe_migration_destroy(moe_migration_h migration);                /* NULL-safe; after done */
 
