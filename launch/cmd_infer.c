@@ -86,7 +86,9 @@ static int run_command(int argc, char **argv, bool elastic)
         }
     }
 
-    MPI_Init(&argc, &argv);
+    /* Elastic runs use threads (the placement solver, the next backend state) that never call MPI. */
+    int provided = MPI_THREAD_SINGLE;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     moe_launch_info_t launch;
     moe_launch_info(&launch);
     /* Until the configuration is known good, only rank 0 speaks: every rank reads the same file. */

@@ -358,12 +358,16 @@ static moe_status_t engine_prepare(moe_engine_h e, moe_elastic_switch_t *sw)
     }
     *e->next.weights = sw->weights;
     atomic_store(&e->next.done, 1);
-    if (e->rank < sw->size && !e->options.reference) {
-        atomic_store(&e->next.done, 0);
-        if (pthread_create(&e->next.thread, NULL, prepare_main, e) != 0)
-            MOE_FAIL(MOE_STATUS_INTERNAL, fail, "elastic: cannot start a thread");
-        e->next.running = true;
+    if (e->rank >= sw->size || e->options.reference) return MOE_STATUS_OK;
+    if (e->config.run.transport == MOE_TRANSPORT_NCCL) {
+        /* not beside NCCL kernels in flight: cudaMalloc/cudaFree on another thread can hang them */
+        prepare_main(e);
+        return MOE_STATUS_OK;
     }
+    atomic_store(&e->next.done, 0);
+    if (pthread_create(&e->next.thread, NULL, prepare_main, e) != 0)
+        MOE_FAIL(MOE_STATUS_INTERNAL, fail, "elastic: cannot start a thread");
+    e->next.running = true;
 fail:
     return status;
 }

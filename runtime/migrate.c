@@ -4,8 +4,8 @@
  * Every rank computes the same transfer list from the two plans: for each (layer, expert) and each
  * rank that hosts it in the new plan but not in the old, one source among the old hosts, the one
  * that has been given the fewest experts to send so far (so that sends spread over the holders).
- * An expert a rank already holds is copied in memory, never resent, so the bytes moved are the
- * minimum the two plans imply. Each transfer is two messages (gate_up, down) with tag 0 on a
+ * An expert a rank already holds is handed over, never resent, so the bytes moved are the minimum
+ * the two plans imply. Each transfer is two messages (gate_up, down) with tag 0 on a
  * communicator of the migration's own; sender and receiver post them in the same (layer, expert)
  * order, and MPI keeps messages between a pair in order, so they match without per-expert tags.
  *

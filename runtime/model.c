@@ -18,6 +18,7 @@
  *   seeded values in [0.5, 1.5) normalised to sum 1. Everything is a function of (seed, token,
  *   layer, choice), so it is the same at any world size. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -162,16 +163,37 @@ moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h pla
     return MOE_STATUS_OK;
 }
 
+typedef struct {
+    const float *ptr;
+    int slot;
+} slot_ptr_t;
+
+static int cmp_slot_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)((const slot_ptr_t *)a)->ptr, y = (uintptr_t)((const slot_ptr_t *)b)->ptr;
+    return (x > y) - (x < y);
+}
+
 void moe_weights_hand_over(moe_weights_t *to, moe_weights_t *from)
 {
     to->dense_shared = from->dense_shared;
     from->dense_shared = true;
+    /* from's experts sorted by address, so that each borrowed one is found by bisection */
+    slot_ptr_t *index = malloc(sizeof(slot_ptr_t) * ((size_t)from->slots + 1));
+    for (int j = 0; index && j < from->slots; j++) index[j] = (slot_ptr_t){from->gate_up[j], j};
+    if (index) qsort(index, (size_t)from->slots, sizeof(slot_ptr_t), cmp_slot_ptr);
     for (int i = 0; i < to->slots; i++) {
         if (to->owned[i]) continue;
-        for (int j = 0; j < from->slots; j++)
-            if (from->gate_up[j] == to->gate_up[i]) from->owned[j] = false;
+        slot_ptr_t key = {to->gate_up[i], 0}, *hit = NULL;
+        if (index)
+            hit = bsearch(&key, index, (size_t)from->slots, sizeof(slot_ptr_t), cmp_slot_ptr);
+        else /* no memory for the index: the plain search */
+            for (int j = 0; j < from->slots && !hit; j++)
+                if (from->gate_up[j] == to->gate_up[i]) from->owned[j] = false;
+        if (hit) from->owned[hit->slot] = false;
         to->owned[i] = true;
     }
+    free(index);
 }
 
 void moe_weights_destroy(moe_weights_t *w)

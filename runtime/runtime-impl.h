@@ -226,7 +226,7 @@ static inline int moe_ranks_per_node(const moe_config_t *c, int size)
 typedef struct moe_migration_s *moe_migration_h;
 
 /* Collective over comm (all ranks, the same plans): lays out `to` for new_plan on this rank (the
- * dense part shared with `from`, the experts it already holds copied from it) and posts the
+ * dense part and the experts it already holds shared with `from`) and posts the
  * point-to-point transfers of the experts it gains or gives, at most `window` incoming experts in
  * flight. `from` stays alive until every rank is done. */
 moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h old_plan,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# elastic_vs_static.sh MOERUN NPY_COMPARE STATS_COMPARE PLAN_DIFF CONFIG INPUT SCHEDULE
+# elastic_vs_static.sh MOERUN NPY_COMPARE STATS_COMPARE PLAN_DIFF NPY_CONCAT CONFIG INPUT SCHEDULE
 # An elastic run at -np 4 that follows SCHEDULE (e.g. 0:2,4:4,12:2) against a static run on 4 ranks
-# over the same tokens (INPUT, a .npy of hidden states; the run covers all of it):
+# over the same tokens (INPUT four times over, a .npy of hidden states; the run covers all of it, and
+# goes on long after the last entry, however long the events take):
 # - the outputs are equal for every token, before, during and after each event (1e-5 relative: the
 #   sum of a token's expert outputs may be added in another order), and every token is written once;
 # - the routing statistics are equal exactly (no token lost or counted twice);
@@ -10,11 +11,12 @@
 #   bytes of one expert, nothing resent;
 # - the timeline covers every token once and shows the sizes the schedule asks for.
 set -euo pipefail
-moerun=$1 compare=$2 stats_compare=$3 plan_diff=$4 config=$5 input=$6 schedule=$7
+moerun=$1 compare=$2 stats_compare=$3 plan_diff=$4 concat=$5 config=$6 input=$7 schedule=$8
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-sets=(--set input.kind=npy --set input.path="$input" --set run.batches=0 --set run.tokens_per_rank=4
+"$concat" 0 "$dir/input.npy" "$input" "$input" "$input" "$input"
+sets=(--set input.kind=npy --set input.path="$dir/input.npy" --set run.batches=0 --set run.tokens_per_rank=4
       --set routing.source=synthetic --set rebalance.window=2)
 timeout 120 mpirun --oversubscribe -np 4 "$moerun" infer -c "$config" "${sets[@]}" \
     --output "$dir/static.npy" --stats "$dir/static.safetensors" >"$dir/static.txt"
