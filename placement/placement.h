@@ -66,6 +66,11 @@ int moe_plan_local_experts(const moe_plan_h plan, int layer, int rank, const int
  * the plan's ranks). */
 int moe_plan_local_slot(const moe_plan_h plan, int layer, int rank, int expert);
 
+/* (layer, expert, rank) hosts of `to` whose rank does not host that (layer, expert) in `from`: the
+ * experts that must move to go from one plan to the other (the plans may have different ranks; a
+ * rank beyond from's hosts nothing there). Reads the replica lists only, not the lookup cache. */
+int64_t moe_plan_new_hosts(const moe_plan_h from, const moe_plan_h to);
+
 /* The replica (a rank) that token `token` (global index) uses for (layer, expert): a hash of
  * (layer, expert, token) against the cumulative shares, so that every rank and the evaluator agree. */
 int moe_plan_pick_replica(const moe_plan_h plan, int layer, int expert, int64_t token);

@@ -223,6 +223,23 @@ int moe_plan_local_slot(const moe_plan_h plan, int layer, int rank, int expert)
     return plan->local_slot[((size_t)layer * plan->ranks + rank) * plan->experts + expert];
 }
 
+int64_t moe_plan_new_hosts(const moe_plan_h from, const moe_plan_h to)
+{
+    int64_t n = 0;
+    for (int l = 0; l < to->layers; l++)
+        for (int e = 0; e < to->experts; e++) {
+            const int *rk, *ck;
+            int nr = moe_plan_replicas(to, l, e, &rk, NULL);
+            int nc = moe_plan_replicas(from, l, e, &ck, NULL);
+            for (int i = 0; i < nr; i++) {
+                bool hosted = false;
+                for (int j = 0; j < nc; j++) hosted |= ck[j] == rk[i];
+                n += !hosted;
+            }
+        }
+    return n;
+}
+
 int moe_plan_pick_replica(const moe_plan_h plan, int layer, int expert, int64_t token)
 {
     const int *ranks;

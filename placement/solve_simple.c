@@ -218,21 +218,9 @@ moe_status_t moe_place_solve(const moe_workload_h *w, int n, const moe_place_opt
     rep.solve_seconds = moe_now() - t0;
     rep.objective = moe_place_objective(plan, w, n, o, NULL);
     if (current) {
-        /* hosts that are new compared with the plan in service; the two plans may have different
-         * numbers of ranks (a scale event): a host on a rank the current plan lacks is new. The
-         * replica lists are read, not the lookup cache, so `current` is only read. */
-        rep.experts_moved = 0;
-        for (int l = 0; l < lay.layers; l++)
-            for (int e = 0; e < lay.experts; e++) {
-                const int *rk, *ck;
-                int nr = moe_plan_replicas(plan, l, e, &rk, NULL);
-                int nc = moe_plan_replicas(current, l, e, &ck, NULL);
-                for (int i = 0; i < nr; i++) {
-                    bool hosted = false;
-                    for (int j = 0; j < nc; j++) hosted |= ck[j] == rk[i];
-                    rep.experts_moved += !hosted;
-                }
-            }
+        /* hosts that are new compared with the plan in service (current is only read: the
+         * solver may run on a thread) */
+        rep.experts_moved = (int)moe_plan_new_hosts(current, plan);
         rep.bytes_moved = rep.experts_moved * o->expert_bytes;
     }
     if (report) *report = rep;

@@ -445,19 +445,6 @@ fail:
     return status;
 }
 
-/* New (layer, expert, rank) hosts of `to` against `from`: the experts that must move. */
-static int64_t new_hosts(const moe_plan_h from, const moe_plan_h to)
-{
-    int64_t n = 0;
-    for (int l = 0; l < moe_plan_layers(to); l++)
-        for (int e = 0; e < moe_plan_experts(to); e++) {
-            const int *rk;
-            int r = moe_plan_replicas(to, l, e, &rk, NULL);
-            for (int i = 0; i < r; i++) n += moe_plan_local_slot(from, l, rk[i], e) < 0;
-        }
-    return n;
-}
-
 moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h plan,
                                   const moe_weights_t *weights, int serving, bool busy,
                                   moe_elastic_switch_t *sw)
@@ -494,7 +481,7 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
     case STATE_PLANNING:
         if (!ctl[4]) break;
         MOE_CHECK(broadcast_plan(el, ev->to, &el->new_plan), fail);
-        ev->experts_moved = new_hosts(plan, el->new_plan);
+        ev->experts_moved = moe_plan_new_hosts(plan, el->new_plan);
         ev->bytes_min = ev->experts_moved * (int64_t)(3 * sizeof(float)) * c->model.d_ff *
                         c->model.d_model;
         if (ev->experts_moved == 0 && ev->to == serving) { /* nothing worth moving */

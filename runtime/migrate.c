@@ -108,14 +108,7 @@ moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h ol
     to->read_files = from->read_files;
 
     /* At most every expert that moves comes to, or leaves, this rank. */
-    size_t moving = 0;
-    for (int l = 0; l < L; l++) {
-        for (int e = 0; e < E; e++) {
-            const int *hosts;
-            int n = moe_plan_replicas(new_plan, l, e, &hosts, NULL);
-            for (int i = 0; i < n; i++) moving += moe_plan_local_slot(old_plan, l, hosts[i], e) < 0;
-        }
-    }
+    const size_t moving = (size_t)moe_plan_new_hosts(old_plan, new_plan);
     m->incoming = malloc(sizeof(incoming_t) * (moving + 1));
     m->recv_requests = malloc(sizeof(MPI_Request) * (2 * moving + 1));
     m->completed_index = malloc(sizeof(int) * (2 * moving + 1));
