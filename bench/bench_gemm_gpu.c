@@ -2,15 +2,19 @@
  * the same FLOPs, measured in the same process, plus the card's two ceilings: the dense bf16 GEMM rate
  * (8192^3) and the device copy bandwidth (bytes read + written).
  *
- * Cases (name, local experts, tokens per expert, d, f): Mixtral-8x7B layer 8 x 2048, d 4096, f 14336;
- * DeepSeek-V3 rank 32 x 256 and 32 x 64, d 7168, f 2048. The dense baseline runs all E*T tokens
- * through one expert's weights: the same FLOPs in two large GEMMs. Times are medians of REPS runs
- * timed with CUDA events after a warm-up, on seeded random bf16 data (never zeros). For the 64-token
- * case, the floor is the expert weights' bytes over the measured copy bandwidth.
+ * Cases (name, local experts x rows per expert, d, f): Mixtral-8x7B layer 8 x 2048 (d 4096, f 14336);
+ * DeepSeek-V3 (d 7168, f 2048) at a rank of EP8 prefill 32 x 256, of EP2 128 x 256 (also with skewed
+ * group sizes), and weight-bound: 32 x 64, decode at EP2 128 x 8 and at one GPU 256 x 4. Each expert's
+ * weights are an allocation of their own (as the device store keeps them). Paths: CUTLASS grouped
+ * (wide tiles, swapped narrow tiles) and a cuBLAS GEMM per expert (moe_expert_ffn_cuda). The dense
+ * baseline runs all rows through one expert's weights: the same FLOPs in two large GEMMs and an
+ * unfused SwiGLU. The weight floor is the experts' bytes over the measured copy bandwidth. Times are
+ * medians of REPS runs timed with CUDA events after a warm-up, on seeded random bf16 data.
  *
  * Output: one line per measurement, `key value` pairs, grep-able by scripts/device_run.sh.
  *   bench_gemm_gpu [REPS] */
 #include <cuda_runtime_api.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -100,28 +104,33 @@ static void gemm_work(void *arg)
 
 /* ---------------------------------------------------------------- SwiGLU experts */
 
+/* The dense baseline: every row through one expert's weights, cuBLAS gate_up, SwiGLU, down. */
 typedef struct {
     moe_gemm_h gemm;
     moe_bf16_t *x, *wgu, *wd, *gu, *act, *y;
-    int *offset;
-    int groups, d, f;
+    int rows, d, f;
+} dense_arg_t;
+static void dense_work(void *arg)
+{
+    dense_arg_t *a = arg;
+    OK(moe_gemm_cuda(a->gemm, a->x, a->wgu, a->rows, 2 * a->f, a->d, a->gu, false));
+    OK(moe_swiglu_cuda(a->gu, a->rows, a->f, a->act, stream));
+    OK(moe_gemm_cuda(a->gemm, a->act, a->wd, a->rows, a->d, a->f, a->y, false));
+}
+
+typedef struct {
+    moe_gemm_h gemm;
+    moe_ggemm_h gg;
+    moe_gemm_path_t path;
+    moe_expert_weights_t w;
+    moe_bf16_t *x, *gu, *act, *y;
+    int *offset, *host_offset, rows;
 } ffn_arg_t;
 static void ffn_work(void *arg)
 {
     ffn_arg_t *a = arg;
-    OK(moe_expert_ffn_grouped_cuda(a->gemm, a->x, a->wgu, a->wd, a->offset, a->groups, a->d, a->f, a->gu,
-                                   a->act, a->y));
-}
-
-typedef struct {
-    ffn_arg_t a;
-    int stride;
-} padded_arg_t;
-static void padded_work(void *arg)
-{
-    padded_arg_t *p = arg;
-    OK(moe_expert_ffn_padded_cuda(p->a.gemm, p->a.x, p->a.wgu, p->a.wd, p->a.groups, p->stride, p->a.d, p->a.f,
-                                  p->a.gu, p->a.act, p->a.y));
+    OK(moe_expert_ffn_cuda(a->gemm, a->gg, a->path, &a->w, a->x, a->offset, a->host_offset, a->rows, a->gu, a->act,
+                           a->y));
 }
 
 int main(int argc, char **argv)
@@ -138,7 +147,9 @@ int main(int argc, char **argv)
     printf("device %s sms %d l2_mb %d\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
     CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     moe_gemm_h gemm;
-    OK(moe_gemm_create(stream, MOE_GEMM_LOOP, &gemm));
+    moe_ggemm_h gg;
+    OK(moe_gemm_create(stream, &gemm));
+    OK(moe_ggemm_create(256, &gg));
 
     /* copy bandwidth: 2 GiB device to device */
     copy_arg_t c = {.bytes = (size_t)2 << 30};
@@ -164,57 +175,84 @@ int main(int argc, char **argv)
         CK(cudaFree(g.c));
     }
 
-    struct { const char *name; int experts, tokens, d, f; } cases[] = {
-        {"mixtral_8x2048", 8, 2048, 4096, 14336},
-        {"dsv3_32x256", 32, 256, 7168, 2048},
-        {"dsv3_32x64", 32, 64, 7168, 2048},
+    /* name, local experts, mean rows per expert, d, f, skew (0: equal groups; else group e gets a
+     * share proportional to 1 / (e + 1)^skew, shuffled: a routed layer's spread) */
+    struct { const char *name; int experts, tokens, d, f; double skew; } cases[] = {
+        {"mixtral_8x2048", 8, 2048, 4096, 14336, 0},
+        {"dsv3_32x256", 32, 256, 7168, 2048, 0},
+        {"dsv3_128x256", 128, 256, 7168, 2048, 0},
+        {"dsv3_128x256_skew", 128, 256, 7168, 2048, 0.8},
+        {"dsv3_32x64", 32, 64, 7168, 2048, 0},
+        {"dsv3_128x8", 128, 8, 7168, 2048, 0},
+        {"dsv3_256x4", 256, 4, 7168, 2048, 0},
     };
-    for (int ci = 0; ci < 3; ci++) {
-        const int E = cases[ci].experts, T = cases[ci].tokens, d = cases[ci].d, f = cases[ci].f;
-        const size_t M = (size_t)E * T;
-        ffn_arg_t a = {.gemm = gemm, .groups = E, .d = d, .f = f};
-        a.x = dev_random(M * d, 1.0f, 10 + ci);
-        a.wgu = dev_random((size_t)E * 2 * f * d, 1.0f / 64, 20 + ci);
-        a.wd = dev_random((size_t)E * d * f, 1.0f / 64, 30 + ci);
-        CK(cudaMalloc((void **)&a.gu, 2 * M * 2 * f));
-        CK(cudaMalloc((void **)&a.act, 2 * M * f));
-        CK(cudaMalloc((void **)&a.y, 2 * M * d));
-        a.offset = malloc(sizeof(int) * (E + 1));
-        for (int e = 0; e <= E; e++) a.offset[e] = e * T;
+    const int n_cases = (int)(sizeof cases / sizeof cases[0]);
+    for (int ci = 0; ci < n_cases; ci++) {
+        const int E = cases[ci].experts, d = cases[ci].d, f = cases[ci].f;
+        int *offset = malloc(sizeof(int) * (E + 1));
+        offset[0] = 0;
+        double norm = 0;
+        for (int e = 0; e < E; e++) norm += cases[ci].skew > 0 ? pow(1.0 / (e + 1), cases[ci].skew) : 1.0;
+        for (int e = 0; e < E; e++) {
+            const int rank = (e * 37) % E; /* shuffled popularity */
+            const double share = (cases[ci].skew > 0 ? pow(1.0 / (rank + 1), cases[ci].skew) : 1.0) / norm;
+            offset[e + 1] = offset[e] + (int)(share * E * cases[ci].tokens + 0.5);
+        }
+        const int M = offset[E];
+        const size_t slot_elems = (size_t)3 * f * d;
+        moe_bf16_t **host_gu = malloc(sizeof(void *) * E), **host_down = malloc(sizeof(void *) * E);
+        for (int e = 0; e < E; e++) {
+            host_gu[e] = dev_random(slot_elems, 1.0f / 64, 20 + 1000 * ci + e);
+            host_down[e] = host_gu[e] + (size_t)2 * f * d;
+        }
+        ffn_arg_t a = {.gemm = gemm, .gg = gg, .rows = M, .host_offset = offset};
+        a.w = (moe_expert_weights_t){.slots = E, .d = d, .f = f, .host_gate_up = (const moe_bf16_t *const *)host_gu,
+                                     .host_down = (const moe_bf16_t *const *)host_down};
+        CK(cudaMalloc((void **)&a.w.gate_up, sizeof(void *) * E));
+        CK(cudaMalloc((void **)&a.w.down, sizeof(void *) * E));
+        CK(cudaMemcpy((void *)a.w.gate_up, host_gu, sizeof(void *) * E, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy((void *)a.w.down, host_down, sizeof(void *) * E, cudaMemcpyHostToDevice));
+        CK(cudaMalloc((void **)&a.offset, sizeof(int) * (E + 1)));
+        CK(cudaMemcpy(a.offset, offset, sizeof(int) * (E + 1), cudaMemcpyHostToDevice));
+        a.x = dev_random((size_t)M * d, 1.0f, 10 + ci);
+        CK(cudaMalloc((void **)&a.gu, 2 * (size_t)M * 2 * f));
+        CK(cudaMalloc((void **)&a.act, 2 * (size_t)M * f));
+        CK(cudaMalloc((void **)&a.y, 2 * (size_t)M * d));
         const double flops = 2.0 * M * d * 3.0 * f;
         const double weight_bytes = 2.0 * E * 3.0 * f * d;
-        /* dense: every token through expert 0, one group */
-        int dense_offset[2] = {0, (int)M};
-        ffn_arg_t dense = a;
-        dense.groups = 1;
-        dense.offset = dense_offset;
-        moe_gemm_set_mode(gemm, MOE_GEMM_LOOP);
-        float t_dense = time_ms(ffn_work, &dense);
-        printf("g1 %s mode dense ms %.4f tflops %.1f\n", cases[ci].name, t_dense, flops / (t_dense * 1e-3) / 1e12);
-        static const char *const names[] = {"loop", "grouped", "streams", "auto"};
-        for (int mode = 0; mode < 4; mode++) {
-            moe_gemm_set_mode(gemm, (moe_gemm_mode_t)mode);
+        const double floor_ms = weight_bytes / copy_bw * 1e3;
+        dense_arg_t dense = {gemm, a.x, host_gu[0], host_down[0], a.gu, a.act, a.y, M, d, f};
+        float t_dense = time_ms(dense_work, &dense);
+        printf("g1 %s mode dense ms %.4f tflops %.1f rows %d\n", cases[ci].name, t_dense,
+               flops / (t_dense * 1e-3) / 1e12, M);
+        for (int path = MOE_GEMM_PATH_128x128; path <= MOE_GEMM_PATH_CUBLAS; path++) {
+            if (path == MOE_GEMM_PATH_CUDA_CORES) continue;
+            a.path = (moe_gemm_path_t)path;
             float tm = time_ms(ffn_work, &a);
             printf("g1 %s mode %s ms %.4f tflops %.1f of_dense %.3f weight_floor_ms %.4f of_weight_floor %.3f\n",
-                   cases[ci].name, names[mode], tm, flops / (tm * 1e-3) / 1e12, t_dense / tm,
-                   weight_bytes / copy_bw * 1e3, weight_bytes / copy_bw * 1e3 / tm);
+                   cases[ci].name, moe_gemm_path_name(a.path), tm, flops / (tm * 1e-3) / 1e12, t_dense / tm, floor_ms,
+                   floor_ms / tm);
         }
-        {   /* padded layout; equal groups here, so no padding rows */
-            float tp = 0;
-            padded_arg_t pa = {a, T};
-            tp = time_ms(padded_work, &pa);
-            printf("g1 %s mode padded ms %.4f tflops %.1f of_dense %.3f weight_floor_ms %.4f of_weight_floor %.3f\n",
-                   cases[ci].name, tp, flops / (tp * 1e-3) / 1e12, t_dense / tp, weight_bytes / copy_bw * 1e3,
-                   weight_bytes / copy_bw * 1e3 / tp);
+        {   /* what the backend would choose for these groups (the host knows their sizes) */
+            int active = 0;
+            for (int e = 0; e < E; e++) active += offset[e + 1] > offset[e];
+            a.path = moe_gemm_path_choose((double)M / (active ? active : 1), true);
+            float tm = time_ms(ffn_work, &a);
+            printf("g1 %s mode chosen:%s ms %.4f tflops %.1f of_dense %.3f weight_floor_ms %.4f of_weight_floor %.3f\n",
+                   cases[ci].name, moe_gemm_path_name(a.path), tm, flops / (tm * 1e-3) / 1e12, t_dense / tm, floor_ms,
+                   floor_ms / tm);
         }
+        for (int e = 0; e < E; e++) CK(cudaFree(host_gu[e]));
+        CK(cudaFree((void *)a.w.gate_up));
+        CK(cudaFree((void *)a.w.down));
+        CK(cudaFree(a.offset));
         CK(cudaFree(a.x));
-        CK(cudaFree(a.wgu));
-        CK(cudaFree(a.wd));
         CK(cudaFree(a.gu));
         CK(cudaFree(a.act));
         CK(cudaFree(a.y));
-        free(a.offset);
+        free(offset), free(host_gu), free(host_down);
     }
+    moe_ggemm_destroy(gg);
     moe_gemm_destroy(gemm);
     CK(cudaDeviceSynchronize());
     return 0;

@@ -11,9 +11,11 @@ typedef struct moe_comm_nccl_s moe_comm_nccl_t;
 moe_status_t moe_comm_nccl_create(MPI_Comm mpi, int rank, int size, int device, moe_comm_nccl_t **out);
 void moe_comm_nccl_destroy(moe_comm_nccl_t *nccl);
 void moe_comm_nccl_set_stream(moe_comm_nccl_t *nccl, void *stream);
-/* *event: a CUDA event recorded on the communicator's stream after the transfer. */
+/* *event: a CUDA event recorded on the communicator's stream after the transfer; start_event and
+ * done_event (the caller's, may be NULL) are recorded just before and after it. */
 moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *nccl, const void *send, const int *send_rows, void *recv,
-                                 const int *recv_rows, size_t row_bytes, void **event);
+                                 const int *recv_rows, size_t row_bytes, void *start_event, void *done_event,
+                                 void **event);
 moe_status_t moe_comm_nccl_test(moe_comm_nccl_t *nccl, void *event, bool *done);
 /* Orders the producer stream after the event (or blocks, without one), then releases the event. */
 moe_status_t moe_comm_nccl_wait(moe_comm_nccl_t *nccl, void *event);

@@ -39,16 +39,23 @@ void moe_comm_destroy(moe_comm_h comm);
 int moe_comm_rank(const moe_comm_h comm);
 int moe_comm_size(const moe_comm_h comm);
 
-/* Blocking: each rank sends per_peer ints to every peer (send[p*per_peer ...]) and receives the
- * same from each (recv[p*per_peer ...]). */
-moe_status_t moe_comm_exchange_counts(moe_comm_h comm, const int *send, int *recv, int per_peer);
+/* Blocking: send_count[p] ints from send (peer after peer) to each peer p, recv_count[p] from each
+ * (the caller knows them). */
+moe_status_t moe_comm_exchange_ints(moe_comm_h comm, const int *send, const int *send_count, int *recv,
+                                    const int *recv_count);
 
 /* Start an all-to-all-v of rows of row_bytes. send_rows[p] rows go to peer p; recv_rows[p] come from
- * p (the caller learned them from exchange_counts). Buffers and count arrays are borrowed until the
+ * p (the caller learned them from moe_comm_exchange_ints). Buffers and count arrays are borrowed until the
  * operation completes. */
 moe_status_t moe_comm_alltoallv_start(moe_comm_h comm, const void *send, const int *send_rows,
                                       void *recv, const int *recv_rows, size_t row_bytes,
                                       moe_comm_op_h *out);
+
+/* The same, and for NCCL two CUDA events (cudaEvent_t, may be NULL) recorded on the transfer's stream
+ * just before and after it (timelines); MPI ignores them. */
+moe_status_t moe_comm_alltoallv_start_timed(moe_comm_h comm, const void *send, const int *send_rows, void *recv,
+                                            const int *recv_rows, size_t row_bytes, void *start_event,
+                                            void *done_event, moe_comm_op_h *out);
 
 /* Poll: *done is true once the operation has completed (the handle stays valid until wait). */
 moe_status_t moe_comm_op_test(moe_comm_op_h op, bool *done);

@@ -88,11 +88,21 @@ void moe_comm_destroy(moe_comm_h comm)
 int moe_comm_rank(const moe_comm_h comm) { return comm->rank; }
 int moe_comm_size(const moe_comm_h comm) { return comm->size; }
 
-moe_status_t moe_comm_exchange_counts(moe_comm_h comm, const int *send, int *recv, int per_peer)
+moe_status_t moe_comm_exchange_ints(moe_comm_h comm, const int *send, const int *send_count, int *recv,
+                                    const int *recv_count)
 {
     moe_status_t status = MOE_STATUS_OK;
-    MOE_CHECK_MPI(MPI_Alltoall(send, per_peer, MPI_INT, recv, per_peer, MPI_INT, comm->mpi), fail);
+    const int P = comm->size;
+    int *displs = malloc(sizeof(int) * 2 * (size_t)P);
+    MOE_CHECK_ALLOC(displs, fail);
+    for (int p = 0, s = 0, r = 0; p < P; p++) {
+        displs[p] = s, displs[P + p] = r;
+        s += send_count[p], r += recv_count[p];
+    }
+    MOE_CHECK_MPI(MPI_Alltoallv(send, send_count, displs, MPI_INT, recv, recv_count, displs + P, MPI_INT, comm->mpi),
+                  fail);
 fail:
+    free(displs);
     return status;
 }
 
@@ -132,6 +142,13 @@ moe_status_t moe_comm_alltoallv_start(moe_comm_h comm, const void *send, const i
                                       void *recv, const int *recv_rows, size_t row_bytes,
                                       moe_comm_op_h *out)
 {
+    return moe_comm_alltoallv_start_timed(comm, send, send_rows, recv, recv_rows, row_bytes, NULL, NULL, out);
+}
+
+moe_status_t moe_comm_alltoallv_start_timed(moe_comm_h comm, const void *send, const int *send_rows, void *recv,
+                                            const int *recv_rows, size_t row_bytes, void *start_event,
+                                            void *done_event, moe_comm_op_h *out)
+{
     moe_status_t status = MOE_STATUS_OK;
     const int P = comm->size;
 #if MOE_HAVE_CUDA
@@ -139,7 +156,8 @@ moe_status_t moe_comm_alltoallv_start(moe_comm_h comm, const void *send, const i
         struct moe_comm_op_s *nop = calloc(1, sizeof *nop);
         MOE_CHECK_ALLOC(nop, fail);
         nop->comm = comm;
-        status = moe_comm_nccl_start(comm->nccl, send, send_rows, recv, recv_rows, row_bytes, &nop->event);
+        status = moe_comm_nccl_start(comm->nccl, send, send_rows, recv, recv_rows, row_bytes, start_event,
+                                     done_event, &nop->event);
         if (status != MOE_STATUS_OK) {
             free(nop);
             return status;
@@ -148,6 +166,7 @@ moe_status_t moe_comm_alltoallv_start(moe_comm_h comm, const void *send, const i
         return MOE_STATUS_OK;
     }
 #endif
+    (void)start_event, (void)done_event;
     MPI_Datatype type;
     MOE_CHECK(comm_row_type(comm, row_bytes, &type), fail);
     struct moe_comm_op_s *op = calloc(1, sizeof *op);

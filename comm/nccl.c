@@ -82,7 +82,8 @@ static void event_put(moe_comm_nccl_t *c, cudaEvent_t ev)
 }
 
 moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *c, const void *send, const int *send_rows, void *recv,
-                                 const int *recv_rows, size_t row_bytes, void **event)
+                                 const int *recv_rows, size_t row_bytes, void *start_event, void *done_event,
+                                 void **event)
 {
     moe_status_t status = MOE_STATUS_OK;
     cudaEvent_t ready = NULL, done = NULL;
@@ -92,6 +93,7 @@ moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *c, const void *send, const int
         MOE_CHECK_CUDA(cudaEventRecord(ready, c->producer), fail);
         MOE_CHECK_CUDA(cudaStreamWaitEvent(c->stream, ready, 0), fail);
     }
+    if (start_event) MOE_CHECK_CUDA(cudaEventRecord((cudaEvent_t)start_event, c->stream), fail);
     MOE_CHECK_NCCL(ncclGroupStart(), fail);
     size_t s_off = 0, r_off = 0;
     ncclResult_t rc = ncclSuccess;
@@ -106,6 +108,7 @@ moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *c, const void *send, const int
     ncclResult_t end = ncclGroupEnd();
     MOE_CHECK_NCCL(rc, fail);
     MOE_CHECK_NCCL(end, fail);
+    if (done_event) MOE_CHECK_CUDA(cudaEventRecord((cudaEvent_t)done_event, c->stream), fail);
     MOE_CHECK_CUDA(cudaEventRecord(done, c->stream), fail);
     if (ready) event_put(c, ready); /* recorded work stays ordered; the handle may be reused */
     *event = done;

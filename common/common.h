@@ -17,6 +17,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { /* the CUDA sources are C++ */
+#endif
+
 /* ---------------------------------------------------------------- status */
 
 typedef enum {
@@ -158,5 +162,12 @@ static inline double moe_hash_to_unit(uint64_t h)
 
 /* Seconds from a monotonic clock. */
 double moe_now(void);
+
+/* The process's peak resident set in bytes (VmHWM), 0 where the system does not say. */
+int64_t moe_host_rss_peak(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

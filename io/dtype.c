@@ -29,7 +29,8 @@ size_t moe_dtype_size(moe_dtype_t dtype)
     case MOE_DTYPE_U16: return 2;
     case MOE_DTYPE_I8:
     case MOE_DTYPE_U8:
-    case MOE_DTYPE_BOOL: return 1;
+    case MOE_DTYPE_BOOL:
+    case MOE_DTYPE_F8_E4M3: return 1;
     }
     return 0;
 }
@@ -50,6 +51,7 @@ const char *moe_dtype_name(moe_dtype_t dtype)
     case MOE_DTYPE_U32: return "U32";
     case MOE_DTYPE_U64: return "U64";
     case MOE_DTYPE_BOOL: return "BOOL";
+    case MOE_DTYPE_F8_E4M3: return "F8_E4M3";
     }
     return "UNKNOWN";
 }
@@ -115,6 +117,16 @@ float moe_f16_to_f32(uint16_t h)
 }
 
 float moe_bf16_to_f32(uint16_t b) { return bits_to_f32((uint32_t)b << 16); }
+
+float moe_f8e4m3_to_f32(uint8_t b)
+{
+    const uint32_t sign = (uint32_t)(b & 0x80u) << 24, exp = (b >> 3) & 0xfu, mant = b & 0x7u;
+    if (exp == 0xf && mant == 0x7) return bits_to_f32(sign | 0x7fc00000u); /* the only NaN */
+    if (exp != 0) return bits_to_f32(sign | ((exp + 120) << 23) | (mant << 20)); /* bias 7 -> 127 */
+    /* subnormal: mant * 2^-9, exact in float */
+    const float v = (float)mant * (1.0f / 512.0f);
+    return sign ? -v : v;
+}
 
 uint16_t moe_f32_to_bf16(float f)
 {
@@ -227,6 +239,7 @@ moe_status_t moe_array_to_f32(const moe_array_t *array, const char *what, float 
     case MOE_DTYPE_U32: CONVERT_EACH(uint32_t, (float)v); break;
     case MOE_DTYPE_U64: CONVERT_EACH(uint64_t, (float)v); break;
     case MOE_DTYPE_BOOL: CONVERT_EACH(uint8_t, v ? 1.0f : 0.0f); break;
+    case MOE_DTYPE_F8_E4M3: CONVERT_EACH(uint8_t, moe_f8e4m3_to_f32(v)); break;
     }
     return MOE_STATUS_OK;
 }
@@ -259,6 +272,7 @@ static elem_kind_t load_element(moe_dtype_t dtype, const unsigned char *base, si
     case MOE_DTYPE_F64: *f = v.f64; return ELEM_FLOAT;
     case MOE_DTYPE_F16: *f = moe_f16_to_f32(v.u16); return ELEM_FLOAT;
     case MOE_DTYPE_BF16: *f = moe_bf16_to_f32(v.u16); return ELEM_FLOAT;
+    case MOE_DTYPE_F8_E4M3: *f = moe_f8e4m3_to_f32(v.u8); return ELEM_FLOAT;
     }
     *f = NAN;
     return ELEM_FLOAT;

@@ -32,6 +32,7 @@ typedef enum {
     MOE_DTYPE_U32,
     MOE_DTYPE_U64,
     MOE_DTYPE_BOOL,
+    MOE_DTYPE_F8_E4M3, /* float8 e4m3fn: no infinities, S.1111.111 is NaN (safetensors "F8_E4M3") */
 } moe_dtype_t;
 
 size_t moe_dtype_size(moe_dtype_t dtype);
@@ -41,6 +42,7 @@ bool moe_dtype_is_float(moe_dtype_t dtype);
 
 float moe_f16_to_f32(uint16_t h);
 float moe_bf16_to_f32(uint16_t b);
+float moe_f8e4m3_to_f32(uint8_t b);
 uint16_t moe_f32_to_bf16(float f); /* round to nearest even */
 uint16_t moe_f32_to_f16(float f);  /* round to nearest even */
 

@@ -78,7 +78,9 @@ static const char *npy_descr(moe_dtype_t dtype)
     case MOE_DTYPE_U32: return "<u4";
     case MOE_DTYPE_U64: return "<u8";
     case MOE_DTYPE_BOOL: return "|b1";
-    case MOE_DTYPE_BF16: return NULL; /* NumPy has no bfloat16 */
+    case MOE_DTYPE_BF16:    /* NumPy has no bfloat16 */
+    case MOE_DTYPE_F8_E4M3: /* nor float8 */
+        return NULL;
     }
     return NULL;
 }

@@ -43,7 +43,7 @@ static bool st_parse_dtype(const char *name, moe_dtype_t *out)
     static const moe_dtype_t all[] = {
         MOE_DTYPE_F32, MOE_DTYPE_F64, MOE_DTYPE_F16, MOE_DTYPE_BF16, MOE_DTYPE_I8,
         MOE_DTYPE_I16, MOE_DTYPE_I32, MOE_DTYPE_I64, MOE_DTYPE_U8,   MOE_DTYPE_U16,
-        MOE_DTYPE_U32, MOE_DTYPE_U64, MOE_DTYPE_BOOL,
+        MOE_DTYPE_U32, MOE_DTYPE_U64, MOE_DTYPE_BOOL, MOE_DTYPE_F8_E4M3,
     };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         if (strcmp(name, moe_dtype_name(all[i])) == 0) {

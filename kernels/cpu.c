@@ -1,6 +1,7 @@
 /* cpu: reference implementations of the MoE stages (see kernels.h). GEMMs go through OpenBLAS;
  * the rest is plain loops, written for clarity first since they are also the GPU references. */
 #include "kernels/kernels.h"
+#include "io/io.h"
 
 #include <cblas.h>
 #include <float.h>
@@ -131,4 +132,26 @@ void moe_scatter_add_cpu(const float *y, const int32_t *rows, const float *weigh
         const float w = weights[i];
         for (int j = 0; j < d; j++) o[j] += w * yi[j];
     }
+}
+
+float moe_seed_value(const moe_seed_rule_t *r, size_t i)
+{
+    const float u = moe_hash_to_symmetric(moe_hash(r->seed, (uint64_t)r->layer, (uint64_t)r->expert,
+                                                   (uint64_t)r->tensor, (uint64_t)i));
+    const float v = u * r->scale / sqrtf((float)r->fan_in);
+    return r->offset == 0.0f && r->factor == 1.0f ? v : r->offset + r->factor * v;
+}
+
+void moe_seed_fill_cpu(const moe_seed_rule_t *rule, size_t n, float *dst)
+{
+    for (size_t i = 0; i < n; i++) dst[i] = moe_seed_value(rule, i);
+}
+
+void moe_dequant_fp8_cpu(const uint8_t *src, int64_t rows, int64_t cols, const float *scale_inv, int block,
+                         float *dst)
+{
+    const int64_t scale_cols = (cols + block - 1) / block;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++)
+            dst[r * cols + c] = moe_f8e4m3_to_f32(src[r * cols + c]) * scale_inv[(r / block) * scale_cols + c / block];
 }

@@ -40,6 +40,9 @@ static void infer_usage(FILE *out, bool elastic)
             "                         serving ranks, bytes in flight, load), see docs/elastic.md\n"
             "  --events E.csv         ... a row per scale or re-balance event (latency, stall, bytes)\n"
             "  --plans DIR            ... each plan put in service, DIR/plan-N.yaml\n"
+            "  --trace-events FILE    one batch's stages on every rank's streams as Chrome trace JSON\n"
+            "                         (chrome://tracing, Perfetto)\n"
+            "  --trace-batch N        the batch to trace (default: the first after run.warmup_batches)\n"
             "  --reference            run the single-process dense reference instead (-np 1)\n"
             "  --print-config         print the effective configuration and exit\n"
             "  --log-level LEVEL      error | warn | info | debug (default warn)\n"
@@ -76,6 +79,8 @@ static int run_command(int argc, char **argv, bool elastic)
 {
     const char *name = elastic ? "elastic" : "infer";
     const char *config_path = NULL, *schedule = NULL, *timeline = NULL, *events = NULL, *plans = NULL;
+    const char *trace_events = NULL;
+    int trace_batch = -1;
     bool print_config = false, reference = false;
     moe_log_level_t level = MOE_LOG_WARN;
     for (int i = 1; i < argc; i++) {
@@ -133,6 +138,17 @@ static int run_command(int argc, char **argv, bool elastic)
         else if (!strcmp(a, "--timeline") && v) timeline = v, i++;
         else if (!strcmp(a, "--events") && v) events = v, i++;
         else if (!strcmp(a, "--plans") && v) plans = v, i++;
+        else if (!strcmp(a, "--trace-events") && v) trace_events = v, i++;
+        else if (!strcmp(a, "--trace-batch") && v) {
+            char *end;
+            long b = strtol(v, &end, 10);
+            if (*end || end == v || b < 0 || b > 1000000000) {
+                if (launch.rank == 0) fprintf(stderr, "moerun %s: --trace-batch: '%s' is not a batch number\n", name, v);
+                rc = 2;
+                goto done;
+            }
+            trace_batch = (int)b, i++;
+        }
         else if (!strcmp(a, "--print-config")) print_config = true;
         else if (!strcmp(a, "--reference")) reference = true;
         else {
@@ -167,6 +183,8 @@ static int run_command(int argc, char **argv, bool elastic)
     options.timeline = timeline;
     options.events = events;
     options.plans_dir = plans;
+    options.trace_events = trace_events;
+    options.trace_batch = trace_batch;
     moe_engine_h engine = NULL;
     status = moe_engine_create(&config, &options, MPI_COMM_WORLD, &engine);
     /* Bad input files fail create on every rank alike: agree, and end cleanly without an abort. */

@@ -1,11 +1,28 @@
-/* backend.h: the stage interface that the scheduler (layer.c) drives. Private to runtime/.
+/* backend.h: what a backend is to the rest of runtime/ (private to it): a weight store, which owns
+ * the memory and the element type of a rank's weights, and the stages of an MoE layer, which the
+ * scheduler (layer.c) drives the same way for every backend.
  *
- * A backend owns the hidden states of this rank's tokens and every buffer the stages touch: x (the
- * residual stream), h (normed), out (this layer's MoE output), and per pipeline chunk the send,
- * receive, partial and returned rows. The scheduler owns the plan: which rows go where, which
- * received row feeds which local expert with which weight (host arrays). The same scheduler drives
- * every backend; only these stages differ. Buffer pointers handed to the transport are in the
- * backend's memory (host for cpu). */
+ * The store. Every tensor of a rank's weights lives in its backend's store: host float32 for the cpu
+ * backend, device memory for the cuda backend (bf16 matrices; norms, routers, biases and the shared
+ * gate in fp32 so that expert choices match the cpu's). Weights are written into it from the seeded
+ * rule or from a checkpoint's bytes in their own dtype, converted where they land (for cuda, on the
+ * device), so no host copy of a converted tensor is ever kept. An expert slot (one (layer, expert):
+ * gate_up [2f][d], then down [d][f]) is one allocation, so that a plan change allocates the slots it
+ * gains and releases the ones it loses, and moves slots whole.
+ *
+ * The stages. A backend state is built on a rank's weights and plan for one serving set. Per layer:
+ *   route     norm, then the router on the device or the routing given by the host;
+ *   plan      the dispatch layout (kernels.h): destinations, counts, the send rows of every chunk
+ *             packed with their metadata; the counts travel back to the host (counts waits for them)
+ *             unless the buffers are at fixed capacity;
+ *   experts   a chunk's received rows grouped by local expert, the SwiGLU GEMMs, the weighted
+ *             combine into one row back per received row;
+ *   shared    the shared experts over every token;
+ *   unpermute a chunk's returned rows added into its tokens' outputs;
+ *   residual  x += out.
+ * Stages queue work and may return before it ran (cuda); completion is in the order they were
+ * called, on the backend's stream, which the transport orders itself against (comm.h). store()
+ * returns with the batch done. Buffers handed to the transport are in the backend's memory. */
 #ifndef MOE_RUNTIME_BACKEND_H
 #define MOE_RUNTIME_BACKEND_H
 
@@ -14,55 +31,176 @@
 #include <stdint.h>
 
 #include "common/common.h"
+#include "io/io.h"
+#include "kernels/kernels.h"
+#include "placement/placement.h"
+#include "runtime/runtime.h"
 
-/* Rows of one chunk as the transport sees them (each row d floats). */
+struct moe_layer_metrics_s;                /* runtime-impl.h */
+typedef struct moe_trace_s *moe_trace_h; /* runtime-impl.h, trace.c */
+
+/* ---------------------------------------------------------------- store */
+
+typedef enum { MOE_ELEM_F32 = 0, MOE_ELEM_BF16 } moe_elem_t;
+
+static inline size_t moe_elem_size(moe_elem_t e) { return e == MOE_ELEM_F32 ? 4 : 2; }
+
+/* A block-quantised FP8 (e4m3) matrix as DeepSeek-V3 publishes it: value [r][c] = data[r][c] *
+ * scale_inv[r / block][c / block]. */
 typedef struct {
-    void *send;    /* [n_send] permuted h rows, to dispatch */
-    void *recv;    /* [n_recv] rows dispatched to this rank */
-    void *partial; /* [n_recv] this rank's weighted expert sum per received row, to combine */
-    void *back;    /* [n_send] combined rows returned to this rank */
-} moe_chunk_buffers_t;
+    const uint8_t *data;
+    int64_t rows, cols;
+    const float *scale_inv; /* [ceil(rows / block)][ceil(cols / block)] */
+    int block;
+} moe_fp8_matrix_t;
 
-/* Received rows of a chunk grouped by local expert slot: entries offset[s] .. offset[s+1]-1. */
+typedef struct moe_store_s moe_store_t; /* each backend's own */
+
 typedef struct {
-    int slots;
-    const int *offset;     /* [slots + 1] */
-    const int32_t *row;    /* received row of each entry */
-    const float *weight;   /* routing weight of each entry */
-} moe_expert_groups_t;
+    moe_elem_t matrix_elem; /* expert and shared-expert matrices; everything else is F32 */
+    bool host_memory;       /* its pointers are host memory (MPI may send from them) */
+    moe_status_t (*create)(moe_store_t **out);
+    void (*destroy)(moe_store_t *store); /* NULL-safe; after every allocation is released */
+    /* Uninitialised memory of `bytes`; release takes what alloc gave (NULL-safe). */
+    moe_status_t (*alloc)(moe_store_t *store, size_t bytes, void **out);
+    void (*release)(moe_store_t *store, void *ptr);
+    /* Elements first .. first+n-1 of dst (elements of type elem) from n values of src in dtype
+     * (F32, BF16, F16), converted. src may be reused when it returns. */
+    moe_status_t (*write)(moe_store_t *store, void *dst, moe_elem_t elem, size_t first, const void *src,
+                          moe_dtype_t dtype, size_t n);
+    /* The rows x cols elements from first, dequantised from FP8 with block scales. */
+    moe_status_t (*write_fp8)(moe_store_t *store, void *dst, moe_elem_t elem, size_t first,
+                              const moe_fp8_matrix_t *m);
+    /* Elements first .. first+n-1 of dst from the seeded rule (kernels.h), element i of the rule's tensor
+     * going to first + i. */
+    moe_status_t (*fill)(moe_store_t *store, void *dst, moe_elem_t elem, size_t first, size_t n,
+                         const moe_seed_rule_t *rule);
+    /* Every write queued so far has landed. */
+    moe_status_t (*finish)(moe_store_t *store);
+    /* Raw bytes between an allocation and host memory (expert moves over MPI). */
+    moe_status_t (*copy_out)(moe_store_t *store, const void *src, size_t bytes, void *host);
+    moe_status_t (*copy_in)(moe_store_t *store, void *dst, size_t bytes, const void *host);
+} moe_store_ops_t;
 
-typedef void (*moe_progress_fn)(void *arg);
+/* ---------------------------------------------------------------- the rank's weights */
+
+/* The weights of one rank: the dense part of every layer (norms, routers, score biases, shared
+ * experts and gates: one allocation cut by offsets) and the routed experts the plan gives it, one
+ * allocation per expert slot, all in one store. Expert slot s of layer l is the s-th entry of
+ * moe_plan_local_experts(plan, l, rank). Matrices are of the store's matrix element type, the rest
+ * float32. */
+typedef struct {
+    const moe_store_ops_t *ops;
+    moe_store_t *store;     /* borrowed: the engine's */
+    int layers, d, f, fs, experts;
+    void *norm;             /* [L][d] f32 */
+    void *router;           /* [L][E][d] f32 */
+    void *score_bias;       /* [L][E] f32, or NULL without model.score_bias */
+    void *shared_gate_up;   /* [L][2 fs][d], or NULL without shared experts */
+    void *shared_down;      /* [L][d][fs] */
+    void *shared_gate;      /* [L][d] f32, or NULL without model.shared_gate */
+    int *local_count;       /* [L] experts hosted per layer */
+    int *local_offset;      /* [L] first slot of layer l */
+    int slots;              /* experts hosted, all layers */
+    void **expert;          /* [slots] -> gate_up [2f][d], then down [d][f] */
+    bool *owned;            /* [slots] false: another moe_weights_t's (see moe_weights_hand_over) */
+    void *dense_block;
+    bool dense_shared;      /* dense_block is another moe_weights_t's */
+    size_t dense_bytes, expert_bytes; /* one expert slot */
+    /* Read from a checkpoint (0 for seeded weights): tensor bytes on disk this rank copied, of which
+     * routed-expert bytes, and the files it mapped. */
+    int64_t read_bytes, read_expert_bytes;
+    int read_files;
+} moe_weights_t;
+
+/* Elements of one expert slot (gate_up then down). */
+static inline size_t moe_weights_slot_elems(const moe_weights_t *w) { return (size_t)3 * w->f * w->d; }
+
+/* The slot of layer l's s-th local expert, in the store's memory. */
+static inline void *moe_weights_slot(const moe_weights_t *w, int layer, int slot)
+{
+    return w->expert[w->local_offset[layer] + slot];
+}
+
+/* For host stores (cpu backend, the reference): float32 views. */
+static inline const float *moe_weights_expert_gate_up(const moe_weights_t *w, int layer, int slot)
+{
+    return (const float *)moe_weights_slot(w, layer, slot);
+}
+static inline const float *moe_weights_expert_down(const moe_weights_t *w, int layer, int slot)
+{
+    return (const float *)moe_weights_slot(w, layer, slot) + (size_t)2 * w->f * w->d;
+}
+
+/* ---------------------------------------------------------------- stages */
+
+/* Where a layer's rows are, in the backend's memory. Chunk c's rows for peer p start at send row
+ * offset[c][p] (from the counts, or at fixed capacity); received rows of chunk c follow chunk c-1's,
+ * grouped by source. `wire` rows carry a token's hidden state and its metadata (kernels.h);
+ * `back` rows, what the combine returns, hidden states only. */
+typedef struct {
+    void *send, *recv;      /* wire rows: row_bytes each */
+    void *partial, *back;   /* returned rows: back_bytes each (back: same rows as send) */
+    size_t row_bytes, meta_offset, back_bytes;
+} moe_wire_t;
+
+/* What a backend state is built for. */
+typedef struct {
+    const moe_config_t *config;
+    const moe_weights_t *weights;
+    moe_plan_h plan;
+    int rank, ranks;        /* in the serving set */
+    int max_tokens, chunks; /* per batch on this rank; pipeline depth */
+    int capacity;           /* > 0: fixed-capacity buffers, rows per (chunk, peer); 0: counted */
+    int device;             /* cuda: the GPU (made current by the caller) */
+} moe_backend_args_t;
+
+typedef struct moe_backend_state_s moe_backend_state_t; /* each backend's own */
 
 typedef struct moe_backend_s {
     const char *name;
-    size_t elem_bytes; /* bytes of one element of a row on the wire: 4 (float32), 2 (bf16) */
-    /* weights: the rank's moe_weights_t; max_tokens: per batch; chunks: pipeline depth. */
-    moe_status_t (*create)(const void *config, const void *weights, int max_tokens, int chunks,
-                           void **state);
-    void (*destroy)(void *state);
+    const moe_store_ops_t *memory; /* where its weights live */
+    moe_status_t (*create)(const moe_backend_args_t *args, moe_backend_state_t **out);
+    void (*destroy)(moe_backend_state_t *state);
 
     /* x = rows from the host, out = 0. */
-    moe_status_t (*load)(void *state, const float *x, int n);
-    /* h = rmsnorm_l(x); with use_router, also the router: ids and weights [n][k] to the host. */
-    moe_status_t (*route)(void *state, int layer, int n, bool use_router, int32_t *ids,
-                          float *weights);
-    /* Grow chunk c's buffers to n_send / n_recv rows and return them. */
-    moe_status_t (*chunk_buffers)(void *state, int chunk, int n_send, int n_recv,
-                                  moe_chunk_buffers_t *out);
-    /* send[i] = h[rows[i]] */
-    moe_status_t (*permute)(void *state, int chunk, const int32_t *rows, int n_send);
-    /* partial = sum over local experts of weight * expert(recv row); progress between experts. */
-    moe_status_t (*experts)(void *state, int layer, int chunk, int n_recv,
-                            const moe_expert_groups_t *groups, moe_progress_fn progress,
-                            void *progress_arg);
-    /* out[t] += shared experts(h[t]) for t in [begin, end). */
-    moe_status_t (*shared)(void *state, int layer, int begin, int end);
-    /* out[rows[i]] += back[i] */
-    moe_status_t (*unpermute)(void *state, int chunk, const int32_t *rows, int n_send);
+    moe_status_t (*load)(moe_backend_state_t *state, const float *x, int n);
+    /* h = rmsnorm_l(x); then the router (ids NULL) or the routing given [n][k] (copied before return). */
+    moe_status_t (*route)(moe_backend_state_t *state, int layer, int n, const int32_t *ids, const float *weights);
+    /* The dispatch layout of this layer's n tokens (global token g0 + t) over the chunks. */
+    moe_status_t (*plan)(moe_backend_state_t *state, int layer, int64_t g0, int n);
+    /* The counts of the layer last planned, on the host: rows [C][P] this rank sends, entries [C][R]
+     * (token, expert) pairs per replica (R: the plan's hosts at this layer, in replica order). Waits
+     * for them. Counted buffers only. */
+    moe_status_t (*counts)(moe_backend_state_t *state, const int **rows, const int **entries);
+    /* The layer's wire buffers, the receive side grown to n_recv rows (all chunks). */
+    moe_status_t (*buffers)(moe_backend_state_t *state, int n_recv, moe_wire_t *out);
+    /* Chunk c: its n_recv received rows from row recv_first on, through the local experts into
+     * partial rows at the same positions. slot_rows: the entries each local slot gets (host; NULL
+     * when the host does not know them). */
+    moe_status_t (*experts)(moe_backend_state_t *state, int layer, int chunk, int recv_first, int n_recv,
+                            const int *slot_rows);
+    /* out[t] += shared experts(h[t]) for t < n. */
+    moe_status_t (*shared)(moe_backend_state_t *state, int layer, int n);
+    /* out[t] += its returned rows, for the tokens of chunk c (of n). */
+    moe_status_t (*unpermute)(moe_backend_state_t *state, int chunk, int n);
     /* x += out; out = 0. */
-    moe_status_t (*residual)(void *state, int n);
-    /* rows of x to the host. */
-    moe_status_t (*store)(void *state, float *x, int n);
+    moe_status_t (*residual)(moe_backend_state_t *state, int n);
+    /* Rows of x to the host; the batch is done when it returns. */
+    moe_status_t (*store)(moe_backend_state_t *state, float *x, int n);
+    /* After store: this batch's routing [L][n][k] to the host (the router's choices). */
+    moe_status_t (*routes)(moe_backend_state_t *state, int n, int32_t *ids);
+
+    /* Timing. The scheduler brackets each stage of each layer (stage MOE_STAGE_COUNT: the whole
+     * layer); `transfer` gives the events a transport recorded around one of its transfers (NULL
+     * for host transports). After store, `timeline` adds this batch's stage times to the metrics
+     * (and, with a trace, its spans). A backend times the way its work runs: host clocks, or CUDA
+     * events on its streams. */
+    void (*mark)(moe_backend_state_t *state, int stage, int layer, int chunk, bool begin);
+    moe_status_t (*timeline)(moe_backend_state_t *state, int n, struct moe_layer_metrics_s *layers,
+                             moe_trace_h trace);
+    /* Events for a transport to record around its next transfer (cuda; NULL elsewhere). */
+    void (*transfer_events)(moe_backend_state_t *state, int stage, int layer, int chunk, void **start, void **done);
 } moe_backend_t;
 
 extern const moe_backend_t moe_backend_cpu;
@@ -71,16 +209,18 @@ extern const moe_backend_t moe_backend_cpu;
 #if MOE_HAVE_CUDA
 #include <mpi.h>
 /* backend_cuda.c: bf16 on one GPU; rows in device memory with the NCCL transport, in pinned host
- * memory with the MPI one (run.transport, read at create). */
+ * memory with the MPI one (run.transport). */
 extern const moe_backend_t moe_backend_cuda;
+/* The backend's compute stream (a cudaStream_t), for moe_comm_set_stream. */
+void *moe_backend_cuda_stream(moe_backend_state_t *state);
 /* Collective over comm: this rank's GPU (local rank among the ranks of its node, modulo the GPUs
  * there) made current, and the process bound to the cores near it when each rank has a GPU of its
  * own. Call before creating the NCCL transport and the backend. */
 moe_status_t moe_cuda_select_device(MPI_Comm comm, int *device);
-/* The backend's compute stream (a cudaStream_t), for moe_comm_set_stream. */
-void *moe_backend_cuda_stream(void *state);
 /* Make `device` current on the calling thread (a thread that creates a backend state). */
 moe_status_t moe_cuda_use_device(int device);
+/* Bytes of device memory this process holds (cudaMemGetInfo's used, less what was in use at start). */
+size_t moe_cuda_device_bytes(void);
 #endif
 
 #endif

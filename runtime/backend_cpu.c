@@ -1,227 +1,441 @@
-/* backend_cpu: the stages on the host in float32, with OpenBLAS GEMMs (see backend.h). It is also
- * what the cuda backend is checked against. */
+/* backend_cpu: the stages on the host in float32, with OpenBLAS GEMMs (see backend.h), and its store:
+ * host memory, float32 everywhere. It is also what the cuda backend is checked against: every stage
+ * is the CPU reference of the GPU kernels (kernels/cpu.c, kernels/dispatch_cpu.c). Stage times are
+ * host clock readings. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "runtime/runtime-impl.h"
 
-typedef struct {
-    float *send, *recv, *partial, *back;
-    int cap_send, cap_recv;
-} cpu_chunk_t;
+/* ---------------------------------------------------------------- store: host float32 */
 
-typedef struct {
-    const moe_config_t *config;
-    const moe_weights_t *w;
-    int d, k, max_tokens, chunks;
-    float *x, *h, *out, *logits;
-    float *expert_in, *expert_out, *scratch; /* grown to the largest expert group */
-    int cap_expert;
-    float *shared_y, *shared_scratch; /* [max_tokens][d], [max_tokens][3 fs] */
-    cpu_chunk_t *chunk;
-} cpu_state_t;
+struct moe_store_s {
+    int unused; /* host memory needs no state */
+};
 
-static void cpu_destroy(void *state)
+static moe_status_t host_store_create(moe_store_t **out)
 {
-    cpu_state_t *s = state;
-    if (!s) return;
-    for (int c = 0; s->chunk && c < s->chunks; c++) {
-        moe_free(s->chunk[c].send);
-        moe_free(s->chunk[c].recv);
-        moe_free(s->chunk[c].partial);
-        moe_free(s->chunk[c].back);
-    }
-    free(s->chunk);
-    moe_free(s->x);
-    moe_free(s->h);
-    moe_free(s->out);
-    moe_free(s->logits);
-    moe_free(s->expert_in);
-    moe_free(s->expert_out);
-    moe_free(s->scratch);
-    moe_free(s->shared_y);
-    moe_free(s->shared_scratch);
-    free(s);
-}
-
-static moe_status_t cpu_create(const void *config, const void *weights, int max_tokens, int chunks,
-                               void **state)
-{
-    const moe_config_t *cfg = config;
-    cpu_state_t *s = calloc(1, sizeof *s);
+    moe_store_t *s = calloc(1, sizeof *s);
     if (!s) return MOE_STATUS_NO_MEMORY;
-    s->config = cfg;
-    s->w = weights;
-    s->d = cfg->model.d_model;
-    s->k = cfg->model.top_k;
-    s->max_tokens = max_tokens;
-    s->chunks = chunks;
-    size_t nd = (size_t)max_tokens * s->d;
-    s->x = moe_calloc(nd, sizeof(float));
-    s->h = moe_calloc(nd, sizeof(float));
-    s->out = moe_calloc(nd, sizeof(float));
-    s->logits = moe_calloc((size_t)max_tokens * cfg->model.experts, sizeof(float));
-    s->chunk = calloc((size_t)chunks, sizeof(cpu_chunk_t));
-    const moe_weights_t *w = weights;
-    if (w->fs > 0) {
-        s->shared_y = moe_calloc(nd, sizeof(float));
-        s->shared_scratch = moe_calloc((size_t)max_tokens * 3 * w->fs, sizeof(float));
-    }
-    if (!s->x || !s->h || !s->out || !s->logits || !s->chunk ||
-        (w->fs > 0 && (!s->shared_y || !s->shared_scratch))) {
-        cpu_destroy(s);
-        moe_error("cpu backend: out of memory for %d tokens", max_tokens);
-        return MOE_STATUS_NO_MEMORY;
-    }
-    *state = s;
+    *out = s;
     return MOE_STATUS_OK;
 }
 
-static moe_status_t cpu_load(void *state, const float *x, int n)
+static void host_store_destroy(moe_store_t *s) { free(s); }
+
+static moe_status_t host_alloc(moe_store_t *s, size_t bytes, void **out)
 {
-    cpu_state_t *s = state;
+    (void)s;
+    void *p = moe_malloc(bytes, 1);
+    if (!p) {
+        moe_error("weights: out of host memory for %zu bytes", bytes);
+        return MOE_STATUS_NO_MEMORY;
+    }
+    *out = p;
+    return MOE_STATUS_OK;
+}
+
+static void host_release(moe_store_t *s, void *ptr)
+{
+    (void)s;
+    moe_free(ptr);
+}
+
+static moe_status_t host_write(moe_store_t *s, void *dst, moe_elem_t elem, size_t first, const void *src,
+                               moe_dtype_t dtype, size_t n)
+{
+    (void)s, (void)elem; /* host elements are always F32 */
+    float *d = (float *)dst + first;
+    const unsigned char *p = src;
+    switch (dtype) {
+    case MOE_DTYPE_F32:
+        memcpy(d, src, n * sizeof(float));
+        return MOE_STATUS_OK;
+    case MOE_DTYPE_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t b;
+            memcpy(&b, p + 2 * i, 2);
+            d[i] = moe_bf16_to_f32(b);
+        }
+        return MOE_STATUS_OK;
+    case MOE_DTYPE_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            d[i] = moe_f16_to_f32(h);
+        }
+        return MOE_STATUS_OK;
+    default:
+        moe_error("weights: cannot convert %s to float32", moe_dtype_name(dtype));
+        return MOE_STATUS_UNSUPPORTED;
+    }
+}
+
+static moe_status_t host_write_fp8(moe_store_t *s, void *dst, moe_elem_t elem, size_t first,
+                                   const moe_fp8_matrix_t *m)
+{
+    (void)s, (void)elem;
+    moe_dequant_fp8_cpu(m->data, m->rows, m->cols, m->scale_inv, m->block, (float *)dst + first);
+    return MOE_STATUS_OK;
+}
+
+static moe_status_t host_fill(moe_store_t *s, void *dst, moe_elem_t elem, size_t first, size_t n,
+                              const moe_seed_rule_t *r)
+{
+    (void)s, (void)elem;
+    moe_seed_fill_cpu(r, n, (float *)dst + first);
+    return MOE_STATUS_OK;
+}
+
+static moe_status_t host_finish(moe_store_t *s) { (void)s; return MOE_STATUS_OK; }
+
+static moe_status_t host_copy_out(moe_store_t *s, const void *src, size_t bytes, void *host)
+{
+    (void)s;
+    memcpy(host, src, bytes);
+    return MOE_STATUS_OK;
+}
+
+static moe_status_t host_copy_in(moe_store_t *s, void *dst, size_t bytes, const void *host)
+{
+    (void)s;
+    memcpy(dst, host, bytes);
+    return MOE_STATUS_OK;
+}
+
+static const moe_store_ops_t host_store = {
+    .matrix_elem = MOE_ELEM_F32,
+    .host_memory = true,
+    .create = host_store_create,
+    .destroy = host_store_destroy,
+    .alloc = host_alloc,
+    .release = host_release,
+    .write = host_write,
+    .write_fp8 = host_write_fp8,
+    .fill = host_fill,
+    .finish = host_finish,
+    .copy_out = host_copy_out,
+    .copy_in = host_copy_in,
+};
+
+/* ---------------------------------------------------------------- state */
+
+typedef struct {
+    int stage, layer, chunk;
+    double start, end; /* seconds from the batch's start */
+} span_t;
+
+struct moe_backend_state_s {
+    const moe_config_t *config;
+    const moe_weights_t *w;
+    int rank, P, d, k, L, E, chunks, capacity, max_tokens;
+    moe_dispatch_table_t *table; /* [L], host */
+    void *table_block;
+    float *x, *h, *out, *logits;
+    int32_t *ids;      /* [L][max_tokens][k] this batch's routing */
+    float *weights;    /* [L][max_tokens][k] */
+    int32_t *rep, *token_row; /* [max_tokens][k] of the layer in flight */
+    int *rows, *entries, *offset; /* [C][P], [C][R], [C P + 1] */
+    size_t row_bytes, meta_offset;
+    int cap_send;      /* send (and back) rows */
+    char *send;
+    float *back;
+    int cap_recv;
+    char *recv;
+    float *partial;
+    int cap_entries;   /* expert-major rows */
+    float *x_e, *y_e, *scratch;
+    int cap_rows;      /* received rows of a chunk */
+    int32_t *entry_pos;
+    int *group_offset;
+    float *shared_y, *shared_scratch;
+    /* timing: host clock */
+    double batch_start;
+    double begin[MOE_STAGE_COUNT + 1];
+    span_t *spans;
+    int n_spans, cap_spans;
+    int64_t *fixed_counts; /* [L][3] rows sent, rows received, entries (fixed capacity) */
+};
+
+static void cpu_destroy(moe_backend_state_t *s)
+{
+    if (!s) return;
+    free(s->table);
+    free(s->table_block);
+    moe_free(s->x), moe_free(s->h), moe_free(s->out), moe_free(s->logits);
+    moe_free(s->ids), moe_free(s->weights), moe_free(s->rep), moe_free(s->token_row);
+    free(s->rows), free(s->entries), free(s->offset);
+    moe_free(s->send), moe_free(s->back), moe_free(s->recv), moe_free(s->partial);
+    moe_free(s->x_e), moe_free(s->y_e), moe_free(s->scratch), moe_free(s->entry_pos);
+    free(s->group_offset);
+    moe_free(s->shared_y), moe_free(s->shared_scratch);
+    free(s->spans);
+    free(s->fixed_counts);
+    free(s);
+}
+
+static moe_status_t cpu_create(const moe_backend_args_t *a, moe_backend_state_t **out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const moe_config_t *c = a->config;
+    moe_backend_state_t *s = calloc(1, sizeof *s);
+    MOE_CHECK_ALLOC(s, fail);
+    s->config = c;
+    s->w = a->weights;
+    s->rank = a->rank, s->P = a->ranks;
+    s->d = c->model.d_model, s->k = c->model.top_k, s->L = c->model.layers, s->E = c->model.experts;
+    s->chunks = a->chunks, s->capacity = a->capacity, s->max_tokens = a->max_tokens;
+    size_t table_bytes;
+    MOE_CHECK(moe_dispatch_tables(a->plan, a->rank, &s->table, &s->table_block, &table_bytes), fail_free);
+    int R = 0, slots = 0;
+    for (int l = 0; l < s->L; l++) {
+        R = s->table[l].replicas > R ? s->table[l].replicas : R;
+        slots = s->w->local_count[l] > slots ? s->w->local_count[l] : slots;
+    }
+    const size_t T = (size_t)a->max_tokens, d = (size_t)s->d, k = (size_t)s->k, C = (size_t)s->chunks;
+    const size_t P = (size_t)s->P;
+    s->meta_offset = moe_wire_meta_offset(s->d, sizeof(float));
+    s->row_bytes = moe_wire_row_bytes(s->d, s->k, sizeof(float));
+    /* a token sends at most one row to each of min(k, P) ranks */
+    s->cap_send = a->capacity > 0 ? (int)(C * P * (size_t)a->capacity) : (int)(T * (k < P ? k : P));
+    s->x = moe_calloc(T * d, sizeof(float));
+    s->h = moe_calloc(T * d, sizeof(float));
+    s->out = moe_calloc(T * d, sizeof(float));
+    s->logits = moe_calloc(T * (size_t)s->E + 1, sizeof(float));
+    s->ids = moe_calloc((size_t)s->L * T * k + 1, sizeof(int32_t));
+    s->weights = moe_calloc((size_t)s->L * T * k + 1, sizeof(float));
+    s->rep = moe_calloc(T * k + 1, sizeof(int32_t));
+    s->token_row = moe_calloc(T * k + 1, sizeof(int32_t));
+    s->rows = calloc(C * P, sizeof(int));
+    s->entries = calloc(C * (size_t)R + 1, sizeof(int));
+    s->offset = calloc(C * P + 1, sizeof(int));
+    s->send = moe_calloc((size_t)s->cap_send + 1, s->row_bytes);
+    s->back = moe_calloc(((size_t)s->cap_send + 1) * d, sizeof(float));
+    s->group_offset = calloc((size_t)slots + 2, sizeof(int));
+    s->fixed_counts = calloc((size_t)s->L * 3, sizeof(int64_t));
+    if (s->w->fs > 0) {
+        s->shared_y = moe_calloc(T * d, sizeof(float));
+        s->shared_scratch = moe_calloc(T * 3 * (size_t)s->w->fs, sizeof(float));
+        MOE_CHECK_ALLOC(s->shared_y, fail_free);
+        MOE_CHECK_ALLOC(s->shared_scratch, fail_free);
+    }
+    if (!s->x || !s->h || !s->out || !s->logits || !s->ids || !s->weights || !s->rep || !s->token_row ||
+        !s->rows || !s->entries || !s->offset || !s->send || !s->back || !s->group_offset || !s->fixed_counts)
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail_free, "cpu backend: out of memory for %d tokens", a->max_tokens);
+    *out = s;
+    return MOE_STATUS_OK;
+fail_free:
+    cpu_destroy(s);
+fail:
+    return status;
+}
+
+/* ---------------------------------------------------------------- timing */
+
+static void cpu_mark(moe_backend_state_t *s, int stage, int layer, int chunk, bool begin)
+{
+    const double now = moe_now() - s->batch_start;
+    if (begin) {
+        s->begin[stage] = now;
+        return;
+    }
+    if (s->n_spans == s->cap_spans) {
+        int cap = s->cap_spans ? 2 * s->cap_spans : 256;
+        span_t *p = realloc(s->spans, sizeof(span_t) * (size_t)cap);
+        if (!p) return; /* a span lost: timing only */
+        s->spans = p;
+        s->cap_spans = cap;
+    }
+    s->spans[s->n_spans++] = (span_t){stage, layer, chunk, s->begin[stage], now};
+}
+
+static moe_status_t cpu_timeline(moe_backend_state_t *s, int n, moe_layer_metrics_t *m, moe_trace_h trace)
+{
+    (void)n;
+    for (int i = 0; i < s->n_spans; i++) {
+        const span_t *sp = &s->spans[i];
+        const double t = sp->end - sp->start;
+        if (sp->stage == MOE_STAGE_COUNT)
+            m[sp->layer].layer_time += t;
+        else
+            m[sp->layer].time[sp->stage] += t;
+        if (trace)
+            moe_trace_span(trace, sp->stage == MOE_STAGE_COUNT ? "layer" : moe_stage_name(sp->stage), sp->layer,
+                           sp->chunk, "host", 1e6 * sp->start, 1e6 * t);
+    }
+    if (s->capacity > 0)
+        for (int l = 0; l < s->L; l++) {
+            m[l].rows_sent += s->fixed_counts[3 * l];
+            m[l].rows_received += s->fixed_counts[3 * l + 1];
+            m[l].load += s->fixed_counts[3 * l + 2];
+        }
+    return MOE_STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- stages */
+
+static moe_status_t cpu_load(moe_backend_state_t *s, const float *x, int n)
+{
+    s->batch_start = moe_now();
+    s->n_spans = 0;
+    memset(s->fixed_counts, 0, sizeof(int64_t) * 3 * (size_t)s->L);
     memcpy(s->x, x, sizeof(float) * (size_t)n * s->d);
     memset(s->out, 0, sizeof(float) * (size_t)n * s->d);
     return MOE_STATUS_OK;
 }
 
-static moe_status_t cpu_route(void *state, int layer, int n, bool use_router, int32_t *ids,
-                              float *weights)
+static moe_status_t cpu_route(moe_backend_state_t *s, int layer, int n, const int32_t *ids, const float *weights)
 {
-    cpu_state_t *s = state;
     const moe_weights_t *w = s->w;
-    moe_rmsnorm_cpu(s->x, w->norm + (size_t)layer * s->d, n, s->d, s->config->model.norm_eps, s->h);
-    if (use_router) {
-        moe_router_params_t p = moe_model_router_params(s->config, w, layer);
-        moe_router_logits_cpu(s->h, w->router + (size_t)layer * w->experts * s->d, n, s->d,
-                              w->experts, s->logits);
-        moe_router_topk_cpu(s->logits, n, &p, ids, weights);
+    const size_t at = (size_t)layer * s->max_tokens * s->k;
+    moe_rmsnorm_cpu(s->x, (const float *)w->norm + (size_t)layer * s->d, n, s->d, s->config->model.norm_eps, s->h);
+    if (ids) {
+        memcpy(s->ids + at, ids, sizeof(int32_t) * (size_t)n * s->k);
+        memcpy(s->weights + at, weights, sizeof(float) * (size_t)n * s->k);
+        return MOE_STATUS_OK;
     }
+    moe_router_params_t p = moe_model_router_params(s->config, w, layer);
+    moe_router_logits_cpu(s->h, (const float *)w->router + (size_t)layer * s->E * s->d, n, s->d, s->E, s->logits);
+    moe_router_topk_cpu(s->logits, n, &p, s->ids + at, s->weights + at);
     return MOE_STATUS_OK;
 }
 
-/* Grow a pair of row buffers that share a row count (send/back, recv/partial) to at least `rows`
- * rows of d floats, doubling so that growth is rare. On failure both keep their old size. */
-static moe_status_t grow_pair(float **a, float **b, int *cap, int rows, int d)
+static moe_status_t cpu_plan(moe_backend_state_t *s, int layer, int64_t g0, int n)
 {
-    if (rows <= *cap && *a && *b) return MOE_STATUS_OK;
-    int cap_new = *cap > 0 ? *cap : 64;
-    while (cap_new < rows) cap_new *= 2;
-    float *pa = moe_calloc((size_t)cap_new * d, sizeof(float));
-    float *pb = moe_calloc((size_t)cap_new * d, sizeof(float));
-    if (!pa || !pb) {
-        moe_free(pa);
-        moe_free(pb);
-        moe_error("cpu backend: out of memory for %d rows of %d", cap_new, d);
-        return MOE_STATUS_NO_MEMORY;
+    const moe_dispatch_table_t *t = &s->table[layer];
+    const size_t at = (size_t)layer * s->max_tokens * s->k;
+    cpu_mark(s, MOE_STAGE_PLAN, layer, 0, true);
+    moe_dispatch_count_cpu(s->ids + at, n, s->k, g0, t, s->chunks, s->rep, s->rows, s->entries);
+    moe_dispatch_offsets_cpu(s->rows, s->chunks, s->P, s->capacity, s->offset);
+    cpu_mark(s, MOE_STAGE_PLAN, layer, 0, false);
+    cpu_mark(s, MOE_STAGE_PERMUTE, layer, 0, true);
+    if (s->capacity > 0) {
+        moe_dispatch_clear_meta_cpu(s->send, s->cap_send, s->row_bytes, s->meta_offset, s->k);
+        for (int i = 0; i < s->chunks * s->P; i++) s->fixed_counts[3 * layer] += s->rows[i];
     }
-    moe_free(*a);
-    moe_free(*b);
-    *a = pa;
-    *b = pb;
-    *cap = cap_new;
+    moe_dispatch_pack_cpu(s->h, s->ids + at, s->weights + at, s->rep, n, s->k, s->d, t, s->chunks, s->offset, s->send,
+                          s->row_bytes, s->meta_offset, s->token_row);
+    cpu_mark(s, MOE_STAGE_PERMUTE, layer, 0, false);
     return MOE_STATUS_OK;
 }
 
-static moe_status_t cpu_chunk_buffers(void *state, int chunk, int n_send, int n_recv,
-                                      moe_chunk_buffers_t *out)
+static moe_status_t cpu_counts(moe_backend_state_t *s, const int **rows, const int **entries)
+{
+    *rows = s->rows;
+    *entries = s->entries;
+    return MOE_STATUS_OK;
+}
+
+static moe_status_t cpu_buffers(moe_backend_state_t *s, int n_recv, moe_wire_t *out)
+{
+    if (n_recv > s->cap_recv || !s->recv) {
+        int cap = s->cap_recv > 0 ? s->cap_recv : 64;
+        while (cap < n_recv) cap *= 2;
+        char *recv = moe_malloc((size_t)cap, s->row_bytes);
+        float *partial = moe_malloc((size_t)cap * s->d, sizeof(float));
+        if (!recv || !partial) {
+            moe_free(recv), moe_free(partial);
+            moe_error("cpu backend: out of memory for %d received rows", cap);
+            return MOE_STATUS_NO_MEMORY;
+        }
+        moe_free(s->recv), moe_free(s->partial);
+        s->recv = recv, s->partial = partial, s->cap_recv = cap;
+    }
+    *out = (moe_wire_t){.send = s->send, .recv = s->recv, .partial = s->partial, .back = s->back,
+                        .row_bytes = s->row_bytes, .meta_offset = s->meta_offset,
+                        .back_bytes = sizeof(float) * (size_t)s->d};
+    return MOE_STATUS_OK;
+}
+
+static moe_status_t cpu_experts(moe_backend_state_t *s, int layer, int chunk, int recv_first, int n_recv,
+                                const int *slot_rows)
 {
     moe_status_t status = MOE_STATUS_OK;
-    cpu_state_t *s = state;
-    cpu_chunk_t *c = &s->chunk[chunk];
-    MOE_CHECK(grow_pair(&c->send, &c->back, &c->cap_send, n_send, s->d), fail);
-    MOE_CHECK(grow_pair(&c->recv, &c->partial, &c->cap_recv, n_recv, s->d), fail);
-    *out = (moe_chunk_buffers_t){c->send, c->recv, c->partial, c->back};
+    (void)chunk, (void)slot_rows;
+    const moe_weights_t *w = s->w;
+    const int d = s->d, f = w->f, k = s->k, slots = w->local_count[layer];
+    const int cap = n_recv * (k < slots ? k : slots);
+    if (cap > s->cap_entries || !s->x_e) {
+        int c = s->cap_entries > 0 ? s->cap_entries : 64;
+        while (c < cap) c *= 2;
+        moe_free(s->x_e), moe_free(s->y_e), moe_free(s->scratch);
+        s->x_e = moe_malloc((size_t)c * d, sizeof(float));
+        s->y_e = moe_malloc((size_t)c * d, sizeof(float));
+        s->scratch = moe_malloc((size_t)c * 3 * f, sizeof(float));
+        s->cap_entries = c;
+        if (!s->x_e || !s->y_e || !s->scratch) {
+            s->cap_entries = 0;
+            MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "cpu backend: out of memory for %d expert rows", c);
+        }
+    }
+    if (n_recv > s->cap_rows || !s->entry_pos) {
+        int c = s->cap_rows > 0 ? s->cap_rows : 64;
+        while (c < n_recv) c *= 2;
+        moe_free(s->entry_pos);
+        s->entry_pos = moe_malloc((size_t)c * k, sizeof(int32_t));
+        s->cap_rows = s->entry_pos ? c : 0;
+        MOE_CHECK_ALLOC(s->entry_pos, fail);
+    }
+    const char *recv = s->recv + (size_t)recv_first * s->row_bytes;
+    float *partial = s->partial + (size_t)recv_first * d;
+    int *offset = s->group_offset;
+    MOE_CHECK(moe_expert_group_cpu(recv, n_recv, s->row_bytes, s->meta_offset, k, s->table[layer].local_slot, s->E,
+                                   slots, d, offset, s->entry_pos, s->x_e), fail);
+    for (int e = 0; e < slots; e++) {
+        const int rows = offset[e + 1] - offset[e];
+        if (rows == 0) continue;
+        moe_expert_ffn_cpu(s->x_e + (size_t)offset[e] * d, moe_weights_expert_gate_up(w, layer, e),
+                           moe_weights_expert_down(w, layer, e), rows, d, f, s->scratch,
+                           s->y_e + (size_t)offset[e] * d);
+    }
+    moe_expert_combine_cpu(s->y_e, s->entry_pos, recv, n_recv, s->row_bytes, s->meta_offset, k, d, partial);
+    if (s->capacity > 0) {
+        int used = 0;
+        for (int r = 0; r < n_recv; r++) {
+            bool any = false;
+            for (int j = 0; j < k; j++) any |= s->entry_pos[(size_t)r * k + j] >= 0;
+            used += any;
+        }
+        s->fixed_counts[3 * layer + 1] += used;
+        s->fixed_counts[3 * layer + 2] += offset[slots];
+    }
 fail:
     return status;
 }
 
-static moe_status_t cpu_permute(void *state, int chunk, const int32_t *rows, int n_send)
+static moe_status_t cpu_shared(moe_backend_state_t *s, int layer, int n)
 {
-    cpu_state_t *s = state;
-    moe_gather_rows_cpu(s->h, s->d, rows, n_send, s->chunk[chunk].send);
-    return MOE_STATUS_OK;
-}
-
-static moe_status_t cpu_experts(void *state, int layer, int chunk, int n_recv,
-                                const moe_expert_groups_t *g, moe_progress_fn progress,
-                                void *progress_arg)
-{
-    cpu_state_t *s = state;
     const moe_weights_t *w = s->w;
-    cpu_chunk_t *c = &s->chunk[chunk];
-    const int d = s->d, f = w->f;
-    memset(c->partial, 0, sizeof(float) * (size_t)n_recv * d);
-    int largest = 0;
-    for (int e = 0; e < g->slots; e++)
-        if (g->offset[e + 1] - g->offset[e] > largest) largest = g->offset[e + 1] - g->offset[e];
-    if (largest > s->cap_expert) {
-        moe_free(s->expert_in);
-        moe_free(s->expert_out);
-        moe_free(s->scratch);
-        s->expert_in = moe_calloc((size_t)largest * d, sizeof(float));
-        s->expert_out = moe_calloc((size_t)largest * d, sizeof(float));
-        s->scratch = moe_calloc((size_t)largest * 3 * f, sizeof(float));
-        s->cap_expert = largest;
-        if (!s->expert_in || !s->expert_out || !s->scratch) {
-            s->cap_expert = 0;
-            moe_error("cpu backend: out of memory for an expert group of %d rows", largest);
-            return MOE_STATUS_NO_MEMORY;
-        }
-    }
-    for (int e = 0; e < g->slots; e++) {
-        int begin = g->offset[e], n = g->offset[e + 1] - begin;
-        if (n == 0) continue;
-        moe_gather_rows_cpu(c->recv, d, g->row + begin, n, s->expert_in);
-        moe_expert_ffn_cpu(s->expert_in, moe_weights_expert_gate_up(w, layer, e),
-                           moe_weights_expert_down(w, layer, e), n, d, f, s->scratch, s->expert_out);
-        moe_scatter_add_cpu(s->expert_out, g->row + begin, g->weight + begin, n, d, c->partial);
-        if (progress) progress(progress_arg);
-    }
-    return MOE_STATUS_OK;
-}
-
-static moe_status_t cpu_shared(void *state, int layer, int begin, int end)
-{
-    cpu_state_t *s = state;
-    const moe_weights_t *w = s->w;
-    const int d = s->d, fs = w->fs, n = end - begin;
+    const int d = s->d, fs = w->fs;
     if (fs == 0 || n <= 0) return MOE_STATUS_OK;
-    moe_expert_ffn_cpu(s->h + (size_t)begin * d, w->shared_gate_up + (size_t)layer * 2 * fs * d,
-                       w->shared_down + (size_t)layer * d * fs, n, d, fs, s->shared_scratch,
+    moe_expert_ffn_cpu(s->h, (const float *)w->shared_gate_up + (size_t)layer * 2 * fs * d,
+                       (const float *)w->shared_down + (size_t)layer * d * fs, n, d, fs, s->shared_scratch,
                        s->shared_y);
-    float *o = s->out + (size_t)begin * d;
     if (w->shared_gate) { /* Qwen2-MoE: out += sigmoid(h . w_gate) * shared(h) */
-        const float *gate = w->shared_gate + (size_t)layer * d;
+        const float *gate = (const float *)w->shared_gate + (size_t)layer * d;
         for (int t = 0; t < n; t++) {
-            const float *ht = s->h + (size_t)(begin + t) * d;
+            const float *ht = s->h + (size_t)t * d;
             double dot = 0;
             for (int j = 0; j < d; j++) dot += (double)ht[j] * gate[j];
             float g = 1.0f / (1.0f + expf(-(float)dot));
-            for (int j = 0; j < d; j++) o[(size_t)t * d + j] += g * s->shared_y[(size_t)t * d + j];
+            for (int j = 0; j < d; j++) s->out[(size_t)t * d + j] += g * s->shared_y[(size_t)t * d + j];
         }
         return MOE_STATUS_OK;
     }
-    for (size_t i = 0; i < (size_t)n * d; i++) o[i] += s->shared_y[i];
+    for (size_t i = 0; i < (size_t)n * d; i++) s->out[i] += s->shared_y[i];
     return MOE_STATUS_OK;
 }
 
-static moe_status_t cpu_unpermute(void *state, int chunk, const int32_t *rows, int n_send)
+static moe_status_t cpu_unpermute(moe_backend_state_t *s, int chunk, int n)
 {
-    cpu_state_t *s = state;
-    const float *back = s->chunk[chunk].back;
-    for (int i = 0; i < n_send; i++) {
-        const float *b = back + (size_t)i * s->d;
-        float *o = s->out + (size_t)rows[i] * s->d;
-        for (int j = 0; j < s->d; j++) o[j] += b[j];
-    }
+    const int begin = (int)((int64_t)n * chunk / s->chunks), end = (int)((int64_t)n * (chunk + 1) / s->chunks);
+    moe_unpermute_tokens_cpu(s->back, s->token_row, begin, end, s->k, s->d, s->out);
     return MOE_STATUS_OK;
 }
 
-static moe_status_t cpu_residual(void *state, int n)
+static moe_status_t cpu_residual(moe_backend_state_t *s, int n)
 {
-    cpu_state_t *s = state;
     for (size_t i = 0; i < (size_t)n * s->d; i++) {
         s->x[i] += s->out[i];
         s->out[i] = 0.0f;
@@ -229,25 +443,36 @@ static moe_status_t cpu_residual(void *state, int n)
     return MOE_STATUS_OK;
 }
 
-static moe_status_t cpu_store(void *state, float *x, int n)
+static moe_status_t cpu_store(moe_backend_state_t *s, float *x, int n)
 {
-    cpu_state_t *s = state;
     memcpy(x, s->x, sizeof(float) * (size_t)n * s->d);
+    return MOE_STATUS_OK;
+}
+
+static moe_status_t cpu_routes(moe_backend_state_t *s, int n, int32_t *ids)
+{
+    for (int l = 0; l < s->L; l++)
+        memcpy(ids + (size_t)l * n * s->k, s->ids + (size_t)l * s->max_tokens * s->k, sizeof(int32_t) * (size_t)n * s->k);
     return MOE_STATUS_OK;
 }
 
 const moe_backend_t moe_backend_cpu = {
     .name = "cpu",
-    .elem_bytes = sizeof(float),
+    .memory = &host_store,
     .create = cpu_create,
     .destroy = cpu_destroy,
     .load = cpu_load,
     .route = cpu_route,
-    .chunk_buffers = cpu_chunk_buffers,
-    .permute = cpu_permute,
+    .plan = cpu_plan,
+    .counts = cpu_counts,
+    .buffers = cpu_buffers,
     .experts = cpu_experts,
     .shared = cpu_shared,
     .unpermute = cpu_unpermute,
     .residual = cpu_residual,
     .store = cpu_store,
+    .routes = cpu_routes,
+    .mark = cpu_mark,
+    .timeline = cpu_timeline,
+    .transfer_events = NULL,
 };

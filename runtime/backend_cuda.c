@@ -1,24 +1,28 @@
-/* backend_cuda: the stages on one GPU (see backend.h), bf16 storage with fp32 accumulation.
+/* backend_cuda: the stages on one GPU (see backend.h), bf16 storage with fp32 accumulation, and its
+ * store: device memory.
  *
- * Memory: the rank's weights live on the device in one allocation cut by offsets: norms, routers and
- * score biases in fp32 (the router's choices then match the cpu backend's), expert and shared-expert
- * matrices in bf16. The residual stream x and the layer output `out` are fp32; the normed states h
- * are kept in bf16 (expert input, wire rows) and fp32 (router input). Rows on the wire are bf16
- * (elem_bytes 2).
+ * Store. Weights live on the device only: the dense part in one allocation (norms, routers, score
+ * biases and the shared gate in fp32, so that expert choices match the cpu backend's; shared experts
+ * bf16), each expert slot in one allocation of bf16. Seeded weights are computed on the device by the
+ * host's rule (kernels.h); checkpoint tensors go from the mapped file through a pinned buffer to the
+ * device as the bytes they are on disk (fp32, bf16, fp16, fp8 with scales) and are converted there,
+ * in pieces, two pieces in flight; nothing of a model is kept on the host.
  *
- * Streams: every stage is queued on one compute stream. With the NCCL transport the chunk buffers
- * are device memory and the transport orders itself against this stream (comm.h,
- * moe_comm_set_stream): the host queues a whole layer without waiting, and NCCL's stream overlaps the
- * expert GEMMs and shared experts of the other chunks. With the MPI transport (several ranks may
- * share a GPU) the chunk buffers are pinned, mapped host memory, which kernels read and write
- * directly; stages that produce rows for MPI synchronise the stream before returning.
+ * Stages. The data path stays on the device: routing (the router, or routing given by the host,
+ * copied up through pinned memory), the dispatch layout (counts, offsets, the packed send rows with
+ * their metadata), the grouping of received rows by local expert, the grouped expert GEMMs
+ * (kernels.h; the path chosen per chunk from the rows per slot, docs/cuda.md), the combine and the
+ * un-permute are kernels on one compute stream. The host reads back only the counts (one copy per
+ * layer, which it waits for while the shared experts run) and, after the batch, the router's
+ * choices; at fixed capacity it reads nothing, and a layer can be a CUDA graph. With the NCCL
+ * transport the wire buffers are device memory and the transport orders itself against the
+ * compute stream (comm.h); with the MPI transport (several ranks may share a GPU) they are pinned,
+ * mapped host memory that kernels read and write directly, and stages that hand rows to MPI
+ * synchronise first.
  *
- * Experts: received rows are gathered into expert order, run through the grouped SwiGLU GEMMs
- * (kernels, MOE_GEMM_AUTO: per-expert cuBLAS GEMMs, on side streams when the groups are small;
- * docs/cuda.md), and combined per received row (its experts' outputs weighted, summed in fp32,
- * rounded once into the bf16 partial row; no atomics, so the sum order is fixed). route() and residual()
- * synchronise: the first because the host needs the routing, the second so that a layer's host time
- * is its device time. */
+ * Timing. Stages are bracketed by CUDA events on the compute stream (and transfers by events on
+ * the transport's stream), read after the batch: stage times are device times. */
+#include <cuda_runtime.h>
 #include <hwloc.h>
 #include <hwloc/cudart.h>
 #include <stdlib.h>
@@ -26,55 +30,9 @@
 
 #include "runtime/runtime-impl.h"
 
-/* A pinned host buffer for index uploads: the host fills it only once the previous copy out of it
- * has run (its event), so that uploads are truly asynchronous (a pageable source can make
- * cudaMemcpyAsync wait for the stream). */
-typedef struct {
-    void *host;
-    size_t cap;
-    cudaEvent_t done;
-    bool pending;
-} cuda_staging_t;
-
-typedef struct {
-    void *send, *recv, *partial, *back; /* bf16 rows: device, or pinned host (MPI transport) */
-    int cap_send, cap_recv;
-} cuda_chunk_t;
-
-typedef struct {
-    const moe_config_t *config;
-    const moe_weights_t *w;
-    int d, k, f, fs, E, layers, max_tokens, chunks;
-    bool host_rows; /* MPI transport: chunk buffers in pinned host memory */
-    int device;
-    cudaStream_t stream;
-    moe_gemm_h gemm;
-    /* weights (one allocation) */
-    void *wblock;
-    float *norm, *router, *bias, *shared_gate;
-    moe_bf16_t *expert_gate_up, *expert_down, *shared_gate_up, *shared_down;
-    /* activations (one allocation) */
-    void *ablock;
-    float *x, *out, *h32, *logits, *route_w;
-    int32_t *route_ids;
-    moe_bf16_t *h, *shared_gu, *shared_act, *shared_y;
-    /* expert scratch, grown to the largest chunk */
-    int cap_entries, cap_rows;
-    void *eblock;
-    moe_bf16_t *e_in, *e_gu, *e_act, *e_y;
-    int32_t *e_pack;  /* device: received row [entries], weight bits [entries], entry of each
-                         received row grouped by row [entries], row offsets [n_recv + 1] */
-    cuda_staging_t *pack_stage; /* [chunks] the same, built on the host and uploaded in one copy */
-    cuda_staging_t *rows_stage; /* [2 chunks] permute, unpermute rows of each chunk */
-    int *host_offset; /* [slots + 1] */
-    int cap_slots;
-    /* index upload of permute/unpermute per chunk */
-    int32_t **rows_dev;
-    int *cap_rows_dev;
-    cuda_chunk_t *chunk;
-} cuda_state_t;
-
 /* ---------------------------------------------------------------- device choice */
+
+static size_t device_bytes_at_start; /* cudaMemGetInfo's used when the device was chosen */
 
 moe_status_t moe_cuda_use_device(int device)
 {
@@ -82,6 +40,14 @@ moe_status_t moe_cuda_use_device(int device)
     MOE_CHECK_CUDA(cudaSetDevice(device), fail);
 fail:
     return status;
+}
+
+size_t moe_cuda_device_bytes(void)
+{
+    size_t free_bytes = 0, total = 0;
+    if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) return 0;
+    const size_t used = total - free_bytes;
+    return used > device_bytes_at_start ? used - device_bytes_at_start : 0;
 }
 
 moe_status_t moe_cuda_select_device(MPI_Comm comm, int *device)
@@ -97,29 +63,260 @@ moe_status_t moe_cuda_select_device(MPI_Comm comm, int *device)
     if (count < 1) MOE_FAIL(MOE_STATUS_CUDA_ERROR, fail, "cuda backend: no CUDA device");
     *device = local_rank % count;
     MOE_CHECK_CUDA(cudaSetDevice(*device), fail);
+    MOE_CHECK_CUDA(cudaFree(NULL), fail); /* the context, so that what follows is ours */
+    size_t free_bytes = 0, total = 0;
+    if (cudaMemGetInfo(&free_bytes, &total) == cudaSuccess) device_bytes_at_start = total - free_bytes;
     /* One rank per GPU: bind it to the cores near its GPU. Shared GPUs (tests) keep the launcher's
      * binding. A failed binding costs speed, not correctness: warn and go on. */
     if (local_size <= count) {
         hwloc_topology_t topo;
         if (hwloc_topology_init(&topo) == 0) {
             hwloc_cpuset_t set = hwloc_bitmap_alloc();
-            if (hwloc_topology_load(topo) != 0 || !set ||
-                hwloc_cudart_get_device_cpuset(topo, *device, set) != 0 ||
+            if (hwloc_topology_load(topo) != 0 || !set || hwloc_cudart_get_device_cpuset(topo, *device, set) != 0 ||
                 hwloc_set_cpubind(topo, set, HWLOC_CPUBIND_PROCESS) != 0)
                 moe_warn("cuda backend: could not bind to the cores near GPU %d", *device);
             hwloc_bitmap_free(set);
             hwloc_topology_destroy(topo);
         }
     }
-    moe_debug("cuda backend: local rank %d of %d on GPU %d of %d", local_rank, local_size, *device,
-              count);
+    moe_debug("cuda backend: local rank %d of %d on GPU %d of %d", local_rank, local_size, *device, count);
 fail:
     return status;
 }
 
-/* ---------------------------------------------------------------- create / destroy */
+/* ---------------------------------------------------------------- store: device memory */
 
-static void free_rows(cuda_state_t *s, void *p)
+#define STAGE_BYTES ((size_t)32 << 20) /* a piece of a tensor in flight to the device */
+
+struct moe_store_s {
+    cudaStream_t stream;
+    void *pinned[2], *staged[2]; /* host and device halves of the two pieces in flight */
+    cudaEvent_t done[2];         /* piece i's host buffer may be reused */
+    int turn;
+};
+
+static void dev_store_destroy(moe_store_t *s)
+{
+    if (!s) return;
+    if (s->stream) cudaStreamSynchronize(s->stream);
+    for (int i = 0; i < 2; i++) {
+        if (s->pinned[i]) cudaFreeHost(s->pinned[i]);
+        if (s->staged[i]) cudaFree(s->staged[i]);
+        if (s->done[i]) cudaEventDestroy(s->done[i]);
+    }
+    if (s->stream) cudaStreamDestroy(s->stream);
+    free(s);
+}
+
+static moe_status_t dev_store_create(moe_store_t **out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    moe_store_t *s = calloc(1, sizeof *s);
+    MOE_CHECK_ALLOC(s, fail);
+    MOE_CHECK_CUDA(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), fail_free);
+    for (int i = 0; i < 2; i++) {
+        MOE_CHECK_CUDA(cudaHostAlloc(&s->pinned[i], STAGE_BYTES, cudaHostAllocDefault), fail_free);
+        MOE_CHECK_CUDA(cudaMalloc(&s->staged[i], STAGE_BYTES), fail_free);
+        MOE_CHECK_CUDA(cudaEventCreateWithFlags(&s->done[i], cudaEventDisableTiming), fail_free);
+    }
+    *out = s;
+    return MOE_STATUS_OK;
+fail_free:
+    dev_store_destroy(s);
+fail:
+    return status;
+}
+
+static moe_status_t dev_alloc(moe_store_t *s, size_t bytes, void **out)
+{
+    (void)s;
+    moe_status_t status = MOE_STATUS_OK;
+    MOE_CHECK_CUDA(cudaMalloc(out, bytes > 0 ? bytes : 16), fail);
+fail:
+    return status;
+}
+
+static void dev_release(moe_store_t *s, void *ptr)
+{
+    (void)s;
+    if (ptr) cudaFree(ptr);
+}
+
+/* The next piece's buffers, once the piece that used them last has gone up. */
+static moe_status_t piece(moe_store_t *s, void **host, void **dev)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    s->turn ^= 1;
+    MOE_CHECK_CUDA(cudaEventSynchronize(s->done[s->turn]), fail);
+    *host = s->pinned[s->turn];
+    *dev = s->staged[s->turn];
+fail:
+    return status;
+}
+
+static moe_status_t dev_write(moe_store_t *s, void *dst, moe_elem_t elem, size_t first, const void *src,
+                              moe_dtype_t dtype, size_t n)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const moe_raw_t raw = dtype == MOE_DTYPE_F32 ? MOE_RAW_F32 : dtype == MOE_DTYPE_BF16 ? MOE_RAW_BF16 : MOE_RAW_F16;
+    if (dtype != MOE_DTYPE_F32 && dtype != MOE_DTYPE_BF16 && dtype != MOE_DTYPE_F16)
+        MOE_FAIL(MOE_STATUS_UNSUPPORTED, fail, "weights: cannot convert %s on the device", moe_dtype_name(dtype));
+    const size_t esize = moe_dtype_size(dtype), per = STAGE_BYTES / esize;
+    char *d = (char *)dst + first * moe_elem_size(elem);
+    for (size_t at = 0; at < n; at += per) {
+        const size_t m = n - at < per ? n - at : per;
+        void *host, *dev;
+        MOE_CHECK(piece(s, &host, &dev), fail);
+        memcpy(host, (const char *)src + at * esize, m * esize);
+        MOE_CHECK_CUDA(cudaMemcpyAsync(dev, host, m * esize, cudaMemcpyHostToDevice, s->stream), fail);
+        MOE_CHECK_CUDA(cudaEventRecord(s->done[s->turn], s->stream), fail);
+        MOE_CHECK(moe_convert_cuda(dev, raw, m, d + at * moe_elem_size(elem), elem == MOE_ELEM_BF16, s->stream), fail);
+    }
+fail:
+    return status;
+}
+
+static moe_status_t dev_write_fp8(moe_store_t *s, void *dst, moe_elem_t elem, size_t first, const moe_fp8_matrix_t *m)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const int64_t b = m->block, scale_rows = (m->rows + b - 1) / b, scale_cols = (m->cols + b - 1) / b;
+    /* pieces of whole rows of blocks, each with its scales: [scales][rows of fp8] */
+    int64_t rows_per = (int64_t)(STAGE_BYTES / 2) / (m->cols > 0 ? m->cols : 1) / b * b;
+    if (rows_per < b || (size_t)(scale_rows * scale_cols) * sizeof(float) > STAGE_BYTES / 2)
+        MOE_FAIL(MOE_STATUS_UNSUPPORTED, fail, "weights: an FP8 matrix of %lld columns in %lld-wide blocks is too wide",
+                 (long long)m->cols, (long long)b);
+    char *d = (char *)dst + first * moe_elem_size(elem);
+    for (int64_t r0 = 0; r0 < m->rows; r0 += rows_per) {
+        const int64_t rows = m->rows - r0 < rows_per ? m->rows - r0 : rows_per;
+        const size_t scale_bytes = sizeof(float) * (size_t)(((rows + b - 1) / b) * scale_cols);
+        const size_t data_offset = (scale_bytes + 255) / 256 * 256, data_bytes = (size_t)(rows * m->cols);
+        void *host, *dev;
+        MOE_CHECK(piece(s, &host, &dev), fail);
+        memcpy(host, m->scale_inv + (r0 / b) * scale_cols, scale_bytes);
+        memcpy((char *)host + data_offset, m->data + (size_t)r0 * m->cols, data_bytes);
+        MOE_CHECK_CUDA(cudaMemcpyAsync(dev, host, data_offset + data_bytes, cudaMemcpyHostToDevice, s->stream), fail);
+        MOE_CHECK_CUDA(cudaEventRecord(s->done[s->turn], s->stream), fail);
+        MOE_CHECK(moe_dequant_fp8_cuda((const uint8_t *)dev + data_offset, rows, m->cols, dev, (int)b,
+                                       d + (size_t)(r0 * m->cols) * moe_elem_size(elem), elem == MOE_ELEM_BF16,
+                                       s->stream), fail);
+    }
+fail:
+    return status;
+}
+
+static moe_status_t dev_fill(moe_store_t *s, void *dst, moe_elem_t elem, size_t first, size_t n,
+                             const moe_seed_rule_t *rule)
+{
+    return moe_seed_fill_cuda(rule, n, (char *)dst + first * moe_elem_size(elem), elem == MOE_ELEM_BF16, s->stream);
+}
+
+static moe_status_t dev_finish(moe_store_t *s)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
+fail:
+    return status;
+}
+
+static moe_status_t dev_copy_out(moe_store_t *s, const void *src, size_t bytes, void *host)
+{
+    (void)s;
+    moe_status_t status = MOE_STATUS_OK;
+    MOE_CHECK_CUDA(cudaMemcpy(host, src, bytes, cudaMemcpyDeviceToHost), fail);
+fail:
+    return status;
+}
+
+static moe_status_t dev_copy_in(moe_store_t *s, void *dst, size_t bytes, const void *host)
+{
+    (void)s;
+    moe_status_t status = MOE_STATUS_OK;
+    MOE_CHECK_CUDA(cudaMemcpy(dst, host, bytes, cudaMemcpyHostToDevice), fail);
+fail:
+    return status;
+}
+
+static const moe_store_ops_t device_store = {
+    .matrix_elem = MOE_ELEM_BF16,
+    .host_memory = false,
+    .create = dev_store_create,
+    .destroy = dev_store_destroy,
+    .alloc = dev_alloc,
+    .release = dev_release,
+    .write = dev_write,
+    .write_fp8 = dev_write_fp8,
+    .fill = dev_fill,
+    .finish = dev_finish,
+    .copy_out = dev_copy_out,
+    .copy_in = dev_copy_in,
+};
+
+/* ---------------------------------------------------------------- state */
+
+typedef struct {
+    int stage, layer, chunk;
+    bool transfer;         /* on the transport's stream */
+    cudaEvent_t begin, end;
+} span_t;
+
+struct moe_backend_state_s {
+    const moe_config_t *config;
+    const moe_weights_t *w;
+    int rank, P, d, k, f, fs, E, L, chunks, capacity, max_tokens, device;
+    bool host_rows;        /* MPI transport: wire buffers in pinned, mapped host memory */
+    bool router;           /* routing.source router */
+    cudaStream_t stream;
+    moe_gemm_h gemm;
+    moe_ggemm_h gg;
+    /* the plan on the device, and each layer's expert pointers (device and host arrays) */
+    moe_dispatch_table_t *table; /* [L], device pointers */
+    void *table_dev;
+    moe_expert_weights_t *experts; /* [L] */
+    void *expert_ptrs_dev;
+    const moe_bf16_t **expert_ptrs_host;
+    int max_slots, max_replicas;
+    /* activations (one allocation) */
+    void *ablock;
+    float *x, *out, *h32, *logits;
+    moe_bf16_t *h, *shared_gu, *shared_act, *shared_y;
+    int32_t *ids, *rep, *token_row; /* ids [L][T][k]; rep, token_row [T][k] of the layer in flight */
+    float *weights;                 /* [L][T][k] */
+    int *rows, *entries, *offset, *fill; /* [C][P], [C][R], [C P + 1], [C P] */
+    int64_t *g0;                    /* the batch's first global token (device; graphs read it) */
+    int *fixed_counts;              /* [L][3] rows sent, rows received, entries (fixed capacity) */
+    int *bad;                       /* a received row named an expert this rank lacks */
+    /* pinned host mirrors */
+    void *pblock;
+    float *x_host;                  /* [T][d] */
+    int32_t *ids_host;              /* [L][T][k] */
+    float *weights_host;            /* [L][T][k] */
+    int *counts_host;               /* rows [C][P], entries [C][R] */
+    int *fixed_counts_host;         /* [L][3] */
+    int *bad_host;
+    int64_t *g0_host;
+    cudaEvent_t counts_ready;
+    /* wire rows */
+    size_t row_bytes, meta_offset, back_bytes;
+    int cap_send, cap_recv;
+    void *send, *back, *recv, *partial;
+    /* expert scratch of one chunk */
+    int cap_rows, cap_entries;
+    void *eblock;
+    int32_t *entry_pos;  /* [rows][k] */
+    int *group_offset;   /* [slots + 1] */
+    int *group_fill;     /* [slots] */
+    moe_bf16_t *x_e, *gate_up, *act, *y_e;
+    int *host_offset;    /* [slots + 1] the cuBLAS path's */
+    /* timing */
+    cudaEvent_t batch_start;
+    cudaEvent_t *events;
+    int n_events, cap_events;
+    span_t *spans;
+    int n_spans, cap_spans;
+    span_t open[MOE_STAGE_COUNT + 1];
+};
+
+static void free_rows(moe_backend_state_t *s, void *p)
 {
     if (!p) return;
     if (s->host_rows)
@@ -128,51 +325,29 @@ static void free_rows(cuda_state_t *s, void *p)
         cudaFree(p);
 }
 
-static void cuda_destroy(void *state)
+static void cuda_destroy(moe_backend_state_t *s)
 {
-    cuda_state_t *s = state;
     if (!s) return;
     if (s->stream) cudaStreamSynchronize(s->stream);
-    for (int c = 0; s->chunk && c < s->chunks; c++) {
-        free_rows(s, s->chunk[c].send);
-        free_rows(s, s->chunk[c].recv);
-        free_rows(s, s->chunk[c].partial);
-        free_rows(s, s->chunk[c].back);
-    }
-    for (int c = 0; s->rows_dev && c < s->chunks; c++) cudaFree(s->rows_dev[c]);
-    free(s->rows_dev);
-    free(s->cap_rows_dev);
-    free(s->chunk);
+    free_rows(s, s->send), free_rows(s, s->back), free_rows(s, s->recv), free_rows(s, s->partial);
     cudaFree(s->eblock);
     cudaFree(s->ablock);
-    cudaFree(s->wblock);
+    cudaFree(s->table_dev);
+    cudaFree(s->expert_ptrs_dev);
+    if (s->pblock) cudaFreeHost(s->pblock);
+    free(s->table);
+    free(s->experts);
+    free(s->expert_ptrs_host);
     free(s->host_offset);
-    for (int i = 0; s->rows_stage && i < 3 * s->chunks; i++) {
-        cuda_staging_t *st = i < s->chunks ? &s->pack_stage[i] : &s->rows_stage[i - s->chunks];
-        if (st->host) cudaFreeHost(st->host);
-        if (st->done) cudaEventDestroy(st->done);
-    }
-    free(s->pack_stage);
-    free(s->rows_stage);
+    for (int i = 0; i < s->n_events; i++) cudaEventDestroy(s->events[i]);
+    free(s->events);
+    free(s->spans);
+    if (s->batch_start) cudaEventDestroy(s->batch_start);
+    if (s->counts_ready) cudaEventDestroy(s->counts_ready);
+    moe_ggemm_destroy(s->gg);
     moe_gemm_destroy(s->gemm);
     if (s->stream) cudaStreamDestroy(s->stream);
     free(s);
-}
-
-/* Host fp32 -> device bf16, through a device staging buffer. */
-static moe_status_t upload_bf16(const float *src, size_t n, moe_bf16_t *dst, float *stage, size_t stage_n,
-                                cudaStream_t stream)
-{
-    moe_status_t status = MOE_STATUS_OK;
-    for (size_t off = 0; off < n; off += stage_n) {
-        size_t m = n - off < stage_n ? n - off : stage_n;
-        MOE_CHECK_CUDA(cudaMemcpyAsync(stage, src + off, sizeof(float) * m, cudaMemcpyHostToDevice, stream),
-                       fail);
-        MOE_CHECK(moe_f32_to_bf16_cuda(stage, m, dst + off, stream), fail);
-        MOE_CHECK_CUDA(cudaStreamSynchronize(stream), fail); /* the stage is reused */
-    }
-fail:
-    return status;
 }
 
 /* Cut `bytes` from a block cursor, 256-byte aligned. */
@@ -183,441 +358,498 @@ static void *cut(char **cursor, size_t bytes)
     return p;
 }
 
-static moe_status_t cuda_create(const void *config, const void *weights, int max_tokens, int chunks,
-                                void **state)
+static moe_status_t alloc_rows(moe_backend_state_t *s, void **p, size_t bytes)
 {
     moe_status_t status = MOE_STATUS_OK;
-    const moe_config_t *cfg = config;
-    const moe_weights_t *w = weights;
-    float *stage = NULL;
-    cuda_state_t *s = calloc(1, sizeof *s);
+    if (s->host_rows)
+        MOE_CHECK_CUDA(cudaHostAlloc(p, bytes + 16, cudaHostAllocMapped | cudaHostAllocPortable), fail);
+    else
+        MOE_CHECK_CUDA(cudaMalloc(p, bytes + 16), fail);
+fail:
+    return status;
+}
+
+/* The plan's tables on the device (one copy of the host block, pointers moved by the distance), and
+ * each layer's expert slot pointers (device and host arrays). */
+static moe_status_t upload_plan(moe_backend_state_t *s, moe_plan_h plan)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    moe_dispatch_table_t *host_tables = NULL;
+    void *block = NULL;
+    size_t bytes;
+    MOE_CHECK(moe_dispatch_tables(plan, s->rank, &host_tables, &block, &bytes), fail);
+    MOE_CHECK_CUDA(cudaMalloc(&s->table_dev, bytes), fail);
+    MOE_CHECK_CUDA(cudaMemcpy(s->table_dev, block, bytes, cudaMemcpyHostToDevice), fail);
+    s->table = host_tables;
+    host_tables = NULL;
+    const ptrdiff_t shift = (char *)s->table_dev - (char *)block;
+    for (int l = 0; l < s->L; l++) {
+        moe_dispatch_table_t *t = &s->table[l];
+        t->first = (const int *)((const char *)t->first + shift);
+        t->rank = (const int *)((const char *)t->rank + shift);
+        t->share = (const float *)((const char *)t->share + shift);
+        t->local_slot = (const int *)((const char *)t->local_slot + shift);
+        s->max_replicas = t->replicas > s->max_replicas ? t->replicas : s->max_replicas;
+    }
+    /* expert pointers: gate_up of each slot and its down, per layer */
+    const moe_weights_t *w = s->w;
+    const size_t n = (size_t)w->slots;
+    s->expert_ptrs_host = malloc(sizeof(void *) * (2 * n + 1));
+    s->experts = calloc((size_t)s->L, sizeof(moe_expert_weights_t));
+    MOE_CHECK_ALLOC(s->expert_ptrs_host, fail);
+    MOE_CHECK_ALLOC(s->experts, fail);
+    for (size_t i = 0; i < n; i++) {
+        s->expert_ptrs_host[i] = (const moe_bf16_t *)w->expert[i];
+        s->expert_ptrs_host[n + i] = (const moe_bf16_t *)w->expert[i] + (size_t)2 * w->f * w->d;
+    }
+    MOE_CHECK_CUDA(cudaMalloc(&s->expert_ptrs_dev, sizeof(void *) * (2 * n + 1)), fail);
+    MOE_CHECK_CUDA(cudaMemcpy(s->expert_ptrs_dev, s->expert_ptrs_host, sizeof(void *) * 2 * n, cudaMemcpyHostToDevice),
+                   fail);
+    const moe_bf16_t **dev = s->expert_ptrs_dev;
+    for (int l = 0; l < s->L; l++) {
+        const int o = w->local_offset[l];
+        s->experts[l] = (moe_expert_weights_t){.slots = w->local_count[l], .d = w->d, .f = w->f,
+                                               .gate_up = dev + o, .down = dev + n + o,
+                                               .host_gate_up = s->expert_ptrs_host + o,
+                                               .host_down = s->expert_ptrs_host + n + o};
+        s->max_slots = w->local_count[l] > s->max_slots ? w->local_count[l] : s->max_slots;
+    }
+fail:
+    free(host_tables);
+    free(block);
+    return status;
+}
+
+/* Expert scratch for a chunk of `rows` received rows with up to `entries` (row, expert) pairs. */
+static moe_status_t grow_experts(moe_backend_state_t *s, int rows, int entries)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    if (rows <= s->cap_rows && entries <= s->cap_entries && s->eblock) return MOE_STATUS_OK;
+    int cr = s->cap_rows > 0 ? s->cap_rows : 64, ce = s->cap_entries > 0 ? s->cap_entries : 64;
+    while (cr < rows) cr *= 2;
+    while (ce < entries) ce *= 2;
+    if (s->eblock) MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail); /* the old may be in use */
+    cudaFree(s->eblock);
+    s->eblock = NULL;
+    s->cap_rows = s->cap_entries = 0;
+    const size_t R = (size_t)cr, E_ = (size_t)ce, d = (size_t)s->d, f = (size_t)s->f, S = (size_t)s->max_slots;
+    const size_t bytes = 256 * 10 + 4 * R * s->k + 4 * 2 * (S + 1) + 2 * E_ * (d + 2 * f + f + d);
+    MOE_CHECK_CUDA(cudaMalloc(&s->eblock, bytes), fail);
+    char *cur = s->eblock;
+    s->entry_pos = cut(&cur, 4 * R * s->k);
+    s->group_offset = cut(&cur, 4 * (S + 1));
+    s->group_fill = cut(&cur, 4 * (S + 1));
+    s->x_e = cut(&cur, 2 * E_ * d);
+    s->gate_up = cut(&cur, 2 * E_ * 2 * f);
+    s->act = cut(&cur, 2 * E_ * f);
+    s->y_e = cut(&cur, 2 * E_ * d);
+    s->cap_rows = cr, s->cap_entries = ce;
+fail:
+    return status;
+}
+
+static moe_status_t cuda_create(const moe_backend_args_t *a, moe_backend_state_t **out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const moe_config_t *c = a->config;
+    moe_backend_state_t *s = calloc(1, sizeof *s);
     MOE_CHECK_ALLOC(s, fail);
-    s->config = cfg;
-    s->w = w;
-    s->d = w->d, s->f = w->f, s->fs = w->fs, s->E = w->experts, s->layers = w->layers;
-    s->k = cfg->model.top_k;
-    s->max_tokens = max_tokens;
-    s->chunks = chunks;
-    s->host_rows = cfg->run.transport == MOE_TRANSPORT_MPI;
-    MOE_CHECK_CUDA(cudaGetDevice(&s->device), fail_free);
+    s->config = c;
+    s->w = a->weights;
+    s->rank = a->rank, s->P = a->ranks, s->device = a->device;
+    s->d = c->model.d_model, s->k = c->model.top_k, s->f = c->model.d_ff, s->E = c->model.experts;
+    s->fs = s->w->fs, s->L = c->model.layers;
+    s->chunks = a->chunks, s->capacity = a->capacity, s->max_tokens = a->max_tokens;
+    s->host_rows = c->run.transport == MOE_TRANSPORT_MPI;
+    s->router = c->routing.source == MOE_ROUTING_ROUTER;
     MOE_CHECK_CUDA(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), fail_free);
-    MOE_CHECK(moe_gemm_create(s->stream, MOE_GEMM_AUTO, &s->gemm), fail_free);
-    s->chunk = calloc((size_t)chunks, sizeof(cuda_chunk_t));
-    s->rows_dev = calloc((size_t)chunks, sizeof(int32_t *));
-    s->cap_rows_dev = calloc((size_t)chunks, sizeof(int));
-    MOE_CHECK_ALLOC(s->chunk, fail_free);
-    MOE_CHECK_ALLOC(s->rows_dev, fail_free);
-    MOE_CHECK_ALLOC(s->cap_rows_dev, fail_free);
-    s->pack_stage = calloc((size_t)chunks, sizeof(cuda_staging_t));
-    s->rows_stage = calloc((size_t)2 * chunks, sizeof(cuda_staging_t));
-    MOE_CHECK_ALLOC(s->pack_stage, fail_free);
-    MOE_CHECK_ALLOC(s->rows_stage, fail_free);
+    MOE_CHECK(moe_gemm_create(s->stream, &s->gemm), fail_free);
+    MOE_CHECK(upload_plan(s, a->plan), fail_free);
+    MOE_CHECK(moe_ggemm_create(s->max_slots > 0 ? s->max_slots : 1, &s->gg), fail_free);
+    MOE_CHECK_CUDA(cudaEventCreateWithFlags(&s->counts_ready, cudaEventDisableTiming), fail_free);
+    MOE_CHECK_CUDA(cudaEventCreate(&s->batch_start), fail_free);
 
-    /* weights */
-    const size_t L = (size_t)s->layers, d = (size_t)s->d, f = (size_t)s->f, fs = (size_t)s->fs,
-                 E = (size_t)s->E;
-    size_t slots = 0;
-    for (size_t l = 0; l < L; l++) slots += (size_t)w->local_count[l];
-    const size_t n_gate = w->shared_gate ? L * d : 0;
-    const size_t n_norm = L * d, n_router = L * E * d, n_bias = w->score_bias ? L * E : 0,
-                 n_sgu = L * 2 * fs * d, n_sd = L * d * fs, n_egu = slots * 2 * f * d, n_ed = slots * d * f;
-    size_t wbytes = 256 * 9 + 4 * (n_norm + n_router + n_bias + n_gate) + 2 * (n_sgu + n_sd + n_egu + n_ed);
-    MOE_CHECK_CUDA(cudaMalloc(&s->wblock, wbytes), fail_free);
-    char *cur = s->wblock;
-    s->norm = cut(&cur, 4 * n_norm);
-    s->router = cut(&cur, 4 * n_router);
-    s->bias = n_bias ? cut(&cur, 4 * n_bias) : NULL;
-    s->shared_gate = n_gate ? cut(&cur, 4 * n_gate) : NULL;
-    s->shared_gate_up = cut(&cur, 2 * n_sgu);
-    s->shared_down = cut(&cur, 2 * n_sd);
-    s->expert_gate_up = cut(&cur, 2 * n_egu);
-    s->expert_down = cut(&cur, 2 * n_ed);
-    MOE_CHECK_CUDA(cudaMemcpy(s->norm, w->norm, 4 * n_norm, cudaMemcpyHostToDevice), fail_free);
-    MOE_CHECK_CUDA(cudaMemcpy(s->router, w->router, 4 * n_router, cudaMemcpyHostToDevice), fail_free);
-    if (n_bias) MOE_CHECK_CUDA(cudaMemcpy(s->bias, w->score_bias, 4 * n_bias, cudaMemcpyHostToDevice), fail_free);
-    if (n_gate)
-        MOE_CHECK_CUDA(cudaMemcpy(s->shared_gate, w->shared_gate, 4 * n_gate, cudaMemcpyHostToDevice), fail_free);
-    const size_t stage_n = 16u << 20;
-    MOE_CHECK_CUDA(cudaMalloc((void **)&stage, 4 * stage_n), fail_free);
-    if (fs) {
-        MOE_CHECK(upload_bf16(w->shared_gate_up, n_sgu, s->shared_gate_up, stage, stage_n, s->stream), fail_free);
-        MOE_CHECK(upload_bf16(w->shared_down, n_sd, s->shared_down, stage, stage_n, s->stream), fail_free);
-    }
-    for (size_t i = 0; i < slots; i++) { /* host experts are allocated one by one (model.c) */
-        MOE_CHECK(upload_bf16(w->gate_up[i], 2 * f * d, s->expert_gate_up + i * 2 * f * d, stage, stage_n,
-                              s->stream), fail_free);
-        MOE_CHECK(upload_bf16(w->down[i], d * f, s->expert_down + i * d * f, stage, stage_n, s->stream),
-                  fail_free);
-    }
-    cudaFree(stage);
-    stage = NULL;
-
+    const size_t T = (size_t)a->max_tokens, d = (size_t)s->d, k = (size_t)s->k, E = (size_t)s->E, L = (size_t)s->L;
+    const size_t C = (size_t)s->chunks, P = (size_t)s->P, R = (size_t)s->max_replicas, fs = (size_t)s->fs;
     /* activations */
-    const size_t T = (size_t)max_tokens;
-    size_t abytes = 256 * 11 + 4 * (3 * T * d + T * E + T * s->k) + 4 * T * s->k + 2 * T * d +
-                    2 * (T * 3 * fs) + (n_gate ? 2 * T * d : 0);
+    const size_t abytes = 256 * 24 + 4 * 3 * T * d + 4 * T * E + 2 * T * d + 2 * T * 3 * fs + 2 * T * d +
+                          4 * 2 * L * T * k + 4 * 2 * T * k + 4 * (C * P * 3 + C * R + 1) + 8 + 4 * 3 * L + 4;
     MOE_CHECK_CUDA(cudaMalloc(&s->ablock, abytes), fail_free);
-    cur = s->ablock;
+    char *cur = s->ablock;
     s->x = cut(&cur, 4 * T * d);
     s->out = cut(&cur, 4 * T * d);
     s->h32 = cut(&cur, 4 * T * d);
     s->logits = cut(&cur, 4 * T * E);
-    s->route_w = cut(&cur, 4 * T * s->k);
-    s->route_ids = cut(&cur, 4 * T * s->k);
     s->h = cut(&cur, 2 * T * d);
     s->shared_gu = cut(&cur, 2 * T * 2 * fs);
     s->shared_act = cut(&cur, 2 * T * fs);
-    s->shared_y = n_gate ? cut(&cur, 2 * T * d) : NULL;
+    s->shared_y = cut(&cur, 2 * T * d);
+    s->ids = cut(&cur, 4 * L * T * k);
+    s->weights = cut(&cur, 4 * L * T * k);
+    s->rep = cut(&cur, 4 * T * k);
+    s->token_row = cut(&cur, 4 * T * k);
+    s->rows = cut(&cur, 4 * C * P);
+    s->entries = cut(&cur, 4 * C * R + 4);
+    s->offset = cut(&cur, 4 * (C * P + 1));
+    s->fill = cut(&cur, 4 * C * P);
+    s->g0 = cut(&cur, 8);
+    s->fixed_counts = cut(&cur, 4 * 3 * L);
+    s->bad = cut(&cur, 4);
     MOE_CHECK_CUDA(cudaMemset(s->out, 0, 4 * T * d), fail_free);
-    *state = s;
+    MOE_CHECK_CUDA(cudaMemset(s->bad, 0, 4), fail_free);
+    /* pinned mirrors */
+    const size_t pbytes = 256 * 8 + 4 * T * d + 4 * 2 * L * T * k + 4 * (C * P + C * R + 1) + 4 * 3 * L + 4 + 8;
+    MOE_CHECK_CUDA(cudaHostAlloc(&s->pblock, pbytes, cudaHostAllocDefault), fail_free);
+    cur = s->pblock;
+    s->x_host = cut(&cur, 4 * T * d);
+    s->ids_host = cut(&cur, 4 * L * T * k);
+    s->weights_host = cut(&cur, 4 * L * T * k);
+    s->counts_host = cut(&cur, 4 * (C * P + C * R + 1));
+    s->fixed_counts_host = cut(&cur, 4 * 3 * L);
+    s->bad_host = cut(&cur, 4);
+    s->g0_host = cut(&cur, 8);
+    /* wire: a token sends at most one row to each of min(k, P) ranks; received rows grow as needed */
+    s->meta_offset = moe_wire_meta_offset(s->d, 2);
+    s->row_bytes = moe_wire_row_bytes(s->d, s->k, 2);
+    s->back_bytes = 2 * d;
+    s->cap_send = a->capacity > 0 ? (int)(C * P * (size_t)a->capacity) : (int)(T * (k < P ? k : P));
+    s->cap_recv = a->capacity > 0 ? s->cap_send : s->cap_send; /* symmetric traffic; grows under skew */
+    MOE_CHECK(alloc_rows(s, &s->send, s->row_bytes * (size_t)s->cap_send), fail_free);
+    MOE_CHECK(alloc_rows(s, &s->back, s->back_bytes * (size_t)s->cap_send), fail_free);
+    MOE_CHECK(alloc_rows(s, &s->recv, s->row_bytes * (size_t)s->cap_recv), fail_free);
+    MOE_CHECK(alloc_rows(s, &s->partial, s->back_bytes * (size_t)s->cap_recv), fail_free);
+    /* expert scratch for a chunk: at fixed capacity its size is known now */
+    const int chunk_rows = a->capacity > 0 ? (int)(P * (size_t)a->capacity) : (int)((T + C - 1) / C * (k < P ? k : P));
+    const int fan = s->k < s->max_slots ? s->k : s->max_slots;
+    MOE_CHECK(grow_experts(s, chunk_rows, chunk_rows * (fan > 0 ? fan : 1)), fail_free);
+    s->host_offset = calloc((size_t)s->max_slots + 2, sizeof(int));
+    MOE_CHECK_ALLOC(s->host_offset, fail_free);
+    /* CUTLASS arguments for this model's shapes, made now rather than in the first batch (or a graph
+     * capture, where their uploads could not run) */
+    for (int p = MOE_GEMM_PATH_128x128; p <= MOE_GEMM_PATH_SWAP64 && s->max_slots > 0; p++) {
+        MOE_CHECK(moe_ggemm_prepare(s->gg, (moe_gemm_path_t)p, s->max_slots, s->f, s->d), fail_free);
+        MOE_CHECK(moe_ggemm_prepare(s->gg, (moe_gemm_path_t)p, s->max_slots, s->d, s->f), fail_free);
+    }
+    *out = s;
     return MOE_STATUS_OK;
 fail_free:
-    if (stage) cudaFree(stage);
     cuda_destroy(s);
 fail:
     return status;
 }
 
+/* ---------------------------------------------------------------- timing */
+
+static cudaEvent_t event_get(moe_backend_state_t *s)
+{
+    if (s->n_events == s->cap_events) {
+        int cap = s->cap_events ? 2 * s->cap_events : 512;
+        cudaEvent_t *e = realloc(s->events, sizeof *e * (size_t)cap);
+        if (!e) return NULL;
+        s->events = e;
+        for (int i = s->cap_events; i < cap; i++)
+            if (cudaEventCreate(&s->events[i]) != cudaSuccess) {
+                s->cap_events = i;
+                return NULL;
+            }
+        s->cap_events = cap;
+    }
+    return s->events[s->n_events++];
+}
+
+static void span_add(moe_backend_state_t *s, const span_t *sp)
+{
+    if (s->n_spans == s->cap_spans) {
+        int cap = s->cap_spans ? 2 * s->cap_spans : 512;
+        span_t *p = realloc(s->spans, sizeof *p * (size_t)cap);
+        if (!p) return; /* timing only */
+        s->spans = p;
+        s->cap_spans = cap;
+    }
+    s->spans[s->n_spans++] = *sp;
+}
+
+static void cuda_mark(moe_backend_state_t *s, int stage, int layer, int chunk, bool begin)
+{
+    cudaEvent_t ev = event_get(s);
+    if (!ev || cudaEventRecord(ev, s->stream) != cudaSuccess) return; /* timing only */
+    if (begin) {
+        s->open[stage] = (span_t){.stage = stage, .layer = layer, .chunk = chunk, .begin = ev};
+        return;
+    }
+    span_t sp = s->open[stage];
+    sp.end = ev;
+    if (sp.begin) span_add(s, &sp);
+    s->open[stage].begin = NULL;
+}
+
+static void cuda_transfer_events(moe_backend_state_t *s, int stage, int layer, int chunk, void **start, void **done)
+{
+    *start = *done = NULL;
+    if (s->host_rows) return; /* MPI: host clocks would be needed, not events */
+    cudaEvent_t b = event_get(s), e = event_get(s);
+    if (!b || !e) return;
+    span_add(s, &(span_t){.stage = stage, .layer = layer, .chunk = chunk, .transfer = true, .begin = b, .end = e});
+    *start = b, *done = e;
+}
+
+static moe_status_t cuda_timeline(moe_backend_state_t *s, int n, moe_layer_metrics_t *m, moe_trace_h trace)
+{
+    (void)n;
+    for (int i = 0; i < s->n_spans; i++) {
+        const span_t *sp = &s->spans[i];
+        float t0 = 0, t1 = 0;
+        if (cudaEventElapsedTime(&t0, s->batch_start, sp->begin) != cudaSuccess ||
+            cudaEventElapsedTime(&t1, s->batch_start, sp->end) != cudaSuccess)
+            continue; /* an event not recorded (a failed record): timing only */
+        const double secs = 1e-3 * (t1 - t0);
+        if (sp->stage == MOE_STAGE_COUNT)
+            m[sp->layer].layer_time += secs;
+        else if (!sp->transfer)
+            m[sp->layer].time[sp->stage] += secs;
+        if (trace) {
+            const char *name = sp->stage == MOE_STAGE_COUNT ? "layer" : moe_stage_name(sp->stage);
+            char label[32];
+            if (sp->transfer) snprintf(label, sizeof label, "%s transfer", name);
+            moe_trace_span(trace, sp->transfer ? label : name, sp->layer, sp->chunk,
+                           sp->transfer ? "transport" : "compute", 1e3 * t0, 1e3 * (t1 - t0));
+        }
+    }
+    cudaGetLastError(); /* a failed elapsed-time query is not an error of the run */
+    if (s->capacity > 0)
+        for (int l = 0; l < s->L; l++) {
+            m[l].rows_sent += s->fixed_counts_host[3 * l];
+            m[l].rows_received += s->fixed_counts_host[3 * l + 1];
+            m[l].load += s->fixed_counts_host[3 * l + 2];
+        }
+    return MOE_STATUS_OK;
+}
+
 /* ---------------------------------------------------------------- stages */
 
-static moe_status_t cuda_load(void *state, const float *x, int n)
+static moe_status_t cuda_load(moe_backend_state_t *s, const float *x, int n)
 {
     moe_status_t status = MOE_STATUS_OK;
-    cuda_state_t *s = state;
-    size_t bytes = sizeof(float) * (size_t)n * s->d;
-    MOE_CHECK_CUDA(cudaMemcpyAsync(s->x, x, bytes, cudaMemcpyHostToDevice, s->stream), fail);
+    const size_t bytes = sizeof(float) * (size_t)n * s->d;
+    s->n_events = s->n_spans = 0;
+    MOE_CHECK_CUDA(cudaEventRecord(s->batch_start, s->stream), fail);
+    memcpy(s->x_host, x, bytes);
+    MOE_CHECK_CUDA(cudaMemcpyAsync(s->x, s->x_host, bytes, cudaMemcpyHostToDevice, s->stream), fail);
     MOE_CHECK_CUDA(cudaMemsetAsync(s->out, 0, bytes, s->stream), fail);
+    if (s->capacity > 0) MOE_CHECK_CUDA(cudaMemsetAsync(s->fixed_counts, 0, sizeof(int) * 3 * s->L, s->stream), fail);
 fail:
     return status;
 }
 
-static moe_status_t cuda_route(void *state, int layer, int n, bool use_router, int32_t *ids,
-                               float *weights)
+static moe_status_t cuda_route(moe_backend_state_t *s, int layer, int n, const int32_t *ids, const float *weights)
 {
     moe_status_t status = MOE_STATUS_OK;
-    cuda_state_t *s = state;
     const int d = s->d, k = s->k;
-    MOE_CHECK(moe_rmsnorm_cuda(s->x, s->norm + (size_t)layer * d, n, d, s->config->model.norm_eps,
-                               use_router || s->shared_gate ? s->h32 : NULL, s->h, s->stream), fail);
-    if (use_router && n > 0) {
+    const size_t at = (size_t)layer * s->max_tokens * k, nk = (size_t)n * k;
+    MOE_CHECK(moe_rmsnorm_cuda(s->x, (const float *)s->w->norm + (size_t)layer * d, n, d, s->config->model.norm_eps,
+                               !ids || s->w->shared_gate ? s->h32 : NULL, s->h, s->stream), fail);
+    if (ids) { /* the host's routing, up through pinned memory */
+        memcpy(s->ids_host + at, ids, sizeof(int32_t) * nk);
+        memcpy(s->weights_host + at, weights, sizeof(float) * nk);
+        MOE_CHECK_CUDA(cudaMemcpyAsync(s->ids + at, s->ids_host + at, sizeof(int32_t) * nk, cudaMemcpyHostToDevice,
+                                       s->stream), fail);
+        MOE_CHECK_CUDA(cudaMemcpyAsync(s->weights + at, s->weights_host + at, sizeof(float) * nk,
+                                       cudaMemcpyHostToDevice, s->stream), fail);
+    } else if (n > 0) {
         moe_router_params_t p = moe_model_router_params(s->config, s->w, layer);
-        p.bias = p.bias ? s->bias + (size_t)layer * s->E : NULL;
         MOE_CHECK(moe_router_logits_cuda(moe_gemm_cublas(s->gemm), s->h32,
-                                         s->router + (size_t)layer * s->E * d, n, d, s->E, s->logits),
-                  fail);
-        MOE_CHECK(moe_router_topk_cuda(s->logits, n, &p, s->route_ids, s->route_w, s->stream), fail);
-        MOE_CHECK_CUDA(cudaMemcpyAsync(ids, s->route_ids, sizeof(int32_t) * n * k, cudaMemcpyDeviceToHost,
-                                       s->stream), fail);
-        MOE_CHECK_CUDA(cudaMemcpyAsync(weights, s->route_w, sizeof(float) * n * k, cudaMemcpyDeviceToHost,
-                                       s->stream), fail);
-    }
-    /* Also orders this layer's transfers after everything of the previous layer (MPI transport). */
-    MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
-fail:
-    return status;
-}
-
-static moe_status_t alloc_rows(cuda_state_t *s, void **p, size_t rows)
-{
-    moe_status_t status = MOE_STATUS_OK;
-    size_t bytes = rows * (size_t)s->d * 2 + 16;
-    if (s->host_rows)
-        MOE_CHECK_CUDA(cudaHostAlloc(p, bytes, cudaHostAllocMapped | cudaHostAllocPortable), fail);
-    else
-        MOE_CHECK_CUDA(cudaMalloc(p, bytes), fail);
-fail:
-    return status;
-}
-
-/* Grow a pair of row buffers to at least `rows` (doubling). */
-static moe_status_t grow_pair(cuda_state_t *s, void **a, void **b, int *cap, int rows)
-{
-    moe_status_t status = MOE_STATUS_OK;
-    if (rows <= *cap && *a) return MOE_STATUS_OK;
-    int cap_new = *cap > 0 ? *cap : 64;
-    while (cap_new < rows) cap_new *= 2;
-    /* The old buffers may be in use on our stream or the transport's. */
-    MOE_CHECK_CUDA(cudaDeviceSynchronize(), fail);
-    free_rows(s, *a);
-    free_rows(s, *b);
-    *a = *b = NULL;
-    *cap = 0;
-    MOE_CHECK(alloc_rows(s, a, (size_t)cap_new), fail);
-    MOE_CHECK(alloc_rows(s, b, (size_t)cap_new), fail);
-    *cap = cap_new;
-fail:
-    return status;
-}
-
-static moe_status_t cuda_chunk_buffers(void *state, int chunk, int n_send, int n_recv,
-                                       moe_chunk_buffers_t *out)
-{
-    moe_status_t status = MOE_STATUS_OK;
-    cuda_state_t *s = state;
-    cuda_chunk_t *c = &s->chunk[chunk];
-    MOE_CHECK(grow_pair(s, &c->send, &c->back, &c->cap_send, n_send), fail);
-    MOE_CHECK(grow_pair(s, &c->recv, &c->partial, &c->cap_recv, n_recv), fail);
-    *out = (moe_chunk_buffers_t){c->send, c->recv, c->partial, c->back};
-fail:
-    return status;
-}
-
-/* Host memory of at least `bytes` to fill, once the previous upload from it has run. */
-static moe_status_t staging_get(cuda_staging_t *st, size_t bytes, void **out)
-{
-    moe_status_t status = MOE_STATUS_OK;
-    if (!st->done) MOE_CHECK_CUDA(cudaEventCreateWithFlags(&st->done, cudaEventDisableTiming), fail);
-    if (st->pending) MOE_CHECK_CUDA(cudaEventSynchronize(st->done), fail);
-    st->pending = false;
-    if (bytes > st->cap) {
-        size_t cap = st->cap ? st->cap : 4096;
-        while (cap < bytes) cap *= 2;
-        if (st->host) cudaFreeHost(st->host);
-        st->host = NULL;
-        st->cap = 0;
-        MOE_CHECK_CUDA(cudaHostAlloc(&st->host, cap, cudaHostAllocDefault), fail);
-        st->cap = cap;
-    }
-    *out = st->host;
-fail:
-    return status;
-}
-
-/* Copy `bytes` of the staging buffer to dst on the stream. */
-static moe_status_t staging_put(cuda_staging_t *st, void *dst, size_t bytes, cudaStream_t stream)
-{
-    moe_status_t status = MOE_STATUS_OK;
-    MOE_CHECK_CUDA(cudaMemcpyAsync(dst, st->host, bytes, cudaMemcpyHostToDevice, stream), fail);
-    MOE_CHECK_CUDA(cudaEventRecord(st->done, stream), fail);
-    st->pending = true;
-fail:
-    return status;
-}
-
-/* Upload chunk c's host row indices to its device array (the copy is staged before returning). */
-static moe_status_t upload_rows(cuda_state_t *s, int c, bool back, const int32_t *rows, int n)
-{
-    moe_status_t status = MOE_STATUS_OK;
-    if (n > s->cap_rows_dev[c]) {
-        int cap = s->cap_rows_dev[c] > 0 ? s->cap_rows_dev[c] : 256;
-        while (cap < n) cap *= 2;
-        MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
-        cudaFree(s->rows_dev[c]);
-        s->rows_dev[c] = NULL;
-        s->cap_rows_dev[c] = 0;
-        MOE_CHECK_CUDA(cudaMalloc((void **)&s->rows_dev[c], sizeof(int32_t) * cap), fail);
-        s->cap_rows_dev[c] = cap;
-    }
-    void *host;
-    cuda_staging_t *st = &s->rows_stage[2 * c + back];
-    MOE_CHECK(staging_get(st, sizeof(int32_t) * n, &host), fail);
-    memcpy(host, rows, sizeof(int32_t) * n);
-    MOE_CHECK(staging_put(st, s->rows_dev[c], sizeof(int32_t) * n, s->stream), fail);
-fail:
-    return status;
-}
-
-static moe_status_t cuda_permute(void *state, int chunk, const int32_t *rows, int n_send)
-{
-    moe_status_t status = MOE_STATUS_OK;
-    cuda_state_t *s = state;
-    if (n_send > 0) {
-        MOE_CHECK(upload_rows(s, chunk, false, rows, n_send), fail);
-        MOE_CHECK(moe_gather_rows_cuda(s->h, s->d, s->rows_dev[chunk], n_send, s->chunk[chunk].send,
+                                         (const float *)s->w->router + (size_t)layer * s->E * d, n, d, s->E,
+                                         s->logits), fail);
+        MOE_CHECK(moe_router_topk_cuda(s->logits, n, &p, s->ids + at, s->weights + at, s->stream), fail);
+        /* the choices reach the host after the batch (routes) */
+        MOE_CHECK_CUDA(cudaMemcpyAsync(s->ids_host + at, s->ids + at, sizeof(int32_t) * nk, cudaMemcpyDeviceToHost,
                                        s->stream), fail);
     }
-    if (s->host_rows) MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
 fail:
     return status;
 }
 
-/* Expert scratch for `entries` (row, expert) pairs of `rows` received rows. */
-static moe_status_t grow_experts(cuda_state_t *s, int entries, int rows, int slots)
+static moe_status_t cuda_plan(moe_backend_state_t *s, int layer, int64_t g0, int n)
 {
     moe_status_t status = MOE_STATUS_OK;
-    if (slots + 1 > s->cap_slots) {
-        free(s->host_offset);
-        s->host_offset = malloc(sizeof(int) * (size_t)(slots + 1));
-        s->cap_slots = s->host_offset ? slots + 1 : 0;
-        MOE_CHECK_ALLOC(s->host_offset, fail);
+    const moe_dispatch_table_t *t = &s->table[layer];
+    const size_t at = (size_t)layer * s->max_tokens * s->k;
+    const int C = s->chunks, P = s->P;
+    cuda_mark(s, MOE_STAGE_PLAN, layer, 0, true);
+    *s->g0_host = g0;
+    MOE_CHECK_CUDA(cudaMemcpyAsync(s->g0, s->g0_host, sizeof(int64_t), cudaMemcpyHostToDevice, s->stream), fail);
+    MOE_CHECK(moe_dispatch_count_cuda(s->ids + at, n, s->k, s->g0, t, C, s->rep, s->rows, s->entries, s->stream), fail);
+    MOE_CHECK(moe_dispatch_offsets_cuda(s->rows, C, P, s->capacity, s->offset, s->fill, s->stream), fail);
+    if (s->capacity == 0) { /* the counts to the host: it sizes the transfers from them */
+        MOE_CHECK_CUDA(cudaMemcpyAsync(s->counts_host, s->rows, sizeof(int) * (size_t)C * P, cudaMemcpyDeviceToHost,
+                                       s->stream), fail);
+        MOE_CHECK_CUDA(cudaMemcpyAsync(s->counts_host + C * P, s->entries, sizeof(int) * (size_t)C * t->replicas,
+                                       cudaMemcpyDeviceToHost, s->stream), fail);
+        MOE_CHECK_CUDA(cudaEventRecord(s->counts_ready, s->stream), fail);
+    } else {
+        MOE_CHECK(moe_count_add_cuda(s->rows, C * P, s->fixed_counts + 3 * layer, s->stream), fail);
     }
-    if (entries <= s->cap_entries && rows <= s->cap_rows && s->eblock) return MOE_STATUS_OK;
-    int ce = s->cap_entries > 0 ? s->cap_entries : 256, cr = s->cap_rows > 0 ? s->cap_rows : 256;
-    while (ce < entries) ce *= 2;
-    while (cr < rows) cr *= 2;
-    MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
-    cudaFree(s->eblock);
-    s->eblock = NULL;
-    s->cap_entries = s->cap_rows = 0;
-    const size_t E_ = (size_t)ce, R = (size_t)cr, d = (size_t)s->d, f = (size_t)s->f;
-    const size_t pack = 3 * E_ + R + 1;
-    size_t bytes = 256 * 8 + 2 * E_ * (d + 2 * f + f + d) + 4 * pack;
-    MOE_CHECK_CUDA(cudaMalloc(&s->eblock, bytes), fail);
-    char *cur = s->eblock;
-    s->e_in = cut(&cur, 2 * E_ * d);
-    s->e_gu = cut(&cur, 2 * E_ * 2 * f);
-    s->e_act = cut(&cur, 2 * E_ * f);
-    s->e_y = cut(&cur, 2 * E_ * d);
-    s->e_pack = cut(&cur, 4 * pack);
-    s->cap_entries = ce;
-    s->cap_rows = cr;
+    cuda_mark(s, MOE_STAGE_PLAN, layer, 0, false);
+    cuda_mark(s, MOE_STAGE_PERMUTE, layer, 0, true);
+    if (s->capacity > 0)
+        MOE_CHECK(moe_dispatch_clear_meta_cuda(s->send, s->cap_send, s->row_bytes, s->meta_offset, s->k, s->stream), fail);
+    MOE_CHECK(moe_dispatch_pack_cuda(s->h, s->ids + at, s->weights + at, s->rep, n, s->k, s->d, t, C, s->offset, s->fill,
+                                     s->send, s->row_bytes, s->meta_offset, s->token_row, s->stream), fail);
+    cuda_mark(s, MOE_STAGE_PERMUTE, layer, 0, false);
+    if (s->host_rows) MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail); /* MPI sends from the host */
 fail:
     return status;
 }
 
-/* Padded layout (one strided-batched GEMM per projection) when the experts are small on average
- * and evenly loaded enough that padding every expert to the largest costs at most a quarter more
- * rows; else per-expert GEMMs (MOE_GEMM_AUTO). The numbers behind this are in docs/cuda.md. */
-static int padded_stride(const moe_expert_groups_t *g)
-{
-    const int entries = g->offset[g->slots];
-    int largest = 0, active = 0;
-    for (int e = 0; e < g->slots; e++) {
-        int m = g->offset[e + 1] - g->offset[e];
-        largest = m > largest ? m : largest;
-        active += m > 0;
-    }
-    if (active < 2 || entries >= MOE_GEMM_AUTO_ROWS * active) return 0;
-    largest = (largest + 7) / 8 * 8;
-    return (int64_t)largest * g->slots * 4 <= (int64_t)entries * 5 ? largest : 0;
-}
-
-static moe_status_t cuda_experts(void *state, int layer, int chunk, int n_recv,
-                                 const moe_expert_groups_t *g, moe_progress_fn progress,
-                                 void *progress_arg)
+static moe_status_t cuda_counts(moe_backend_state_t *s, const int **rows, const int **entries)
 {
     moe_status_t status = MOE_STATUS_OK;
-    cuda_state_t *s = state;
-    cuda_chunk_t *c = &s->chunk[chunk];
-    const int d = s->d, f = s->f, entries = g->offset[g->slots];
-    if (n_recv > 0) {
-        const int stride = padded_stride(g);
-        const int n_dst = stride ? stride * g->slots : entries; /* expert-layout rows */
-        const double t0 = moe_now();
-        MOE_CHECK(grow_experts(s, n_dst, n_recv, g->slots), fail);
-        memcpy(s->host_offset, g->offset, sizeof(int) * (size_t)(g->slots + 1));
-        /* One upload: the received row of each expert-layout row (-1: padding), then for the
-         * combine, grouped by received row (a counting sort), each entry's expert-layout row and
-         * weight, and the row offsets. */
-        const size_t pack = (size_t)n_dst + 2 * (size_t)entries + n_recv + 1;
-        void *host;
-        MOE_CHECK(staging_get(&s->pack_stage[chunk], 4 * pack, &host), fail);
-        int32_t *src = host, *pos = src + n_dst, *wbits = pos + entries, *row_offset = wbits + entries;
-        float wf;
-        memset(row_offset, 0, sizeof(int32_t) * (size_t)(n_recv + 1));
-        for (int i = 0; i < entries; i++) row_offset[g->row[i] + 1]++;
-        for (int r = 0; r < n_recv; r++) row_offset[r + 1] += row_offset[r];
-        if (stride)
-            for (int i = 0; i < n_dst; i++) src[i] = -1;
-        for (int e = 0; e < g->slots; e++)
-            for (int i = g->offset[e]; i < g->offset[e + 1]; i++) {
-                const int at = stride ? e * stride + (i - g->offset[e]) : i;
-                const int slot = row_offset[g->row[i]]++;
-                src[at] = g->row[i];
-                pos[slot] = at;
-                wf = g->weight[i];
-                memcpy(&wbits[slot], &wf, 4);
-            }
-        for (int r = n_recv; r > 0; r--) row_offset[r] = row_offset[r - 1]; /* back to starts */
-        row_offset[0] = 0;
-        const double t1 = moe_now();
-        MOE_CHECK(staging_put(&s->pack_stage[chunk], s->e_pack, 4 * pack, s->stream), fail);
-        const int32_t *d_src = s->e_pack, *d_pos = s->e_pack + n_dst,
-                      *d_row_offset = s->e_pack + n_dst + 2 * (size_t)entries;
-        const float *d_weight = (const float *)(s->e_pack + n_dst + entries);
-        MOE_CHECK(moe_gather_rows_cuda(c->recv, d, d_src, n_dst, s->e_in, s->stream), fail);
-        const moe_bf16_t *wgu = s->expert_gate_up + (size_t)s->w->local_offset[layer] * 2 * f * d;
-        const moe_bf16_t *wd = s->expert_down + (size_t)s->w->local_offset[layer] * (size_t)d * f;
-        if (stride)
-            MOE_CHECK(moe_expert_ffn_padded_cuda(s->gemm, s->e_in, wgu, wd, g->slots, stride, d, f, s->e_gu,
-                                                 s->e_act, s->e_y), fail);
-        else
-            MOE_CHECK(moe_expert_ffn_grouped_cuda(s->gemm, s->e_in, wgu, wd, s->host_offset, g->slots, d, f,
-                                                  s->e_gu, s->e_act, s->e_y), fail);
-        const double t2 = moe_now();
-        MOE_CHECK(moe_combine_rows_cuda(s->e_y, d_row_offset, d_pos, d_weight, n_recv, d, c->partial,
-                                        s->stream), fail);
-        /* host time only: building the upload, then queueing the GEMMs */
-        moe_debug("cuda experts: layer %d chunk %d: %d rows to %d experts, %s; host %.3f + %.3f ms",
-                  layer, chunk, entries, g->slots, stride ? "padded strided-batched" : "per-expert GEMMs",
-                  1e3 * (t1 - t0), 1e3 * (t2 - t1));
-    }
-    if (s->host_rows) MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
-    if (progress) progress(progress_arg);
+    MOE_CHECK_CUDA(cudaEventSynchronize(s->counts_ready), fail);
+    *rows = s->counts_host;
+    *entries = s->counts_host + s->chunks * s->P;
 fail:
     return status;
 }
 
-static moe_status_t cuda_shared(void *state, int layer, int begin, int end)
+static moe_status_t cuda_buffers(moe_backend_state_t *s, int n_recv, moe_wire_t *out)
 {
     moe_status_t status = MOE_STATUS_OK;
-    cuda_state_t *s = state;
-    const int d = s->d, fs = s->fs, n = end - begin;
+    if (n_recv > s->cap_recv) {
+        int cap = s->cap_recv > 0 ? s->cap_recv : 64;
+        while (cap < n_recv) cap *= 2;
+        /* the old buffers may still be read by the previous layer's transfers or kernels */
+        MOE_CHECK_CUDA(cudaDeviceSynchronize(), fail);
+        free_rows(s, s->recv), free_rows(s, s->partial);
+        s->recv = s->partial = NULL;
+        s->cap_recv = 0;
+        MOE_CHECK(alloc_rows(s, &s->recv, s->row_bytes * (size_t)cap), fail);
+        MOE_CHECK(alloc_rows(s, &s->partial, s->back_bytes * (size_t)cap), fail);
+        s->cap_recv = cap;
+    }
+    *out = (moe_wire_t){.send = s->send, .recv = s->recv, .partial = s->partial, .back = s->back,
+                        .row_bytes = s->row_bytes, .meta_offset = s->meta_offset, .back_bytes = s->back_bytes};
+fail:
+    return status;
+}
+
+static moe_status_t cuda_experts(moe_backend_state_t *s, int layer, int chunk, int first, int n_recv,
+                                 const int *slot_rows)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    (void)chunk;
+    const moe_expert_weights_t *w = &s->experts[layer];
+    const int slots = w->slots, fan = s->k < slots ? s->k : slots;
+    if (n_recv == 0) return MOE_STATUS_OK;
+    /* entries: exact when the host knows each slot's rows, else every local choice of every row */
+    int entries = n_recv * (fan > 0 ? fan : 1), active = 0;
+    if (slot_rows) {
+        entries = 0;
+        for (int e = 0; e < slots; e++) {
+            s->host_offset[e] = entries;
+            entries += slot_rows[e];
+            active += slot_rows[e] > 0;
+        }
+        s->host_offset[slots] = entries;
+    }
+    MOE_CHECK(grow_experts(s, n_recv, entries), fail);
+    const char *recv = (const char *)s->recv + (size_t)first * s->row_bytes;
+    MOE_CHECK(moe_expert_group_cuda(recv, n_recv, s->row_bytes, s->meta_offset, s->k, s->table[layer].local_slot, s->E,
+                                    slots, s->d, s->group_offset, s->entry_pos, s->x_e, s->group_fill, s->bad,
+                                    s->stream), fail);
+    if (s->capacity > 0)
+        MOE_CHECK(moe_count_group_cuda(s->entry_pos, n_recv, s->k, s->group_offset + slots, s->fixed_counts + 3 * layer,
+                                       s->stream), fail);
+    /* the GEMM path from the rows a slot gets: known, or expected (every choice spread evenly) */
+    const double mean = slot_rows ? (double)entries / (active > 0 ? active : 1)
+                                  : (double)n_recv * s->k / (s->E > 0 ? s->E : 1);
+    moe_gemm_path_t path = moe_gemm_path_choose(mean, slot_rows != NULL);
+    if (!moe_ggemm_tensor_cores(s->gg, s->f, s->d) || !moe_ggemm_tensor_cores(s->gg, s->d, s->f))
+        path = slot_rows ? MOE_GEMM_PATH_CUBLAS : MOE_GEMM_PATH_CUDA_CORES;
+    if (entries > 0)
+        MOE_CHECK(moe_expert_ffn_cuda(s->gemm, s->gg, path, w, s->x_e, s->group_offset, s->host_offset, entries, s->gate_up,
+                                      s->act, s->y_e), fail);
+    MOE_CHECK(moe_expert_combine_cuda(s->y_e, s->entry_pos, recv, n_recv, s->row_bytes, s->meta_offset, s->k, s->d,
+                                      (moe_bf16_t *)((char *)s->partial + (size_t)first * s->back_bytes), s->stream), fail);
+    if (s->host_rows) MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail); /* MPI sends from the host */
+fail:
+    return status;
+}
+
+static moe_status_t cuda_shared(moe_backend_state_t *s, int layer, int n)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const int d = s->d, fs = s->fs;
     if (fs == 0 || n <= 0) return MOE_STATUS_OK;
-    const moe_bf16_t *h = s->h + (size_t)begin * d;
-    MOE_CHECK(moe_gemm_cuda(s->gemm, h, s->shared_gate_up + (size_t)layer * 2 * fs * d, n, 2 * fs, d,
-                            s->shared_gu, false), fail);
+    const moe_bf16_t *gu = (const moe_bf16_t *)s->w->shared_gate_up + (size_t)layer * 2 * fs * d;
+    const moe_bf16_t *down = (const moe_bf16_t *)s->w->shared_down + (size_t)layer * d * fs;
+    MOE_CHECK(moe_gemm_cuda(s->gemm, s->h, gu, n, 2 * fs, d, s->shared_gu, false), fail);
     MOE_CHECK(moe_swiglu_cuda(s->shared_gu, n, fs, s->shared_act, s->stream), fail);
-    if (s->shared_gate) { /* Qwen2-MoE: out += sigmoid(h . w_gate) * y, h in fp32 as on the cpu */
-        MOE_CHECK(moe_gemm_cuda(s->gemm, s->shared_act, s->shared_down + (size_t)layer * d * fs, n, d, fs,
-                                s->shared_y, false), fail);
-        MOE_CHECK(moe_gated_add_cuda(s->shared_y, s->h32 + (size_t)begin * d, s->shared_gate + (size_t)layer * d,
-                                     n, d, s->out + (size_t)begin * d, s->stream), fail);
+    if (s->w->shared_gate) { /* Qwen2-MoE: out += sigmoid(h . w_gate) * y, h in fp32 as on the cpu */
+        MOE_CHECK(moe_gemm_cuda(s->gemm, s->shared_act, down, n, d, fs, s->shared_y, false), fail);
+        MOE_CHECK(moe_gated_add_cuda(s->shared_y, s->h32, (const float *)s->w->shared_gate + (size_t)layer * d, n, d,
+                                     s->out, s->stream), fail);
     } else { /* out += y, straight from the GEMM in fp32 */
-        MOE_CHECK(moe_gemm_cuda(s->gemm, s->shared_act, s->shared_down + (size_t)layer * d * fs, n, d, fs,
-                                s->out + (size_t)begin * d, true), fail);
+        MOE_CHECK(moe_gemm_cuda(s->gemm, s->shared_act, down, n, d, fs, s->out, true), fail);
     }
 fail:
     return status;
 }
 
-static moe_status_t cuda_unpermute(void *state, int chunk, const int32_t *rows, int n_send)
+static moe_status_t cuda_unpermute(moe_backend_state_t *s, int chunk, int n)
 {
-    moe_status_t status = MOE_STATUS_OK;
-    cuda_state_t *s = state;
-    if (n_send == 0) return MOE_STATUS_OK;
-    MOE_CHECK(upload_rows(s, chunk, true, rows, n_send), fail);
-    MOE_CHECK(moe_scatter_add_cuda(s->chunk[chunk].back, s->rows_dev[chunk], NULL, n_send, s->d, s->out,
-                                   s->stream), fail);
-fail:
-    return status;
+    const int begin = (int)((int64_t)n * chunk / s->chunks), end = (int)((int64_t)n * (chunk + 1) / s->chunks);
+    return moe_unpermute_tokens_cuda(s->back, s->token_row, begin, end, s->k, s->d, s->out, s->stream);
 }
 
-static moe_status_t cuda_residual(void *state, int n)
+static moe_status_t cuda_residual(moe_backend_state_t *s, int n)
+{
+    return moe_residual_cuda(s->x, s->out, (size_t)n * s->d, s->stream);
+}
+
+static moe_status_t cuda_store(moe_backend_state_t *s, float *x, int n)
 {
     moe_status_t status = MOE_STATUS_OK;
-    cuda_state_t *s = state;
-    MOE_CHECK(moe_residual_cuda(s->x, s->out, (size_t)n * s->d, s->stream), fail);
+    const size_t bytes = sizeof(float) * (size_t)n * s->d;
+    MOE_CHECK_CUDA(cudaMemcpyAsync(s->x_host, s->x, bytes, cudaMemcpyDeviceToHost, s->stream), fail);
+    MOE_CHECK_CUDA(cudaMemcpyAsync(s->bad_host, s->bad, sizeof(int), cudaMemcpyDeviceToHost, s->stream), fail);
+    if (s->capacity > 0)
+        MOE_CHECK_CUDA(cudaMemcpyAsync(s->fixed_counts_host, s->fixed_counts, sizeof(int) * 3 * s->L,
+                                       cudaMemcpyDeviceToHost, s->stream), fail);
     MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
+    if (*s->bad_host)
+        MOE_FAIL(MOE_STATUS_INTERNAL, fail, "cuda backend: a received row named an expert this rank does not host");
+    memcpy(x, s->x_host, bytes);
 fail:
     return status;
 }
 
-static moe_status_t cuda_store(void *state, float *x, int n)
+static moe_status_t cuda_routes(moe_backend_state_t *s, int n, int32_t *ids)
 {
-    moe_status_t status = MOE_STATUS_OK;
-    cuda_state_t *s = state;
-    MOE_CHECK_CUDA(cudaMemcpyAsync(x, s->x, sizeof(float) * (size_t)n * s->d, cudaMemcpyDeviceToHost,
-                                   s->stream), fail);
-    MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
-fail:
-    return status;
+    for (int l = 0; l < s->L; l++)
+        memcpy(ids + (size_t)l * n * s->k, s->ids_host + (size_t)l * s->max_tokens * s->k,
+               sizeof(int32_t) * (size_t)n * s->k);
+    return MOE_STATUS_OK;
 }
 
-void *moe_backend_cuda_stream(void *state) { return ((cuda_state_t *)state)->stream; }
+void *moe_backend_cuda_stream(moe_backend_state_t *state) { return state->stream; }
 
 const moe_backend_t moe_backend_cuda = {
     .name = "cuda",
-    .elem_bytes = 2,
+    .memory = &device_store,
     .create = cuda_create,
     .destroy = cuda_destroy,
     .load = cuda_load,
     .route = cuda_route,
-    .chunk_buffers = cuda_chunk_buffers,
-    .permute = cuda_permute,
+    .plan = cuda_plan,
+    .counts = cuda_counts,
+    .buffers = cuda_buffers,
     .experts = cuda_experts,
     .shared = cuda_shared,
     .unpermute = cuda_unpermute,
     .residual = cuda_residual,
     .store = cuda_store,
+    .routes = cuda_routes,
+    .mark = cuda_mark,
+    .timeline = cuda_timeline,
+    .transfer_events = cuda_transfer_events,
 };

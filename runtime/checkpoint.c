@@ -4,8 +4,11 @@
  * model.safetensors.index.json ({"weight_map": {tensor: file}}). Each rank maps the files that hold
  * a tensor it needs (mapping reads nothing but the header pages) and copies only those tensors:
  * every MoE layer's post-attention RMSNorm, router, correction bias, shared experts and shared gate,
- * and the routed experts the plan gives it (replicas included). bf16, fp16 and fp32 on disk are
- * converted to float32. What it copied is counted in moe_weights_t.read_bytes.
+ * and the routed experts the plan gives it (replicas included), through the weights' store: bf16,
+ * fp16 and fp32 on disk are converted where they land (float32 on the host, bf16 matrices on the GPU,
+ * converted there), and FP8 (e4m3) matrices with 128x128 block scales, as DeepSeek-V3 publishes them
+ * (`<name>_scale_inv`, quantization_config's weight_block_size), are dequantised the same way. What it
+ * copied is counted in moe_weights_t.read_bytes.
  *
  * Tensor names, for checkpoint layer N (moerun layer l is the l-th layer with an MoE block):
  *   model.layers.N.post_attention_layernorm.weight          [d]
@@ -39,6 +42,7 @@ typedef struct {
     char *file_name[CKPT_MAX_FILES];    /* shards opened so far */
     moe_safetensors_h file[CKPT_MAX_FILES];
     int n_files;
+    int fp8_block;                      /* quantization_config's weight_block_size, 0 if none */
     int64_t read_bytes, read_expert_bytes;
 } ckpt_t;
 
@@ -111,36 +115,49 @@ static void shape_text(const int64_t *shape, int ndim, char *buf, size_t size)
     if (used < size) snprintf(buf + used, size - used, "]");
 }
 
-/* Converts n elements from element `first` of a tensor view to float32. */
-static void convert(const moe_tensor_view_t *v, size_t first, size_t n, float *dst)
+/* Where a tensor lands: element `first` of dst, in the weights' store, of element type elem. */
+typedef struct {
+    const moe_weights_t *w;
+    void *dst;
+    moe_elem_t elem;
+    size_t first;
+} sink_t;
+
+/* The FP8 tensor `name`'s block scales ("<name>_scale_inv", DeepSeek-V3's naming), checked against
+ * the matrix [rows][cols] (slice `index` of its first dimension when index >= 0). */
+static moe_status_t ckpt_scales(ckpt_t *c, const char *name, int64_t index, int64_t rows, int64_t cols,
+                                bool expert, const float **out)
 {
-    const unsigned char *src = (const unsigned char *)v->data + first * moe_dtype_size(v->dtype);
-    switch (v->dtype) {
-    case MOE_DTYPE_F32:
-        memcpy(dst, src, n * sizeof(float));
-        break;
-    case MOE_DTYPE_BF16:
-        for (size_t i = 0; i < n; i++) {
-            uint16_t b;
-            memcpy(&b, src + 2 * i, 2);
-            dst[i] = moe_bf16_to_f32(b);
-        }
-        break;
-    default: /* F16: the only other dtype ckpt_read lets through */
-        for (size_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
-            dst[i] = moe_f16_to_f32(h);
-        }
-        break;
+    char scale_name[600];
+    snprintf(scale_name, sizeof scale_name, "%s_scale_inv", name);
+    moe_safetensors_h f;
+    moe_status_t status = ckpt_file_of(c, scale_name, true, &f);
+    if (status != MOE_STATUS_OK) return status;
+    moe_tensor_view_t v;
+    if ((status = moe_safetensors_find(f, scale_name, &v)) != MOE_STATUS_OK) return status;
+    const int64_t b = c->fp8_block, sr = (rows + b - 1) / b, sc = (cols + b - 1) / b;
+    const bool sliced = index >= 0;
+    bool ok = v.dtype == MOE_DTYPE_F32 && v.ndim == (sliced ? 3 : 2) && v.shape[v.ndim - 2] == sr &&
+              v.shape[v.ndim - 1] == sc && (!sliced || index < v.shape[0]);
+    if (!ok) {
+        char want[128];
+        snprintf(want, sizeof want, sliced ? "[.., %lld, %lld]" : "[%lld, %lld]", (long long)sr, (long long)sc);
+        moe_error("%s: tensor '%s': expected F32 %s (the %lldx%lld blocks of quantization_config's "
+                  "weight_block_size)", moe_safetensors_path(f), scale_name, want, (long long)b, (long long)b);
+        return MOE_STATUS_FORMAT_ERROR;
     }
+    *out = (const float *)v.data + (sliced ? (size_t)index * (size_t)(sr * sc) : 0);
+    c->read_bytes += (int64_t)(sizeof(float) * (size_t)(sr * sc));
+    if (expert) c->read_expert_bytes += (int64_t)(sizeof(float) * (size_t)(sr * sc));
+    return MOE_STATUS_OK;
 }
 
-/* Reads tensor `name` of the given shape (ndim dims; what: the settings that give it) into dst, or
- * with `index` >= 0 only slice `index` of its first dimension (a fused expert tensor: shape then
- * includes that first dimension). */
+/* Reads tensor `name` of the given shape (ndim dims; what: the settings that give it) into the sink,
+ * or with `index` >= 0 only slice `index` of its first dimension (a fused expert tensor: shape then
+ * includes that first dimension). F32, BF16 and F16 are converted where they land; FP8 (e4m3) is
+ * dequantised with its block scales. */
 static moe_status_t ckpt_read(ckpt_t *c, const char *name, int ndim, const int64_t *shape,
-                              const char *what, int64_t index, bool expert, float *dst)
+                              const char *what, int64_t index, bool expert, const sink_t *sink)
 {
     moe_safetensors_h f;
     moe_status_t status = ckpt_file_of(c, name, true, &f);
@@ -158,15 +175,35 @@ static moe_status_t ckpt_read(ckpt_t *c, const char *name, int ndim, const int64
         moe_error("%s: tensor '%s': shape %s, expected %s (%s)", path, name, got, want, what);
         return MOE_STATUS_FORMAT_ERROR;
     }
-    if (v.dtype != MOE_DTYPE_F32 && v.dtype != MOE_DTYPE_BF16 && v.dtype != MOE_DTYPE_F16) {
-        moe_error("%s: tensor '%s': dtype %s, expected F32, BF16 or F16", path, name,
+    const bool fp8 = v.dtype == MOE_DTYPE_F8_E4M3;
+    if (v.dtype != MOE_DTYPE_F32 && v.dtype != MOE_DTYPE_BF16 && v.dtype != MOE_DTYPE_F16 && !fp8) {
+        moe_error("%s: tensor '%s': dtype %s, expected F32, BF16, F16 or F8_E4M3", path, name,
                   moe_dtype_name(v.dtype));
+        return MOE_STATUS_FORMAT_ERROR;
+    }
+    if (fp8 && (c->fp8_block <= 0 || ndim - (index >= 0) != 2)) {
+        moe_error("%s: tensor '%s' is F8_E4M3, but %s", path, name,
+                  c->fp8_block <= 0 ? "config.json has no fp8 quantization_config with weight_block_size"
+                                    : "only matrices may be FP8");
         return MOE_STATUS_FORMAT_ERROR;
     }
     size_t numel = 1;
     for (int i = index >= 0 ? 1 : 0; i < ndim; i++) numel *= (size_t)shape[i];
-    convert(&v, index >= 0 ? (size_t)index * numel : 0, numel, dst);
-    int64_t bytes = (int64_t)(numel * moe_dtype_size(v.dtype));
+    const size_t esize = moe_dtype_size(v.dtype);
+    const unsigned char *src = (const unsigned char *)v.data + (index >= 0 ? (size_t)index * numel * esize : 0);
+    const moe_weights_t *w = sink->w;
+    if (fp8) {
+        const int64_t rows = shape[ndim - 2], cols = shape[ndim - 1];
+        const float *scales;
+        if ((status = ckpt_scales(c, name, index, rows, cols, expert, &scales)) != MOE_STATUS_OK) return status;
+        const moe_fp8_matrix_t m = {.data = src, .rows = rows, .cols = cols, .scale_inv = scales,
+                                    .block = c->fp8_block};
+        status = w->ops->write_fp8(w->store, sink->dst, sink->elem, sink->first, &m);
+    } else {
+        status = w->ops->write(w->store, sink->dst, sink->elem, sink->first, src, v.dtype, numel);
+    }
+    if (status != MOE_STATUS_OK) return status;
+    int64_t bytes = (int64_t)(numel * esize);
     c->read_bytes += bytes;
     if (expert) c->read_expert_bytes += bytes;
     return MOE_STATUS_OK;
@@ -258,6 +295,9 @@ moe_status_t moe_checkpoint_load(const moe_config_t *config, const moe_plan_h pl
     MOE_CHECK_ALLOC(hf, out);
     snprintf(json_path, sizeof json_path, "%s/config.json", c.dir);
     MOE_CHECK(moe_hf_config_read(json_path, hf), free_hf);
+    c.fp8_block = hf->fp8_block;
+    const moe_elem_t F32 = MOE_ELEM_F32, M = w->ops->matrix_elem;
+#define SINK(ptr, elem, at) (&(sink_t){w, (ptr), (elem), (size_t)(at)})
     MOE_CHECK(check_settings(config, hf, json_path, rank), free_hf);
     MOE_CHECK(open_index(&c), close);
 
@@ -270,32 +310,34 @@ moe_status_t moe_checkpoint_load(const moe_config_t *config, const moe_plan_h pl
             snprintf(base, sizeof base, "model.layers.%d.mlp", N);
 
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", N);
-        MOE_CHECK(ckpt_read(&c, name, 1, (int64_t[]){d}, "model.d_model", -1, false, w->norm + l * d),
+        MOE_CHECK(ckpt_read(&c, name, 1, (int64_t[]){d}, "model.d_model", -1, false, SINK(w->norm, F32, l * d)),
                   close);
         snprintf(name, sizeof name, "%s.gate.weight", base);
         MOE_CHECK(ckpt_read(&c, name, 2, (int64_t[]){E, d}, "model.experts, model.d_model", -1, false,
-                            w->router + l * E * d), close);
+                            SINK(w->router, F32, l * E * d)), close);
         if (w->score_bias) {
             snprintf(name, sizeof name, "%s.gate.e_score_correction_bias", base);
             MOE_CHECK(ckpt_read(&c, name, 1, (int64_t[]){E}, "model.experts", -1, false,
-                                w->score_bias + l * E), close);
+                                SINK(w->score_bias, F32, l * E)), close);
         }
         if (fs) {
             const char *shared = hf->family == MOE_HF_QWEN2_MOE ? "shared_expert" : "shared_experts";
-            float *gu = w->shared_gate_up + l * 2 * fs * d;
+            const int64_t gu = l * 2 * fs * d;
             snprintf(what, sizeof what, "model.shared_experts x model.shared_d_ff = %lld", (long long)fs);
             snprintf(name, sizeof name, "%s.%s.gate_proj.weight", base, shared);
-            MOE_CHECK(ckpt_read(&c, name, 2, (int64_t[]){fs, d}, what, -1, false, gu), close);
+            MOE_CHECK(ckpt_read(&c, name, 2, (int64_t[]){fs, d}, what, -1, false, SINK(w->shared_gate_up, M, gu)),
+                      close);
             snprintf(name, sizeof name, "%s.%s.up_proj.weight", base, shared);
-            MOE_CHECK(ckpt_read(&c, name, 2, (int64_t[]){fs, d}, what, -1, false, gu + fs * d), close);
+            MOE_CHECK(ckpt_read(&c, name, 2, (int64_t[]){fs, d}, what, -1, false,
+                                SINK(w->shared_gate_up, M, gu + fs * d)), close);
             snprintf(name, sizeof name, "%s.%s.down_proj.weight", base, shared);
             MOE_CHECK(ckpt_read(&c, name, 2, (int64_t[]){d, fs}, what, -1, false,
-                                w->shared_down + l * d * fs), close);
+                                SINK(w->shared_down, M, l * d * fs)), close);
         }
         if (w->shared_gate) {
             snprintf(name, sizeof name, "%s.shared_expert_gate.weight", base);
             MOE_CHECK(ckpt_read(&c, name, 2, (int64_t[]){1, d}, "model.d_model", -1, false,
-                                w->shared_gate + l * d), close);
+                                SINK(w->shared_gate, F32, l * d)), close);
         }
 
         /* Routed experts: fused per layer, or one tensor per expert and projection. */
@@ -308,27 +350,27 @@ moe_status_t moe_checkpoint_load(const moe_config_t *config, const moe_plan_h pl
         const bool mixtral_names = hf->family == MOE_HF_MIXTRAL && strstr(base, "block_sparse_moe");
         for (int s = 0; s < n; s++) {
             const int e = experts[s];
-            float *gu = (float *)moe_weights_expert_gate_up(w, l, s);
-            float *down = (float *)moe_weights_expert_down(w, l, s);
+            void *slot = moe_weights_slot(w, l, s);
             if (fused) {
                 MOE_CHECK(ckpt_read(&c, fused_gu, 3, (int64_t[]){E, 2 * f, d},
-                                    "model.experts, 2 x model.d_ff, model.d_model", e, true, gu), close);
+                                    "model.experts, 2 x model.d_ff, model.d_model", e, true, SINK(slot, M, 0)), close);
                 MOE_CHECK(ckpt_read(&c, fused_down, 3, (int64_t[]){E, d, f},
-                                    "model.experts, model.d_model, model.d_ff", e, true, down), close);
+                                    "model.experts, model.d_model, model.d_ff", e, true, SINK(slot, M, 2 * f * d)),
+                          close);
                 continue;
             }
             static const char *const names_std[3] = {"gate_proj", "up_proj", "down_proj"};
             static const char *const names_mixtral[3] = {"w1", "w3", "w2"};
             const char *const *p = mixtral_names ? names_mixtral : names_std;
             snprintf(name, sizeof name, "%s.experts.%d.%s.weight", base, e, p[0]);
-            MOE_CHECK(ckpt_read(&c, name, 2, (int64_t[]){f, d}, "model.d_ff, model.d_model", -1, true, gu),
-                      close);
+            MOE_CHECK(ckpt_read(&c, name, 2, (int64_t[]){f, d}, "model.d_ff, model.d_model", -1, true,
+                                SINK(slot, M, 0)), close);
             snprintf(name, sizeof name, "%s.experts.%d.%s.weight", base, e, p[1]);
             MOE_CHECK(ckpt_read(&c, name, 2, (int64_t[]){f, d}, "model.d_ff, model.d_model", -1, true,
-                                gu + f * d), close);
+                                SINK(slot, M, f * d)), close);
             snprintf(name, sizeof name, "%s.experts.%d.%s.weight", base, e, p[2]);
-            MOE_CHECK(ckpt_read(&c, name, 2, (int64_t[]){d, f}, "model.d_model, model.d_ff", -1, true, down),
-                      close);
+            MOE_CHECK(ckpt_read(&c, name, 2, (int64_t[]){d, f}, "model.d_model, model.d_ff", -1, true,
+                                SINK(slot, M, 2 * f * d)), close);
         }
     }
     w->read_bytes = c.read_bytes;
@@ -343,6 +385,7 @@ moe_status_t moe_checkpoint_load(const moe_config_t *config, const moe_plan_h pl
     moe_info("rank %d: read %lld bytes of %s checkpoint tensors from %d files (%lld of routed experts)",
              rank, (long long)c.read_bytes, moe_hf_family_name(hf->family), c.n_files,
              (long long)c.read_expert_bytes);
+#undef SINK
 close:
     ckpt_close(&c);
 free_hf:

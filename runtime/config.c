@@ -52,6 +52,8 @@ static const char *const transport_words[] = {"mpi", "nccl", NULL};
 static const char *const source_words[] = {"router", "trace", "synthetic", NULL};
 static const char *const input_words[] = {"synthetic", "npy", NULL};
 static const char *const weights_words[] = {"random", "checkpoint", NULL};
+static const char *const buffers_words[] = {"auto", "counted", "fixed", NULL};
+static const char *const switch_words[] = {"auto", "on", "off", NULL};
 
 /* Enum fields are read and written as int. */
 _Static_assert(sizeof(moe_scoring_t) == sizeof(int), "enum size");
@@ -60,6 +62,8 @@ _Static_assert(sizeof(moe_transport_kind_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(moe_routing_source_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(moe_input_kind_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(moe_weights_kind_t) == sizeof(int), "enum size");
+_Static_assert(sizeof(moe_buffers_t) == sizeof(int), "enum size");
+_Static_assert(sizeof(moe_switch_t) == sizeof(int), "enum size");
 
 #define NOLIM 0, 0
 #define ANY_INT (double)INT_MIN, (double)INT_MAX
@@ -109,6 +113,11 @@ _Static_assert(sizeof(moe_weights_kind_t) == sizeof(int), "enum size");
       "pipeline chunks C per batch (1 = no overlap)")                                                  \
     X(INT, "run.tokens_per_rank", run.tokens_per_rank, int, NULL, "64", AT_LEAST(1), RANGE_GE,        \
       "tokens each rank owns per batch")                                                               \
+    X(ENUM, "run.buffers", run.buffers, moe_buffers_t, buffers_words, "auto", NOLIM, RANGE_GE,         \
+      "counted (rows sized by a counts exchange) | fixed (every peer's block full size: no host wait) "  \
+      "| auto (fixed for cuda+nccl at <= 256 tokens per rank, one chunk)")                             \
+    X(ENUM, "run.graphs", run.graphs, moe_switch_t, switch_words, "auto", NOLIM, RANGE_GE,             \
+      "CUDA graphs of the whole batch (cuda+nccl, fixed buffers): on | off | auto (on when fixed)")    \
     X(INT, "run.batches", run.batches, int, NULL, "4", AT_LEAST(0), RANGE_GE,                         \
       "batches to run (0 = as many as the trace or input holds)")                                      \
     X(UINT64, "run.seed", run.seed, uint64_t, NULL, "1", NOLIM, RANGE_GE,                             \
@@ -785,9 +794,16 @@ moe_status_t moe_config_validate(const moe_config_t *config, int world_size)
     if (m->score_bias && m->scoring != MOE_SCORING_SIGMOID)
         errors += report(config, "model.score_bias", "needs model.scoring: sigmoid");
 
+    if (m->top_k > MOE_DISPATCH_TOP_K_MAX)
+        errors += report(config, "model.top_k", "%d is above the %d a token may choose", m->top_k,
+                         MOE_DISPATCH_TOP_K_MAX);
     const moe_run_config_t *r = &config->run;
     if (r->transport == MOE_TRANSPORT_NCCL && r->backend != MOE_BACKEND_CUDA)
         errors += report(config, "run.transport", "nccl needs run.backend: cuda");
+    if (r->graphs == MOE_SWITCH_ON &&
+        (r->backend != MOE_BACKEND_CUDA || r->transport != MOE_TRANSPORT_NCCL || r->buffers == MOE_BUFFERS_COUNTED))
+        errors += report(config, "run.graphs", "on needs run.backend: cuda, run.transport: nccl and fixed buffers "
+                         "(run.buffers: fixed or auto)");
     if (r->batches > 0 && r->warmup_batches >= r->batches)
         errors += report(config, "run.warmup_batches", "%d leaves no measured batch of run.batches (%d)",
                          r->warmup_batches, r->batches);

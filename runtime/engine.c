@@ -36,7 +36,7 @@ struct moe_engine_s {
         moe_plan_h plan;
         moe_weights_t *weights;
         int size;
-        void *backend_state;
+        moe_backend_state_t *backend_state;
         pthread_t thread;
         bool running;
         atomic_int done;
@@ -44,7 +44,11 @@ struct moe_engine_s {
     } next;
     moe_sources_t sources;
     const moe_backend_t *backend;
-    void *backend_state;
+    const moe_store_ops_t *store_ops; /* where the weights live: the backend's (the cpu's for --reference) */
+    moe_store_t *store;
+    moe_backend_state_t *backend_state;
+    int capacity;             /* > 0: fixed-capacity buffers (run.buffers) */
+    moe_trace_h trace;        /* --trace-events, or NULL */
     moe_comm_h transport;
     moe_comm_h meta_transport; /* counts and metadata over MPI when rows go over NCCL, else NULL */
     moe_scheduler_h sched;
@@ -103,8 +107,12 @@ static moe_status_t serving_build(moe_engine_h e)
     const moe_config_t *c = &e->config;
     if (e->rank >= e->serving) return MOE_STATUS_OK;
     const int tpr = c->run.tokens_per_rank;
-    if (!e->backend_state) /* not prepared ahead (engine_prepare) */
-        MOE_CHECK(e->backend->create(c, e->weights, tpr, c->run.chunks, &e->backend_state), fail);
+    if (!e->backend_state) { /* not prepared ahead (engine_prepare) */
+        const moe_backend_args_t bargs = {.config = c, .weights = e->weights, .plan = e->plan, .rank = e->rank,
+                                          .ranks = e->serving, .max_tokens = tpr, .chunks = c->run.chunks,
+                                          .capacity = e->capacity, .device = e->device};
+        MOE_CHECK(e->backend->create(&bargs, &e->backend_state), fail);
+    }
 #if MOE_HAVE_CUDA
     if (e->backend == &moe_backend_cuda)
         moe_comm_set_stream(e->transport, moe_backend_cuda_stream(e->backend_state));
@@ -112,7 +120,7 @@ static moe_status_t serving_build(moe_engine_h e)
     moe_scheduler_args_t args = {.config = c, .plan = e->plan, .sources = &e->sources,
                                  .backend = e->backend, .backend_state = e->backend_state,
                                  .comm = e->transport, .meta_comm = e->meta_transport,
-                                 .max_tokens = tpr};
+                                 .max_tokens = tpr, .capacity = e->capacity};
     MOE_CHECK(moe_scheduler_create(&args, &e->sched), fail);
 fail:
     return status;
@@ -142,6 +150,8 @@ void moe_engine_destroy(moe_engine_h e)
     engine_next_discard(e);
     moe_weights_destroy(e->weights);
     free(e->weights);
+    if (e->store_ops) e->store_ops->destroy(e->store);
+    moe_trace_destroy(e->trace);
     moe_plan_destroy(e->plan);
     moe_free(e->x);
     moe_free(e->ids);
@@ -151,6 +161,17 @@ void moe_engine_destroy(moe_engine_h e)
     free(e->gather_displs);
     if (e->comm != MPI_COMM_NULL) MPI_Comm_free(&e->comm);
     free(e);
+}
+
+/* Rows per (chunk, peer) of fixed-capacity buffers, or 0 for counted ones (run.buffers; auto: fixed
+ * for small batches on GPUs over NCCL, where a layer then never waits for the host). */
+static int engine_capacity(const moe_config_t *c)
+{
+    bool fixed = c->run.buffers == MOE_BUFFERS_FIXED;
+    if (c->run.buffers == MOE_BUFFERS_AUTO)
+        fixed = c->run.backend == MOE_BACKEND_CUDA && c->run.transport == MOE_TRANSPORT_NCCL &&
+                c->run.tokens_per_rank <= MOE_LOW_LATENCY_TOKENS;
+    return fixed ? (c->run.tokens_per_rank + c->run.chunks - 1) / c->run.chunks : 0;
 }
 
 static moe_status_t engine_plan(moe_engine_h e)
@@ -218,6 +239,14 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
 
     MOE_CHECK(engine_plan(e), fail);
     MOE_CHECK(moe_sources_create(c, &e->sources), fail);
+    e->backend = &moe_backend_cpu;
+#if MOE_HAVE_CUDA
+    if (c->run.backend == MOE_BACKEND_CUDA) e->backend = &moe_backend_cuda;
+#endif
+    /* the reference computes on the host whatever the backend */
+    e->store_ops = e->options.reference ? moe_backend_cpu.memory : e->backend->memory;
+    MOE_CHECK(e->store_ops->create(&e->store), fail);
+    e->capacity = engine_capacity(c);
     /* An elastic run's batches change size: the data must hold run.batches batches of the whole
      * world, and the tokens are counted as they are served. */
     MOE_CHECK(moe_sources_total_tokens(&e->sources, e->elastic ? e->size : e->serving,
@@ -230,7 +259,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     }
     e->weights = calloc(1, sizeof *e->weights);
     MOE_CHECK_ALLOC(e->weights, fail);
-    MOE_CHECK(moe_weights_create(c, e->plan, e->rank, e->weights), fail);
+    MOE_CHECK(moe_weights_create(c, e->plan, e->rank, e->store_ops, e->store, e->weights), fail);
 
     e->x = moe_calloc((size_t)tpr * d, sizeof(float));
     e->ids = moe_calloc((size_t)L * tpr * k, sizeof(int32_t));
@@ -239,10 +268,6 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     MOE_CHECK_ALLOC(e->ids, fail);
     MOE_CHECK_ALLOC(e->weights_buf, fail);
 
-    e->backend = &moe_backend_cpu;
-#if MOE_HAVE_CUDA
-    if (c->run.backend == MOE_BACKEND_CUDA) e->backend = &moe_backend_cuda;
-#endif
     MOE_CHECK(serving_build(e), fail);
     MOE_CHECK(moe_metrics_create(c, e->comm, &e->metrics), fail);
     if (c->outputs.stats[0]) MOE_CHECK(moe_stats_create(L, c->model.experts, k, &e->stats), fail);
@@ -260,8 +285,14 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
             e->output_open = true;
         }
     }
-    moe_info("rank %d: %zu bytes of weights, %lld tokens in %d batches, %d of %d ranks serving",
-             e->rank, e->weights->bytes, (long long)e->total_tokens, e->batches, e->serving, e->size);
+    if (e->options.trace_events && e->options.trace_events[0])
+        MOE_CHECK(moe_trace_create(e->options.trace_events, e->options.trace_batch >= 0 ? e->options.trace_batch
+                                                                                        : c->run.warmup_batches,
+                                   &e->trace), fail);
+    moe_info("rank %d: %zu bytes of weights (%s), %lld tokens in %d batches, %d of %d ranks serving%s",
+             e->rank, moe_weights_bytes(e->weights), e->store_ops->host_memory ? "host" : "device",
+             (long long)e->total_tokens, e->batches, e->serving, e->size,
+             e->capacity > 0 ? ", fixed-capacity buffers" : "");
     *out = e;
     return MOE_STATUS_OK;
 fail:
@@ -289,45 +320,6 @@ fail:
     return status;
 }
 
-/* Every stage of a new backend state once, on zero rows spread over its layer-0 experts, without
- * the transport: the first real batch then does not pay for first launches (CUDA modules loaded on
- * first use, cuBLAS's first GEMM of a shape, first touches of buffers). */
-static moe_status_t warm_backend(const moe_backend_t *b, void *state, const moe_config_t *c,
-                                 const moe_weights_t *w)
-{
-    moe_status_t status = MOE_STATUS_OK;
-    const int n = c->run.tokens_per_rank, k = c->model.top_k, d = c->model.d_model;
-    const int slots = w->local_count[0];
-    float *x = calloc((size_t)n * d, sizeof(float)), *weight = calloc((size_t)n * k + n, sizeof(float));
-    int32_t *ids = calloc((size_t)n * k, sizeof(int32_t)), *rows = calloc((size_t)n, sizeof(int32_t));
-    int *offset = calloc((size_t)slots + 1, sizeof(int));
-    MOE_CHECK_ALLOC(x, done);
-    MOE_CHECK_ALLOC(weight, done);
-    MOE_CHECK_ALLOC(ids, done);
-    MOE_CHECK_ALLOC(rows, done);
-    MOE_CHECK_ALLOC(offset, done);
-    for (int i = 0; i < n; i++) rows[i] = i;
-    for (int s = 0; s <= slots; s++) offset[s] = (int)((int64_t)n * s / (slots > 0 ? slots : 1));
-    moe_expert_groups_t groups = {.slots = slots, .offset = offset, .row = rows, .weight = weight + n * k};
-    moe_chunk_buffers_t buffers;
-    MOE_CHECK(b->load(state, x, n), done);
-    MOE_CHECK(b->route(state, 0, n, true, ids, weight), done);
-    MOE_CHECK(b->chunk_buffers(state, 0, n, n, &buffers), done);
-    MOE_CHECK(b->permute(state, 0, rows, n), done);
-    MOE_CHECK(b->experts(state, 0, 0, n, &groups, NULL, NULL), done);
-    MOE_CHECK(b->shared(state, 0, 0, n), done);
-    MOE_CHECK(b->unpermute(state, 0, rows, n), done);
-    MOE_CHECK(b->residual(state, n), done);
-    MOE_CHECK(b->store(state, x, n), done);
-done:
-    free(x);
-    free(weight);
-    free(ids);
-    free(rows);
-    free(offset);
-    return status;
-}
-
 static void *prepare_main(void *arg)
 {
     moe_engine_h e = arg;
@@ -335,10 +327,10 @@ static void *prepare_main(void *arg)
 #if MOE_HAVE_CUDA
     if (e->backend == &moe_backend_cuda) moe_cuda_use_device(e->device); /* per thread */
 #endif
-    e->next.status = e->backend->create(c, e->next.weights, c->run.tokens_per_rank, c->run.chunks,
-                                        &e->next.backend_state);
-    if (e->next.status == MOE_STATUS_OK)
-        e->next.status = warm_backend(e->backend, e->next.backend_state, c, e->next.weights);
+    const moe_backend_args_t bargs = {.config = c, .weights = e->next.weights, .plan = e->next.plan,
+                                      .rank = e->rank, .ranks = e->next.size, .max_tokens = c->run.tokens_per_rank,
+                                      .chunks = c->run.chunks, .capacity = e->capacity, .device = e->device};
+    e->next.status = e->backend->create(&bargs, &e->next.backend_state);
     atomic_store(&e->next.done, 1);
     return NULL;
 }
@@ -460,7 +452,8 @@ moe_status_t moe_engine_run(moe_engine_h e)
         if (e->options.reference) {
             MOE_CHECK(moe_reference_forward(c, e->weights, &e->sources, g0, n, e->x, e->ids), fail);
         } else if (serves) {
-            MOE_CHECK(e->backend->load(e->backend_state, e->x, n), fail);
+            const moe_backend_t *bk = e->backend;
+            MOE_CHECK(bk->load(e->backend_state, e->x, n), fail);
             for (int l = 0; l < L; l++) {
                 MOE_CHECK(moe_scheduler_layer(e->sched, l, g0, n,
                                               l > 0 ? e->ids + (size_t)(l - 1) * n * k : NULL,
@@ -468,7 +461,10 @@ moe_status_t moe_engine_run(moe_engine_h e)
                                               moe_metrics_layer(e->metrics, l)), fail);
                 moe_elastic_progress(e->elastic); /* expert transfers move on */
             }
-            MOE_CHECK(e->backend->store(e->backend_state, e->x, n), fail);
+            MOE_CHECK(bk->store(e->backend_state, e->x, n), fail);
+            if (c->routing.source == MOE_ROUTING_ROUTER) MOE_CHECK(bk->routes(e->backend_state, n, e->ids), fail);
+            MOE_CHECK(bk->timeline(e->backend_state, n, moe_metrics_layer(e->metrics, 0),
+                                   e->trace && moe_trace_batch(e->trace) == b ? e->trace : NULL), fail);
         }
         double batch_time = moe_now() - t0;
         if (e->elastic) MOE_CHECK(engine_wait_batch(e, serves), fail);
@@ -531,6 +527,15 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
         MOE_CHECK_MPI(MPI_Gather(mine, 2, MPI_INT64_T, moe_metrics_read_bytes(e->metrics), 2, MPI_INT64_T,
                                  0, e->comm), fail);
     }
+    { /* each rank's memory, to rank 0 */
+        int64_t mine[3] = {moe_host_rss_peak(), (int64_t)moe_weights_bytes(e->weights), 0};
+#if MOE_HAVE_CUDA
+        if (e->backend == &moe_backend_cuda) mine[2] = (int64_t)moe_cuda_device_bytes();
+#endif
+        MOE_CHECK_MPI(MPI_Gather(mine, 3, MPI_INT64_T, moe_metrics_memory(e->metrics), 3, MPI_INT64_T, 0, e->comm),
+                      fail);
+    }
+    if (e->trace) MOE_CHECK(moe_trace_commit(e->trace, e->comm), fail);
     if (e->elastic) MOE_CHECK(moe_elastic_finish(e->elastic), fail);
     if (e->stats) {
         MOE_CHECK(engine_reduce_stats(e), fail);

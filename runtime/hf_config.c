@@ -182,11 +182,28 @@ moe_status_t moe_hf_config_read(const char *path, moe_hf_config_t *out)
         errors++;
     }
     json_t *quant = json_object_get(root, "quantization_config");
-    if (quant && !json_is_null(quant)) { /* e.g. DeepSeek-V3's fp8 blocks with weight_scale_inv */
+    hf->fp8_block = 0;
+    if (quant && !json_is_null(quant)) { /* DeepSeek-V3's fp8 blocks with weight_scale_inv; nothing else */
         const char *method = get_string(path, quant, "quant_method", "?", &errors);
-        moe_error("%s: \"quantization_config\" (quant_method '%s'): quantized checkpoints are not "
-                  "supported; convert the weights to bf16, fp16 or fp32 first", path, method ? method : "?");
-        errors++;
+        const char *fmt = get_string(path, quant, "fmt", "e4m3", &errors);
+        json_t *block = json_object_get(quant, "weight_block_size");
+        const bool fp8 = method && strcmp(method, "fp8") == 0 && fmt && strcmp(fmt, "e4m3") == 0;
+        const bool square = json_is_array(block) && json_array_size(block) == 2 &&
+                            json_is_integer(json_array_get(block, 0)) &&
+                            json_integer_value(json_array_get(block, 0)) ==
+                                json_integer_value(json_array_get(block, 1)) &&
+                            json_integer_value(json_array_get(block, 0)) > 0 &&
+                            json_integer_value(json_array_get(block, 0)) <= 4096;
+        if (fp8 && square) {
+            hf->fp8_block = (int)json_integer_value(json_array_get(block, 0));
+        } else {
+            moe_error("%s: \"quantization_config\": quant_method '%s'%s%s%s is not supported: only fp8 e4m3 with "
+                      "square \"weight_block_size\" blocks (DeepSeek-V3's); convert the weights to bf16, fp16 or "
+                      "fp32 first", path, method ? method : "?", fp8 || (method && !strcmp(method, "fp8")) ? ", fmt '" : "",
+                      fp8 || (method && !strcmp(method, "fp8")) ? (fmt ? fmt : "?") : "",
+                      fp8 || (method && !strcmp(method, "fp8")) ? "'" : "");
+            errors++;
+        }
     }
     int first_dense = 0, freq = 1, sparse_step = 1;
     json_t *mlp_only = NULL;

@@ -1,339 +1,352 @@
-/* layer: the scheduler. One MoE layer on one rank as a pipeline of chunks over the backend stages:
+/* layer: the scheduler. One MoE layer on one rank over the backend's stages (backend.h):
  *
- *   route -> plan (destinations, counts exchange) -> for each chunk:
- *     permute + dispatch start (chunk c+1 while chunk c computes) -> shared experts -> dispatch wait
- *     -> expert GEMMs -> combine start -> (combine wait + un-permute of the chunk before)
+ *   route -> plan (the dispatch layout: destinations, counts, every chunk's send rows packed)
+ *   -> shared experts, queued while the counts come back
+ *   -> counts exchange (host, MPI; skipped at fixed capacity)
+ *   -> for each chunk: dispatch (chunk c+1 posted before chunk c computes) -> experts -> combine
+ *      posted -> wait for the previous chunk's combine -> un-permute it
  *   -> residual.
  *
- * A token travels once to each destination rank, however many of its k experts live there: its row
- * carries a metadata row of k (expert, weight) pairs, -1 where that choice goes elsewhere, and the
- * destination returns one row, the weighted sum of its local experts' outputs. Two collectives per
- * direction and chunk (rows, metadata) are posted in the same order on every rank, whatever the
- * counts, so that no rank waits on a collective another never posts. C = 1 is the plain schedule. */
+ * A token travels once to each destination rank, however many of its k experts live there: its
+ * wire row carries its k (expert, weight) pairs, -1 where a choice goes elsewhere, and the
+ * destination returns one row, the weighted sum of its local experts' outputs. Per direction and
+ * chunk there is one all-to-all-v of rows, posted in the same order on every rank whatever the
+ * counts, so that no rank waits on a collective another never posts. The counts exchange carries,
+ * per peer and chunk, the rows it will get and the (token, expert) pairs each of its expert slots
+ * will get, so that the receiver can size its buffers and knows its experts' rows without
+ * reading them back. At fixed capacity (run.buffers: fixed) every (chunk, peer) block is full size
+ * and unused rows say "no expert": nothing is exchanged, and a layer never waits for the host.
+ * C = 1 is the plain, non-overlapped schedule. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "runtime/runtime-impl.h"
 
+/* One layer's plan, cached: the first replica of each expert, and for each peer the replica that
+ * each of its slots is, in slot order (what the counts exchange sends it). */
 typedef struct {
-    int begin, end;         /* local tokens [begin, end) */
-    int *send_count;        /* [P] rows to each peer */
-    int *recv_count;        /* [P] rows from each peer */
-    int n_send, n_recv;
-    int32_t *send_token;    /* [n_send] local token of each send row, grouped by peer */
-    uint32_t *send_meta;    /* [n_send][2k]: k expert ids, then k float weights (bits) */
-    uint32_t *recv_meta;    /* [n_recv][2k] */
-    int cap_recv;
-    moe_chunk_buffers_t buf;
-    moe_comm_op_h op_rows, op_meta;
-} chunk_t;
+    int replicas;
+    int *peer_first; /* [P + 1] into peer_rep */
+    int *peer_rep;   /* [R] */
+    int slots;       /* this rank's */
+} layer_table_t;
 
 struct moe_scheduler_s {
     const moe_config_t *config;
     moe_plan_h plan;
     const moe_sources_t *sources;
     const moe_backend_t *backend;
-    void *backend_state;
+    moe_backend_state_t *state;
     moe_comm_h comm, meta_comm;
-    int rank, P, k, d, chunks, max_tokens;
-    size_t row_bytes;       /* one hidden-state row on the wire */
-    chunk_t *chunk;
-    int32_t *dest;          /* [max_tokens][k] destination rank of each choice */
-    int *count_send;        /* [P][C] counts exchange layout */
-    int *count_recv;
-    /* expert grouping of one chunk */
-    int *group_offset;      /* [max local experts + 1] */
-    int32_t *group_row;
-    float *group_weight;
-    int cap_group;
+    int rank, P, k, L, chunks, max_tokens, capacity;
+    layer_table_t *table;  /* [L] */
+    /* counts of the current layer, host */
+    int *send_rows;        /* [C][P] */
+    int *recv_rows;        /* [C][P] */
+    int *send_first;       /* [C] first send row of chunk c */
+    int *recv_first;       /* [C + 1] */
+    int *slot_rows;        /* [C][slots] */
+    int *msg_send, *msg_recv, *msg_send_count, *msg_recv_count; /* counts exchange */
+    int max_slots, max_msg;
+    moe_comm_op_h *op_rows; /* [C] in flight */
 };
 
 void moe_scheduler_destroy(moe_scheduler_h s)
 {
     if (!s) return;
-    for (int c = 0; s->chunk && c < s->chunks; c++) {
-        free(s->chunk[c].send_count);
-        free(s->chunk[c].recv_count);
-        free(s->chunk[c].send_token);
-        free(s->chunk[c].send_meta);
-        free(s->chunk[c].recv_meta);
+    for (int l = 0; s->table && l < s->L; l++) {
+        free(s->table[l].peer_first);
+        free(s->table[l].peer_rep);
     }
-    free(s->chunk);
-    free(s->dest);
-    free(s->count_send);
-    free(s->count_recv);
-    free(s->group_offset);
-    free(s->group_row);
-    free(s->group_weight);
+    free(s->table);
+    free(s->send_rows);
+    free(s->recv_rows);
+    free(s->send_first);
+    free(s->recv_first);
+    free(s->slot_rows);
+    free(s->msg_send);
+    free(s->msg_recv);
+    free(s->msg_send_count);
+    free(s->msg_recv_count);
+    free(s->op_rows);
     free(s);
+}
+
+static moe_status_t table_build(moe_scheduler_h s, int layer, layer_table_t *t)
+{
+    const int E = s->config->model.experts, P = s->P;
+    int *first = malloc(sizeof(int) * ((size_t)E + 1));
+    if (!first) return MOE_STATUS_NO_MEMORY;
+    first[0] = 0;
+    for (int e = 0; e < E; e++) first[e + 1] = first[e] + moe_plan_replicas(s->plan, layer, e, NULL, NULL);
+    t->replicas = first[E];
+    t->peer_first = malloc(sizeof(int) * ((size_t)P + 1));
+    t->peer_rep = malloc(sizeof(int) * ((size_t)t->replicas + 1));
+    if (!t->peer_first || !t->peer_rep) {
+        free(first);
+        return MOE_STATUS_NO_MEMORY;
+    }
+    t->peer_first[0] = 0;
+    for (int p = 0; p < P; p++) {
+        const int *experts;
+        const int n = moe_plan_local_experts(s->plan, layer, p, &experts);
+        for (int i = 0; i < n; i++) {
+            const int *ranks;
+            const int e = experts[i], nr = moe_plan_replicas(s->plan, layer, e, &ranks, NULL);
+            int r = 0;
+            while (r < nr && ranks[r] != p) r++;
+            t->peer_rep[t->peer_first[p] + i] = first[e] + r;
+        }
+        t->peer_first[p + 1] = t->peer_first[p] + n;
+    }
+    t->slots = t->peer_first[s->rank + 1] - t->peer_first[s->rank];
+    free(first);
+    return MOE_STATUS_OK;
 }
 
 moe_status_t moe_scheduler_create(const moe_scheduler_args_t *a, moe_scheduler_h *out)
 {
+    moe_status_t status = MOE_STATUS_OK;
     struct moe_scheduler_s *s = calloc(1, sizeof *s);
-    if (!s) return MOE_STATUS_NO_MEMORY;
+    MOE_CHECK_ALLOC(s, fail);
     s->config = a->config;
     s->plan = a->plan;
     s->sources = a->sources;
     s->backend = a->backend;
-    s->backend_state = a->backend_state;
+    s->state = a->backend_state;
     s->comm = a->comm;
     s->meta_comm = a->meta_comm ? a->meta_comm : a->comm;
     s->rank = moe_comm_rank(a->comm);
     s->P = moe_comm_size(a->comm);
     s->k = a->config->model.top_k;
-    s->d = a->config->model.d_model;
-    s->row_bytes = a->backend->elem_bytes * (size_t)s->d;
+    s->L = a->config->model.layers;
     s->chunks = a->config->run.chunks;
     s->max_tokens = a->max_tokens;
-    const int P = s->P, k = s->k, C = s->chunks;
-    /* A chunk sends at most min(k, P) rows per token. */
-    const int fan = k < P ? k : P;
-    const int chunk_max = (a->max_tokens + C - 1) / C;
-    s->chunk = calloc((size_t)C, sizeof(chunk_t));
-    s->dest = malloc(sizeof(int32_t) * ((size_t)a->max_tokens * k + 1));
-    s->count_send = malloc(sizeof(int) * (size_t)P * C);
-    s->count_recv = malloc(sizeof(int) * (size_t)P * C);
-    int max_local = 0;
-    for (int l = 0; l < a->config->model.layers; l++) {
-        int n = moe_plan_local_experts(a->plan, l, s->rank, NULL);
-        if (n > max_local) max_local = n;
+    s->capacity = a->capacity;
+    const int P = s->P, C = s->chunks;
+    s->table = calloc((size_t)s->L, sizeof(layer_table_t));
+    MOE_CHECK_ALLOC(s->table, fail_free);
+    for (int l = 0; l < s->L; l++) {
+        MOE_CHECK(table_build(s, l, &s->table[l]), fail_free);
+        if (s->table[l].slots > s->max_slots) s->max_slots = s->table[l].slots;
+        for (int p = 0; p < P; p++) {
+            const int n = s->table[l].peer_first[p + 1] - s->table[l].peer_first[p];
+            if (C * (1 + n) > s->max_msg) s->max_msg = C * (1 + n);
+        }
     }
-    s->group_offset = malloc(sizeof(int) * ((size_t)max_local + 2));
-    bool ok = s->chunk && s->dest && s->count_send && s->count_recv && s->group_offset;
-    for (int c = 0; ok && c < C; c++) {
-        chunk_t *ch = &s->chunk[c];
-        ch->send_count = calloc((size_t)P, sizeof(int));
-        ch->recv_count = calloc((size_t)P, sizeof(int));
-        ch->send_token = malloc(sizeof(int32_t) * ((size_t)chunk_max * fan + 1));
-        ch->send_meta = malloc(sizeof(uint32_t) * 2 * k * ((size_t)chunk_max * fan + 1));
-        ok = ch->send_count && ch->recv_count && ch->send_token && ch->send_meta;
-    }
-    if (!ok) {
-        moe_scheduler_destroy(s);
-        moe_error("scheduler: out of memory for %d tokens", a->max_tokens);
-        return MOE_STATUS_NO_MEMORY;
-    }
+    s->send_rows = calloc((size_t)C * P, sizeof(int));
+    s->recv_rows = calloc((size_t)C * P, sizeof(int));
+    s->send_first = calloc((size_t)C + 1, sizeof(int));
+    s->recv_first = calloc((size_t)C + 1, sizeof(int));
+    s->slot_rows = calloc((size_t)C * (s->max_slots + 1), sizeof(int));
+    s->msg_send = calloc((size_t)P * s->max_msg + 1, sizeof(int));
+    s->msg_recv = calloc((size_t)P * (C * (1 + s->max_slots)) + 1, sizeof(int));
+    s->msg_send_count = calloc((size_t)P, sizeof(int));
+    s->msg_recv_count = calloc((size_t)P, sizeof(int));
+    s->op_rows = calloc((size_t)C, sizeof(moe_comm_op_h));
+    if (!s->send_rows || !s->recv_rows || !s->send_first || !s->recv_first || !s->slot_rows || !s->msg_send ||
+        !s->msg_recv || !s->msg_send_count || !s->msg_recv_count || !s->op_rows)
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail_free, "scheduler: out of memory for %d ranks and %d chunks", P, C);
     *out = s;
     return MOE_STATUS_OK;
-}
-
-/* Destinations of every choice, then per chunk the send rows grouped by peer (a counting sort),
- * each with its metadata row; then one counts exchange for all chunks. */
-static moe_status_t plan_chunks(moe_scheduler_h s, int layer, int64_t g0, int n, const int32_t *ids,
-                                const float *weights)
-{
-    moe_status_t status = MOE_STATUS_OK;
-    const int P = s->P, k = s->k, C = s->chunks;
-    for (int t = 0; t < n; t++)
-        for (int j = 0; j < k; j++)
-            s->dest[t * k + j] = moe_plan_pick_replica(s->plan, layer, ids[t * k + j], g0 + t);
-
-    for (int c = 0; c < C; c++) {
-        chunk_t *ch = &s->chunk[c];
-        ch->begin = (int)((int64_t)n * c / C);
-        ch->end = (int)((int64_t)n * (c + 1) / C);
-        memset(ch->send_count, 0, sizeof(int) * P);
-        /* count: one row per distinct destination of a token */
-        for (int t = ch->begin; t < ch->end; t++)
-            for (int j = 0; j < k; j++) {
-                bool first = true;
-                for (int i = 0; i < j; i++) first &= s->dest[t * k + i] != s->dest[t * k + j];
-                if (first) ch->send_count[s->dest[t * k + j]]++;
-            }
-        int offset[P];
-        ch->n_send = 0;
-        for (int p = 0; p < P; p++) {
-            offset[p] = ch->n_send;
-            ch->n_send += ch->send_count[p];
-        }
-        for (int t = ch->begin; t < ch->end; t++)
-            for (int j = 0; j < k; j++) {
-                int p = s->dest[t * k + j];
-                bool first = true;
-                for (int i = 0; i < j; i++) first &= s->dest[t * k + i] != p;
-                if (!first) continue;
-                int row = offset[p]++;
-                ch->send_token[row] = t;
-                uint32_t *meta = ch->send_meta + (size_t)row * 2 * k;
-                for (int i = 0; i < k; i++) {
-                    bool here = s->dest[t * k + i] == p;
-                    int32_t e = here ? ids[t * k + i] : -1;
-                    float w = here ? weights[t * k + i] : 0.0f;
-                    memcpy(&meta[i], &e, 4);
-                    memcpy(&meta[k + i], &w, 4);
-                }
-            }
-        for (int p = 0; p < P; p++) s->count_send[p * C + c] = ch->send_count[p];
-    }
-    MOE_CHECK(moe_comm_exchange_counts(s->meta_comm, s->count_send, s->count_recv, C), fail);
-    for (int c = 0; c < C; c++) {
-        chunk_t *ch = &s->chunk[c];
-        ch->n_recv = 0;
-        for (int p = 0; p < P; p++) ch->n_recv += ch->recv_count[p] = s->count_recv[p * C + c];
-        if (ch->n_recv > ch->cap_recv) {
-            free(ch->recv_meta);
-            ch->recv_meta = malloc(sizeof(uint32_t) * 2 * k * (size_t)ch->n_recv);
-            if (!ch->recv_meta) {
-                ch->cap_recv = 0;
-                MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "scheduler: out of memory for %d rows", ch->n_recv);
-            }
-            ch->cap_recv = ch->n_recv;
-        }
-    }
+fail_free:
+    if (status == MOE_STATUS_NO_MEMORY) moe_error("scheduler: out of memory");
+    moe_scheduler_destroy(s);
 fail:
     return status;
 }
 
-static moe_status_t dispatch_start(moe_scheduler_h s, int c)
+/* The counts of this layer on every rank: rows each peer sends this rank per chunk, entries each
+ * local slot gets per chunk; and where each chunk's rows start on both sides. */
+static moe_status_t exchange_counts(moe_scheduler_h s, int layer)
 {
     moe_status_t status = MOE_STATUS_OK;
-    chunk_t *ch = &s->chunk[c];
-    MOE_CHECK(s->backend->chunk_buffers(s->backend_state, c, ch->n_send, ch->n_recv, &ch->buf), fail);
-    MOE_CHECK(s->backend->permute(s->backend_state, c, ch->send_token, ch->n_send), fail);
-    MOE_CHECK(moe_comm_alltoallv_start(s->comm, ch->buf.send, ch->send_count, ch->buf.recv,
-                                       ch->recv_count, s->row_bytes, &ch->op_rows), fail);
-    MOE_CHECK(moe_comm_alltoallv_start(s->meta_comm, ch->send_meta, ch->send_count, ch->recv_meta,
-                                       ch->recv_count, sizeof(uint32_t) * 2 * s->k, &ch->op_meta),
+    const int P = s->P, C = s->chunks;
+    const layer_table_t *t = &s->table[layer];
+    const int *rows, *entries;
+    MOE_CHECK(s->backend->counts(s->state, &rows, &entries), fail);
+    memcpy(s->send_rows, rows, sizeof(int) * (size_t)C * P);
+    /* to peer p, per chunk: the rows, then the entries of each of p's slots */
+    int at = 0;
+    for (int p = 0; p < P; p++) {
+        const int n = t->peer_first[p + 1] - t->peer_first[p];
+        for (int c = 0; c < C; c++) {
+            s->msg_send[at++] = rows[c * P + p];
+            for (int i = 0; i < n; i++) s->msg_send[at++] = entries[(size_t)c * t->replicas + t->peer_rep[t->peer_first[p] + i]];
+        }
+        s->msg_send_count[p] = C * (1 + n);
+        s->msg_recv_count[p] = C * (1 + t->slots);
+    }
+    MOE_CHECK(moe_comm_exchange_ints(s->meta_comm, s->msg_send, s->msg_send_count, s->msg_recv, s->msg_recv_count),
               fail);
+    memset(s->slot_rows, 0, sizeof(int) * (size_t)C * (t->slots + 1));
+    for (int q = 0, from = 0; q < P; q++)
+        for (int c = 0; c < C; c++) {
+            s->recv_rows[c * P + q] = s->msg_recv[from++];
+            for (int i = 0; i < t->slots; i++) s->slot_rows[c * t->slots + i] += s->msg_recv[from++];
+        }
 fail:
     return status;
 }
 
-/* Group chunk c's received (row, choice) pairs by local expert slot. */
-static moe_status_t group_by_expert(moe_scheduler_h s, int layer, int c, moe_expert_groups_t *g,
-                                    int64_t *load)
+/* Where each chunk's rows start: counted, or at fixed capacity. */
+static void chunk_layout(moe_scheduler_h s)
 {
-    chunk_t *ch = &s->chunk[c];
-    const int k = s->k;
-    const int slots = moe_plan_local_experts(s->plan, layer, s->rank, NULL);
-    int need = ch->n_recv * k;
-    if (need > s->cap_group) {
-        free(s->group_row);
-        free(s->group_weight);
-        s->group_row = malloc(sizeof(int32_t) * (size_t)need);
-        s->group_weight = malloc(sizeof(float) * (size_t)need);
-        s->cap_group = need;
-        if (!s->group_row || !s->group_weight) {
-            s->cap_group = 0;
-            moe_error("scheduler: out of memory for %d expert entries", need);
-            return MOE_STATUS_NO_MEMORY;
-        }
-    }
-    int *offset = s->group_offset;
-    memset(offset, 0, sizeof(int) * (slots + 2));
-    for (int pass = 0; pass < 2; pass++) {
-        for (int r = 0; r < ch->n_recv; r++) {
-            const uint32_t *meta = ch->recv_meta + (size_t)r * 2 * k;
-            for (int j = 0; j < k; j++) {
-                int32_t e;
-                memcpy(&e, &meta[j], 4);
-                if (e < 0) continue;
-                int slot = moe_plan_local_slot(s->plan, layer, s->rank, e);
-                if (slot < 0) {
-                    moe_error("scheduler: layer %d: received a token for expert %d, which this rank "
-                              "does not host", layer, e);
-                    return MOE_STATUS_INTERNAL;
-                }
-                if (pass == 0) {
-                    offset[slot + 2]++;
-                } else {
-                    int at = offset[slot + 1]++;
-                    s->group_row[at] = r;
-                    memcpy(&s->group_weight[at], &meta[k + j], 4);
-                }
-            }
-        }
-        if (pass == 0) /* offset[s + 2] counts slot s; shift into starts at offset[s + 1] */
-            for (int i = 2; i < slots + 2; i++) offset[i] += offset[i - 1];
-    }
-    *g = (moe_expert_groups_t){.slots = slots, .offset = offset, .row = s->group_row,
-                               .weight = s->group_weight};
-    *load += offset[slots];
-    return MOE_STATUS_OK;
-}
-
-static void progress(void *arg)
-{
-    moe_scheduler_h s = arg;
-    moe_comm_progress(s->comm);
-    if (s->meta_comm != s->comm) moe_comm_progress(s->meta_comm);
-}
-
-static moe_status_t combine_finish(moe_scheduler_h s, int c, moe_layer_metrics_t *m)
-{
-    moe_status_t status = MOE_STATUS_OK;
-    chunk_t *ch = &s->chunk[c];
-    double t0 = moe_now();
-    moe_comm_op_h op = ch->op_rows;
-    ch->op_rows = NULL;
-    MOE_CHECK(moe_comm_op_wait(op), fail);
-    double t1 = moe_now();
-    MOE_CHECK(s->backend->unpermute(s->backend_state, c, ch->send_token, ch->n_send), fail);
-    m->time[MOE_STAGE_COMBINE] += t1 - t0;
-    m->time[MOE_STAGE_UNPERMUTE] += moe_now() - t1;
-fail:
-    return status;
-}
-
-moe_status_t moe_scheduler_layer(moe_scheduler_h s, int layer, int64_t g0, int n,
-                                 const int32_t *prev_ids, int32_t *ids, float *weights,
-                                 moe_layer_metrics_t *m)
-{
-    moe_status_t status = MOE_STATUS_OK;
-    const int C = s->chunks;
-    const bool use_router = s->config->routing.source == MOE_ROUTING_ROUTER;
-    double t_layer = moe_now(), t = t_layer;
-
-    MOE_CHECK(s->backend->route(s->backend_state, layer, n, use_router, ids, weights), fail);
-    if (!use_router) moe_sources_route(s->sources, layer, g0, n, prev_ids, ids, weights);
-    m->time[MOE_STAGE_ROUTE] += moe_now() - t;
-
-    t = moe_now();
-    MOE_CHECK(plan_chunks(s, layer, g0, n, ids, weights), fail);
-    m->time[MOE_STAGE_PLAN] += moe_now() - t;
-
-    t = moe_now();
-    MOE_CHECK(dispatch_start(s, 0), fail);
-    m->time[MOE_STAGE_PERMUTE] += moe_now() - t;
+    const int P = s->P, C = s->chunks;
+    if (s->capacity > 0)
+        for (int i = 0; i < C * P; i++) s->send_rows[i] = s->recv_rows[i] = s->capacity;
+    s->send_first[0] = s->recv_first[0] = 0;
     for (int c = 0; c < C; c++) {
-        chunk_t *ch = &s->chunk[c];
-        if (c + 1 < C) {
-            t = moe_now();
-            MOE_CHECK(dispatch_start(s, c + 1), fail);
-            m->time[MOE_STAGE_PERMUTE] += moe_now() - t;
-        }
-        /* Shared experts of this chunk's own tokens run while its dispatch is in flight. */
-        t = moe_now();
-        MOE_CHECK(s->backend->shared(s->backend_state, layer, ch->begin, ch->end), fail);
-        m->time[MOE_STAGE_SHARED] += moe_now() - t;
-
-        t = moe_now();
-        moe_comm_op_h rows = ch->op_rows, meta = ch->op_meta;
-        ch->op_rows = ch->op_meta = NULL;
-        status = moe_comm_op_wait(rows);
-        moe_status_t status_meta = moe_comm_op_wait(meta);
-        if (status == MOE_STATUS_OK) status = status_meta;
-        if (status != MOE_STATUS_OK) goto fail;
-        m->time[MOE_STAGE_DISPATCH] += moe_now() - t;
-
-        t = moe_now();
-        moe_expert_groups_t groups;
-        MOE_CHECK(group_by_expert(s, layer, c, &groups, &m->load), fail);
-        MOE_CHECK(s->backend->experts(s->backend_state, layer, c, ch->n_recv, &groups, progress, s),
-                  fail);
-        m->time[MOE_STAGE_EXPERTS] += moe_now() - t;
-        MOE_CHECK(moe_comm_alltoallv_start(s->comm, ch->buf.partial, ch->recv_count, ch->buf.back,
-                                           ch->send_count, s->row_bytes, &ch->op_rows), fail);
-        m->rows_sent += ch->n_send;
-        m->rows_received += ch->n_recv;
-        /* Finish the previous chunk's combine now that this chunk's is posted behind it. */
-        if (c > 0) MOE_CHECK(combine_finish(s, c - 1, m), fail);
+        int sent = 0, got = 0;
+        for (int p = 0; p < P; p++) sent += s->send_rows[c * P + p], got += s->recv_rows[c * P + p];
+        s->send_first[c + 1] = s->send_first[c] + sent;
+        s->recv_first[c + 1] = s->recv_first[c] + got;
     }
-    MOE_CHECK(combine_finish(s, C - 1, m), fail);
-    MOE_CHECK(s->backend->residual(s->backend_state, n), fail);
-    m->tokens += n;
-    m->layer_time += moe_now() - t_layer;
-fail:
+}
+
+static moe_status_t transfer(moe_scheduler_h s, int stage, int layer, int c, const void *send, const int *send_rows,
+                             void *recv, const int *recv_rows, size_t row_bytes, moe_comm_op_h *op)
+{
+    void *start = NULL, *done = NULL;
+    if (s->backend->transfer_events) s->backend->transfer_events(s->state, stage, layer, c, &start, &done);
+    return moe_comm_alltoallv_start_timed(s->comm, send, send_rows, recv, recv_rows, row_bytes, start, done, op);
+}
+
+static moe_status_t dispatch_start(moe_scheduler_h s, int layer, int c, const moe_wire_t *w)
+{
+    const int P = s->P;
+    return transfer(s, MOE_STAGE_DISPATCH, layer, c, (const char *)w->send + (size_t)s->send_first[c] * w->row_bytes,
+                    s->send_rows + c * P, (char *)w->recv + (size_t)s->recv_first[c] * w->row_bytes,
+                    s->recv_rows + c * P, w->row_bytes, &s->op_rows[c]);
+}
+
+static moe_status_t combine_start(moe_scheduler_h s, int layer, int c, const moe_wire_t *w)
+{
+    const int P = s->P;
+    return transfer(s, MOE_STAGE_COMBINE, layer, c,
+                    (const char *)w->partial + (size_t)s->recv_first[c] * w->back_bytes, s->recv_rows + c * P,
+                    (char *)w->back + (size_t)s->send_first[c] * w->back_bytes, s->send_rows + c * P, w->back_bytes,
+                    &s->op_rows[c]);
+}
+
+/* Wait for chunk c's transfer in flight (the compute stream waits, for device transports). */
+static moe_status_t wait_transfer(moe_scheduler_h s, int stage, int layer, int c)
+{
+    moe_comm_op_h op = s->op_rows[c];
+    s->op_rows[c] = NULL;
+    s->backend->mark(s->state, stage, layer, c, true);
+    moe_status_t status = moe_comm_op_wait(op);
+    s->backend->mark(s->state, stage, layer, c, false);
     return status;
+}
+
+static moe_status_t combine_finish(moe_scheduler_h s, int layer, int c, int n)
+{
+    moe_status_t status = wait_transfer(s, MOE_STAGE_COMBINE, layer, c);
+    if (status != MOE_STATUS_OK) return status;
+    s->backend->mark(s->state, MOE_STAGE_UNPERMUTE, layer, c, true);
+    status = s->backend->unpermute(s->state, c, n);
+    s->backend->mark(s->state, MOE_STAGE_UNPERMUTE, layer, c, false);
+    return status;
+}
+
+moe_status_t moe_scheduler_layer(moe_scheduler_h s, int layer, int64_t g0, int n, const int32_t *prev_ids,
+                                 int32_t *ids, float *weights, moe_layer_metrics_t *m)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const int C = s->chunks, P = s->P;
+    const moe_backend_t *b = s->backend;
+    const bool use_router = s->config->routing.source == MOE_ROUTING_ROUTER;
+    const layer_table_t *t = &s->table[layer];
+
+    b->mark(s->state, MOE_STAGE_COUNT, layer, 0, true);
+    if (!use_router) moe_sources_route(s->sources, layer, g0, n, prev_ids, ids, weights);
+    b->mark(s->state, MOE_STAGE_ROUTE, layer, 0, true);
+    MOE_CHECK(b->route(s->state, layer, n, use_router ? NULL : ids, use_router ? NULL : weights), fail);
+    b->mark(s->state, MOE_STAGE_ROUTE, layer, 0, false);
+    MOE_CHECK(b->plan(s->state, layer, g0, n), fail);
+    /* the shared experts run while the counts come back and the first chunk is dispatched */
+    b->mark(s->state, MOE_STAGE_SHARED, layer, 0, true);
+    MOE_CHECK(b->shared(s->state, layer, n), fail);
+    b->mark(s->state, MOE_STAGE_SHARED, layer, 0, false);
+    if (s->capacity == 0) {
+        b->mark(s->state, MOE_STAGE_PLAN, layer, 0, true);
+        MOE_CHECK(exchange_counts(s, layer), fail);
+        b->mark(s->state, MOE_STAGE_PLAN, layer, 0, false);
+    }
+    chunk_layout(s);
+    moe_wire_t w;
+    MOE_CHECK(b->buffers(s->state, s->recv_first[C], &w), fail);
+
+    MOE_CHECK(dispatch_start(s, layer, 0, &w), fail);
+    for (int c = 0; c < C; c++) {
+        if (c + 1 < C) MOE_CHECK(dispatch_start(s, layer, c + 1, &w), fail);
+        MOE_CHECK(wait_transfer(s, MOE_STAGE_DISPATCH, layer, c), fail);
+        const int n_recv = s->recv_first[c + 1] - s->recv_first[c];
+        b->mark(s->state, MOE_STAGE_EXPERTS, layer, c, true);
+        MOE_CHECK(b->experts(s->state, layer, c, s->recv_first[c], n_recv,
+                             s->capacity == 0 ? s->slot_rows + (size_t)c * t->slots : NULL), fail);
+        b->mark(s->state, MOE_STAGE_EXPERTS, layer, c, false);
+        MOE_CHECK(combine_start(s, layer, c, &w), fail);
+        /* the previous chunk's combine, now that this chunk's is posted behind it */
+        if (c > 0) MOE_CHECK(combine_finish(s, layer, c - 1, n), fail);
+    }
+    MOE_CHECK(combine_finish(s, layer, C - 1, n), fail);
+    MOE_CHECK(b->residual(s->state, n), fail);
+    b->mark(s->state, MOE_STAGE_COUNT, layer, 0, false);
+
+    m->tokens += n;
+    if (s->capacity == 0) { /* counted: the host knows what moved; at fixed capacity the backend tells */
+        for (int i = 0; i < C * P; i++) m->rows_sent += s->send_rows[i], m->rows_received += s->recv_rows[i];
+        for (int i = 0; i < C * t->slots; i++) m->load += s->slot_rows[i];
+    }
+fail:
+    for (int c = 0; c < C; c++) /* an error left transfers in flight: the job ends, but not under them */
+        if (s->op_rows[c]) {
+            moe_comm_op_wait(s->op_rows[c]);
+            s->op_rows[c] = NULL;
+        }
+    return status;
+}
+
+moe_status_t moe_dispatch_tables(const moe_plan_h plan, int rank, moe_dispatch_table_t **tables, void **block,
+                                 size_t *bytes)
+{
+    const int L = moe_plan_layers(plan), E = moe_plan_experts(plan), P = moe_plan_ranks(plan);
+    size_t R = 0;
+    for (int l = 0; l < L; l++)
+        for (int e = 0; e < E; e++) R += (size_t)moe_plan_replicas(plan, l, e, NULL, NULL);
+    /* per layer: first [E + 1], local_slot [E]; per replica: rank, share */
+    const size_t n_int = (size_t)L * (2 * (size_t)E + 1) + R;
+    *bytes = sizeof(int) * n_int + sizeof(float) * (R + 1);
+    char *mem = malloc(*bytes);
+    moe_dispatch_table_t *t = calloc((size_t)L, sizeof *t);
+    if (!mem || !t) {
+        free(mem), free(t);
+        moe_error("dispatch tables: out of memory for %d layers of %d experts", L, E);
+        return MOE_STATUS_NO_MEMORY;
+    }
+    int *ints = (int *)mem;
+    float *floats = (float *)(mem + sizeof(int) * n_int);
+    for (int l = 0; l < L; l++) {
+        int *first = ints, *local = ints + E + 1, *rank_of = ints + 2 * E + 1;
+        float *share = floats;
+        int r = 0;
+        for (int e = 0; e < E; e++) {
+            const int *ranks;
+            const float *shares;
+            const int n = moe_plan_replicas(plan, l, e, &ranks, &shares);
+            first[e] = r;
+            for (int i = 0; i < n; i++, r++) rank_of[r] = ranks[i], share[r] = shares[i];
+            local[e] = moe_plan_local_slot(plan, l, rank, e);
+        }
+        first[E] = r;
+        t[l] = (moe_dispatch_table_t){.layer = l, .experts = E, .ranks = P, .replicas = r, .first = first,
+                                      .rank = rank_of, .share = share, .local_slot = local};
+        ints += 2 * E + 1 + r;
+        floats += r;
+    }
+    *tables = t;
+    *block = mem;
+    return MOE_STATUS_OK;
 }

@@ -1,7 +1,8 @@
 /* metrics: what a run measures, reduced to rank 0.
  *
- * Per batch and layer, each rank times its stages (host wall clock around each stage; for dispatch
- * and combine, the time spent waiting, i.e. what compute did not hide) and counts the rows it sent
+ * Per batch and layer, each rank times its stages (its backend's timeline: host clocks for cpu, CUDA
+ * events on the GPU's streams for cuda; for dispatch and combine, the time spent waiting for the
+ * transfer, i.e. what compute did not hide) and counts the rows it sent
  * and received and the (token, expert) pairs it computed. At each batch end rank 0 receives the
  * maximum over ranks of every time and each rank's load, writes one JSON line per layer to
  * outputs.metrics, and accumulates the summary: tokens/s over the batches after run.warmup_batches,
@@ -33,6 +34,8 @@ struct moe_metrics_s {
     int64_t rows_sent;
     int64_t *read_bytes;            /* [P][2] checkpoint bytes read (all, experts) */
     bool have_read_bytes;
+    int64_t *memory;                /* [P][3] host RSS peak, weight bytes in the store, GPU bytes used */
+    bool have_memory, weights_on_device;
 };
 
 static const char *stage_names[MOE_STAGE_COUNT] = {"route", "plan", "permute", "dispatch",
@@ -55,7 +58,9 @@ moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_m
     m->send_buf = calloc((size_t)m->layers * 4, sizeof(int64_t));
     m->gather_buf = calloc((size_t)m->size * m->layers * 4, sizeof(int64_t));
     m->read_bytes = calloc((size_t)m->size * 2, sizeof(int64_t));
-    if (!m->layer || !m->reduce_buf || !m->send_buf || !m->gather_buf || !m->read_bytes) {
+    m->memory = calloc((size_t)m->size * 3, sizeof(int64_t));
+    m->weights_on_device = config->run.backend == MOE_BACKEND_CUDA;
+    if (!m->layer || !m->reduce_buf || !m->send_buf || !m->gather_buf || !m->read_bytes || !m->memory) {
         moe_metrics_destroy(m);
         MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "metrics: out of memory");
     }
@@ -81,6 +86,7 @@ void moe_metrics_destroy(moe_metrics_h m)
     free(m->send_buf);
     free(m->gather_buf);
     free(m->read_bytes);
+    free(m->memory);
     free(m);
 }
 
@@ -171,6 +177,20 @@ int64_t *moe_metrics_read_bytes(moe_metrics_h m)
     return m->read_bytes;
 }
 
+int64_t *moe_metrics_memory(moe_metrics_h m)
+{
+    m->have_memory = true;
+    return m->memory;
+}
+
+/* The largest of column `col` of the [P][3] memory table, in GiB. */
+static double memory_max_gib(const moe_metrics_h m, int col)
+{
+    int64_t most = 0;
+    for (int p = 0; p < m->size; p++) most = m->memory[3 * p + col] > most ? m->memory[3 * p + col] : most;
+    return (double)most / (1 << 30);
+}
+
 void moe_metrics_print_summary(moe_metrics_h m, FILE *out)
 {
     if (m->rank != 0) return;
@@ -192,6 +212,10 @@ void moe_metrics_print_summary(moe_metrics_h m, FILE *out)
                 m->imbalance_n ? m->imbalance_sum / m->imbalance_n : 0.0, m->imbalance_worst);
         fprintf(out, "  token copies sent per batch: %.1f\n", (double)m->rows_sent / m->measured);
     }
+    if (m->have_memory)
+        fprintf(out, "  memory     max over ranks: host RSS peak %.2f GiB, weights %.2f GiB (%s), GPU used %.2f GiB\n",
+                memory_max_gib(m, 0), memory_max_gib(m, 1), m->weights_on_device ? "on the GPU" : "host",
+                memory_max_gib(m, 2));
     if (m->have_read_bytes) {
         fprintf(out, "  checkpoint bytes read per rank (routed experts):");
         for (int p = 0; p < m->size; p++)
@@ -215,6 +239,15 @@ moe_status_t moe_metrics_commit(moe_metrics_h m)
                 fprintf(m->jsonl.fp, "%s%lld", p ? "," : "", (long long)m->read_bytes[2 * p + i]);
             fprintf(m->jsonl.fp, "],");
         }
+    if (m->have_memory) {
+        static const char *const keys[3] = {"host_rss_peak_bytes", "weight_bytes", "gpu_bytes_used"};
+        for (int i = 0; i < 3; i++) {
+            fprintf(m->jsonl.fp, "\"%s\":[", keys[i]);
+            for (int p = 0; p < m->size; p++)
+                fprintf(m->jsonl.fp, "%s%lld", p ? "," : "", (long long)m->memory[3 * p + i]);
+            fprintf(m->jsonl.fp, "],");
+        }
+    }
     /* the stage breakdown of the summary table, per measured batch */
     fprintf(m->jsonl.fp, "\"stage_ms_per_batch\":{");
     for (int s = 0; s < MOE_STAGE_COUNT; s++)

@@ -5,43 +5,47 @@
  * rank that hosts it in the new plan but not in the old, one source among the old hosts, the one
  * that has been given the fewest experts to send so far (so that sends spread over the holders).
  * An expert a rank already holds is handed over, never resent, so the bytes moved are the minimum
- * the two plans imply. Each transfer is two messages (gate_up, down) with tag 0 on a
- * communicator of the migration's own; sender and receiver post them in the same (layer, expert)
- * order, and MPI keeps messages between a pair in order, so they match without per-expert tags.
+ * the two plans imply. Each transfer is one message, the expert's slot (gate_up then down, in the
+ * store's element type: bf16 for cuda), with tag 0 on a communicator of the migration's own; sender
+ * and receiver post them in the same (layer, expert) order, and MPI keeps messages between a pair in
+ * order, so they match without per-expert tags. Slots in device memory travel through host buffers
+ * (the store's copy_out / copy_in).
  *
  * The old weights are read by the sends: they stay alive, and keep serving, until every rank's
  * transfers are done. Progress comes from moe_migration_test, called between layers and at batch
  * boundaries (and from any other MPI call). Nothing heavy happens at the start, which the serving
  * ranks wait for, and nothing is copied in memory: the new weights share the old ones' dense part
  * and the experts the rank keeps (moe_weights_hand_over makes them the owner at the switch), and
- * only received experts get new memory, not zeroed (its pages are touched as it is filled). A
- * receiver keeps at most `window` experts in flight (a large message moves when its receive is
- * posted), which bounds the bandwidth and, on shared cores, the CPU a migration takes from
- * serving. */
+ * only received experts get new memory in the store, uninitialised. A receiver keeps at most
+ * `window` experts in flight (a large message moves when its receive is posted), which bounds the
+ * bandwidth and, on shared cores, the CPU a migration takes from serving. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "runtime/runtime-impl.h"
 
-/* An expert this rank receives. */
+/* An expert slot this rank receives or sends: the slot in the store, and for stores the network
+ * cannot read (device memory) a host buffer it travels through. */
 typedef struct {
-    float *gate_up, *down;
-    int source;
-} incoming_t;
+    void *slot;
+    int peer;
+    void *host;
+} transfer_t;
 
 struct moe_migration_s {
     MPI_Comm comm;
-    size_t expert_floats[2];    /* gate_up, down */
-    int64_t expert_bytes;
-    /* receives: posted in order, at most `window` experts in flight */
-    incoming_t *incoming;
-    MPI_Request *recv_requests; /* [2 n_incoming] */
+    moe_weights_t *to;
+    const moe_weights_t *from;
+    size_t expert_bytes;
+    bool staged;                /* the store is not host memory: slots travel through host buffers */
+    MPI_Datatype type;          /* one expert slot */
+    /* receives and sends, each in the order every rank computes, at most `window` in flight */
+    transfer_t *incoming, *outgoing;
+    MPI_Request *recv_requests, *send_requests;
     int *completed_index;       /* MPI_Testsome's out array */
-    int n_incoming, posted, window;
-    int recv_done;              /* receive requests completed */
-    /* sends: all posted at the start */
-    MPI_Request *send_requests;
-    int n_sends;
+    int n_incoming, recv_posted, recv_done;
+    int n_outgoing, send_posted, send_done;
+    int window;
     double t_start, t_done;     /* moe_now(); t_done 0 until done */
     bool done;
 };
@@ -49,33 +53,72 @@ struct moe_migration_s {
 void moe_migration_destroy(moe_migration_h m)
 {
     if (!m) return;
+    for (int i = 0; m->incoming && i < m->n_incoming; i++) free(m->incoming[i].host);
+    for (int i = 0; m->outgoing && i < m->n_outgoing; i++) free(m->outgoing[i].host);
     free(m->incoming);
+    free(m->outgoing);
     free(m->recv_requests);
-    free(m->completed_index);
     free(m->send_requests);
+    free(m->completed_index);
+    if (m->type != MPI_DATATYPE_NULL) MPI_Type_free(&m->type);
     if (m->comm != MPI_COMM_NULL) MPI_Comm_free(&m->comm);
     free(m);
 }
 
-/* Collect what arrived and keep `window` experts' receives in flight, in the senders' order. Once
- * per call: a receive posted against a sender that is ready may copy the whole expert at once. */
-static moe_status_t receive_some(struct moe_migration_s *m)
+/* Requests of `list` that completed since the last call: landed receives are copied into their
+ * slots, finished sends' host buffers are freed. */
+static moe_status_t collect(struct moe_migration_s *m, bool recv)
 {
     moe_status_t status = MOE_STATUS_OK;
-    if (m->recv_done < 2 * m->posted) {
-        int completed = 0;
-        MOE_CHECK_MPI(MPI_Testsome(2 * m->posted, m->recv_requests, &completed, m->completed_index,
-                                   MPI_STATUSES_IGNORE), fail);
-        if (completed != MPI_UNDEFINED) m->recv_done += completed;
+    const int posted = recv ? m->recv_posted : m->send_posted;
+    int *done = recv ? &m->recv_done : &m->send_done;
+    if (*done == posted) return MOE_STATUS_OK;
+    int completed = 0;
+    MOE_CHECK_MPI(MPI_Testsome(posted, recv ? m->recv_requests : m->send_requests, &completed, m->completed_index,
+                               MPI_STATUSES_IGNORE), fail);
+    if (completed == MPI_UNDEFINED) return MOE_STATUS_OK;
+    for (int i = 0; i < completed; i++) {
+        transfer_t *t = (recv ? m->incoming : m->outgoing) + m->completed_index[i];
+        if (recv && t->host) MOE_CHECK(m->to->ops->copy_in(m->to->store, t->slot, m->expert_bytes, t->host), fail);
+        free(t->host);
+        t->host = NULL;
     }
-    while (m->posted < m->n_incoming && 2 * m->posted - m->recv_done < 2 * m->window) {
-        const incoming_t *in = &m->incoming[m->posted];
-        MPI_Request *r = m->recv_requests + 2 * m->posted;
-        MOE_CHECK_MPI(MPI_Irecv(in->gate_up, (int)m->expert_floats[0], MPI_FLOAT, in->source, 0,
-                                m->comm, &r[0]), fail);
-        MOE_CHECK_MPI(MPI_Irecv(in->down, (int)m->expert_floats[1], MPI_FLOAT, in->source, 0,
-                                m->comm, &r[1]), fail);
-        m->posted++;
+    *done += completed;
+fail:
+    return status;
+}
+
+/* Keep `window` transfers in flight each way, in list order (MPI keeps a pair's messages in order,
+ * so they match without tags). A receive posted against a ready sender may move a whole slot. */
+static moe_status_t post_some(struct moe_migration_s *m)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MOE_CHECK(collect(m, true), fail);
+    MOE_CHECK(collect(m, false), fail);
+    while (m->recv_posted < m->n_incoming && m->recv_posted - m->recv_done < m->window) {
+        transfer_t *t = &m->incoming[m->recv_posted];
+        void *buf = t->slot;
+        if (m->staged) {
+            t->host = malloc(m->expert_bytes);
+            if (!t->host) MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "migration: out of memory for an expert");
+            buf = t->host;
+        }
+        MOE_CHECK_MPI(MPI_Irecv(buf, 1, m->type, t->peer, 0, m->comm, &m->recv_requests[m->recv_posted]), fail);
+        m->recv_posted++;
+    }
+    /* sends from host memory are all posted at once; staged ones a window at a time */
+    const int send_window = m->staged ? m->window : m->n_outgoing;
+    while (m->send_posted < m->n_outgoing && m->send_posted - m->send_done < send_window) {
+        transfer_t *t = &m->outgoing[m->send_posted];
+        const void *buf = t->slot;
+        if (m->staged) {
+            t->host = malloc(m->expert_bytes);
+            if (!t->host) MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "migration: out of memory for an expert");
+            MOE_CHECK(m->from->ops->copy_out(m->from->store, t->slot, m->expert_bytes, t->host), fail);
+            buf = t->host;
+        }
+        MOE_CHECK_MPI(MPI_Isend(buf, 1, m->type, t->peer, 0, m->comm, &m->send_requests[m->send_posted]), fail);
+        m->send_posted++;
     }
 fail:
     return status;
@@ -87,8 +130,6 @@ moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h ol
 {
     moe_status_t status = MOE_STATUS_OK;
     const int L = config->model.layers, E = config->model.experts;
-    const size_t f = (size_t)config->model.d_ff, d = (size_t)config->model.d_model;
-    const size_t n_gate_up = 2 * f * d, n_down = d * f;
     const int old_ranks = moe_plan_ranks(old_plan);
     struct moe_migration_s *m = calloc(1, sizeof *m);
     int *given = calloc((size_t)old_ranks, sizeof(int));
@@ -96,24 +137,31 @@ moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h ol
     MOE_CHECK_ALLOC(m, fail);
     MOE_CHECK_ALLOC(given, fail);
     m->comm = MPI_COMM_NULL;
+    m->type = MPI_DATATYPE_NULL;
     m->t_start = moe_now();
-    m->expert_floats[0] = n_gate_up;
-    m->expert_floats[1] = n_down;
-    m->expert_bytes = (int64_t)(sizeof(float) * (n_gate_up + n_down));
+    m->from = from;
+    m->to = to;
+    m->expert_bytes = from->expert_bytes;
+    m->staged = !from->ops->host_memory;
     m->window = window > 0 ? window : 1;
     MOE_CHECK_MPI(MPI_Comm_dup(comm, &m->comm), fail);
-    MOE_CHECK(moe_weights_layout(config, new_plan, rank, from, to), fail);
+    if (m->expert_bytes > (size_t)INT32_MAX)
+        MOE_FAIL(MOE_STATUS_UNSUPPORTED, fail, "migration: an expert of %zu bytes is over 2 GB", m->expert_bytes);
+    MOE_CHECK_MPI(MPI_Type_contiguous((int)m->expert_bytes, MPI_BYTE, &m->type), fail);
+    MOE_CHECK_MPI(MPI_Type_commit(&m->type), fail);
+    MOE_CHECK(moe_weights_layout(config, new_plan, rank, from->ops, from->store, from, to), fail);
     to->read_bytes = from->read_bytes;
     to->read_expert_bytes = from->read_expert_bytes;
     to->read_files = from->read_files;
 
     /* At most every expert that moves comes to, or leaves, this rank. */
     const size_t moving = (size_t)moe_plan_new_hosts(old_plan, new_plan);
-    m->incoming = malloc(sizeof(incoming_t) * (moving + 1));
-    m->recv_requests = malloc(sizeof(MPI_Request) * (2 * moving + 1));
-    m->completed_index = malloc(sizeof(int) * (2 * moving + 1));
-    m->send_requests = malloc(sizeof(MPI_Request) * (2 * moving + 1));
-    if (!m->incoming || !m->recv_requests || !m->completed_index || !m->send_requests)
+    m->incoming = calloc(moving + 1, sizeof(transfer_t));
+    m->outgoing = calloc(moving + 1, sizeof(transfer_t));
+    m->recv_requests = malloc(sizeof(MPI_Request) * (moving + 1));
+    m->send_requests = malloc(sizeof(MPI_Request) * (moving + 1));
+    m->completed_index = malloc(sizeof(int) * (moving + 1));
+    if (!m->incoming || !m->outgoing || !m->recv_requests || !m->send_requests || !m->completed_index)
         MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "migration: out of memory for %zu transfers", moving);
 
     for (int l = 0; l < L; l++)
@@ -127,10 +175,7 @@ moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h ol
                 const int old_slot = moe_plan_local_slot(old_plan, l, dst, e);
                 const int to_slot = to->local_offset[l] + new_slot;
                 if (old_slot >= 0) { /* already here: handed over, not copied */
-                    if (dst == rank) {
-                        to->gate_up[to_slot] = (float *)moe_weights_expert_gate_up(from, l, old_slot);
-                        to->down[to_slot] = (float *)moe_weights_expert_down(from, l, old_slot);
-                    }
+                    if (dst == rank) to->expert[to_slot] = moe_weights_slot(from, l, old_slot);
                     continue;
                 }
                 int src = holders[0];
@@ -138,35 +183,25 @@ moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h ol
                     if (given[holders[j]] < given[src]) src = holders[j];
                 given[src]++;
                 if (dst == rank) {
+                    MOE_CHECK(to->ops->alloc(to->store, to->expert_bytes, &to->expert[to_slot]), fail);
                     to->owned[to_slot] = true;
-                    to->gate_up[to_slot] = moe_malloc(n_gate_up, sizeof(float));
-                    to->down[to_slot] = moe_malloc(n_down, sizeof(float));
-                    if (!to->gate_up[to_slot] || !to->down[to_slot])
-                        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "migration: out of memory for an expert");
-                    m->incoming[m->n_incoming++] = (incoming_t){
-                        .gate_up = to->gate_up[to_slot], .down = to->down[to_slot], .source = src};
+                    m->incoming[m->n_incoming++] = (transfer_t){.slot = to->expert[to_slot], .peer = src};
                 }
-                if (src == rank) {
-                    int slot = moe_plan_local_slot(old_plan, l, src, e);
-                    MPI_Request *r = m->send_requests + m->n_sends;
-                    MOE_CHECK_MPI(MPI_Isend(moe_weights_expert_gate_up(from, l, slot), (int)n_gate_up,
-                                            MPI_FLOAT, dst, 0, m->comm, &r[0]), fail);
-                    MOE_CHECK_MPI(MPI_Isend(moe_weights_expert_down(from, l, slot), (int)n_down,
-                                            MPI_FLOAT, dst, 0, m->comm, &r[1]), fail);
-                    m->n_sends += 2;
-                }
+                if (src == rank)
+                    m->outgoing[m->n_outgoing++] = (transfer_t){
+                        .slot = moe_weights_slot(from, l, moe_plan_local_slot(old_plan, l, src, e)), .peer = dst};
             }
         }
     free(given);
     given = NULL;
-    MOE_CHECK(receive_some(m), fail); /* the first window */
+    MOE_CHECK(post_some(m), fail); /* the first window */
     *out = m;
     return MOE_STATUS_OK;
 fail:
     /* A failure after requests were posted ends the job (the caller aborts): nothing is freed under
      * a request in flight before that. */
     free(given);
-    if (m && m->n_sends == 0 && m->posted == 0) {
+    if (m && m->send_posted == 0 && m->recv_posted == 0) {
         moe_weights_destroy(to);
         moe_migration_destroy(m);
     }
@@ -177,10 +212,9 @@ moe_status_t moe_migration_test(moe_migration_h m, bool *done)
 {
     moe_status_t status = MOE_STATUS_OK;
     if (!m->done) {
-        MOE_CHECK(receive_some(m), fail);
-        int sent = 0;
-        MOE_CHECK_MPI(MPI_Testall(m->n_sends, m->send_requests, &sent, MPI_STATUSES_IGNORE), fail);
-        if (sent && m->recv_done == 2 * m->n_incoming) {
+        MOE_CHECK(post_some(m), fail);
+        if (m->recv_done == m->n_incoming && m->send_done == m->n_outgoing) {
+            if (m->staged) MOE_CHECK(m->to->ops->finish(m->to->store), fail); /* copies into slots landed */
             m->done = true;
             m->t_done = moe_now();
         }
@@ -200,9 +234,9 @@ fail:
 
 int64_t moe_migration_bytes_pending(const moe_migration_h m)
 {
-    return (int64_t)(2 * m->n_incoming - m->recv_done) / 2 * m->expert_bytes;
+    return (int64_t)(m->n_incoming - m->recv_done) * (int64_t)m->expert_bytes;
 }
-int64_t moe_migration_bytes_in(const moe_migration_h m) { return m->n_incoming * m->expert_bytes; }
+int64_t moe_migration_bytes_in(const moe_migration_h m) { return (int64_t)m->n_incoming * (int64_t)m->expert_bytes; }
 double moe_migration_seconds(const moe_migration_h m)
 {
     return m->done ? m->t_done - m->t_start : moe_now() - m->t_start;

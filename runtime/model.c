@@ -1,8 +1,9 @@
 /* model: what the engine computes with, besides its own state.
  *
  * Weights are seeded: element i of tensor T of (layer, expert) is a pure function of
- * (seed, layer, expert, T, i), uniform in [-1, 1) times scale / sqrt(fan_in), so every rank builds
- * exactly the experts it hosts and a run's numbers do not depend on the world size or placement.
+ * (seed, layer, expert, T, i), uniform in [-1, 1) times scale / sqrt(fan_in) (kernels.h's seeded rule), so
+ * every rank builds exactly the experts it hosts and a run's numbers do not depend on the world size
+ * or placement; weights.c lays them out in the backend's store, which computes them where they live.
  * RMSNorm weights are 1 + 0.1 u, sigmoid correction biases 0.05 u. With weights.kind checkpoint the
  * same layout is filled from the checkpoint instead (checkpoint.c).
  *
@@ -24,195 +25,6 @@
 
 #include "runtime/runtime-impl.h"
 
-enum {
-    TENSOR_NORM = 1,
-    TENSOR_ROUTER,
-    TENSOR_BIAS,
-    TENSOR_SHARED_GATE_UP,
-    TENSOR_SHARED_DOWN,
-    TENSOR_GATE_UP,
-    TENSOR_DOWN,
-    TENSOR_INPUT,
-    TENSOR_SYNTH_ORDER,
-    TENSOR_SYNTH_NEXT,
-    TENSOR_SYNTH_PICK,
-    TENSOR_SYNTH_WEIGHT,
-    TENSOR_SHARED_GATE,
-};
-
-float moe_model_weight(uint64_t seed, int layer, int expert, int tensor, size_t index, int fan_in,
-                       float scale)
-{
-    float u = moe_hash_to_symmetric(moe_hash(seed, (uint64_t)layer, (uint64_t)expert,
-                                             (uint64_t)tensor, (uint64_t)index));
-    return u * scale / sqrtf((float)fan_in);
-}
-
-static void fill_tensor(float *dst, size_t count, uint64_t seed, int layer, int expert, int tensor,
-                        int fan_in, float scale)
-{
-    for (size_t i = 0; i < count; i++)
-        dst[i] = moe_model_weight(seed, layer, expert, tensor, i, fan_in, scale);
-}
-
-moe_status_t moe_weights_layout(const moe_config_t *config, const moe_plan_h plan, int rank,
-                                const moe_weights_t *share_dense, moe_weights_t *out)
-{
-    const moe_model_config_t *m = &config->model;
-    moe_weights_t w = {.layers = m->layers, .d = m->d_model, .f = m->d_ff,
-                       .fs = m->shared_experts * m->shared_d_ff, .experts = m->experts};
-    const size_t L = (size_t)w.layers, d = (size_t)w.d, f = (size_t)w.f, fs = (size_t)w.fs,
-                 E = (size_t)w.experts;
-    w.local_count = calloc(L, sizeof(int));
-    w.local_offset = calloc(L, sizeof(int));
-    if (!w.local_count || !w.local_offset) goto oom;
-    size_t slots = 0;
-    for (size_t l = 0; l < L; l++) {
-        w.local_offset[l] = (int)slots;
-        w.local_count[l] = moe_plan_local_experts(plan, (int)l, rank, NULL);
-        slots += (size_t)w.local_count[l];
-    }
-    /* The dense part, one block cut by offsets: norms, routers, biases, shared experts; then the
-     * routed experts, one allocation each for gate_up and down. */
-    size_t n_norm = L * d, n_router = L * E * d, n_bias = m->score_bias ? L * E : 0,
-           n_shared = L * 3 * fs * d, n_gate = m->shared_gate && fs ? L * d : 0;
-    size_t n_dense = n_norm + n_router + n_bias + n_shared + n_gate;
-    w.bytes = (n_dense + slots * 3 * f * d) * sizeof(float);
-    w.slots = (int)slots;
-    w.gate_up = calloc(slots + 1, sizeof(float *));
-    w.down = calloc(slots + 1, sizeof(float *));
-    w.owned = calloc(slots + 1, sizeof(bool));
-    if (!w.gate_up || !w.down || !w.owned) goto oom;
-    if (share_dense) {
-        w.dense_block = share_dense->dense_block;
-        w.dense_shared = true;
-    } else {
-        w.dense_block = moe_calloc(n_dense, sizeof(float));
-        if (!w.dense_block) goto oom;
-        for (size_t i = 0; i < slots; i++) {
-            w.owned[i] = true;
-            w.gate_up[i] = moe_calloc(2 * f * d, sizeof(float));
-            w.down[i] = moe_calloc(d * f, sizeof(float));
-            if (!w.gate_up[i] || !w.down[i]) goto oom;
-        }
-    }
-    float *p = w.dense_block;
-    w.norm = p, p += n_norm;
-    w.router = p, p += n_router;
-    w.score_bias = n_bias ? p : NULL, p += n_bias;
-    w.shared_gate_up = fs ? p : NULL, p += L * 2 * fs * d;
-    w.shared_down = fs ? p : NULL, p += L * fs * d;
-    w.shared_gate = n_gate ? p : NULL;
-    *out = w;
-    return MOE_STATUS_OK;
-oom:
-    moe_weights_destroy(&w);
-    moe_error("weights: out of memory (%s: %d layers, d_model %d, d_ff %d)", config->source_path,
-              m->layers, m->d_model, m->d_ff);
-    return MOE_STATUS_NO_MEMORY;
-}
-
-moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h plan, int rank,
-                                moe_weights_t *out)
-{
-    const moe_model_config_t *m = &config->model;
-    const uint64_t seed = config->run.seed;
-    const float scale = config->weights.scale;
-    moe_weights_t w;
-    moe_status_t layout = moe_weights_layout(config, plan, rank, NULL, &w);
-    if (layout != MOE_STATUS_OK) return layout;
-    const size_t L = (size_t)w.layers, d = (size_t)w.d, f = (size_t)w.f, fs = (size_t)w.fs,
-                 E = (size_t)w.experts;
-    const bool n_bias = m->score_bias, n_gate = m->shared_gate && fs;
-
-    if (config->weights.kind == MOE_WEIGHTS_CHECKPOINT) {
-        moe_status_t status = moe_checkpoint_load(config, plan, rank, &w);
-        if (status != MOE_STATUS_OK) {
-            moe_weights_destroy(&w);
-            return status;
-        }
-        *out = w;
-        return MOE_STATUS_OK;
-    }
-    for (size_t l = 0; l < L; l++) {
-        int li = (int)l;
-        for (size_t j = 0; j < d; j++)
-            w.norm[l * d + j] = 1.0f + 0.1f * moe_model_weight(seed, li, 0, TENSOR_NORM, j, 1, 1.0f);
-        fill_tensor(w.router + l * E * d, E * d, seed, li, 0, TENSOR_ROUTER, (int)d, 1.0f);
-        if (n_bias)
-            for (size_t e = 0; e < E; e++)
-                w.score_bias[l * E + e] = 0.05f * moe_model_weight(seed, li, 0, TENSOR_BIAS, e, 1, 1.0f);
-        if (fs) {
-            fill_tensor(w.shared_gate_up + l * 2 * fs * d, 2 * fs * d, seed, li, 0,
-                        TENSOR_SHARED_GATE_UP, (int)d, scale);
-            fill_tensor(w.shared_down + l * d * fs, d * fs, seed, li, 0, TENSOR_SHARED_DOWN, (int)fs,
-                        scale);
-        }
-        if (n_gate) fill_tensor(w.shared_gate + l * d, d, seed, li, 0, TENSOR_SHARED_GATE, (int)d, 1.0f);
-        const int *experts;
-        int n = moe_plan_local_experts(plan, li, rank, &experts);
-        for (int s = 0; s < n; s++) {
-            size_t slot = (size_t)w.local_offset[l] + (size_t)s;
-            fill_tensor(w.gate_up[slot], 2 * f * d, seed, li, experts[s],
-                        TENSOR_GATE_UP, (int)d, scale);
-            fill_tensor(w.down[slot], d * f, seed, li, experts[s], TENSOR_DOWN,
-                        (int)f, scale);
-        }
-    }
-    *out = w;
-    return MOE_STATUS_OK;
-}
-
-typedef struct {
-    const float *ptr;
-    int slot;
-} slot_ptr_t;
-
-static int cmp_slot_ptr(const void *a, const void *b)
-{
-    uintptr_t x = (uintptr_t)((const slot_ptr_t *)a)->ptr, y = (uintptr_t)((const slot_ptr_t *)b)->ptr;
-    return (x > y) - (x < y);
-}
-
-void moe_weights_hand_over(moe_weights_t *to, moe_weights_t *from)
-{
-    to->dense_shared = from->dense_shared;
-    from->dense_shared = true;
-    /* from's experts sorted by address, so that each borrowed one is found by bisection */
-    slot_ptr_t *index = malloc(sizeof(slot_ptr_t) * ((size_t)from->slots + 1));
-    for (int j = 0; index && j < from->slots; j++) index[j] = (slot_ptr_t){from->gate_up[j], j};
-    if (index) qsort(index, (size_t)from->slots, sizeof(slot_ptr_t), cmp_slot_ptr);
-    for (int i = 0; i < to->slots; i++) {
-        if (to->owned[i]) continue;
-        slot_ptr_t key = {to->gate_up[i], 0}, *hit = NULL;
-        if (index)
-            hit = bsearch(&key, index, (size_t)from->slots, sizeof(slot_ptr_t), cmp_slot_ptr);
-        else /* no memory for the index: the plain search */
-            for (int j = 0; j < from->slots && !hit; j++)
-                if (from->gate_up[j] == to->gate_up[i]) from->owned[j] = false;
-        if (hit) from->owned[hit->slot] = false;
-        to->owned[i] = true;
-    }
-    free(index);
-}
-
-void moe_weights_destroy(moe_weights_t *w)
-{
-    if (!w) return;
-    if (!w->dense_shared) moe_free(w->dense_block);
-    for (int i = 0; w->owned && i < w->slots; i++)
-        if (w->owned[i]) {
-            moe_free(w->gate_up[i]);
-            moe_free(w->down[i]);
-        }
-    free(w->gate_up);
-    free(w->down);
-    free(w->owned);
-    free(w->local_count);
-    free(w->local_offset);
-    memset(w, 0, sizeof *w);
-}
-
 moe_router_params_t moe_model_router_params(const moe_config_t *config, const moe_weights_t *w,
                                             int layer)
 {
@@ -225,7 +37,7 @@ moe_router_params_t moe_model_router_params(const moe_config_t *config, const mo
         .groups = m->groups,
         .groups_kept = m->groups_kept,
         .scaling = m->routed_scaling,
-        .bias = w->score_bias ? w->score_bias + (size_t)layer * m->experts : NULL,
+        .bias = w->score_bias ? (const float *)w->score_bias + (size_t)layer * m->experts : NULL,
     };
 }
 
@@ -313,9 +125,9 @@ static moe_status_t build_synthetic(const moe_config_t *c, moe_sources_t *s)
         int32_t *order = s->synth_order + (size_t)l * E, *next = s->synth_next + (size_t)l * E;
         for (int e = 0; e < E; e++) order[e] = next[e] = e;
         for (int e = E - 1; e > 0; e--) { /* Fisher-Yates with hashed draws */
-            int i = (int)(moe_hash(seed, l, e, TENSOR_SYNTH_ORDER, 0) % (uint64_t)(e + 1));
+            int i = (int)(moe_hash(seed, l, e, MOE_TENSOR_SYNTH_ORDER, 0) % (uint64_t)(e + 1));
             int32_t tmp = order[e]; order[e] = order[i]; order[i] = tmp;
-            i = (int)(moe_hash(seed, l, e, TENSOR_SYNTH_NEXT, 0) % (uint64_t)(e + 1));
+            i = (int)(moe_hash(seed, l, e, MOE_TENSOR_SYNTH_NEXT, 0) % (uint64_t)(e + 1));
             tmp = next[e]; next[e] = next[i]; next[i] = tmp;
         }
         double *cdf = s->synth_cdf + (size_t)l * E, acc = 0;
@@ -394,7 +206,7 @@ void moe_sources_input(const moe_sources_t *s, int64_t g0, int n, float *x)
     for (int t = 0; t < n; t++)
         for (int j = 0; j < d; j++)
             x[(size_t)t * d + j] = moe_hash_to_symmetric(
-                moe_hash(s->config->run.seed, TENSOR_INPUT, (uint64_t)(g0 + t), (uint64_t)j, 0));
+                moe_hash(s->config->run.seed, MOE_TENSOR_INPUT, (uint64_t)(g0 + t), (uint64_t)j, 0));
 }
 
 /* One synthetic draw from layer l's popularity. */
@@ -433,7 +245,7 @@ void moe_sources_route(const moe_sources_t *s, int layer, int64_t g0, int n,
         double sum = 0;
         for (int j = 0; j < k; j++) {
             int32_t e = -1;
-            if (prev_ids && moe_hash_to_unit(moe_hash(seed, g, layer, j, TENSOR_SYNTH_PICK)) <
+            if (prev_ids && moe_hash_to_unit(moe_hash(seed, g, layer, j, MOE_TENSOR_SYNTH_PICK)) <
                                 c->routing.affinity)
                 e = s->synth_next[(size_t)(layer - 1) * E + prev_ids[(size_t)t * k + j]];
             for (uint64_t attempt = 1;; attempt++) {
@@ -449,10 +261,10 @@ void moe_sources_route(const moe_sources_t *s, int layer, int64_t g0, int n,
                     }
                     break;
                 }
-                e = synth_draw(s, layer, moe_hash(seed, g, layer, j, TENSOR_SYNTH_PICK + attempt * 16));
+                e = synth_draw(s, layer, moe_hash(seed, g, layer, j, MOE_TENSOR_SYNTH_PICK + attempt * 16));
             }
             id[j] = e;
-            w[j] = 1.0f + 0.5f * moe_hash_to_symmetric(moe_hash(seed, g, layer, j, TENSOR_SYNTH_WEIGHT));
+            w[j] = 1.0f + 0.5f * moe_hash_to_symmetric(moe_hash(seed, g, layer, j, MOE_TENSOR_SYNTH_WEIGHT));
             sum += w[j];
         }
         for (int j = 0; j < k; j++) w[j] = (float)(w[j] / sum);

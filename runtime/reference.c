@@ -33,10 +33,10 @@ moe_status_t moe_reference_forward(const moe_config_t *config, const moe_weights
     }
     for (int l = 0; l < m->layers; l++) {
         int32_t *id = ids + (size_t)l * n * k;
-        moe_rmsnorm_cpu(x, w->norm + (size_t)l * d, n, d, m->norm_eps, h);
+        moe_rmsnorm_cpu(x, (const float *)w->norm + (size_t)l * d, n, d, m->norm_eps, h);
         if (config->routing.source == MOE_ROUTING_ROUTER) {
             moe_router_params_t p = moe_model_router_params(config, w, l);
-            moe_router_logits_cpu(h, w->router + (size_t)l * E * d, n, d, E, logits);
+            moe_router_logits_cpu(h, (const float *)w->router + (size_t)l * E * d, n, d, E, logits);
             moe_router_topk_cpu(logits, n, &p, id, weights);
         } else {
             moe_sources_route(sources, l, g0, n, l > 0 ? ids + (size_t)(l - 1) * n * k : NULL, id,
@@ -52,12 +52,12 @@ moe_status_t moe_reference_forward(const moe_config_t *config, const moe_weights
                 for (int i = 0; i < d; i++) acc[i] += weights[t * k + j] * y[i];
             }
             if (fs) {
-                moe_expert_ffn_cpu(ht, w->shared_gate_up + (size_t)l * 2 * fs * d,
-                                   w->shared_down + (size_t)l * d * fs, 1, d, fs, scratch, y);
+                moe_expert_ffn_cpu(ht, (const float *)w->shared_gate_up + (size_t)l * 2 * fs * d,
+                                   (const float *)w->shared_down + (size_t)l * d * fs, 1, d, fs, scratch, y);
                 float g = 1.0f;
                 if (w->shared_gate) { /* Qwen2-MoE's sigmoid gate on the shared expert */
                     double dot = 0;
-                    for (int i = 0; i < d; i++) dot += (double)ht[i] * w->shared_gate[(size_t)l * d + i];
+                    for (int i = 0; i < d; i++) dot += (double)ht[i] * ((const float *)w->shared_gate)[(size_t)l * d + i];
                     g = 1.0f / (1.0f + expf(-(float)dot));
                 }
                 for (int i = 0; i < d; i++) acc[i] += g * y[i];

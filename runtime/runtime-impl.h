@@ -16,62 +16,45 @@
 #include "kernels/kernels.h"
 #include "placement/placement.h"
 #include "runtime/runtime.h"
+#include "runtime/backend.h"
 
 /* ---------------------------------------------------------------- model (model.c) */
 
-/* Weights of one rank: the norms, routers and shared experts of every layer (the dense part, one
- * allocation cut by offsets), and the routed experts the plan gives this rank, one allocation per
- * expert so that an expert the rank keeps across a plan change is handed over, not copied. Expert
- * slot s of layer l is the s-th entry of moe_plan_local_experts(plan, l, rank). */
-typedef struct {
-    int layers, d, f, fs, experts;
-    float *norm;            /* [L][d] */
-    float *router;          /* [L][E][d] */
-    float *score_bias;      /* [L][E], or NULL without model.score_bias */
-    float *shared_gate_up;  /* [L][2 fs][d], or NULL without shared experts */
-    float *shared_down;     /* [L][d][fs] */
-    float *shared_gate;     /* [L][d], or NULL without model.shared_gate */
-    int *local_count;       /* [L] experts hosted per layer */
-    int *local_offset;      /* [L] first slot of layer l in the expert arrays */
-    int slots;              /* experts hosted, all layers */
-    float **gate_up;        /* [slots] -> [2f][d] */
-    float **down;           /* [slots] -> [d][f] */
-    bool *owned;            /* [slots] false: another moe_weights_t's (see moe_weights_hand_over) */
-    float *dense_block;     /* norms ... shared gates */
-    bool dense_shared;      /* dense_block is another moe_weights_t's */
-    size_t bytes;
-    /* Read from a checkpoint (0 for seeded weights): tensor bytes on disk this rank copied, of which
-     * routed-expert bytes, and the files it mapped. */
-    int64_t read_bytes, read_expert_bytes;
-    int read_files;
-} moe_weights_t;
+/* Tensor ids of the seeded rule (moe_seed_rule_t.tensor). */
+enum {
+    MOE_TENSOR_NORM = 1,
+    MOE_TENSOR_ROUTER,
+    MOE_TENSOR_BIAS,
+    MOE_TENSOR_SHARED_GATE_UP,
+    MOE_TENSOR_SHARED_DOWN,
+    MOE_TENSOR_GATE_UP,
+    MOE_TENSOR_DOWN,
+    MOE_TENSOR_INPUT,
+    MOE_TENSOR_SYNTH_ORDER,
+    MOE_TENSOR_SYNTH_NEXT,
+    MOE_TENSOR_SYNTH_PICK,
+    MOE_TENSOR_SYNTH_WEIGHT,
+    MOE_TENSOR_SHARED_GATE,
+};
 
-/* The value every rank computes for element `index` of `tensor` of (layer, expert). */
-float moe_model_weight(uint64_t seed, int layer, int expert, int tensor, size_t index, int fan_in,
-                       float scale);
+/* ---------------------------------------------------------------- weights (weights.c) */
 
-/* The weights of `rank` under plan, filled (seeded or read from the checkpoint). A rank beyond the
- * plan's ranks (standby in an elastic run) gets the dense part only. */
+/* The weights of `rank` under plan in `store` (the backend's), filled (seeded, or read from the
+ * checkpoint). A rank beyond the plan's ranks (standby in an elastic run) gets the dense part only. */
 moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h plan, int rank,
-                                moe_weights_t *out);
-/* The same layout, unfilled. With share_dense, the dense part (norms, routers, shared experts:
- * the same under every plan) is share_dense's, not copied, and no expert is allocated (the
- * migration hands kept ones over and allocates received ones); without, everything is allocated
- * zero-filled. */
+                                const moe_store_ops_t *ops, moe_store_t *store, moe_weights_t *out);
+/* The same layout, unfilled. With share_dense, the dense part (the same under every plan) is
+ * share_dense's, not copied, and no expert is allocated (the migration hands kept ones over and
+ * allocates received ones); without, everything is allocated, uninitialised. */
 moe_status_t moe_weights_layout(const moe_config_t *config, const moe_plan_h plan, int rank,
+                                const moe_store_ops_t *ops, moe_store_t *store,
                                 const moe_weights_t *share_dense, moe_weights_t *out);
 /* `to` was laid out from `from` (the dense part and kept experts are from's): make `to` the owner
  * of all of them, so that destroying from frees only what `to` does not use. */
 void moe_weights_hand_over(moe_weights_t *to, moe_weights_t *from);
 void moe_weights_destroy(moe_weights_t *weights);
-static inline const float *moe_weights_expert_gate_up(const moe_weights_t *w, int layer, int slot)
-{
-    return w->gate_up[w->local_offset[layer] + slot];
-}
-static inline const float *moe_weights_expert_down(const moe_weights_t *w, int layer, int slot)
-{
-    return w->down[w->local_offset[layer] + slot];
-}
+/* Bytes this rank's weights hold in their store (dense part and owned experts). */
+size_t moe_weights_bytes(const moe_weights_t *weights);
 
 /* ---------------------------------------------------------------- checkpoints (checkpoint.c, hf_config.c) */
 
@@ -93,6 +76,7 @@ typedef struct {
     moe_model_config_t model;        /* the model settings it implies (name: the model_type) */
     int hidden_layers;               /* num_hidden_layers */
     int moe_layers;                  /* layers with an MoE block ... */
+    int fp8_block;                   /* quantization_config fp8 weight_block_size (0: not quantised) */
     int moe_layer[MOE_HF_MAX_LAYERS]; /* ... and their indices in the checkpoint */
 } moe_hf_config_t;
 
@@ -100,10 +84,11 @@ typedef struct {
 moe_status_t moe_hf_config_read(const char *config_json, moe_hf_config_t *out);
 const char *moe_hf_family_name(moe_hf_family_t family);
 
-/* Fill w (laid out by moe_weights_create for this rank: norms, routers, biases, shared experts,
- * shared gates, and the experts the plan gives this rank) from weights.checkpoint, reading only
- * those tensors (an expert's slice of a fused per-layer tensor). Checks the model settings against
- * config.json and every tensor's name, shape and dtype; errors name the file and tensor. */
+/* Fill w (laid out for this rank: norms, routers, biases, shared experts, shared gates, and the
+ * experts the plan gives this rank) from weights.checkpoint, reading only those tensors (an expert's
+ * slice of a fused per-layer tensor) and writing them through w's store, converted where they land.
+ * Checks the model settings against config.json and every tensor's name, shape and dtype (F32, BF16,
+ * F16, and FP8 e4m3 with block scales as DeepSeek-V3 publishes); errors name the file and tensor. */
 moe_status_t moe_checkpoint_load(const moe_config_t *config, const moe_plan_h plan, int rank,
                                  moe_weights_t *w);
 
@@ -157,7 +142,7 @@ typedef enum {
 const char *moe_stage_name(moe_stage_t stage);
 
 /* Per layer of the current batch, on this rank. */
-typedef struct {
+typedef struct moe_layer_metrics_s {
     double time[MOE_STAGE_COUNT];
     double layer_time;
     int64_t tokens;                   /* tokens this rank owns */
@@ -179,14 +164,27 @@ moe_status_t moe_metrics_end_batch(moe_metrics_h metrics, int batch, int64_t bat
 /* Where rank 0 gathers the checkpoint tensor bytes each rank read, [P][2] (all, routed experts);
  * once asked for, the summary reports them. */
 int64_t *moe_metrics_read_bytes(moe_metrics_h metrics);
+/* Where rank 0 gathers each rank's memory, [P][3]: host RSS peak, weight bytes in its backend's store,
+ * GPU bytes used (0 without one); once asked for, the summary reports them. */
+int64_t *moe_metrics_memory(moe_metrics_h metrics);
 /* Rank 0: the summary table. */
 void moe_metrics_print_summary(moe_metrics_h metrics, FILE *out);
 /* Rank 0: append the summary line and commit the JSON lines file (no-op elsewhere). */
 moe_status_t moe_metrics_commit(moe_metrics_h metrics);
 
-/* ---------------------------------------------------------------- backend (backend.h) */
+/* ---------------------------------------------------------------- trace (trace.c)
+ *
+ * Spans of one batch (stage, layer, chunk, stream, start and length in microseconds from the batch's
+ * start) from every rank, written by rank 0 as Chrome trace JSON (chrome://tracing, Perfetto). */
+moe_status_t moe_trace_create(const char *path, int batch, moe_trace_h *out);
+void moe_trace_destroy(moe_trace_h trace);
+/* The batch traced (the others are not recorded). */
+int moe_trace_batch(const moe_trace_h trace);
+void moe_trace_span(moe_trace_h trace, const char *name, int layer, int chunk, const char *stream, double start_us,
+                    double length_us);
+/* Collective: rank 0 gathers every rank's spans and writes the file. */
+moe_status_t moe_trace_commit(moe_trace_h trace, MPI_Comm comm);
 
-#include "runtime/backend.h"
 
 /* ---------------------------------------------------------------- scheduler (layer.c) */
 
@@ -194,23 +192,37 @@ typedef struct moe_scheduler_s *moe_scheduler_h;
 
 typedef struct {
     const moe_config_t *config;
-    const moe_plan_h plan;
+    moe_plan_h plan;
     const moe_sources_t *sources;
     const moe_backend_t *backend;
-    void *backend_state;
+    moe_backend_state_t *backend_state;
     moe_comm_h comm;          /* rows, in the backend's memory */
-    moe_comm_h meta_comm;     /* counts and metadata, host memory (MPI); may equal comm */
+    moe_comm_h meta_comm;     /* counts, host memory (MPI); may equal comm */
     int max_tokens;           /* per rank per batch */
+    int capacity;             /* > 0: fixed-capacity buffers (rows per chunk and peer); 0: counted */
 } moe_scheduler_args_t;
 
 moe_status_t moe_scheduler_create(const moe_scheduler_args_t *args, moe_scheduler_h *out);
 void moe_scheduler_destroy(moe_scheduler_h sched);
 
-/* One layer over this rank's n tokens (global indices g0..): ids/weights [n][k] out (for statistics),
- * prev_ids the previous layer's (NULL at layer 0). */
+/* One layer over this rank's n tokens (global indices g0..). Routing from a trace or the synthetic
+ * generator is computed here into ids/weights [n][k] (prev_ids: the previous layer's, NULL at layer
+ * 0); the router's choices reach the host after the batch (backend routes()). */
 moe_status_t moe_scheduler_layer(moe_scheduler_h sched, int layer, int64_t g0, int n,
                                  const int32_t *prev_ids, int32_t *ids, float *weights,
                                  moe_layer_metrics_t *metrics);
+
+/* The plan as the dispatch kernels take it (kernels.h), for every layer, seen from `rank`: the tables
+ * and their host arrays in one allocation (*block, free() it; tables[l]'s pointers point into it,
+ * so a copy of the block elsewhere is used by moving each pointer by the same distance). */
+moe_status_t moe_dispatch_tables(const moe_plan_h plan, int rank, moe_dispatch_table_t **tables, void **block,
+                                 size_t *bytes);
+/* The wire row of a backend with elements of elem_bytes: d elements, then the metadata. */
+static inline size_t moe_wire_meta_offset(int d, size_t elem_bytes) { return ((size_t)d * elem_bytes + 15) / 16 * 16; }
+static inline size_t moe_wire_row_bytes(int d, int k, size_t elem_bytes)
+{
+    return moe_wire_meta_offset(d, elem_bytes) + ((size_t)8 * k + 15) / 16 * 16;
+}
 
 /* placement.ranks_per_node for a serving set of `size` ranks: at most size, dividing it (nodes of
  * equal size), as a plan requires. */

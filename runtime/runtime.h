@@ -23,6 +23,14 @@ typedef enum { MOE_BACKEND_CPU = 0, MOE_BACKEND_CUDA } moe_backend_kind_t;
 typedef enum { MOE_TRANSPORT_MPI = 0, MOE_TRANSPORT_NCCL } moe_transport_kind_t;
 typedef enum { MOE_INPUT_SYNTHETIC = 0, MOE_INPUT_NPY } moe_input_kind_t;
 typedef enum { MOE_WEIGHTS_RANDOM = 0, MOE_WEIGHTS_CHECKPOINT } moe_weights_kind_t;
+typedef enum { MOE_BUFFERS_AUTO = 0, MOE_BUFFERS_COUNTED, MOE_BUFFERS_FIXED } moe_buffers_t;
+typedef enum { MOE_SWITCH_AUTO = 0, MOE_SWITCH_ON, MOE_SWITCH_OFF } moe_switch_t;
+
+/* Batches of at most this many tokens per rank are decode-sized: run.buffers auto makes them fixed
+ * capacity, one chunk (the low-latency path). */
+#define MOE_LOW_LATENCY_TOKENS 256
+/* model.top_k at most this (kernels.h's MOE_DISPATCH_MAX_K: a token's choices stay on chip) */
+#define MOE_DISPATCH_TOP_K_MAX 32
 
 #define MOE_PATH_MAX 4096
 #define MOE_NAME_MAX 128
@@ -52,6 +60,8 @@ typedef struct {
     moe_transport_kind_t transport; /* run.transport: mpi | nccl */
     int chunks;                     /* run.chunks: pipeline chunks C (1 = no overlap) */
     int tokens_per_rank;            /* run.tokens_per_rank: tokens each rank owns per batch */
+    moe_buffers_t buffers;          /* run.buffers: auto | counted | fixed */
+    moe_switch_t graphs;            /* run.graphs: CUDA graphs auto | on | off */
     int batches;                    /* run.batches: 0 = as many as the trace or input holds */
     uint64_t seed;                  /* run.seed: weights, inputs, synthetic routing */
     int warmup_batches;             /* run.warmup_batches: excluded from tokens/s */
@@ -157,8 +167,12 @@ typedef struct {
     const char *timeline;
     const char *events;
     const char *plans_dir;
+    /* Chrome trace JSON of one batch's stages on every rank (NULL: none); the batch, -1 for the first
+     * measured one. */
+    const char *trace_events;
+    int trace_batch;
 } moe_engine_options_t;
-#define MOE_ENGINE_OPTIONS_INIT {.reference = false}
+#define MOE_ENGINE_OPTIONS_INIT {.reference = false, .trace_batch = -1}
 
 /* Checks an elastic schedule (moe_engine_options_t.schedule) for a world of world_size ranks; errors
  * name the entry. */

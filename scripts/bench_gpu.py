@@ -99,7 +99,8 @@ def g2_transformers(tokens=8192):
 def main():
     print(f"torch {torch.__version__} device {torch.cuda.get_device_name()}")
     for case in (("mixtral_8x2048", 8, 2048, 4096, 14336), ("dsv3_32x256", 32, 256, 7168, 2048),
-                 ("dsv3_32x64", 32, 64, 7168, 2048)):
+                 ("dsv3_128x256", 128, 256, 7168, 2048), ("dsv3_32x64", 32, 64, 7168, 2048),
+                 ("dsv3_128x8", 128, 8, 7168, 2048), ("dsv3_256x4", 256, 4, 7168, 2048)):
         try:
             g1(*case)
         except Exception as e:  # noqa: BLE001

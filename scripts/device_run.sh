@@ -43,7 +43,33 @@ if ! ls /usr/local/cuda/lib64/libnccl.so >/dev/null 2>&1 && ! ls /usr/lib/x86_64
     [ -n "$hdr" ] && [ ! -f /usr/local/cuda/include/nccl.h ] && ln -sf "$hdr" /usr/local/cuda/include/nccl.h
 fi
 
-# ---- 2. build
+# ---- 2. build (CUTLASS's headers from the carried wheel in third_party/, or downloaded)
+scripts/fetch_cutlass.sh >/dev/null || { echo "fetch_cutlass.sh failed"; exit 1; }
+if [ "$what" = kernels ]; then
+    # the kernels alone: their tests against the CPU references, G1, and the PyTorch peers
+    if [ ! -f build-gpu/build.ninja ]; then
+        meson setup build-gpu -Dcuda=enabled -Dcutlass=enabled -Dgpu_arch=90a -Dc_args="-I$deps/usr/include" \
+            -Dc_link_args="-L$lib -Wl,-rpath,$lib" >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+    fi
+    ninja -C build-gpu tests/kernels/test_kernels_cuda bench/bench_gemm_gpu >>"$out/build.log" 2>&1 ||
+        { tail -60 "$out/build.log"; exit 1; }
+    MOE_TEST_VERBOSE=1 build-gpu/tests/kernels/test_kernels_cuda >"$out/kernels_cuda.log" 2>&1
+    echo "test_kernels_cuda: exit $?"; grep -E "failed|FAIL|checks" "$out/kernels_cuda.log" | head -30
+    build-gpu/bench/bench_gemm_gpu ${REPS:-10} >"$out/g1.log" 2>&1; echo "bench_gemm_gpu: exit $?"; cat "$out/g1.log"
+    timeout 300 python3 scripts/bench_gpu.py >"$out/torch.log" 2>&1; echo "bench_gpu.py: exit $?"; grep torch_g1 "$out/torch.log"
+    ngpu=$(nvidia-smi -L | grep -c GPU)
+    for p in 1 $([ "$ngpu" -ge 2 ] && echo 2); do
+        for cfg in "configs/deepseek-v3.yaml 4096 128" "configs/mixtral-8x7b.yaml 8192"; do
+            set -- $cfg
+            timeout 300 python3 -m torch.distributed.run --standalone --nproc-per-node=$p scripts/bench_peers_ep.py \
+                --config "$1" --tokens "${@:2}" >>"$out/peers.log" 2>&1 || echo "peers $p $1: failed"
+        done
+        timeout 200 python3 -m torch.distributed.run --standalone --nproc-per-node=$p scripts/bench_peers_ep.py \
+            --config configs/deepseek-v3.yaml --tokens 4096 --no-shared >>"$out/peers.log" 2>&1
+    done
+    grep -E "peer_ep|Error|error" "$out/peers.log" | head -20
+    exit 0
+fi
 if [ ! -f build-gpu/build.ninja ]; then
     meson setup build-gpu -Dcuda=enabled -Dgpu_arch=90a -Dc_args="-I$deps/usr/include" \
         -Dc_link_args="-L$lib -Wl,-rpath,$lib" >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }

@@ -2,7 +2,8 @@
 """hf_reference.py: tiny Hugging Face MoE checkpoints and transformers' outputs, the fixtures that
 tests/runtime/checkpoint_vs_hf.sh checks moerun against (tests/data/hf/<case>/).
 
-    python3 scripts/hf_reference.py [OUT_DIR]      (default: tests/data/hf next to this script)
+    python3 scripts/hf_reference.py [OUT_DIR [CASE]]   (default: tests/data/hf next to this script;
+                                                        CASE: write that fixture only)
 
 Needs torch, transformers (5.x; the families below) and safetensors; downloads nothing: each model
 is built from a config in code with seeded random weights. For each case it writes
@@ -167,6 +168,7 @@ def write_case(out, name, model, family, dtype=torch.float32, shard=None, fused=
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "tests", "data", "hf")
+    only = sys.argv[2] if len(sys.argv) > 2 else None  # a case name: build that one (and what it needs) only
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
     T = transformers
@@ -177,28 +179,33 @@ def main():
                           num_experts_per_tok=2, rms_norm_eps=1e-5)
     model = T.MixtralForCausalLM(cfg)
     init_weights(model, 1)
-    write_case(out, "mixtral", model, "mixtral", seed=1)
-    write_case(out, "mixtral_fused", model, "mixtral", fused=True, seed=1)
+    if only in (None, "mixtral"):
+        write_case(out, "mixtral", model, "mixtral", seed=1)
+    if only in (None, "mixtral_fused"):
+        write_case(out, "mixtral_fused", model, "mixtral", fused=True, seed=1)
 
     cfg = T.Qwen2MoeConfig(**common, intermediate_size=48, moe_intermediate_size=24,
                            shared_expert_intermediate_size=40, num_hidden_layers=3, num_experts=8,
                            num_experts_per_tok=2, norm_topk_prob=False, rms_norm_eps=1e-6)
     model = T.Qwen2MoeForCausalLM(cfg)
     init_weights(model, 2)
-    write_case(out, "qwen2_moe", model, "qwen2_moe", shard="60KB", seed=2)
+    if only in (None, "qwen2_moe"):
+        write_case(out, "qwen2_moe", model, "qwen2_moe", shard="60KB", seed=2)
 
     cfg = T.Qwen3MoeConfig(**common, head_dim=16, intermediate_size=48, moe_intermediate_size=24,
                            num_hidden_layers=2, num_experts=8, num_experts_per_tok=3,
                            norm_topk_prob=True, rms_norm_eps=1e-6)
     model = T.Qwen3MoeForCausalLM(cfg)
     init_weights(model, 3)
-    write_case(out, "qwen3_moe_bf16", model, "qwen3_moe", dtype=torch.bfloat16, seed=3)
+    if only in (None, "qwen3_moe_bf16"):
+        write_case(out, "qwen3_moe_bf16", model, "qwen3_moe", dtype=torch.bfloat16, seed=3)
 
     cfg = T.OlmoeConfig(**common, intermediate_size=24, num_hidden_layers=2, num_experts=8,
                         num_experts_per_tok=2, norm_topk_prob=False, rms_norm_eps=1e-5)
     model = T.OlmoeForCausalLM(cfg)
     init_weights(model, 4)
-    write_case(out, "olmoe_fp16", model, "olmoe", dtype=torch.float16, seed=4)
+    if only in (None, "olmoe_fp16"):
+        write_case(out, "olmoe_fp16", model, "olmoe", dtype=torch.float16, seed=4)
 
     mla = dict(kv_lora_rank=8, q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=4)
     cfg = T.DeepseekV2Config(**common, **mla, intermediate_size=48, moe_intermediate_size=16,
@@ -208,7 +215,8 @@ def main():
                              rms_norm_eps=1e-6)
     model = T.DeepseekV2ForCausalLM(cfg)
     init_weights(model, 5)
-    write_case(out, "deepseek_v2", model, "deepseek_v2", seed=5)
+    if only in (None, "deepseek_v2"):
+        write_case(out, "deepseek_v2", model, "deepseek_v2", seed=5)
 
     cfg = T.DeepseekV3Config(**common, **mla, intermediate_size=48, moe_intermediate_size=16,
                              num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=8,
@@ -216,7 +224,78 @@ def main():
                              routed_scaling_factor=2.5, norm_topk_prob=True, rms_norm_eps=1e-6)
     model = T.DeepseekV3ForCausalLM(cfg)
     init_weights(model, 6)
-    write_case(out, "deepseek_v3", model, "deepseek_v3", seed=6)
+    if only in (None, "deepseek_v3"):
+        write_case(out, "deepseek_v3", model, "deepseek_v3", seed=6)
+    if only in (None, "deepseek_v3_fp8"):
+        write_fp8_case(out, "deepseek_v3_fp8", model, "deepseek_v3", block=12, seed=7)
+
+
+FP8_MAX = 448.0  # the largest float8 e4m3fn value
+FP8_PATTERNS = (".mlp.experts.", ".mlp.shared_experts.")
+
+
+def quantize_fp8(w, block):
+    """w [r, c] -> (q float8_e4m3fn [r, c], scale_inv f32 [ceil(r/b), ceil(c/b)]): per b x b block,
+    scale = amax / 448 and q = w / scale, as DeepSeek-V3's checkpoints are made."""
+    r, c = w.shape
+    br, bc = -(-r // block), -(-c // block)
+    padded = torch.zeros(br * block, bc * block)
+    padded[:r, :c] = w
+    blocks = padded.view(br, block, bc, block)
+    scale = blocks.abs().amax(dim=(1, 3)).clamp(min=1e-12) / FP8_MAX
+    q = (blocks / scale[:, None, :, None]).view(br * block, bc * block)[:r, :c].to(torch.float8_e4m3fn)
+    return q.contiguous(), scale.float().contiguous()
+
+
+def dequantize_fp8(q, scale, block):
+    r, c = q.shape
+    s = scale.repeat_interleave(block, 0)[:r].repeat_interleave(block, 1)[:, :c]
+    return q.float() * s
+
+
+def write_fp8_case(out, name, model, family, block, seed):
+    """DeepSeek-V3's published form: the routed and shared experts' projections stored as float8
+    e4m3 with a float32 `<name>_scale_inv` per block x block tile (quantization_config fp8,
+    weight_block_size), the rest as it was. The expected output runs on the dequantized weights
+    (q x scale_inv, exactly what a loader must compute), so a loader that dequantizes right matches
+    it to arithmetic order. block 12 leaves partial blocks at the matrices' edges on purpose."""
+    model = model.to(torch.float32)
+    state, scales = {}, {}
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.dim() == 2 and any(t in pname for t in FP8_PATTERNS) and pname.endswith(".weight"):
+                q, s = quantize_fp8(p.detach(), block)
+                p.copy_(dequantize_fp8(q, s, block))
+                state[pname], scales[pname + "_scale_inv"] = q, s
+    write_case(out, name, model, family, seed=seed)  # the dequantized weights in fp32, and the reference
+    path = os.path.join(out, name)
+    from safetensors.torch import load_file
+    tensors = load_file(os.path.join(path, "model.safetensors"))
+    for tname in list(tensors):
+        if tname in state:
+            tensors[tname] = state[tname]
+    tensors.update(scales)
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(path, "config.json")) as fp:
+        cfg = json.load(fp)
+    cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                  "weight_block_size": [block, block]}
+    with open(os.path.join(path, "config.json"), "w") as fp:
+        json.dump(cfg, fp, indent=2)
+    # what each rank reads changed with the dtypes: recount from the rewritten file
+    sizes = disk_bytes(path)
+    layers = [i for i, _ in moe_layers(model)]
+    E = model.config.n_routed_experts
+    expert_bytes = sum(b for t, b in sizes.items() if f"model.layers.{layers[-1]}.mlp.experts." in t) // E
+    common = sum(b for t, b in sizes.items() for i in layers
+                 if t.startswith((f"model.layers.{i}.post_attention_layernorm.", f"model.layers.{i}.mlp.gate.",
+                                  f"model.layers.{i}.mlp.shared_expert")))
+    with open(os.path.join(path, "fixture.txt"), "w") as fp:
+        fp.write(f"# {name}: transformers {transformers.__version__}, torch {torch.__version__}; "
+                 f"fp8 e4m3 experts in {block}x{block} blocks\n")
+        fp.write(f"family={family}\nlayers={len(layers)}\nexperts={E}\ntokens={TOKENS}\n")
+        fp.write(f"expert_bytes={expert_bytes}\ncommon_bytes={common}\n")
+    print(f"{name}: fp8 experts, {sum(sizes.values())} bytes of tensors")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ def encode(t, fix=None):
     for name, (dtype, shape, values) in t.items():
         if dtype == "F32":
             data = struct.pack(f"<{len(values)}f", *values)
+        elif dtype == "F8_E4M3":  # every value 1.0 (0x38): the defects here are not in the values
+            data = bytes([0x38] * len(values))
         else:  # I32
             data = struct.pack(f"<{len(values)}i", *[int(v * 100) for v in values])
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + len(data)]}
@@ -127,8 +129,26 @@ def main():
     case(out, "index_missing_shard", ["model-00002-of-00002.safetensors"],
          files={"model-00001-of-00001.safetensors": encode(t), "model.safetensors.index.json": json.dumps(index)})
 
-    case(out, "quantized", ["config.json", "quantization_config", "fp8"],
-         config=dict(CONFIG, quantization_config={"quant_method": "fp8", "weight_block_size": [128, 128]}))
+    case(out, "quantized", ["config.json", "quantization_config", "gptq"],
+         config=dict(CONFIG, quantization_config={"quant_method": "gptq", "bits": 4}))
+
+    fp8_config = dict(CONFIG, quantization_config={"quant_method": "fp8", "fmt": "e4m3",
+                                                   "weight_block_size": [128, 128]})
+    case(out, "fp8_e5m2", ["config.json", "quantization_config", "e5m2"],
+         config=dict(CONFIG, quantization_config={"quant_method": "fp8", "fmt": "e5m2",
+                                                  "weight_block_size": [128, 128]}))
+
+    t = tensors(); t[up1] = ("F8_E4M3",) + t[up1][1:]
+    case(out, "fp8_missing_scale", ["model.safetensors", up1 + "_scale_inv"], config=fp8_config,
+         files={"model.safetensors": encode(t)})
+
+    t = tensors(); t[up1] = ("F8_E4M3",) + t[up1][1:]; t[up1 + "_scale_inv"] = ("F32", [2, 2], [1.0] * 4)
+    case(out, "fp8_bad_scale", ["model.safetensors", up1 + "_scale_inv", "[1, 1]"], config=fp8_config,
+         files={"model.safetensors": encode(t)})
+
+    t = tensors(); t[up1] = ("F8_E4M3",) + t[up1][1:]; t[up1 + "_scale_inv"] = ("F32", [1, 1], [1.0])
+    case(out, "fp8_without_quantization_config", ["model.safetensors", up1, "quantization_config"],
+         files={"model.safetensors": encode(t)})
 
     case(out, "wrong_expert_width", ["config.json", "model.d_ff"], config=dict(CONFIG, intermediate_size=F + 1))
 

@@ -38,7 +38,10 @@ int main(int argc, char **argv)
         recv_rows[r] = calloc(size, sizeof(int));
         int n_send = 0;
         for (int p = 0; p < size; p++) n_send += send_rows[r][p] = count(rank, p, size, r);
-        CHECK_STATUS(moe_comm_exchange_counts(comm, send_rows[r], recv_rows[r], 1), MOE_STATUS_OK);
+        int *ones = calloc(size, sizeof(int));
+        for (int p = 0; p < size; p++) ones[p] = 1;
+        CHECK_STATUS(moe_comm_exchange_ints(comm, send_rows[r], ones, recv_rows[r], ones), MOE_STATUS_OK);
+        free(ones);
         int n_recv = 0;
         for (int p = 0; p < size; p++) {
             CHECK_EQ_INT(recv_rows[r][p], count(p, rank, size, r));

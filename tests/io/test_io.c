@@ -807,7 +807,7 @@ static void test_safetensors_corrupt(void)
     expect_st_format_error("trailing_json.st",
                            "{'x':{'dtype':'F32','shape':[2,2],'data_offsets':[0,16]}}x", 0, 16);
     expect_st_format_error("unknown_dtype.st",
-                           "{'x':{'dtype':'F8_E4M3','shape':[2,2],'data_offsets':[0,4]}}", 0, 16);
+                           "{'x':{'dtype':'F8_E5M2','shape':[2,2],'data_offsets':[0,4]}}", 0, 16);
     expect_st_format_error("neg_shape.st",
                            "{'x':{'dtype':'F32','shape':[-2,2],'data_offsets':[0,16]}}", 0, 16);
     expect_st_format_error("float_shape.st",

@@ -155,105 +155,6 @@ static void test_router(cublasHandle_t cublas, int n, int d, int E, int k, moe_r
     free(h), free(wr), free(b), free(lg), free(lg_gpu), free(ids), free(ids_gpu), free(wt), free(wt_gpu);
 }
 
-static void test_gather_scatter(int n_src, int n, int d)
-{
-    size_t sd = (size_t)n_src * d, nd = (size_t)n * d;
-    float *src = malloc(4 * sd), *ref = malloc(4 * nd), *o = malloc(4 * nd), *wt = malloc(4 * n);
-    float *acc = malloc(4 * sd), *acc_ref = malloc(4 * sd);
-    int32_t *rows = malloc(4 * (size_t)n);
-    fill(src, sd, 1.0f);
-    fill(wt, n, 1.0f);
-    fill(acc_ref, sd, 1.0f);
-    for (int i = 0; i < n; i++) rows[i] = (int32_t)(moe_hash(9, draw, i, 0, 0) % (uint64_t)n_src);
-    draw++;
-    uint16_t *src16 = round_bf16(src, sd);
-    moe_gather_rows_cpu(src, d, rows, n, ref);
-    {   /* padding rows (-1) come out as zeros */
-        int32_t *prow = malloc(4 * (size_t)n);
-        for (int i = 0; i < n; i++) prow[i] = i % 3 == 1 ? -1 : rows[i];
-        moe_bf16_t *ds = dev_copy(src16, 2 * sd), *dd = dev_poisoned(2 * nd);
-        int32_t *dp = dev_copy(prow, 4 * (size_t)n);
-        CHECK_STATUS(moe_gather_rows_cuda(ds, d, dp, n, dd, stream), MOE_STATUS_OK);
-        host_from_bf16(o, dd, nd);
-        int bad = 0;
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < d; j++)
-                bad += o[(size_t)i * d + j] != (prow[i] < 0 ? 0.0f : ref[(size_t)i * d + j]);
-        CHECK_EQ_INT(bad, 0);
-        cudaFree(ds), cudaFree(dd), cudaFree(dp);
-        free(prow);
-    }
-    moe_bf16_t *dsrc = dev_copy(src16, 2 * sd), *ddst = dev_poisoned(2 * nd);
-    int32_t *drows = dev_copy(rows, 4 * (size_t)n);
-    CHECK_STATUS(moe_gather_rows_cuda(dsrc, d, drows, n, ddst, stream), MOE_STATUS_OK);
-    host_from_bf16(o, ddst, nd);
-    CHECK(memcmp(o, ref, 4 * nd) == 0);
-    /* scatter-add of the gathered rows back, weighted, onto a random accumulator (rows repeat) */
-    float *dacc = dev_copy(acc_ref, 4 * sd), *dwt = dev_copy(wt, 4 * (size_t)n);
-    moe_scatter_add_cpu(ref, rows, wt, n, d, acc_ref);
-    CHECK_STATUS(moe_scatter_add_cuda(ddst, drows, dwt, n, d, dacc, stream), MOE_STATUS_OK);
-    host_f32(acc, dacc, sd);
-    char what[96];
-    snprintf(what, sizeof what, "scatter-add %d rows -> %dx%d", n, n_src, d);
-    check_rel(what, acc, acc_ref, sd, TOL_F32);
-    /* unweighted (weights NULL: the un-permute) */
-    float *ones = malloc(4 * (size_t)n);
-    for (int i = 0; i < n; i++) ones[i] = 1.0f;
-    moe_scatter_add_cpu(ref, rows, ones, n, d, acc_ref);
-    CHECK_STATUS(moe_scatter_add_cuda(ddst, drows, NULL, n, d, dacc, stream), MOE_STATUS_OK);
-    host_f32(acc, dacc, sd);
-    snprintf(what, sizeof what, "unpermute %d rows -> %dx%d", n, n_src, d);
-    check_rel(what, acc, acc_ref, sd, TOL_F32);
-    cudaFree(dsrc), cudaFree(ddst), cudaFree(drows), cudaFree(dacc), cudaFree(dwt);
-    free(src), free(ref), free(o), free(wt), free(acc), free(acc_ref), free(rows), free(src16), free(ones);
-}
-
-/* The destination's combine: each output row the weighted sum of its entries (some rows have
- * several, every row at least one), against moe_scatter_add_cpu onto zeros. */
-static void test_combine(int n_rows, int d)
-{
-    int entries = 0;
-    int *per_row = malloc(sizeof(int) * n_rows);
-    for (int r = 0; r < n_rows; r++) entries += per_row[r] = 1 + (int)(moe_hash(5, draw, r, 0, 0) % 3);
-    draw++;
-    size_t ed = (size_t)entries * d, rd = (size_t)n_rows * d;
-    float *y = malloc(4 * ed), *wt = malloc(4 * (size_t)entries), *ref = calloc(rd, 4), *o = malloc(4 * rd);
-    int32_t *rows = malloc(4 * (size_t)entries), *entry = malloc(4 * (size_t)entries);
-    int *row_offset = malloc(sizeof(int) * (n_rows + 1));
-    fill(y, ed, 1.0f);
-    fill(wt, (size_t)entries, 1.0f);
-    /* entries in a scrambled order, as the expert grouping leaves them */
-    for (int i = 0; i < entries; i++) entry[i] = i;
-    for (int i = entries - 1; i > 0; i--) {
-        int j = (int)(moe_hash(6, draw, i, 0, 0) % (uint64_t)(i + 1)), t = entry[i];
-        entry[i] = entry[j], entry[j] = t;
-    }
-    draw++;
-    row_offset[0] = 0;
-    float *wlist = malloc(4 * (size_t)entries);
-    for (int r = 0, i = 0; r < n_rows; r++) {
-        for (int q = 0; q < per_row[r]; q++, i++) {
-            rows[entry[i]] = r;
-            wlist[i] = wt[entry[i]];
-        }
-        row_offset[r + 1] = row_offset[r] + per_row[r];
-    }
-    uint16_t *y16 = round_bf16(y, ed);
-    moe_scatter_add_cpu(y, rows, wt, entries, d, ref);
-    moe_bf16_t *dy = dev_copy(y16, 2 * ed), *dout = dev_poisoned(2 * rd);
-    float *dwt = dev_copy(wlist, 4 * (size_t)entries);
-    free(wlist);
-    int32_t *dentry = dev_copy(entry, 4 * (size_t)entries);
-    int *doff = dev_copy(row_offset, sizeof(int) * (n_rows + 1));
-    CHECK_STATUS(moe_combine_rows_cuda(dy, doff, dentry, dwt, n_rows, d, dout, stream), MOE_STATUS_OK);
-    host_from_bf16(o, dout, rd);
-    char what[96];
-    snprintf(what, sizeof what, "combine %d entries -> %dx%d", entries, n_rows, d);
-    check_rel(what, o, ref, rd, TOL_BF16);
-    cudaFree(dy), cudaFree(dout), cudaFree(dwt), cudaFree(dentry), cudaFree(doff);
-    free(per_row), free(y), free(wt), free(ref), free(o), free(rows), free(entry), free(row_offset), free(y16);
-}
-
 static void test_swiglu(int n, int f)
 {
     size_t n2 = (size_t)n * 2 * f, nf = (size_t)n * f;
@@ -317,9 +218,11 @@ static void test_residual(size_t n)
     free(x), free(y), free(ref), free(o);
 }
 
-/* Grouped SwiGLU experts (both GEMM modes) against moe_expert_ffn_cpu per expert; group sizes
- * include zero. Also the single GEMM that accumulates into fp32 (shared experts). */
-static void test_experts(moe_gemm_h gemm, int groups, int d, int f, int max_rows)
+
+/* ---------------------------------------------------------------- grouped GEMMs, experts */
+
+/* Group sizes from 0 to max_rows (group 1 empty), as the expert grouping leaves them. */
+static int *random_offsets(int groups, int max_rows)
 {
     int *offset = malloc(sizeof(int) * (groups + 1));
     offset[0] = 0;
@@ -329,82 +232,360 @@ static void test_experts(moe_gemm_h gemm, int groups, int d, int f, int max_rows
         offset[e + 1] = offset[e] + m;
     }
     draw++;
+    return offset;
+}
+
+/* moe_ggemm_run (each variant) against moe_grouped_gemm_cpu: every group's weights in an allocation
+ * of its own (a pointer array, as expert slots are), a weight offset inside it, with and without
+ * the SwiGLU epilogue. */
+static void test_ggemm(moe_ggemm_h gg, moe_gemm_path_t variant, int groups, int n_out, int k, int max_rows)
+{
+    int *offset = random_offsets(groups, max_rows);
     const int rows = offset[groups];
-    size_t nx = (size_t)rows * d, ngu = (size_t)groups * 2 * f * d, nd = (size_t)groups * d * f;
-    float *x = malloc(4 * nx + 4), *wgu = malloc(4 * ngu), *wd = malloc(4 * nd);
-    float *ref = malloc(4 * nx + 4), *o = malloc(4 * nx + 4), *scratch = malloc(4 * (size_t)max_rows * 3 * f + 4);
+    const size_t nx = (size_t)rows * k, ny = (size_t)rows * n_out, nw = (size_t)2 * n_out * k;
+    float *x = malloc(4 * nx + 4), *gate = malloc(4 * ny + 4), *ref = malloc(4 * ny + 4), *o = malloc(4 * ny + 4);
+    float **w = malloc(sizeof(float *) * groups);
+    moe_bf16_t **dw_host = malloc(sizeof(moe_bf16_t *) * groups);
     fill(x, nx, 1.0f);
-    fill(wgu, ngu, 1.0f / sqrtf((float)d));
-    fill(wd, nd, 1.0f / sqrtf((float)f));
-    uint16_t *x16 = round_bf16(x, nx), *wgu16 = round_bf16(wgu, ngu), *wd16 = round_bf16(wd, nd);
-    for (int e = 0; e < groups; e++)
-        moe_expert_ffn_cpu(x + (size_t)offset[e] * d, wgu + (size_t)e * 2 * f * d, wd + (size_t)e * d * f,
-                           offset[e + 1] - offset[e], d, f, scratch, ref + (size_t)offset[e] * d);
-    moe_bf16_t *dx = dev_copy(x16, 2 * nx), *dwgu = dev_copy(wgu16, 2 * ngu), *dwd = dev_copy(wd16, 2 * nd);
-    moe_bf16_t *dgu = dev_poisoned(2 * (size_t)rows * 2 * f), *dact = dev_poisoned(2 * (size_t)rows * f);
-    moe_bf16_t *dy = dev_poisoned(2 * nx);
-    static const char *const mode_names[] = {"loop", "grouped", "streams", "auto"};
-    for (int mode = 0; mode < 4; mode++) {
-        moe_gemm_set_mode(gemm, (moe_gemm_mode_t)mode);
-        cudaMemset(dy, 0xff, 2 * nx);
-        CHECK_STATUS(moe_expert_ffn_grouped_cuda(gemm, dx, dwgu, dwd, offset, groups, d, f, dgu, dact, dy),
+    fill(gate, ny, 2.0f);
+    uint16_t *x16 = round_bf16(x, nx), *g16 = round_bf16(gate, ny);
+    for (int e = 0; e < groups; e++) {
+        w[e] = malloc(4 * nw);
+        fill(w[e], nw, 1.0f / sqrtf((float)k));
+        uint16_t *w16 = round_bf16(w[e], nw);
+        dw_host[e] = dev_copy(w16, 2 * nw);
+        free(w16);
+    }
+    moe_bf16_t *dx = dev_copy(x16, 2 * nx), *dg = dev_copy(g16, 2 * ny), *dy = dev_poisoned(2 * ny);
+    moe_bf16_t **dw = dev_copy(dw_host, sizeof(void *) * groups);
+    int *doff = dev_copy(offset, sizeof(int) * (groups + 1));
+    for (int with_gate = 0; with_gate < 2; with_gate++) {
+        const size_t w_offset = with_gate ? (size_t)n_out * k : 0; /* the second half: "up" */
+        moe_grouped_gemm_cpu(x, (const float *const *)w, w_offset, offset, groups, n_out, k, with_gate ? gate : NULL,
+                             ref);
+        cudaMemset(dy, 0xff, 2 * ny + 16);
+        CHECK_STATUS(moe_ggemm_run(gg, variant, dx, (const moe_bf16_t *const *)dw, w_offset, doff, groups, max_rows,
+                                   n_out, k, with_gate ? dg : NULL, dy, stream), MOE_STATUS_OK);
+        host_from_bf16(o, dy, ny);
+        char what[128];
+        snprintf(what, sizeof what, "ggemm %s%s %d x %dx%d, %d rows%s", moe_gemm_path_name(variant),
+                 with_gate ? " swiglu" : "",
+                 groups, n_out, k, rows, moe_ggemm_tensor_cores(gg, n_out, k) ? "" : " (cuda cores)");
+        check_rel(what, o, ref, ny, TOL_BF16);
+    }
+    for (int e = 0; e < groups; e++) free(w[e]), cudaFree(dw_host[e]);
+    cudaFree(dx), cudaFree(dg), cudaFree(dy), cudaFree(dw), cudaFree(doff);
+    free(offset), free(x), free(gate), free(ref), free(o), free(w), free(dw_host), free(x16), free(g16);
+}
+
+/* moe_expert_ffn_cuda on every path against moe_expert_ffn_cpu per slot; each slot one allocation,
+ * gate_up then down, as the device store keeps experts. */
+static void test_expert_ffn(moe_gemm_h g, moe_ggemm_h gg, int slots, int d, int f, int max_rows)
+{
+    int *offset = random_offsets(slots, max_rows);
+    const int rows = offset[slots];
+    const size_t nx = (size_t)rows * d, ns = (size_t)3 * f * d;
+    float *x = malloc(4 * nx + 4), *ref = malloc(4 * nx + 4), *o = malloc(4 * nx + 4);
+    float *scratch = malloc(4 * (size_t)(max_rows + 1) * 3 * f), **slot = malloc(sizeof(float *) * slots);
+    moe_bf16_t **host_gu = malloc(sizeof(void *) * slots), **host_down = malloc(sizeof(void *) * slots);
+    fill(x, nx, 1.0f);
+    uint16_t *x16 = round_bf16(x, nx);
+    for (int e = 0; e < slots; e++) {
+        slot[e] = malloc(4 * ns);
+        fill(slot[e], 2 * (size_t)f * d, 1.0f / sqrtf((float)d));
+        fill(slot[e] + 2 * (size_t)f * d, (size_t)d * f, 1.0f / sqrtf((float)f));
+        uint16_t *s16 = round_bf16(slot[e], ns);
+        host_gu[e] = dev_copy(s16, 2 * ns);
+        host_down[e] = host_gu[e] + 2 * (size_t)f * d;
+        free(s16);
+        moe_expert_ffn_cpu(x + (size_t)offset[e] * d, slot[e], slot[e] + 2 * (size_t)f * d, offset[e + 1] - offset[e],
+                           d, f, scratch, ref + (size_t)offset[e] * d);
+    }
+    moe_expert_weights_t w = {.slots = slots, .d = d, .f = f,
+                              .gate_up = dev_copy(host_gu, sizeof(void *) * slots),
+                              .down = dev_copy(host_down, sizeof(void *) * slots),
+                              .host_gate_up = (const moe_bf16_t *const *)host_gu,
+                              .host_down = (const moe_bf16_t *const *)host_down};
+    moe_bf16_t *dx = dev_copy(x16, 2 * nx), *dgu = dev_poisoned(2 * (size_t)rows * 2 * f + 2);
+    moe_bf16_t *dact = dev_poisoned(2 * (size_t)rows * f + 2), *dy = dev_poisoned(2 * nx);
+    int *doff = dev_copy(offset, sizeof(int) * (slots + 1));
+    for (int path = MOE_GEMM_PATH_128x128; path <= MOE_GEMM_PATH_CUBLAS; path++) {
+        cudaMemset(dy, 0xff, 2 * nx + 16);
+        CHECK_STATUS(moe_expert_ffn_cuda(g, gg, (moe_gemm_path_t)path, &w, dx, doff, offset, rows, dgu, dact, dy),
                      MOE_STATUS_OK);
         host_from_bf16(o, dy, nx);
-        char what[96];
-        snprintf(what, sizeof what, "experts %s %d x (d %d, f %d), %d rows", mode_names[mode],
-                 groups, d, f, rows);
+        char what[128];
+        snprintf(what, sizeof what, "experts %s %d x (d %d, f %d), %d rows", moe_gemm_path_name((moe_gemm_path_t)path),
+                 slots, d, f, rows);
         check_rel(what, o, ref, nx, TOL_BF16);
     }
-    moe_gemm_set_mode(gemm, MOE_GEMM_LOOP);
-    {   /* padded layout: expert e's rows at e*stride, padding rows zero */
-        int stride = 0;
-        for (int e = 0; e < groups; e++)
-            stride = offset[e + 1] - offset[e] > stride ? offset[e + 1] - offset[e] : stride;
-        stride = (stride + 7) / 8 * 8;
-        size_t np_ = (size_t)groups * stride;
-        uint16_t *xp = calloc(np_ * d + 1, 2);
-        for (int e = 0; e < groups; e++)
-            memcpy(xp + (size_t)e * stride * d, x16 + (size_t)offset[e] * d,
-                   2 * (size_t)(offset[e + 1] - offset[e]) * d);
-        moe_bf16_t *dxp = dev_copy(xp, 2 * np_ * d), *dgup = dev_poisoned(2 * np_ * 2 * f);
-        moe_bf16_t *dactp = dev_poisoned(2 * np_ * f), *dyp = dev_poisoned(2 * np_ * d);
-        CHECK_STATUS(moe_expert_ffn_padded_cuda(gemm, dxp, dwgu, dwd, groups, stride, d, f, dgup, dactp, dyp),
-                     MOE_STATUS_OK);
-        float *op = malloc(4 * np_ * d + 4);
-        host_from_bf16(op, dyp, np_ * d);
-        for (int e = 0; e < groups; e++) /* back to the contiguous layout */
-            memmove(o + (size_t)offset[e] * d, op + (size_t)e * stride * d,
-                    4 * (size_t)(offset[e + 1] - offset[e]) * d);
-        char what[96];
-        snprintf(what, sizeof what, "experts padded %d x (d %d, f %d), stride %d", groups, d, f, stride);
-        check_rel(what, o, ref, nx, TOL_BF16);
-        cudaFree(dxp), cudaFree(dgup), cudaFree(dactp), cudaFree(dyp);
-        free(xp), free(op);
+    for (int e = 0; e < slots; e++) free(slot[e]), cudaFree(host_gu[e]);
+    cudaFree((void *)w.gate_up), cudaFree((void *)w.down), cudaFree(dx), cudaFree(dgu), cudaFree(dact), cudaFree(dy);
+    cudaFree(doff);
+    free(offset), free(x), free(ref), free(o), free(scratch), free(slot), free(host_gu), free(host_down), free(x16);
+}
+
+/* ---------------------------------------------------------------- dispatch layout */
+
+/* A placement of E experts on P ranks, expert e first on rank e % P, every third expert with a
+ * second replica on the next rank (shares 0.3 / 0.7), as host arrays; local_slot for `rank`. */
+typedef struct {
+    int first[257], rank[600], local_slot[256];
+    float share[600];
+    moe_dispatch_table_t t;
+} table_t;
+
+static void make_table(table_t *tb, int layer, int E, int P, int rank, int *slots)
+{
+    int r = 0;
+    *slots = 0;
+    for (int e = 0; e < E; e++) {
+        tb->first[e] = r;
+        tb->local_slot[e] = -1;
+        const int n = e % 3 == 0 && P > 1 ? 2 : 1;
+        for (int i = 0; i < n; i++) {
+            tb->rank[r] = (e + i) % P;
+            tb->share[r] = n == 1 ? 1.0f : i == 0 ? 0.3f : 0.7f;
+            if (tb->rank[r] == rank) tb->local_slot[e] = (*slots)++;
+            r++;
+        }
     }
-    /* fp32 accumulate: acc += x0 . wd0^T over the first group's rows (k = d, n_out = f here) */
-    int m = offset[1];
-    if (m > 0) {
-        float *acc = malloc(4 * (size_t)m * f), *acc_ref = malloc(4 * (size_t)m * f);
-        fill(acc, (size_t)m * f, 1.0f);
-        memcpy(acc_ref, acc, 4 * (size_t)m * f);
-        for (int i = 0; i < m; i++)
-            for (int j = 0; j < f; j++) {
-                double s = 0;
-                for (int c = 0; c < d; c++) s += (double)x[(size_t)i * d + c] * wgu[(size_t)j * d + c];
-                acc_ref[(size_t)i * f + j] += (float)s;
-            }
-        float *dacc = dev_copy(acc, 4 * (size_t)m * f);
-        CHECK_STATUS(moe_gemm_cuda(gemm, dx, dwgu, m, f, d, dacc, true), MOE_STATUS_OK);
-        host_f32(acc, dacc, (size_t)m * f);
-        char what[96];
-        snprintf(what, sizeof what, "gemm fp32 accumulate %dx%dx%d", m, f, d);
-        check_rel(what, acc, acc_ref, (size_t)m * f, TOL_BF16);
-        cudaFree(dacc);
-        free(acc), free(acc_ref);
+    tb->first[E] = r;
+    tb->t = (moe_dispatch_table_t){.layer = layer, .experts = E, .ranks = P, .replicas = r, .first = tb->first,
+                                   .rank = tb->rank, .share = tb->share, .local_slot = tb->local_slot};
+}
+
+/* The same table with its arrays on the device. */
+static moe_dispatch_table_t table_on_device(const table_t *tb)
+{
+    moe_dispatch_table_t d = tb->t;
+    d.first = dev_copy(tb->first, sizeof(int) * (tb->t.experts + 1));
+    d.rank = dev_copy(tb->rank, sizeof(int) * tb->t.replicas);
+    d.share = dev_copy(tb->share, sizeof(float) * tb->t.replicas);
+    d.local_slot = dev_copy(tb->local_slot, sizeof(int) * tb->t.experts);
+    return d;
+}
+static void table_free(moe_dispatch_table_t *d)
+{
+    cudaFree((void *)d->first), cudaFree((void *)d->rank), cudaFree((void *)d->share), cudaFree((void *)d->local_slot);
+}
+
+/* count, offsets and pack on the GPU against the CPU: identical replicas, counts and offsets; every
+ * (token, choice) that sends gets a row in its (chunk, peer) block holding the token's bf16 row and
+ * the CPU's metadata for it; no row is used twice. capacity > 0: the fixed-capacity layout. */
+static void test_dispatch(int n, int k, int E, int P, int chunks, int d, int capacity)
+{
+    table_t tb;
+    int slots;
+    make_table(&tb, 3, E, P, 0, &slots);
+    const int R = tb.t.replicas, CP = chunks * P;
+    const size_t meta_offset = ((size_t)d * 2 + 15) / 16 * 16, row_bytes = meta_offset + ((size_t)8 * k + 15) / 16 * 16;
+    const size_t meta_offset32 = (size_t)d * 4, row_bytes32 = meta_offset32 + (size_t)8 * k;
+    int32_t *ids = malloc(4 * (size_t)n * k), *rep = malloc(4 * (size_t)n * k), *trow = malloc(4 * (size_t)n * k);
+    float *wt = malloc(4 * (size_t)n * k), *h = malloc(4 * (size_t)n * d + 4);
+    int *rows = malloc(sizeof(int) * CP), *entries = malloc(sizeof(int) * chunks * R), *offset = malloc(sizeof(int) * (CP + 1));
+    for (int i = 0; i < n * k; i++) {
+        uint64_t v = moe_hash(21, draw, i, 0, 0);
+        ids[i] = v % 17 == 0 ? -1 : (int32_t)(v % (uint64_t)E); /* some choices dropped, repeats allowed */
     }
-    cudaFree(dx), cudaFree(dwgu), cudaFree(dwd), cudaFree(dgu), cudaFree(dact), cudaFree(dy);
-    free(offset), free(x), free(wgu), free(wd), free(ref), free(o), free(scratch);
-    free(x16), free(wgu16), free(wd16);
+    draw++;
+    fill(wt, (size_t)n * k, 1.0f);
+    fill(h, (size_t)n * d, 1.0f);
+    uint16_t *h16 = round_bf16(h, (size_t)n * d);
+    const int64_t g0 = 1000 + n;
+    moe_dispatch_count_cpu(ids, n, k, g0, &tb.t, chunks, rep, rows, entries);
+    int total = 0;
+    for (int i = 0; i < CP; i++) total += rows[i];
+    const int cap_rows = capacity > 0 ? CP * capacity : total;
+    moe_dispatch_offsets_cpu(rows, chunks, P, capacity, offset);
+    char *send = malloc(row_bytes32 * (size_t)(cap_rows + 1));
+    moe_dispatch_pack_cpu(h, ids, wt, rep, n, k, d, &tb.t, chunks, offset, send, row_bytes32, meta_offset32, trow);
+
+    moe_dispatch_table_t dt = table_on_device(&tb);
+    int32_t *d_ids = dev_copy(ids, 4 * (size_t)n * k), *d_rep = dev_poisoned(4 * (size_t)n * k);
+    int32_t *d_trow = dev_poisoned(4 * (size_t)n * k);
+    float *d_wt = dev_copy(wt, 4 * (size_t)n * k);
+    moe_bf16_t *d_h = dev_copy(h16, 2 * (size_t)n * d);
+    int *d_rows = dev_poisoned(sizeof(int) * CP), *d_entries = dev_poisoned(sizeof(int) * chunks * R);
+    int *d_offset = dev_poisoned(sizeof(int) * (CP + 1)), *d_fill = dev_poisoned(sizeof(int) * CP);
+    char *d_send = dev_poisoned(row_bytes * (size_t)(cap_rows + 1));
+    int64_t *d_g0 = dev_copy(&g0, sizeof g0);
+    CHECK_STATUS(moe_dispatch_count_cuda(d_ids, n, k, d_g0, &dt, chunks, d_rep, d_rows, d_entries, stream), MOE_STATUS_OK);
+    CHECK_STATUS(moe_dispatch_offsets_cuda(d_rows, chunks, P, capacity, d_offset, d_fill, stream), MOE_STATUS_OK);
+    if (capacity > 0)
+        CHECK_STATUS(moe_dispatch_clear_meta_cuda(d_send, cap_rows, row_bytes, meta_offset, k, stream), MOE_STATUS_OK);
+    CHECK_STATUS(moe_dispatch_pack_cuda(d_h, d_ids, d_wt, d_rep, n, k, d, &dt, chunks, d_offset, d_fill, d_send,
+                                        row_bytes, meta_offset, d_trow, stream), MOE_STATUS_OK);
+    cudaStreamSynchronize(stream);
+    int32_t *g_rep = malloc(4 * (size_t)n * k), *g_trow = malloc(4 * (size_t)n * k);
+    int *g_rows = malloc(sizeof(int) * CP), *g_entries = malloc(sizeof(int) * chunks * R), *g_offset = malloc(sizeof(int) * (CP + 1));
+    char *g_send = malloc(row_bytes * (size_t)(cap_rows + 1));
+    cudaMemcpy(g_rep, d_rep, 4 * (size_t)n * k, cudaMemcpyDeviceToHost);
+    cudaMemcpy(g_trow, d_trow, 4 * (size_t)n * k, cudaMemcpyDeviceToHost);
+    cudaMemcpy(g_rows, d_rows, sizeof(int) * CP, cudaMemcpyDeviceToHost);
+    cudaMemcpy(g_entries, d_entries, sizeof(int) * chunks * R, cudaMemcpyDeviceToHost);
+    cudaMemcpy(g_offset, d_offset, sizeof(int) * (CP + 1), cudaMemcpyDeviceToHost);
+    cudaMemcpy(g_send, d_send, row_bytes * (size_t)cap_rows, cudaMemcpyDeviceToHost);
+    CHECK(memcmp(g_rep, rep, 4 * (size_t)n * k) == 0);
+    CHECK(memcmp(g_rows, rows, sizeof(int) * CP) == 0);
+    CHECK(memcmp(g_entries, entries, sizeof(int) * chunks * R) == 0);
+    CHECK(memcmp(g_offset, offset, sizeof(int) * (CP + 1)) == 0);
+    int bad_rows = 0, bad_data = 0, bad_meta = 0, used = 0;
+    char *taken = calloc((size_t)cap_rows + 1, 1);
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < k; j++) {
+            const int cr = trow[t * k + j], gr = g_trow[t * k + j];
+            if ((cr < 0) != (gr < 0)) { bad_rows++; continue; }
+            if (cr < 0) continue;
+            /* the same (chunk, peer) block: the CPU row's block */
+            int blk = 0;
+            while (blk < CP && !(cr >= offset[blk] && cr < offset[blk] + rows[blk])) blk++;
+            if (blk == CP || gr < offset[blk] || gr >= offset[blk] + rows[blk] || taken[gr]) { bad_rows++; continue; }
+            taken[gr] = 1;
+            used++;
+            const uint16_t *gd = (const uint16_t *)(g_send + (size_t)gr * row_bytes);
+            bad_data += memcmp(gd, h16 + (size_t)t * d, 2 * (size_t)d) != 0;
+            bad_meta += memcmp(g_send + (size_t)gr * row_bytes + meta_offset, send + (size_t)cr * row_bytes32 + meta_offset32,
+                               (size_t)8 * k) != 0;
+        }
+    CHECK_EQ_INT(bad_rows, 0);
+    CHECK_EQ_INT(bad_data, 0);
+    CHECK_EQ_INT(bad_meta, 0);
+    CHECK_EQ_INT(used, total);
+    if (capacity > 0) { /* unused rows of the fixed layout say "no expert" */
+        int dirty = 0;
+        for (int r = 0; r < cap_rows; r++)
+            if (!taken[r])
+                for (int j = 0; j < k; j++) dirty += ((const int32_t *)(g_send + (size_t)r * row_bytes + meta_offset))[j] != -1;
+        CHECK_EQ_INT(dirty, 0);
+    }
+    if (getenv("MOE_TEST_VERBOSE"))
+        printf("dispatch %d tokens top-%d, %d experts (%d replicas) on %d ranks, %d chunks%s: %d rows\n", n, k, E, R, P,
+               chunks, capacity > 0 ? ", fixed capacity" : "", total);
+    table_free(&dt);
+    cudaFree(d_ids), cudaFree(d_rep), cudaFree(d_trow), cudaFree(d_wt), cudaFree(d_h), cudaFree(d_rows);
+    cudaFree(d_entries), cudaFree(d_offset), cudaFree(d_fill), cudaFree(d_send), cudaFree(d_g0);
+    free(ids), free(rep), free(trow), free(wt), free(h), free(rows), free(entries), free(offset), free(h16), free(send);
+    free(g_rep), free(g_trow), free(g_rows), free(g_entries), free(g_offset), free(g_send), free(taken);
+}
+
+/* Grouping, combine and un-permute at the destination: n_rows received rows whose metadata names
+ * local experts (or -1); the GPU's offsets equal the CPU's, every local (row, choice) has an
+ * expert-major row holding the received row; combining with the identity as the expert gives
+ * partial[r] = sum of weights x row r; a row naming an expert the rank lacks sets the flag. Then the
+ * un-permute of returned rows into fp32 outputs. */
+static void test_group(int n_rows, int k, int E, int d)
+{
+    table_t tb;
+    int slots;
+    make_table(&tb, 0, E, 2, 1, &slots); /* this rank is rank 1 of 2 */
+    const size_t meta_offset = ((size_t)d * 2 + 15) / 16 * 16, row_bytes = meta_offset + ((size_t)8 * k + 15) / 16 * 16;
+    const size_t meta_offset32 = (size_t)d * 4, row_bytes32 = meta_offset32 + (size_t)8 * k;
+    char *recv = malloc(row_bytes * (size_t)n_rows + 16), *recv32 = malloc(row_bytes32 * (size_t)n_rows + 16);
+    float *data = malloc(4 * (size_t)n_rows * d + 4);
+    fill(data, (size_t)n_rows * d, 1.0f);
+    uint16_t *data16 = round_bf16(data, (size_t)n_rows * d);
+    int local[256], n_local = 0;
+    for (int e = 0; e < E; e++)
+        if (tb.local_slot[e] >= 0) local[n_local++] = e;
+    for (int r = 0; r < n_rows; r++) {
+        memcpy(recv + (size_t)r * row_bytes, data16 + (size_t)r * d, 2 * (size_t)d);
+        memcpy(recv32 + (size_t)r * row_bytes32, data + (size_t)r * d, 4 * (size_t)d);
+        for (int j = 0; j < k; j++) {
+            uint64_t v = moe_hash(31, draw, r, j, 0);
+            int32_t e = j == 0 || v % 3 ? local[v % (uint64_t)n_local] : -1; /* at least one local choice */
+            float w = moe_hash_to_symmetric(moe_hash(32, draw, r, j, 0));
+            memcpy(recv + (size_t)r * row_bytes + meta_offset + 4 * (size_t)j, &e, 4);
+            memcpy(recv + (size_t)r * row_bytes + meta_offset + 4 * ((size_t)k + j), &w, 4);
+            memcpy(recv32 + (size_t)r * row_bytes32 + meta_offset32 + 4 * (size_t)j, &e, 4);
+            memcpy(recv32 + (size_t)r * row_bytes32 + meta_offset32 + 4 * ((size_t)k + j), &w, 4);
+        }
+    }
+    draw++;
+    const int max_entries = n_rows * k;
+    int *offset = malloc(sizeof(int) * (slots + 1));
+    int32_t *epos = malloc(4 * (size_t)max_entries);
+    float *x_e = malloc(4 * (size_t)max_entries * d + 4), *partial = malloc(4 * (size_t)n_rows * d + 4);
+    CHECK_STATUS(moe_expert_group_cpu(recv32, n_rows, row_bytes32, meta_offset32, k, tb.local_slot, E, slots, d, offset,
+                                      epos, x_e), MOE_STATUS_OK);
+    moe_expert_combine_cpu(x_e, epos, recv32, n_rows, row_bytes32, meta_offset32, k, d, partial);
+
+    moe_dispatch_table_t dt = table_on_device(&tb);
+    char *d_recv = dev_copy(recv, row_bytes * (size_t)n_rows);
+    int *d_offset = dev_poisoned(sizeof(int) * (slots + 1)), *d_fill = dev_poisoned(sizeof(int) * (slots + 1));
+    int *d_bad = dev_copy((int[]){0}, sizeof(int));
+    int32_t *d_epos = dev_poisoned(4 * (size_t)max_entries);
+    moe_bf16_t *d_xe = dev_poisoned(2 * (size_t)max_entries * d), *d_partial = dev_poisoned(2 * (size_t)n_rows * d);
+    CHECK_STATUS(moe_expert_group_cuda(d_recv, n_rows, row_bytes, meta_offset, k, dt.local_slot, E, slots, d, d_offset,
+                                       d_epos, d_xe, d_fill, d_bad, stream), MOE_STATUS_OK);
+    CHECK_STATUS(moe_expert_combine_cuda(d_xe, d_epos, d_recv, n_rows, row_bytes, meta_offset, k, d, d_partial, stream),
+                 MOE_STATUS_OK);
+    cudaStreamSynchronize(stream);
+    int *g_offset = malloc(sizeof(int) * (slots + 1)), g_bad = -1;
+    int32_t *g_epos = malloc(4 * (size_t)max_entries);
+    uint16_t *g_xe = malloc(2 * (size_t)max_entries * d + 2);
+    cudaMemcpy(g_offset, d_offset, sizeof(int) * (slots + 1), cudaMemcpyDeviceToHost);
+    cudaMemcpy(g_epos, d_epos, 4 * (size_t)n_rows * k, cudaMemcpyDeviceToHost);
+    cudaMemcpy(g_xe, d_xe, 2 * (size_t)offset[slots] * d, cudaMemcpyDeviceToHost);
+    cudaMemcpy(&g_bad, d_bad, sizeof(int), cudaMemcpyDeviceToHost);
+    CHECK(memcmp(g_offset, offset, sizeof(int) * (slots + 1)) == 0);
+    CHECK_EQ_INT(g_bad, 0);
+    int bad = 0;
+    char *taken = calloc((size_t)offset[slots] + 1, 1);
+    for (int r = 0; r < n_rows; r++)
+        for (int j = 0; j < k; j++) {
+            const int cp = epos[r * k + j], gp = g_epos[r * k + j];
+            if ((cp < 0) != (gp < 0)) { bad++; continue; }
+            if (cp < 0) continue;
+            int slot = 0; /* the CPU position's slot: the GPU's must lie in the same range */
+            while (offset[slot + 1] <= cp) slot++;
+            if (gp < offset[slot] || gp >= offset[slot + 1] || taken[gp]) { bad++; continue; }
+            taken[gp] = 1;
+            bad += memcmp(g_xe + (size_t)gp * d, data16 + (size_t)r * d, 2 * (size_t)d) != 0;
+        }
+    CHECK_EQ_INT(bad, 0);
+    float *o = malloc(4 * (size_t)n_rows * d + 4);
+    host_from_bf16(o, d_partial, (size_t)n_rows * d);
+    char what[128];
+    snprintf(what, sizeof what, "group + combine %d rows top-%d, %d slots, d %d", n_rows, k, slots, d);
+    check_rel(what, o, partial, (size_t)n_rows * d, TOL_BF16);
+
+    /* a row naming an expert this rank does not host */
+    int32_t foreign = -1;
+    for (int e = 0; e < E && foreign < 0; e++)
+        if (tb.local_slot[e] < 0) foreign = e;
+    cudaMemcpy(d_recv + meta_offset, &foreign, 4, cudaMemcpyHostToDevice);
+    CHECK_STATUS(moe_expert_group_cuda(d_recv, n_rows, row_bytes, meta_offset, k, dt.local_slot, E, slots, d, d_offset,
+                                       d_epos, d_xe, d_fill, d_bad, stream), MOE_STATUS_OK);
+    cudaStreamSynchronize(stream);
+    cudaMemcpy(&g_bad, d_bad, sizeof(int), cudaMemcpyDeviceToHost);
+    CHECK_EQ_INT(g_bad, 1);
+
+    /* un-permute: n_rows returned rows into n_tok token rows, each token taking up to k of them */
+    const int n_tok = n_rows / 2 + 1;
+    int32_t *trow = malloc(4 * (size_t)n_tok * k);
+    for (int i = 0; i < n_tok * k; i++) {
+        uint64_t v = moe_hash(33, draw, i, 0, 0);
+        trow[i] = v % 3 == 0 ? -1 : (int32_t)(v % (uint64_t)n_rows);
+    }
+    draw++;
+    float *out = malloc(4 * (size_t)n_tok * d + 4), *out_ref = malloc(4 * (size_t)n_tok * d + 4);
+    fill(out, (size_t)n_tok * d, 1.0f);
+    memcpy(out_ref, out, 4 * (size_t)n_tok * d);
+    moe_unpermute_tokens_cpu(data, trow, 1, n_tok, k, d, out_ref); /* token 0 left alone */
+    float *d_out = dev_copy(out, 4 * (size_t)n_tok * d);
+    moe_bf16_t *d_back = dev_copy(data16, 2 * (size_t)n_rows * d);
+    int32_t *d_trow = dev_copy(trow, 4 * (size_t)n_tok * k);
+    CHECK_STATUS(moe_unpermute_tokens_cuda(d_back, d_trow, 1, n_tok, k, d, d_out, stream), MOE_STATUS_OK);
+    host_f32(out, d_out, (size_t)n_tok * d);
+    snprintf(what, sizeof what, "unpermute %d tokens top-%d, d %d", n_tok, k, d);
+    check_rel(what, out, out_ref, (size_t)n_tok * d, TOL_F32);
+
+    table_free(&dt);
+    cudaFree(d_recv), cudaFree(d_offset), cudaFree(d_fill), cudaFree(d_bad), cudaFree(d_epos), cudaFree(d_xe);
+    cudaFree(d_partial), cudaFree(d_out), cudaFree(d_back), cudaFree(d_trow);
+    free(recv), free(recv32), free(data), free(data16), free(offset), free(epos), free(x_e), free(partial);
+    free(g_offset), free(g_epos), free(g_xe), free(taken), free(o), free(trow), free(out), free(out_ref);
 }
 
 int main(void)
@@ -417,15 +598,15 @@ int main(void)
     moe_log_init(0, MOE_LOG_WARN);
     cudaStreamCreate(&stream);
     moe_gemm_h gemm;
-    if (moe_gemm_create(stream, MOE_GEMM_LOOP, &gemm) != MOE_STATUS_OK) return 1;
+    moe_ggemm_h gg;
+    if (moe_gemm_create(stream, &gemm) != MOE_STATUS_OK || moe_ggemm_create(64, &gg) != MOE_STATUS_OK) return 1;
     cublasHandle_t cublas = moe_gemm_cublas(gemm);
 
     const int shapes[][2] = {{1, 8}, {7, 64}, {33, 96}, {64, 128}, {300, 4096}, {5, 100}};
     for (int i = 0; i < 6; i++) {
         test_rmsnorm(shapes[i][0], shapes[i][1]);
-        test_gather_scatter(shapes[i][0] + 3, shapes[i][0] * 2 + 1, shapes[i][1]);
         test_swiglu(shapes[i][0], shapes[i][1] + 1);
-        test_combine(shapes[i][0] * 3 + 1, shapes[i][1]);
+        test_group(shapes[i][0] * 3 + 1, 1 + i % 4 * 2, 24, shapes[i][1]);
         test_gated_add(shapes[i][0], shapes[i][1]);
         test_swiglu(shapes[i][0], shapes[i][1]);
     }
@@ -435,13 +616,33 @@ int main(void)
     test_router(cublas, 77, 96, 64, 6, MOE_ROUTER_SOFTMAX, 8, 3, false, 16.0f, false);  /* DeepSeek-V2 */
     test_router(cublas, 130, 256, 256, 8, MOE_ROUTER_SIGMOID, 8, 4, true, 2.5f, true);  /* DeepSeek-V3 */
     test_router(cublas, 9, 32, 16, 3, MOE_ROUTER_SIGMOID, 1, 1, false, 1.0f, true);
-    test_experts(gemm, 1, 64, 128, 17);
-    test_experts(gemm, 4, 64, 128, 40);
-    test_experts(gemm, 8, 96, 40, 33);
-    test_experts(gemm, 5, 256, 512, 130);
-    test_experts(gemm, 16, 512, 256, 70);
-    test_experts(gemm, 3, 256, 256, 2500); /* AUTO takes the loop here */
+    /* grouped GEMMs: CUTLASS shapes (multiples of 8) with several tiles, and ones it cannot take */
+    for (int v = MOE_GEMM_PATH_128x128; v <= MOE_GEMM_PATH_CUDA_CORES; v++) {
+        test_ggemm(gg, (moe_gemm_path_t)v, 5, 256, 512, 300);
+        test_ggemm(gg, (moe_gemm_path_t)v, 16, 128, 256, 40);
+        test_ggemm(gg, (moe_gemm_path_t)v, 3, 520, 136, 700);
+        test_ggemm(gg, (moe_gemm_path_t)v, 4, 40, 100, 33); /* not multiples of 8: CUDA cores */
+        test_ggemm(gg, (moe_gemm_path_t)v, 1, 64, 64, 1);
+    }
+    test_expert_ffn(gemm, gg, 1, 64, 128, 17);
+    test_expert_ffn(gemm, gg, 8, 96, 40, 33);
+    test_expert_ffn(gemm, gg, 5, 256, 512, 130);
+    test_expert_ffn(gemm, gg, 32, 512, 256, 70);
+    test_expert_ffn(gemm, gg, 3, 256, 256, 2500);
+    test_expert_ffn(gemm, gg, 64, 128, 64, 9);
+    /* dispatch layout: one and several ranks, chunks, replicas, fixed capacity */
+    test_dispatch(1, 2, 8, 1, 1, 64, 0);
+    test_dispatch(77, 2, 8, 2, 1, 64, 0);
+    test_dispatch(300, 8, 64, 4, 4, 128, 0);
+    test_dispatch(1000, 6, 96, 8, 3, 40, 0);
+    test_dispatch(129, 8, 256, 2, 1, 7168, 0);
+    test_dispatch(300, 8, 64, 4, 2, 128, 150);
+    test_dispatch(64, 4, 16, 3, 1, 96, 64);
+    test_group(1, 2, 16, 64);
+    test_group(500, 8, 128, 1024);
+    test_group(37, 6, 60, 100);
 
+    moe_ggemm_destroy(gg);
     moe_gemm_destroy(gemm);
     cudaError_t err = cudaDeviceSynchronize();
     CHECK(err == cudaSuccess);
