@@ -17,6 +17,9 @@ moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *nccl, const void *send, const 
                                  const int *recv_rows, size_t row_bytes, void *start_event, void *done_event,
                                  void **event);
 moe_status_t moe_comm_nccl_test(moe_comm_nccl_t *nccl, void *event, bool *done);
+/* ncclAlltoAll (or, where NCCL lacks it, a group of equal sends and receives) of `bytes` per peer on the
+ * communicator's stream, ordered after the producer stream and before what it queues next. */
+moe_status_t moe_comm_nccl_alltoall(moe_comm_nccl_t *nccl, const void *send, void *recv, size_t bytes);
 /* Orders the producer stream after the event (or blocks, without one), then releases the event. */
 moe_status_t moe_comm_nccl_wait(moe_comm_nccl_t *nccl, void *event);
 

@@ -57,6 +57,12 @@ moe_status_t moe_comm_alltoallv_start_timed(moe_comm_h comm, const void *send, c
                                             const int *recv_rows, size_t row_bytes, void *start_event,
                                             void *done_event, moe_comm_op_h *out);
 
+/* NCCL only, blocking the producer stream like a wait: NCCL's own all-to-all of `bytes` to each peer
+ * (benchmarks' baseline). MOE_STATUS_UNSUPPORTED without NCCL. */
+moe_status_t moe_comm_alltoall_nccl(moe_comm_h comm, const void *send, void *recv, size_t bytes);
+/* Collective: every rank reaches it (MPI barrier on the communicator's ranks). */
+moe_status_t moe_comm_barrier(moe_comm_h comm);
+
 /* Poll: *done is true once the operation has completed (the handle stays valid until wait). */
 moe_status_t moe_comm_op_test(moe_comm_op_h op, bool *done);
 /* Block until complete, then free the handle. NULL-safe. */

@@ -247,3 +247,21 @@ void moe_comm_progress(moe_comm_h comm)
         }
     }
 }
+
+moe_status_t moe_comm_barrier(moe_comm_h comm)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MOE_CHECK_MPI(MPI_Barrier(comm->mpi), fail);
+fail:
+    return status;
+}
+
+moe_status_t moe_comm_alltoall_nccl(moe_comm_h comm, const void *send, void *recv, size_t bytes)
+{
+#if MOE_HAVE_CUDA
+    if (comm->nccl) return moe_comm_nccl_alltoall(comm->nccl, send, recv, bytes);
+#endif
+    (void)send, (void)recv, (void)bytes;
+    moe_error("comm: ncclAlltoAll needs the NCCL transport");
+    return MOE_STATUS_UNSUPPORTED;
+}

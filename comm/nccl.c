@@ -13,6 +13,7 @@
 #include <stdlib.h>
 
 #include "comm/comm-impl.h"
+#include "moe_build_config.h"
 
 #define NCCL_EVENT_POOL 64
 
@@ -145,5 +146,39 @@ moe_status_t moe_comm_nccl_wait(moe_comm_nccl_t *c, void *event)
     return MOE_STATUS_OK;
 fail:
     cudaEventDestroy(ev);
+    return status;
+}
+
+moe_status_t moe_comm_nccl_alltoall(moe_comm_nccl_t *c, const void *send, void *recv, size_t bytes)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    cudaEvent_t ready = NULL, done = NULL;
+    MOE_CHECK(event_get(c, &ready), fail);
+    MOE_CHECK(event_get(c, &done), fail);
+    if (c->producer) {
+        MOE_CHECK_CUDA(cudaEventRecord(ready, c->producer), fail);
+        MOE_CHECK_CUDA(cudaStreamWaitEvent(c->stream, ready, 0), fail);
+    }
+#if MOE_HAVE_NCCL_ALLTOALL
+    MOE_CHECK_NCCL(ncclAlltoAll(send, recv, bytes, ncclUint8, c->nccl, c->stream), fail);
+#else
+    MOE_CHECK_NCCL(ncclGroupStart(), fail);
+    ncclResult_t rc = ncclSuccess;
+    for (int p = 0; p < c->size && rc == ncclSuccess; p++) {
+        rc = ncclSend((const char *)send + (size_t)p * bytes, bytes, ncclUint8, p, c->nccl, c->stream);
+        if (rc == ncclSuccess) rc = ncclRecv((char *)recv + (size_t)p * bytes, bytes, ncclUint8, p, c->nccl, c->stream);
+    }
+    ncclResult_t end = ncclGroupEnd();
+    MOE_CHECK_NCCL(rc, fail);
+    MOE_CHECK_NCCL(end, fail);
+#endif
+    MOE_CHECK_CUDA(cudaEventRecord(done, c->stream), fail);
+    if (c->producer)
+        MOE_CHECK_CUDA(cudaStreamWaitEvent(c->producer, done, 0), fail);
+    else
+        MOE_CHECK_CUDA(cudaEventSynchronize(done), fail);
+fail:
+    if (ready) event_put(c, ready);
+    if (done) event_put(c, done);
     return status;
 }

@@ -18,6 +18,7 @@ static void usage(FILE *out)
             "  stats   derive routing statistics from a trace (moerun stats --trace IDS.npy -o S)\n"
             "  place   compute an expert placement plan, or evaluate one against a trace\n"
             "  config  write the configuration of a Hugging Face checkpoint (--from-hf DIR/config.json)\n"
+            "  bench   micro-benchmarks on GPUs: `bench a2a`, dispatch + combine beside ncclAlltoAll\n"
             "\n"
             "`moerun COMMAND --help` describes each.\n");
 }
@@ -33,6 +34,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "stats")) return moe_cmd_stats(argc - 1, argv + 1);
     if (!strcmp(argv[1], "place")) return moe_cmd_place(argc - 1, argv + 1);
     if (!strcmp(argv[1], "config")) return moe_cmd_config(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "bench")) return moe_cmd_bench(argc - 1, argv + 1);
     fprintf(stderr, "moerun: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

@@ -157,6 +157,13 @@ typedef struct {
 
 typedef struct moe_backend_state_s moe_backend_state_t; /* each backend's own */
 
+typedef enum {
+    MOE_GRAPH_READY,  /* *yes: layer `layer` has a graph for n tokens */
+    MOE_GRAPH_BEGIN,  /* start capturing the layer's work (*yes: capturing; no before the first batch ran) */
+    MOE_GRAPH_END,    /* end the capture: the layer's graph */
+    MOE_GRAPH_LAUNCH, /* run the layer's graph */
+} moe_graph_op_t;
+
 typedef struct moe_backend_s {
     const char *name;
     const moe_store_ops_t *memory; /* where its weights live */
@@ -201,6 +208,14 @@ typedef struct moe_backend_s {
                              moe_trace_h trace);
     /* Events for a transport to record around its next transfer (cuda; NULL elsewhere). */
     void (*transfer_events)(moe_backend_state_t *state, int stage, int layer, int chunk, void **start, void **done);
+
+    /* CUDA graphs of whole layers at fixed capacity (NULL where not supported). While a layer's graph
+     * is captured its stages only queue work; a replay runs it all, after `stage` has put the batch's
+     * host inputs (its first global token, the routing given by the host or NULL) where the graph
+     * reads them. */
+    moe_status_t (*graph)(moe_backend_state_t *state, moe_graph_op_t op, int layer, int n, bool *yes);
+    moe_status_t (*stage)(moe_backend_state_t *state, int layer, int64_t g0, int n, const int32_t *ids,
+                          const float *weights);
 } moe_backend_t;
 
 extern const moe_backend_t moe_backend_cpu;

@@ -307,6 +307,11 @@ struct moe_backend_state_s {
     int *group_fill;     /* [slots] */
     moe_bf16_t *x_e, *gate_up, *act, *y_e;
     int *host_offset;    /* [slots + 1] the cuBLAS path's */
+    /* CUDA graphs of whole layers (fixed capacity) */
+    cudaGraphExec_t *graph; /* [L] */
+    int *graph_n;           /* [L] tokens it was captured for */
+    bool capturing;
+    int batches;            /* batches begun: a layer is captured only once one has run whole */
     /* timing */
     cudaEvent_t batch_start;
     cudaEvent_t *events;
@@ -342,6 +347,10 @@ static void cuda_destroy(moe_backend_state_t *s)
     for (int i = 0; i < s->n_events; i++) cudaEventDestroy(s->events[i]);
     free(s->events);
     free(s->spans);
+    for (int l = 0; s->graph && l < s->L; l++)
+        if (s->graph[l]) cudaGraphExecDestroy(s->graph[l]);
+    free(s->graph);
+    free(s->graph_n);
     if (s->batch_start) cudaEventDestroy(s->batch_start);
     if (s->counts_ready) cudaEventDestroy(s->counts_ready);
     moe_ggemm_destroy(s->gg);
@@ -523,7 +532,11 @@ static moe_status_t cuda_create(const moe_backend_args_t *a, moe_backend_state_t
     const int fan = s->k < s->max_slots ? s->k : s->max_slots;
     MOE_CHECK(grow_experts(s, chunk_rows, chunk_rows * (fan > 0 ? fan : 1)), fail_free);
     s->host_offset = calloc((size_t)s->max_slots + 2, sizeof(int));
+    s->graph = calloc(L, sizeof(cudaGraphExec_t));
+    s->graph_n = calloc(L, sizeof(int));
     MOE_CHECK_ALLOC(s->host_offset, fail_free);
+    MOE_CHECK_ALLOC(s->graph, fail_free);
+    MOE_CHECK_ALLOC(s->graph_n, fail_free);
     /* CUTLASS arguments for this model's shapes, made now rather than in the first batch (or a graph
      * capture, where their uploads could not run) */
     for (int p = MOE_GEMM_PATH_128x128; p <= MOE_GEMM_PATH_SWAP64 && s->max_slots > 0; p++) {
@@ -571,6 +584,7 @@ static void span_add(moe_backend_state_t *s, const span_t *sp)
 
 static void cuda_mark(moe_backend_state_t *s, int stage, int layer, int chunk, bool begin)
 {
+    if (s->capturing) return; /* an event in a capture is a dependency, not a time */
     cudaEvent_t ev = event_get(s);
     if (!ev || cudaEventRecord(ev, s->stream) != cudaSuccess) return; /* timing only */
     if (begin) {
@@ -586,7 +600,7 @@ static void cuda_mark(moe_backend_state_t *s, int stage, int layer, int chunk, b
 static void cuda_transfer_events(moe_backend_state_t *s, int stage, int layer, int chunk, void **start, void **done)
 {
     *start = *done = NULL;
-    if (s->host_rows) return; /* MPI: host clocks would be needed, not events */
+    if (s->host_rows || s->capturing) return; /* MPI: host clocks would be needed; captures: no times */
     cudaEvent_t b = event_get(s), e = event_get(s);
     if (!b || !e) return;
     span_add(s, &(span_t){.stage = stage, .layer = layer, .chunk = chunk, .transfer = true, .begin = b, .end = e});
@@ -632,6 +646,7 @@ static moe_status_t cuda_load(moe_backend_state_t *s, const float *x, int n)
     moe_status_t status = MOE_STATUS_OK;
     const size_t bytes = sizeof(float) * (size_t)n * s->d;
     s->n_events = s->n_spans = 0;
+    s->batches++;
     MOE_CHECK_CUDA(cudaEventRecord(s->batch_start, s->stream), fail);
     memcpy(s->x_host, x, bytes);
     MOE_CHECK_CUDA(cudaMemcpyAsync(s->x, s->x_host, bytes, cudaMemcpyHostToDevice, s->stream), fail);
@@ -831,6 +846,59 @@ static moe_status_t cuda_routes(moe_backend_state_t *s, int n, int32_t *ids)
     return MOE_STATUS_OK;
 }
 
+/* The host's part of route and plan, for a layer that runs as a graph: the pinned inputs it reads. */
+static moe_status_t cuda_stage(moe_backend_state_t *s, int layer, int64_t g0, int n, const int32_t *ids,
+                               const float *weights)
+{
+    const size_t at = (size_t)layer * s->max_tokens * s->k, nk = (size_t)n * s->k;
+    *s->g0_host = g0;
+    if (ids) {
+        memcpy(s->ids_host + at, ids, sizeof(int32_t) * nk);
+        memcpy(s->weights_host + at, weights, sizeof(float) * nk);
+    }
+    return MOE_STATUS_OK;
+}
+
+static moe_status_t cuda_graph(moe_backend_state_t *s, moe_graph_op_t op, int layer, int n, bool *yes)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    switch (op) {
+    case MOE_GRAPH_READY:
+        *yes = s->graph[layer] && s->graph_n[layer] == n;
+        break;
+    case MOE_GRAPH_BEGIN:
+        /* not before a whole batch ran eagerly: first launches and lazy set-ups stay out of graphs */
+        *yes = false;
+        if (s->batches < 2 || s->host_rows) break;
+        if (s->graph[layer]) {
+            cudaGraphExecDestroy(s->graph[layer]);
+            s->graph[layer] = NULL;
+        }
+        MOE_CHECK_CUDA(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal), fail);
+        s->capturing = *yes = true;
+        break;
+    case MOE_GRAPH_END: {
+        cudaGraph_t graph = NULL;
+        s->capturing = false;
+        MOE_CHECK_CUDA(cudaStreamEndCapture(s->stream, &graph), fail);
+        if (yes) { /* a failed capture: dropped */
+            cudaGraphDestroy(graph);
+            break;
+        }
+        cudaError_t err = cudaGraphInstantiate(&s->graph[layer], graph, 0);
+        cudaGraphDestroy(graph);
+        MOE_CHECK_CUDA(err, fail);
+        s->graph_n[layer] = n;
+        break;
+    }
+    case MOE_GRAPH_LAUNCH:
+        MOE_CHECK_CUDA(cudaGraphLaunch(s->graph[layer], s->stream), fail);
+        break;
+    }
+fail:
+    return status;
+}
+
 void *moe_backend_cuda_stream(moe_backend_state_t *state) { return state->stream; }
 
 const moe_backend_t moe_backend_cuda = {
@@ -852,4 +920,6 @@ const moe_backend_t moe_backend_cuda = {
     .mark = cuda_mark,
     .timeline = cuda_timeline,
     .transfer_events = cuda_transfer_events,
+    .graph = cuda_graph,
+    .stage = cuda_stage,
 };

@@ -48,6 +48,7 @@ struct moe_engine_s {
     moe_store_t *store;
     moe_backend_state_t *backend_state;
     int capacity;             /* > 0: fixed-capacity buffers (run.buffers) */
+    bool graphs;              /* layers as CUDA graphs (run.graphs) */
     moe_trace_h trace;        /* --trace-events, or NULL */
     moe_comm_h transport;
     moe_comm_h meta_transport; /* counts and metadata over MPI when rows go over NCCL, else NULL */
@@ -120,7 +121,7 @@ static moe_status_t serving_build(moe_engine_h e)
     moe_scheduler_args_t args = {.config = c, .plan = e->plan, .sources = &e->sources,
                                  .backend = e->backend, .backend_state = e->backend_state,
                                  .comm = e->transport, .meta_comm = e->meta_transport,
-                                 .max_tokens = tpr, .capacity = e->capacity};
+                                 .max_tokens = tpr, .capacity = e->capacity, .graphs = e->graphs};
     MOE_CHECK(moe_scheduler_create(&args, &e->sched), fail);
 fail:
     return status;
@@ -194,6 +195,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
                                MPI_Comm comm, moe_engine_h *out)
 {
     moe_status_t status = MOE_STATUS_OK;
+    const double t_create = moe_now();
     struct moe_engine_s *e = calloc(1, sizeof *e);
     MOE_CHECK_ALLOC(e, fail);
     e->config = *config;
@@ -247,6 +249,13 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     e->store_ops = e->options.reference ? moe_backend_cpu.memory : e->backend->memory;
     MOE_CHECK(e->store_ops->create(&e->store), fail);
     e->capacity = engine_capacity(c);
+    e->graphs = e->capacity > 0 && c->run.backend == MOE_BACKEND_CUDA && c->run.transport == MOE_TRANSPORT_NCCL &&
+                c->run.graphs != MOE_SWITCH_OFF && !e->options.reference;
+    if (c->run.buffers == MOE_BUFFERS_AUTO && e->capacity > 0 && c->run.chunks > 1) {
+        /* the low-latency path of decode-sized batches: one chunk, nothing to pipeline */
+        e->config.run.chunks = 1;
+        e->capacity = engine_capacity(&e->config);
+    }
     /* An elastic run's batches change size: the data must hold run.batches batches of the whole
      * world, and the tokens are counted as they are served. */
     MOE_CHECK(moe_sources_total_tokens(&e->sources, e->elastic ? e->size : e->serving,
@@ -285,6 +294,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
             e->output_open = true;
         }
     }
+    moe_metrics_set_startup(e->metrics, moe_now() - t_create);
     if (e->options.trace_events && e->options.trace_events[0])
         MOE_CHECK(moe_trace_create(e->options.trace_events, e->options.trace_batch >= 0 ? e->options.trace_batch
                                                                                         : c->run.warmup_batches,

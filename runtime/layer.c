@@ -39,6 +39,7 @@ struct moe_scheduler_s {
     moe_backend_state_t *state;
     moe_comm_h comm, meta_comm;
     int rank, P, k, L, chunks, max_tokens, capacity;
+    bool graphs;
     layer_table_t *table;  /* [L] */
     /* counts of the current layer, host */
     int *send_rows;        /* [C][P] */
@@ -123,6 +124,7 @@ moe_status_t moe_scheduler_create(const moe_scheduler_args_t *a, moe_scheduler_h
     s->chunks = a->config->run.chunks;
     s->max_tokens = a->max_tokens;
     s->capacity = a->capacity;
+    s->graphs = a->graphs && a->capacity > 0 && a->backend->graph;
     const int P = s->P, C = s->chunks;
     s->table = calloc((size_t)s->L, sizeof(layer_table_t));
     MOE_CHECK_ALLOC(s->table, fail_free);
@@ -250,6 +252,24 @@ static moe_status_t combine_finish(moe_scheduler_h s, int layer, int c, int n)
     return status;
 }
 
+/* A layer as a CUDA graph (fixed capacity): replayed when captured for n tokens, else captured now
+ * (around the ordinary path, which then only queues) and run. *done: whether the layer ran here. */
+static moe_status_t layer_graph(moe_scheduler_h s, int layer, int64_t g0, int n, const int32_t *ids,
+                                const float *weights, bool *done)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const moe_backend_t *b = s->backend;
+    bool ready = false;
+    *done = false;
+    MOE_CHECK(b->graph(s->state, MOE_GRAPH_READY, layer, n, &ready), fail);
+    if (!ready) return MOE_STATUS_OK;
+    MOE_CHECK(b->stage(s->state, layer, g0, n, ids, weights), fail);
+    MOE_CHECK(b->graph(s->state, MOE_GRAPH_LAUNCH, layer, n, NULL), fail);
+    *done = true;
+fail:
+    return status;
+}
+
 moe_status_t moe_scheduler_layer(moe_scheduler_h s, int layer, int64_t g0, int n, const int32_t *prev_ids,
                                  int32_t *ids, float *weights, moe_layer_metrics_t *m)
 {
@@ -258,9 +278,20 @@ moe_status_t moe_scheduler_layer(moe_scheduler_h s, int layer, int64_t g0, int n
     const moe_backend_t *b = s->backend;
     const bool use_router = s->config->routing.source == MOE_ROUTING_ROUTER;
     const layer_table_t *t = &s->table[layer];
+    bool capturing = false;
 
     b->mark(s->state, MOE_STAGE_COUNT, layer, 0, true);
     if (!use_router) moe_sources_route(s->sources, layer, g0, n, prev_ids, ids, weights);
+    if (s->graphs) {
+        bool replayed;
+        MOE_CHECK(layer_graph(s, layer, g0, n, use_router ? NULL : ids, use_router ? NULL : weights, &replayed), fail);
+        if (replayed) {
+            b->mark(s->state, MOE_STAGE_COUNT, layer, 0, false);
+            m->tokens += n;
+            return MOE_STATUS_OK;
+        }
+        MOE_CHECK(b->graph(s->state, MOE_GRAPH_BEGIN, layer, n, &capturing), fail);
+    }
     b->mark(s->state, MOE_STAGE_ROUTE, layer, 0, true);
     MOE_CHECK(b->route(s->state, layer, n, use_router ? NULL : ids, use_router ? NULL : weights), fail);
     b->mark(s->state, MOE_STAGE_ROUTE, layer, 0, false);
@@ -293,6 +324,11 @@ moe_status_t moe_scheduler_layer(moe_scheduler_h s, int layer, int64_t g0, int n
     }
     MOE_CHECK(combine_finish(s, layer, C - 1, n), fail);
     MOE_CHECK(b->residual(s->state, n), fail);
+    if (capturing) { /* captured, not run: run it */
+        capturing = false;
+        MOE_CHECK(b->graph(s->state, MOE_GRAPH_END, layer, n, NULL), fail);
+        MOE_CHECK(b->graph(s->state, MOE_GRAPH_LAUNCH, layer, n, NULL), fail);
+    }
     b->mark(s->state, MOE_STAGE_COUNT, layer, 0, false);
 
     m->tokens += n;
@@ -301,6 +337,10 @@ moe_status_t moe_scheduler_layer(moe_scheduler_h s, int layer, int64_t g0, int n
         for (int i = 0; i < C * t->slots; i++) m->load += s->slot_rows[i];
     }
 fail:
+    if (capturing) { /* a failed capture: end it, so that the stream is usable for the error path */
+        bool ignored;
+        b->graph(s->state, MOE_GRAPH_END, layer, n, &ignored);
+    }
     for (int c = 0; c < C; c++) /* an error left transfers in flight: the job ends, but not under them */
         if (s->op_rows[c]) {
             moe_comm_op_wait(s->op_rows[c]);

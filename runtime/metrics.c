@@ -36,6 +36,7 @@ struct moe_metrics_s {
     bool have_read_bytes;
     int64_t *memory;                /* [P][3] host RSS peak, weight bytes in the store, GPU bytes used */
     bool have_memory, weights_on_device;
+    double startup;                 /* this rank's engine creation, s (reduced to the max at commit) */
 };
 
 static const char *stage_names[MOE_STAGE_COUNT] = {"route", "plan", "permute", "dispatch",
@@ -177,6 +178,8 @@ int64_t *moe_metrics_read_bytes(moe_metrics_h m)
     return m->read_bytes;
 }
 
+void moe_metrics_set_startup(moe_metrics_h m, double seconds) { m->startup = seconds; }
+
 int64_t *moe_metrics_memory(moe_metrics_h m)
 {
     m->have_memory = true;
@@ -212,6 +215,7 @@ void moe_metrics_print_summary(moe_metrics_h m, FILE *out)
                 m->imbalance_n ? m->imbalance_sum / m->imbalance_n : 0.0, m->imbalance_worst);
         fprintf(out, "  token copies sent per batch: %.1f\n", (double)m->rows_sent / m->measured);
     }
+    fprintf(out, "  start-up   %.2f s (engine creation on rank 0: weights, buffers, communicators)\n", m->startup);
     if (m->have_memory)
         fprintf(out, "  memory     max over ranks: host RSS peak %.2f GiB, weights %.2f GiB (%s), GPU used %.2f GiB\n",
                 memory_max_gib(m, 0), memory_max_gib(m, 1), m->weights_on_device ? "on the GPU" : "host",
@@ -239,6 +243,7 @@ moe_status_t moe_metrics_commit(moe_metrics_h m)
                 fprintf(m->jsonl.fp, "%s%lld", p ? "," : "", (long long)m->read_bytes[2 * p + i]);
             fprintf(m->jsonl.fp, "],");
         }
+    fprintf(m->jsonl.fp, "\"startup_s\":%.6g,", m->startup);
     if (m->have_memory) {
         static const char *const keys[3] = {"host_rss_peak_bytes", "weight_bytes", "gpu_bytes_used"};
         for (int i = 0; i < 3; i++) {

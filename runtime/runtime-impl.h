@@ -167,6 +167,8 @@ int64_t *moe_metrics_read_bytes(moe_metrics_h metrics);
 /* Where rank 0 gathers each rank's memory, [P][3]: host RSS peak, weight bytes in its backend's store,
  * GPU bytes used (0 without one); once asked for, the summary reports them. */
 int64_t *moe_metrics_memory(moe_metrics_h metrics);
+/* This rank's start-up: the engine's creation (weights made or read, buffers, communicators), in s. */
+void moe_metrics_set_startup(moe_metrics_h metrics, double seconds);
 /* Rank 0: the summary table. */
 void moe_metrics_print_summary(moe_metrics_h metrics, FILE *out);
 /* Rank 0: append the summary line and commit the JSON lines file (no-op elsewhere). */
@@ -200,6 +202,7 @@ typedef struct {
     moe_comm_h meta_comm;     /* counts, host memory (MPI); may equal comm */
     int max_tokens;           /* per rank per batch */
     int capacity;             /* > 0: fixed-capacity buffers (rows per chunk and peer); 0: counted */
+    bool graphs;              /* layers as CUDA graphs (fixed capacity, a backend with graph support) */
 } moe_scheduler_args_t;
 
 moe_status_t moe_scheduler_create(const moe_scheduler_args_t *args, moe_scheduler_h *out);

@@ -191,4 +191,11 @@ moe_status_t moe_engine_finalize(moe_engine_h engine);
 
 void moe_engine_destroy(moe_engine_h engine); /* NULL-safe, local */
 
+/* ---------------------------------------------------------------- benchmarks (bench.c) */
+
+/* Collective over world, one GPU per rank: dispatch + combine of rows[i] wire rows (hidden size d,
+ * top_k k) to every rank over the NCCL transport, beside ncclAlltoAll at equal bytes; rank 0 prints
+ * the table (nccl-tests' columns). */
+moe_status_t moe_bench_a2a(MPI_Comm world, int d, int k, const int *rows, int n_sizes, int iters, FILE *out);
+
 #endif

@@ -122,6 +122,7 @@ def main():
     ap.add_argument("--config", required=True)
     ap.add_argument("--tokens", type=int, nargs="+", default=[4096])
     ap.add_argument("--no-shared", action="store_true")
+    ap.add_argument("--d-ff", type=int, help="expert width (and the shared expert's) instead of the config's")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     a = ap.parse_args()
@@ -132,6 +133,10 @@ def main():
     dist.init_process_group("nccl", device_id=dev)
     with open(a.config) as fh:
         m = yaml.safe_load(fh)["model"]
+    if a.d_ff:
+        m["d_ff"] = a.d_ff
+        if m.get("shared_d_ff"):
+            m["shared_d_ff"] = a.d_ff
     layer = Layer(m, rank, world, dev, not a.no_shared)
     for T in a.tokens:
         gen = torch.Generator(device=dev).manual_seed(99 + rank)
@@ -152,7 +157,7 @@ def main():
         row_bytes = layer.d * 2
         gbs = 2 * remote * row_bytes / (ms * 1e-3) / 1e9  # remote rows out and back, over the layer time
         if rank == 0:
-            print(f"peer_ep model {m.get('name', '?')} gpus {world} tokens {T} shared {int(bool(layer.fs))} "
+            print(f"peer_ep model {m.get('name', '?')} d_ff {layer.f} gpus {world} tokens {T} shared {int(bool(layer.fs))} "
                   f"ms {ms:.3f} remote_rows {remote} a2a_gbs_over_layer {gbs:.1f}", flush=True)
     dist.destroy_process_group()
 

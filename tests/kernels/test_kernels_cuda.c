@@ -11,6 +11,7 @@
 
 #include "check.h"
 #include "common/common.h"
+#include "io/io.h"
 #include "kernels/kernels.h"
 
 #define TOL_BF16 1e-2
@@ -588,6 +589,82 @@ static void test_group(int n_rows, int k, int E, int d)
     free(g_offset), free(g_epos), free(g_xe), free(taken), free(o), free(trow), free(out), free(out_ref);
 }
 
+
+/* ---------------------------------------------------------------- weights where they land */
+
+/* The seeded rule on the device equals the host's bit for bit (fp32), and rounds once to bf16. */
+static void test_seed_fill(size_t n, int fan_in, float offset, float factor)
+{
+    const moe_seed_rule_t r = {.seed = 77, .layer = 3, .expert = 11, .tensor = 6, .fan_in = fan_in, .scale = 1.7f,
+                               .offset = offset, .factor = factor};
+    float *ref = malloc(4 * n), *o = malloc(4 * n);
+    moe_seed_fill_cpu(&r, n, ref);
+    float *d32 = dev_poisoned(4 * n);
+    moe_bf16_t *d16 = dev_poisoned(2 * n);
+    CHECK_STATUS(moe_seed_fill_cuda(&r, n, d32, false, stream), MOE_STATUS_OK);
+    CHECK_STATUS(moe_seed_fill_cuda(&r, n, d16, true, stream), MOE_STATUS_OK);
+    host_f32(o, d32, n);
+    CHECK(memcmp(o, ref, 4 * n) == 0);
+    host_from_bf16(o, d16, n);
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) bad += o[i] != from_bf16(to_bf16(ref[i]));
+    CHECK_EQ_INT(bad, 0);
+    if (getenv("MOE_TEST_VERBOSE")) printf("seed fill %zu values (fan_in %d): bitwise equal\n", n, fan_in);
+    cudaFree(d32), cudaFree(d16);
+    free(ref), free(o);
+}
+
+/* fp32, bf16 and fp16 sources to fp32 and bf16, against the host's converters. */
+static void test_convert(size_t n)
+{
+    float *v = malloc(4 * n), *o = malloc(4 * n), *ref = malloc(4 * n);
+    uint16_t *b = malloc(2 * n), *h = malloc(2 * n);
+    fill(v, n, 3.0f);
+    for (size_t i = 0; i < n; i++) b[i] = moe_f32_to_bf16(v[i]), h[i] = moe_f32_to_f16(v[i]);
+    const void *src[3] = {v, b, h};
+    const size_t size[3] = {4, 2, 2};
+    for (int raw = 0; raw < 3; raw++) {
+        for (size_t i = 0; i < n; i++)
+            ref[i] = raw == 0 ? v[i] : raw == 1 ? moe_bf16_to_f32(b[i]) : moe_f16_to_f32(h[i]);
+        void *ds = dev_copy(src[raw], size[raw] * n);
+        float *d32 = dev_poisoned(4 * n);
+        moe_bf16_t *d16 = dev_poisoned(2 * n);
+        CHECK_STATUS(moe_convert_cuda(ds, (moe_raw_t)raw, n, d32, false, stream), MOE_STATUS_OK);
+        CHECK_STATUS(moe_convert_cuda(ds, (moe_raw_t)raw, n, d16, true, stream), MOE_STATUS_OK);
+        host_f32(o, d32, n);
+        CHECK(memcmp(o, ref, 4 * n) == 0);
+        host_from_bf16(o, d16, n);
+        int bad = 0;
+        for (size_t i = 0; i < n; i++) bad += o[i] != from_bf16(to_bf16(ref[i]));
+        CHECK_EQ_INT(bad, 0);
+        cudaFree(ds), cudaFree(d32), cudaFree(d16);
+    }
+    free(v), free(o), free(ref), free(b), free(h);
+}
+
+/* FP8 e4m3 with block scales (partial blocks at the edges), every byte value, against the host. */
+static void test_fp8(int64_t rows, int64_t cols, int block)
+{
+    const size_t n = (size_t)(rows * cols);
+    const int64_t sr = (rows + block - 1) / block, sc = (cols + block - 1) / block;
+    uint8_t *q = malloc(n);
+    float *scale = malloc(4 * (size_t)(sr * sc)), *ref = malloc(4 * n), *o = malloc(4 * n);
+    for (size_t i = 0; i < n; i++) q[i] = (uint8_t)(i * 37 + 11); /* every code, NaN included */
+    for (int64_t i = 0; i < sr * sc; i++) scale[i] = 0.001f * (float)(i + 1);
+    moe_dequant_fp8_cpu(q, rows, cols, scale, block, ref);
+    uint8_t *dq = dev_copy(q, n);
+    float *ds = dev_copy(scale, 4 * (size_t)(sr * sc)), *d32 = dev_poisoned(4 * n);
+    CHECK_STATUS(moe_dequant_fp8_cuda(dq, rows, cols, ds, block, d32, false, stream), MOE_STATUS_OK);
+    host_f32(o, d32, n);
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) bad += !(o[i] == ref[i] || (o[i] != o[i] && ref[i] != ref[i]));
+    CHECK_EQ_INT(bad, 0);
+    if (getenv("MOE_TEST_VERBOSE"))
+        printf("fp8 dequant %lldx%lld in %d-blocks: %d differ\n", (long long)rows, (long long)cols, block, bad);
+    cudaFree(dq), cudaFree(ds), cudaFree(d32);
+    free(q), free(scale), free(ref), free(o);
+}
+
 int main(void)
 {
     int devices = 0;
@@ -616,6 +693,12 @@ int main(void)
     test_router(cublas, 77, 96, 64, 6, MOE_ROUTER_SOFTMAX, 8, 3, false, 16.0f, false);  /* DeepSeek-V2 */
     test_router(cublas, 130, 256, 256, 8, MOE_ROUTER_SIGMOID, 8, 4, true, 2.5f, true);  /* DeepSeek-V3 */
     test_router(cublas, 9, 32, 16, 3, MOE_ROUTER_SIGMOID, 1, 1, false, 1.0f, true);
+    test_seed_fill(100003, 7168, 0.0f, 1.0f);
+    test_seed_fill(4096, 1, 1.0f, 0.1f); /* the RMSNorm rule */
+    test_seed_fill(777, 1, 0.0f, 0.05f); /* the score-bias rule */
+    test_convert(50001);
+    test_fp8(40, 70, 12);
+    test_fp8(256, 384, 128);
     /* grouped GEMMs: CUTLASS shapes (multiples of 8) with several tiles, and ones it cannot take */
     for (int v = MOE_GEMM_PATH_128x128; v <= MOE_GEMM_PATH_CUDA_CORES; v++) {
         test_ggemm(gg, (moe_gemm_path_t)v, 5, 256, 512, 300);
