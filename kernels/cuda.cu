@@ -19,6 +19,7 @@
 
 #define MOE_ROUTER_MAX_EXPERTS 512
 #define MOE_ROUTER_MAX_GROUPS 64
+#define MOE_ROUTER_MAX_TOPK 32
 
 typedef __nv_bfloat16 bf16;
 
@@ -224,43 +225,50 @@ moe_status_t moe_router_logits_cuda(cublasHandle_t cublas, const float *h,
     return MOE_STATUS_OK;
 }
 
-/* Index of the largest allowed value (ties to the lower index), or -1. */
-__device__ static int argmax_allowed(const float *v, const bool *allowed, int n)
+#define TOPK_WARPS 8 /* tokens per block: one warp each */
+
+/* The better of two (value, expert) candidates: the larger value, ties to the lower expert, as the
+ * CPU reference's first-strict-maximum scan picks. */
+__device__ static void better(float &v, int &e, float v2, int e2)
 {
-    int best = -1;
-    for (int i = 0; i < n; i++)
-        if (allowed[i] && (best < 0 || v[i] > v[best])) best = i;
-    return best;
+    if (v2 > v || (v2 == v && e2 >= 0 && (e < 0 || e2 < e))) v = v2, e = e2;
 }
 
-/* One thread per token: the CPU reference's algorithm, step for step (same order of operations). */
-__global__ void k_router_topk(const float *logits, int n, moe_router_params_t p, int32_t *ids,
-                              float *weights)
+/* One warp per token: the CPU reference's algorithm with the same arithmetic in the same order where
+ * order matters (the softmax sum in expert order, the weight sum in choice order, both by lane 0);
+ * what is order-free (each expert's score, the maxima) spread over the lanes. Experts a token may not
+ * choose (outside its kept groups, or chosen already) have their choice value set to -infinity, which
+ * no finite score reaches. */
+__global__ void k_router_topk(const float *logits, int n, moe_router_params_t p, int32_t *ids, float *weights)
 {
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= n) return;
+    extern __shared__ float topk_smem[];
+    __shared__ float group_score[TOPK_WARPS][MOE_ROUTER_MAX_GROUPS];
+    __shared__ bool kept[TOPK_WARPS][MOE_ROUTER_MAX_GROUPS];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int t = blockIdx.x * TOPK_WARPS + warp;
+    if (t >= n) return; /* a whole warp leaves: no later __syncwarp waits for it */
     const int E = p.experts, k = p.top_k;
     const int groups = p.groups > 1 ? p.groups : 1, per_group = E / groups;
-    float scores[MOE_ROUTER_MAX_EXPERTS], choice[MOE_ROUTER_MAX_EXPERTS];
-    bool allowed[MOE_ROUTER_MAX_EXPERTS];
-    float group_score[MOE_ROUTER_MAX_GROUPS];
-    bool group_allowed[MOE_ROUTER_MAX_GROUPS], kept[MOE_ROUTER_MAX_GROUPS];
+    float *scores = topk_smem + (size_t)warp * 2 * E, *choice = scores + E;
     const float *lg = logits + (size_t)t * E;
     if (p.scoring == MOE_ROUTER_SOFTMAX) {
         float mx = -FLT_MAX;
-        for (int e = 0; e < E; e++) mx = fmaxf(mx, lg[e]);
+        for (int e = lane; e < E; e += 32) mx = fmaxf(mx, lg[e]);
+        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        for (int e = lane; e < E; e += 32) scores[e] = expf(lg[e] - mx);
+        __syncwarp();
         double sum = 0;
-        for (int e = 0; e < E; e++) sum += scores[e] = expf(lg[e] - mx);
-        for (int e = 0; e < E; e++) scores[e] = (float)(scores[e] / sum);
+        if (lane == 0)
+            for (int e = 0; e < E; e++) sum += scores[e];
+        sum = __shfl_sync(0xffffffffu, sum, 0);
+        for (int e = lane; e < E; e += 32) scores[e] = (float)(scores[e] / sum);
     } else {
-        for (int e = 0; e < E; e++) scores[e] = 1.0f / (1.0f + expf(-lg[e]));
+        for (int e = lane; e < E; e += 32) scores[e] = 1.0f / (1.0f + expf(-lg[e]));
     }
-    for (int e = 0; e < E; e++) {
-        choice[e] = scores[e] + (p.bias ? p.bias[e] : 0.0f);
-        allowed[e] = true;
-    }
+    for (int e = lane; e < E; e += 32) choice[e] = scores[e] + (p.bias ? p.bias[e] : 0.0f);
+    __syncwarp();
     if (groups > 1) {
-        for (int g = 0; g < groups; g++) {
+        for (int g = lane; g < groups; g += 32) {
             const float *c = choice + g * per_group;
             float best = -FLT_MAX, second = -FLT_MAX;
             for (int j = 0; j < per_group; j++) {
@@ -271,29 +279,47 @@ __global__ void k_router_topk(const float *logits, int n, moe_router_params_t p,
                     second = c[j];
                 }
             }
-            group_score[g] = p.scoring == MOE_ROUTER_SIGMOID && per_group > 1 ? best + second : best;
-            group_allowed[g] = true;
-            kept[g] = false;
+            group_score[warp][g] = p.scoring == MOE_ROUTER_SIGMOID && per_group > 1 ? best + second : best;
+            kept[warp][g] = false;
         }
-        for (int i = 0; i < p.groups_kept; i++) {
-            int g = argmax_allowed(group_score, group_allowed, groups);
-            kept[g] = true;
-            group_allowed[g] = false;
-        }
-        for (int e = 0; e < E; e++) allowed[e] = kept[e / per_group];
+        __syncwarp();
+        if (lane == 0)
+            for (int i = 0; i < p.groups_kept; i++) { /* the first maximum among groups not kept yet */
+                int best = -1;
+                for (int g = 0; g < groups; g++)
+                    if (!kept[warp][g] && (best < 0 || group_score[warp][g] > group_score[warp][best])) best = g;
+                kept[warp][best] = true;
+            }
+        __syncwarp();
+        for (int e = lane; e < E; e += 32)
+            if (!kept[warp][e / per_group]) choice[e] = -INFINITY;
+        __syncwarp();
     }
-    int32_t *id = ids + (size_t)t * k;
-    float *w = weights + (size_t)t * k;
     double wsum = 0;
+    float w[MOE_ROUTER_MAX_TOPK];
+    int32_t *id = ids + (size_t)t * k;
     for (int i = 0; i < k; i++) {
-        int e = argmax_allowed(choice, allowed, E);
-        allowed[e] = false;
-        id[i] = e;
-        w[i] = scores[e];
-        wsum += w[i];
+        float v = -INFINITY;
+        int e = -1;
+        for (int x = lane; x < E; x += 32) better(v, e, choice[x], choice[x] > -INFINITY ? x : -1);
+        for (int o = 16; o > 0; o >>= 1) {
+            const float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+            const int e2 = __shfl_xor_sync(0xffffffffu, e, o);
+            better(v, e, v2, e2);
+        }
+        __syncwarp();
+        if (lane == 0) {
+            choice[e] = -INFINITY;
+            id[i] = e;
+            w[i] = scores[e];
+            wsum += w[i];
+        }
+        __syncwarp();
     }
-    float norm = p.renormalize ? (float)(1.0 / (wsum + 1e-20)) : 1.0f;
-    for (int i = 0; i < k; i++) w[i] = w[i] * norm * p.scaling;
+    if (lane == 0) {
+        const float norm = p.renormalize ? (float)(1.0 / (wsum + 1e-20)) : 1.0f;
+        for (int i = 0; i < k; i++) weights[(size_t)t * k + i] = w[i] * norm * p.scaling;
+    }
 }
 
 moe_status_t moe_router_topk_cuda(const float *logits, int n, const moe_router_params_t *params,
@@ -307,7 +333,12 @@ moe_status_t moe_router_topk_cuda(const float *logits, int n, const moe_router_p
                   MOE_ROUTER_MAX_GROUPS);
         return MOE_STATUS_UNSUPPORTED;
     }
-    k_router_topk<<<(n + 127) / 128, 128, 0, s>>>(logits, n, *params, ids, weights);
+    if (params->top_k > MOE_ROUTER_MAX_TOPK) {
+        moe_error("router top-k: top-%d is over the GPU kernel's %d", params->top_k, MOE_ROUTER_MAX_TOPK);
+        return MOE_STATUS_UNSUPPORTED;
+    }
+    const size_t smem = sizeof(float) * 2 * (size_t)params->experts * TOPK_WARPS;
+    k_router_topk<<<(n + TOPK_WARPS - 1) / TOPK_WARPS, 32 * TOPK_WARPS, smem, s>>>(logits, n, *params, ids, weights);
     return LAUNCHED("router_topk");
 }
 
@@ -470,10 +501,11 @@ moe_status_t moe_gemm_cuda(moe_gemm_h g, const moe_bf16_t *x, const moe_bf16_t *
 
 /* ---------------------------------------------------------------- SwiGLU experts */
 
+/* The rule where nothing was timed (docs/cuda.md, G1 on an H200). */
 moe_gemm_path_t moe_gemm_path_choose(double mean_rows, bool host_offsets)
 {
     if (host_offsets && mean_rows >= 1024) return MOE_GEMM_PATH_CUBLAS;
-    if (mean_rows > 64) return MOE_GEMM_PATH_128x256_C2;
+    if (mean_rows > 96) return MOE_GEMM_PATH_128x256_C2;
     if (mean_rows > 32) return MOE_GEMM_PATH_SWAP64;
     return MOE_GEMM_PATH_SWAP32;
 }

@@ -115,8 +115,14 @@ using SwigluEpilogue = cutlass::epilogue::fusion::Sm90EVT<
     cutlass::epilogue::fusion::Sm90AccFetch>;
 using PlainEpilogue = cutlass::epilogue::fusion::LinearCombination<Element, Accumulator>;
 
-template <class TileShape, class ClusterShape, bool Swap, bool Swiglu>
+template <class TileShape, class ClusterShape, bool Swap, bool Swiglu, bool Pingpong = false>
 struct Grouped {
+    /* cooperative: both consumer warpgroups on one tile; ping-pong: one tile each, alternating, so
+     * that one's epilogue hides under the other's main loop */
+    using KernelSchedule = std::conditional_t<Pingpong, cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong,
+                                              cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>;
+    using EpilogueSchedule = std::conditional_t<Pingpong, cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong,
+                                                cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
     using LayoutA = cutlass::layout::RowMajor;    /* A: [M][K], K contiguous */
     using LayoutB = cutlass::layout::ColumnMajor; /* B: K x N stored as [N][K] */
     /* D = A . B: [M][N] row-major; swapped (A = w, B = x), D^T column-major, i.e. y row-major */
@@ -125,14 +131,13 @@ struct Grouped {
     using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
         cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
         cutlass::epilogue::collective::EpilogueTileAuto, Accumulator, Accumulator, Element, LayoutD *, kAlign,
-        Element, LayoutD *, kAlign, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
-        Fusion>::CollectiveOp;
+        Element, LayoutD *, kAlign, EpilogueSchedule, Fusion>::CollectiveOp;
     using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
         cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA *, kAlign, Element, LayoutB *,
         kAlign, Accumulator, TileShape, ClusterShape,
         cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
             sizeof(typename Epilogue::SharedStorage))>,
-        cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>::CollectiveOp;
+        KernelSchedule>::CollectiveOp;
     using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
     using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
     using StrideA = typename Gemm::GemmKernel::InternalStrideA;
@@ -198,10 +203,10 @@ template <class G>
 static void plan_release(Plan<G> *p);
 
 /* One tile configuration: its plain and SwiGLU kernels, each with plans for two shapes. */
-template <class Tile, class Cluster, bool Swap>
+template <class Tile, class Cluster, bool Swap, bool Pingpong = false>
 struct Variant {
-    using Plain = Grouped<Tile, Cluster, Swap, false>;
-    using Swiglu = Grouped<Tile, Cluster, Swap, true>;
+    using Plain = Grouped<Tile, Cluster, Swap, false, Pingpong>;
+    using Swiglu = Grouped<Tile, Cluster, Swap, true, Pingpong>;
     Plan<Plain> plain[2];
     Plan<Swiglu> swiglu[2];
     moe_status_t run(gg_cutlass_s *h, const moe_bf16_t *x, const moe_bf16_t *const *w, size_t w_offset,
@@ -236,6 +241,7 @@ struct gg_cutlass_s {
     Variant<Shape<_128, _256, _64>, C1, false> t128x256;
     Variant<Shape<_128, _256, _64>, C2, false> t128x256c2;
     Variant<Shape<_256, _128, _64>, C1, false> t256x128;
+    Variant<Shape<_128, _128, _64>, C1, false, true> t128x128pp;
     Variant<Shape<_128, _32, _128>, C1, true> swap32; /* 128 outputs x 32 rows */
     Variant<Shape<_128, _64, _128>, C1, true> swap64;
 };
@@ -349,6 +355,7 @@ static void gg_cutlass_destroy(gg_cutlass_s *h)
 {
     if (!h) return;
     h->t128x128.release(), h->t128x256.release(), h->t128x256c2.release(), h->t256x128.release();
+    h->t128x128pp.release();
     h->swap32.release(), h->swap64.release();
     if (h->block) cudaFree(h->block);
     delete h;
@@ -441,6 +448,7 @@ extern "C" const char *moe_gemm_path_name(moe_gemm_path_t path)
     case MOE_GEMM_PATH_128x256: return "cutlass_128x256";
     case MOE_GEMM_PATH_128x256_C2: return "cutlass_128x256_c2";
     case MOE_GEMM_PATH_256x128: return "cutlass_256x128";
+    case MOE_GEMM_PATH_128x128_PINGPONG: return "cutlass_128x128_pingpong";
     case MOE_GEMM_PATH_SWAP32: return "cutlass_swap_128x32";
     case MOE_GEMM_PATH_SWAP64: return "cutlass_swap_128x64";
     case MOE_GEMM_PATH_CUDA_CORES: return "cuda_cores";
@@ -461,6 +469,7 @@ extern "C" moe_status_t moe_ggemm_prepare(moe_ggemm_h g, moe_gemm_path_t path, i
         case MOE_GEMM_PATH_128x256: return h->t128x256.prepare(h, groups, n_out, k);
         case MOE_GEMM_PATH_128x256_C2: return h->t128x256c2.prepare(h, groups, n_out, k);
         case MOE_GEMM_PATH_256x128: return h->t256x128.prepare(h, groups, n_out, k);
+        case MOE_GEMM_PATH_128x128_PINGPONG: return h->t128x128pp.prepare(h, groups, n_out, k);
         case MOE_GEMM_PATH_SWAP32: return h->swap32.prepare(h, groups, n_out, k);
         case MOE_GEMM_PATH_SWAP64: return h->swap64.prepare(h, groups, n_out, k);
         default: break;
@@ -491,6 +500,8 @@ extern "C" moe_status_t moe_ggemm_run(moe_ggemm_h g, moe_gemm_path_t path, const
         case MOE_GEMM_PATH_128x256_C2:
             return h->t128x256c2.run(h, x, w, w_offset, offset, groups, n_out, k, gate, y, stream);
         case MOE_GEMM_PATH_256x128: return h->t256x128.run(h, x, w, w_offset, offset, groups, n_out, k, gate, y, stream);
+        case MOE_GEMM_PATH_128x128_PINGPONG:
+            return h->t128x128pp.run(h, x, w, w_offset, offset, groups, n_out, k, gate, y, stream);
         case MOE_GEMM_PATH_SWAP32: return h->swap32.run(h, x, w, w_offset, offset, groups, n_out, k, gate, y, stream);
         case MOE_GEMM_PATH_SWAP64: return h->swap64.run(h, x, w, w_offset, offset, groups, n_out, k, gate, y, stream);
         case MOE_GEMM_PATH_128x128: return h->t128x128.run(h, x, w, w_offset, offset, groups, n_out, k, gate, y, stream);

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "common/common.h"
+#include "kernels/gemm_path.h"
 #include "moe_build_config.h"
 #if MOE_HAVE_CUDA
 #include <cublas_v2.h>
@@ -178,7 +179,7 @@ moe_status_t moe_rmsnorm_cuda(const float *x, const float *weight, int n, int d,
 /* fp32 cuBLAS SGEMM on the handle's stream (no TF32), so expert choices match the CPU's. */
 moe_status_t moe_router_logits_cuda(cublasHandle_t cublas, const float *h, const float *w_router,
                                     int n, int d, int experts, float *logits);
-/* params on the host; params->bias, if set, on the device. At most 512 experts, 64 groups. */
+/* params on the host; params->bias, if set, on the device. At most 512 experts, 64 groups, top-32. */
 moe_status_t moe_router_topk_cuda(const float *logits, int n, const moe_router_params_t *params,
                                   int32_t *ids, float *weights, cudaStream_t stream);
 moe_status_t moe_swiglu_cuda(const moe_bf16_t *gate_up, int n, int f, moe_bf16_t *act,
@@ -237,18 +238,6 @@ moe_status_t moe_count_group_cuda(const int32_t *entry_pos, int n_rows, int k, c
  * (moe_ggemm_tensor_cores), else the CUDA-core kernel runs. docs/cuda.md gives the measurements
  * behind moe_gemm_path_choose. A handle holds the argument arrays and the CUTLASS arguments per
  * shape, for calls in order on one stream. */
-typedef enum {
-    MOE_GEMM_PATH_AUTO = 0,
-    MOE_GEMM_PATH_128x128,
-    MOE_GEMM_PATH_128x256,
-    MOE_GEMM_PATH_128x256_C2,
-    MOE_GEMM_PATH_256x128,
-    MOE_GEMM_PATH_SWAP32,
-    MOE_GEMM_PATH_SWAP64,
-    MOE_GEMM_PATH_CUDA_CORES,
-    MOE_GEMM_PATH_CUBLAS,
-    MOE_GEMM_PATH_COUNT,
-} moe_gemm_path_t;
 const char *moe_gemm_path_name(moe_gemm_path_t path);
 typedef struct moe_ggemm_s *moe_ggemm_h;
 moe_status_t moe_ggemm_create(int max_groups, moe_ggemm_h *out);

@@ -287,7 +287,8 @@ struct moe_backend_state_s {
     int *bad;                       /* a received row named an expert this rank lacks */
     /* pinned host mirrors */
     void *pblock;
-    float *x_host;                  /* [T][d] */
+    const float *x_registered;      /* the caller's x, pinned in place (cudaHostRegister) by load */
+    bool x_ours;                    /* we registered it (and unregister it) */
     int32_t *ids_host;              /* [L][T][k] */
     float *weights_host;            /* [L][T][k] */
     int *counts_host;               /* rows [C][P], entries [C][R] */
@@ -307,6 +308,10 @@ struct moe_backend_state_s {
     int *group_fill;     /* [slots] */
     moe_bf16_t *x_e, *gate_up, *act, *y_e;
     int *host_offset;    /* [slots + 1] the cuBLAS path's */
+    /* the expert GEMM path per log2 bucket of the rows a slot gets (and whether the host knew them),
+     * timed on the first chunks that fall in the bucket (run.gemm auto) */
+    moe_gemm_path_t tuned[2][32];
+    cudaEvent_t tune_a, tune_b;
     /* CUDA graphs of whole layers (fixed capacity) */
     cudaGraphExec_t *graph; /* [L] */
     int *graph_n;           /* [L] tokens it was captured for */
@@ -340,6 +345,7 @@ static void cuda_destroy(moe_backend_state_t *s)
     cudaFree(s->table_dev);
     cudaFree(s->expert_ptrs_dev);
     if (s->pblock) cudaFreeHost(s->pblock);
+    if (s->x_ours) cudaHostUnregister((void *)s->x_registered);
     free(s->table);
     free(s->experts);
     free(s->expert_ptrs_host);
@@ -353,6 +359,8 @@ static void cuda_destroy(moe_backend_state_t *s)
     free(s->graph_n);
     if (s->batch_start) cudaEventDestroy(s->batch_start);
     if (s->counts_ready) cudaEventDestroy(s->counts_ready);
+    if (s->tune_a) cudaEventDestroy(s->tune_a);
+    if (s->tune_b) cudaEventDestroy(s->tune_b);
     moe_ggemm_destroy(s->gg);
     moe_gemm_destroy(s->gemm);
     if (s->stream) cudaStreamDestroy(s->stream);
@@ -477,6 +485,8 @@ static moe_status_t cuda_create(const moe_backend_args_t *a, moe_backend_state_t
     MOE_CHECK(moe_ggemm_create(s->max_slots > 0 ? s->max_slots : 1, &s->gg), fail_free);
     MOE_CHECK_CUDA(cudaEventCreateWithFlags(&s->counts_ready, cudaEventDisableTiming), fail_free);
     MOE_CHECK_CUDA(cudaEventCreate(&s->batch_start), fail_free);
+    MOE_CHECK_CUDA(cudaEventCreate(&s->tune_a), fail_free);
+    MOE_CHECK_CUDA(cudaEventCreate(&s->tune_b), fail_free);
 
     const size_t T = (size_t)a->max_tokens, d = (size_t)s->d, k = (size_t)s->k, E = (size_t)s->E, L = (size_t)s->L;
     const size_t C = (size_t)s->chunks, P = (size_t)s->P, R = (size_t)s->max_replicas, fs = (size_t)s->fs;
@@ -507,10 +517,9 @@ static moe_status_t cuda_create(const moe_backend_args_t *a, moe_backend_state_t
     MOE_CHECK_CUDA(cudaMemset(s->out, 0, 4 * T * d), fail_free);
     MOE_CHECK_CUDA(cudaMemset(s->bad, 0, 4), fail_free);
     /* pinned mirrors */
-    const size_t pbytes = 256 * 8 + 4 * T * d + 4 * 2 * L * T * k + 4 * (C * P + C * R + 1) + 4 * 3 * L + 4 + 8;
+    const size_t pbytes = 256 * 8 + 4 * 2 * L * T * k + 4 * (C * P + C * R + 1) + 4 * 3 * L + 4 + 8;
     MOE_CHECK_CUDA(cudaHostAlloc(&s->pblock, pbytes, cudaHostAllocDefault), fail_free);
     cur = s->pblock;
-    s->x_host = cut(&cur, 4 * T * d);
     s->ids_host = cut(&cur, 4 * L * T * k);
     s->weights_host = cut(&cur, 4 * L * T * k);
     s->counts_host = cut(&cur, 4 * (C * P + C * R + 1));
@@ -539,7 +548,7 @@ static moe_status_t cuda_create(const moe_backend_args_t *a, moe_backend_state_t
     MOE_CHECK_ALLOC(s->graph_n, fail_free);
     /* CUTLASS arguments for this model's shapes, made now rather than in the first batch (or a graph
      * capture, where their uploads could not run) */
-    for (int p = MOE_GEMM_PATH_128x128; p <= MOE_GEMM_PATH_SWAP64 && s->max_slots > 0; p++) {
+    for (int p = MOE_GEMM_PATH_128x128; p <= MOE_GEMM_PATH_SWAP64 && s->max_slots > 0; p++) { /* every CUTLASS path */
         MOE_CHECK(moe_ggemm_prepare(s->gg, (moe_gemm_path_t)p, s->max_slots, s->f, s->d), fail_free);
         MOE_CHECK(moe_ggemm_prepare(s->gg, (moe_gemm_path_t)p, s->max_slots, s->d, s->f), fail_free);
     }
@@ -641,15 +650,36 @@ static moe_status_t cuda_timeline(moe_backend_state_t *s, int n, moe_layer_metri
 
 /* ---------------------------------------------------------------- stages */
 
+/* The caller's rows pinned where they are, so that they go up and come back without a host copy
+ * (the engine passes the same buffer every batch; a buffer pinned already, by an earlier backend
+ * state of the same engine, is used as it is). */
+static moe_status_t pin_rows(moe_backend_state_t *s, const float *x)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    if (x == s->x_registered) return MOE_STATUS_OK;
+    if (s->x_ours) cudaHostUnregister((void *)s->x_registered);
+    s->x_registered = x;
+    s->x_ours = false;
+    cudaError_t err = cudaHostRegister((void *)x, sizeof(float) * (size_t)s->max_tokens * s->d, cudaHostRegisterDefault);
+    if (err == cudaErrorHostMemoryAlreadyRegistered) {
+        cudaGetLastError();
+        return MOE_STATUS_OK;
+    }
+    MOE_CHECK_CUDA(err, fail);
+    s->x_ours = true;
+fail:
+    return status;
+}
+
 static moe_status_t cuda_load(moe_backend_state_t *s, const float *x, int n)
 {
     moe_status_t status = MOE_STATUS_OK;
     const size_t bytes = sizeof(float) * (size_t)n * s->d;
     s->n_events = s->n_spans = 0;
     s->batches++;
+    MOE_CHECK(pin_rows(s, x), fail);
     MOE_CHECK_CUDA(cudaEventRecord(s->batch_start, s->stream), fail);
-    memcpy(s->x_host, x, bytes);
-    MOE_CHECK_CUDA(cudaMemcpyAsync(s->x, s->x_host, bytes, cudaMemcpyHostToDevice, s->stream), fail);
+    MOE_CHECK_CUDA(cudaMemcpyAsync(s->x, x, bytes, cudaMemcpyHostToDevice, s->stream), fail);
     MOE_CHECK_CUDA(cudaMemsetAsync(s->out, 0, bytes, s->stream), fail);
     if (s->capacity > 0) MOE_CHECK_CUDA(cudaMemsetAsync(s->fixed_counts, 0, sizeof(int) * 3 * s->L, s->stream), fail);
 fail:
@@ -747,6 +777,53 @@ fail:
     return status;
 }
 
+/* The expert GEMM path for slots of `mean` rows: run.gemm when set; else the fastest measured here
+ * for rows of this size (every candidate timed once on this chunk's real rows, the second of two
+ * runs, then the winner run last, so that the chunk's result is the winner's); while a graph is
+ * captured, or without tensor cores, a fixed rule. */
+static moe_status_t pick_path(moe_backend_state_t *s, const moe_expert_weights_t *w, int entries, double mean,
+                              bool host_knows, moe_gemm_path_t *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const moe_gemm_path_t forced = (moe_gemm_path_t)s->config->run.gemm;
+    if (!moe_ggemm_tensor_cores(s->gg, s->f, s->d) || !moe_ggemm_tensor_cores(s->gg, s->d, s->f)) {
+        *out = host_knows ? MOE_GEMM_PATH_CUBLAS : MOE_GEMM_PATH_CUDA_CORES;
+        return MOE_STATUS_OK;
+    }
+    if (forced != MOE_GEMM_PATH_AUTO && (forced != MOE_GEMM_PATH_CUBLAS || host_knows)) {
+        *out = forced;
+        return MOE_STATUS_OK;
+    }
+    int bucket = 0;
+    while (bucket < 31 && (double)(1 << bucket) < mean) bucket++;
+    moe_gemm_path_t *tuned = &s->tuned[host_knows][bucket];
+    if (*tuned != MOE_GEMM_PATH_AUTO) {
+        *out = *tuned;
+        return MOE_STATUS_OK;
+    }
+    *out = moe_gemm_path_choose(mean, host_knows);
+    if (s->capturing || entries == 0) return MOE_STATUS_OK;
+    float best_ms = 0;
+    for (int p = MOE_GEMM_PATH_128x128; p <= MOE_GEMM_PATH_CUBLAS; p++) {
+        if (p == MOE_GEMM_PATH_CUDA_CORES || (p == MOE_GEMM_PATH_CUBLAS && !host_knows)) continue;
+        float ms = 0;
+        for (int rep = 0; rep < 2; rep++) {
+            MOE_CHECK_CUDA(cudaEventRecord(s->tune_a, s->stream), fail);
+            MOE_CHECK(moe_expert_ffn_cuda(s->gemm, s->gg, (moe_gemm_path_t)p, w, s->x_e, s->group_offset, s->host_offset,
+                                          entries, s->gate_up, s->act, s->y_e), fail);
+            MOE_CHECK_CUDA(cudaEventRecord(s->tune_b, s->stream), fail);
+        }
+        MOE_CHECK_CUDA(cudaEventSynchronize(s->tune_b), fail);
+        MOE_CHECK_CUDA(cudaEventElapsedTime(&ms, s->tune_a, s->tune_b), fail);
+        if (*tuned == MOE_GEMM_PATH_AUTO || ms < best_ms) *tuned = (moe_gemm_path_t)p, best_ms = ms;
+    }
+    *out = *tuned;
+    moe_info("cuda backend: expert GEMMs for about %.0f rows per expert (%s): %s, %.3f ms", mean,
+             host_knows ? "counted" : "expected", moe_gemm_path_name(*out), best_ms);
+fail:
+    return status;
+}
+
 static moe_status_t cuda_experts(moe_backend_state_t *s, int layer, int chunk, int first, int n_recv,
                                  const int *slot_rows)
 {
@@ -777,9 +854,8 @@ static moe_status_t cuda_experts(moe_backend_state_t *s, int layer, int chunk, i
     /* the GEMM path from the rows a slot gets: known, or expected (every choice spread evenly) */
     const double mean = slot_rows ? (double)entries / (active > 0 ? active : 1)
                                   : (double)n_recv * s->k / (s->E > 0 ? s->E : 1);
-    moe_gemm_path_t path = moe_gemm_path_choose(mean, slot_rows != NULL);
-    if (!moe_ggemm_tensor_cores(s->gg, s->f, s->d) || !moe_ggemm_tensor_cores(s->gg, s->d, s->f))
-        path = slot_rows ? MOE_GEMM_PATH_CUBLAS : MOE_GEMM_PATH_CUDA_CORES;
+    moe_gemm_path_t path;
+    MOE_CHECK(pick_path(s, w, entries, mean, slot_rows != NULL, &path), fail);
     if (entries > 0)
         MOE_CHECK(moe_expert_ffn_cuda(s->gemm, s->gg, path, w, s->x_e, s->group_offset, s->host_offset, entries, s->gate_up,
                                       s->act, s->y_e), fail);
@@ -825,7 +901,8 @@ static moe_status_t cuda_store(moe_backend_state_t *s, float *x, int n)
 {
     moe_status_t status = MOE_STATUS_OK;
     const size_t bytes = sizeof(float) * (size_t)n * s->d;
-    MOE_CHECK_CUDA(cudaMemcpyAsync(s->x_host, s->x, bytes, cudaMemcpyDeviceToHost, s->stream), fail);
+    MOE_CHECK(pin_rows(s, x), fail);
+    MOE_CHECK_CUDA(cudaMemcpyAsync(x, s->x, bytes, cudaMemcpyDeviceToHost, s->stream), fail);
     MOE_CHECK_CUDA(cudaMemcpyAsync(s->bad_host, s->bad, sizeof(int), cudaMemcpyDeviceToHost, s->stream), fail);
     if (s->capacity > 0)
         MOE_CHECK_CUDA(cudaMemcpyAsync(s->fixed_counts_host, s->fixed_counts, sizeof(int) * 3 * s->L,
@@ -833,7 +910,6 @@ static moe_status_t cuda_store(moe_backend_state_t *s, float *x, int n)
     MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
     if (*s->bad_host)
         MOE_FAIL(MOE_STATUS_INTERNAL, fail, "cuda backend: a received row named an expert this rank does not host");
-    memcpy(x, s->x_host, bytes);
 fail:
     return status;
 }

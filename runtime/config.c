@@ -32,6 +32,8 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "kernels/gemm_path.h"
+
 /* ---------------------------------------------------------------- the table */
 
 typedef enum { KIND_INT, KIND_UINT64, KIND_FLOAT, KIND_BOOL, KIND_STRING, KIND_PATH, KIND_ENUM } kind_t;
@@ -54,6 +56,11 @@ static const char *const input_words[] = {"synthetic", "npy", NULL};
 static const char *const weights_words[] = {"random", "checkpoint", NULL};
 static const char *const buffers_words[] = {"auto", "counted", "fixed", NULL};
 static const char *const switch_words[] = {"auto", "on", "off", NULL};
+/* kernels.h's moe_gemm_path_t, in its order (moe_gemm_path_name) */
+static const char *const gemm_words[] = {"auto", "cutlass_128x128", "cutlass_128x256", "cutlass_128x256_c2",
+                                         "cutlass_256x128", "cutlass_128x128_pingpong", "cutlass_swap_128x32",
+                                         "cutlass_swap_128x64", "cuda_cores", "cublas_per_expert", NULL};
+_Static_assert(sizeof gemm_words / sizeof gemm_words[0] == MOE_GEMM_PATH_COUNT + 1, "gemm_words follows moe_gemm_path_t");
 
 /* Enum fields are read and written as int. */
 _Static_assert(sizeof(moe_scoring_t) == sizeof(int), "enum size");
@@ -117,7 +124,10 @@ _Static_assert(sizeof(moe_switch_t) == sizeof(int), "enum size");
       "counted (rows sized by a counts exchange) | fixed (every peer's block full size: no host wait) "  \
       "| auto (fixed for cuda+nccl at <= 256 tokens per rank, one chunk)")                             \
     X(ENUM, "run.graphs", run.graphs, moe_switch_t, switch_words, "auto", NOLIM, RANGE_GE,             \
-      "CUDA graphs of the whole batch (cuda+nccl, fixed buffers): on | off | auto (on when fixed)")    \
+      "CUDA graphs of whole layers (cuda+nccl, fixed buffers): on | off | auto (on when fixed)")       \
+    X(ENUM, "run.gemm", run.gemm, int, gemm_words, "auto", NOLIM, RANGE_GE,                            \
+      "cuda expert GEMMs: auto (timed on the first batches, per rows an expert gets) or one path of "   \
+      "docs/cuda.md (cutlass_128x256_c2, cutlass_swap_128x32, cublas_per_expert, ...)")               \
     X(INT, "run.batches", run.batches, int, NULL, "4", AT_LEAST(0), RANGE_GE,                         \
       "batches to run (0 = as many as the trace or input holds)")                                      \
     X(UINT64, "run.seed", run.seed, uint64_t, NULL, "1", NOLIM, RANGE_GE,                             \

@@ -62,6 +62,7 @@ typedef struct {
     int tokens_per_rank;            /* run.tokens_per_rank: tokens each rank owns per batch */
     moe_buffers_t buffers;          /* run.buffers: auto | counted | fixed */
     moe_switch_t graphs;            /* run.graphs: CUDA graphs auto | on | off */
+    int gemm;                       /* run.gemm: the expert GEMM path, 0 = auto (kernels.h moe_gemm_path_t) */
     int batches;                    /* run.batches: 0 = as many as the trace or input holds */
     uint64_t seed;                  /* run.seed: weights, inputs, synthetic routing */
     int warmup_batches;             /* run.warmup_batches: excluded from tokens/s */

@@ -11,7 +11,8 @@
 # Cases (shapes from configs/, one layer, seeded weights, routing by the router):
 #   dsv3       DeepSeek-V3, 4096 tokens per GPU, with the shared expert, and without it (the peer's
 #              form); chunks 1 on one GPU, 1, 2, 4 on two (counted buffers);
-#   dsv3-narrow  two GPUs, d_ff 512: communication a larger share of the layer (the overlap case);
+#   dsv3-narrow  two GPUs, d_ff 128 and no shared expert: communication 40% or more of the layer (the
+#              overlap case);
 #   mixtral    Mixtral-8x7B, 8192 tokens per GPU, chunks as dsv3;
 #   decode     DeepSeek-V3 at 128 tokens per GPU: the low-latency path (fixed buffers, CUDA graphs),
 #              and the same without graphs, for its stage times.
@@ -55,7 +56,7 @@ for np in $GPUS; do
         moe "dsv3-np$np-c$c" "$np" deepseek-v3 4096 --set run.chunks=$c --set run.buffers=counted "${trace[@]}"
         moe "mixtral-np$np-c$c" "$np" mixtral-8x7b 8192 --set run.chunks=$c --set run.buffers=counted
         [ "$np" -ge 2 ] && moe "dsv3-narrow-np$np-c$c" "$np" deepseek-v3 4096 --set run.chunks=$c \
-            --set run.buffers=counted --set model.d_ff=512 --set model.shared_d_ff=512 "${narrow_trace[@]}"
+            --set run.buffers=counted --set model.d_ff=128 --set model.shared_experts=0 "${narrow_trace[@]}"
     done
     moe "dsv3-noshared-np$np-c1" "$np" deepseek-v3 4096 --set run.chunks=1 --set run.buffers=counted \
         --set model.shared_experts=0
@@ -68,7 +69,7 @@ for np in $GPUS; do
     peer "peer-dsv3-np$np" "$np" deepseek-v3 4096 128
     peer "peer-dsv3-noshared-np$np" "$np" deepseek-v3 4096 --no-shared
     peer "peer-mixtral-np$np" "$np" mixtral-8x7b 8192
-    [ "$np" -ge 2 ] && peer "peer-dsv3-narrow-np$np" "$np" deepseek-v3 4096 --d-ff 512
+    [ "$np" -ge 2 ] && peer "peer-dsv3-narrow-np$np" "$np" deepseek-v3 4096 --d-ff 128 --no-shared
 done
 if [ "$ngpu" -ge 2 ]; then
     echo "== a2a" >&2

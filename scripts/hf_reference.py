@@ -258,24 +258,32 @@ def write_fp8_case(out, name, model, family, block, seed):
     e4m3 with a float32 `<name>_scale_inv` per block x block tile (quantization_config fp8,
     weight_block_size), the rest as it was. The expected output runs on the dequantized weights
     (q x scale_inv, exactly what a loader must compute), so a loader that dequantizes right matches
-    it to arithmetic order. block 12 leaves partial blocks at the matrices' edges on purpose."""
-    model = model.to(torch.float32)
-    state, scales = {}, {}
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if p.dim() == 2 and any(t in pname for t in FP8_PATTERNS) and pname.endswith(".weight"):
-                q, s = quantize_fp8(p.detach(), block)
-                p.copy_(dequantize_fp8(q, s, block))
-                state[pname], scales[pname + "_scale_inv"] = q, s
-    write_case(out, name, model, family, seed=seed)  # the dequantized weights in fp32, and the reference
-    path = os.path.join(out, name)
+    it to arithmetic order. block 12 leaves partial blocks at the matrices' edges on purpose. The
+    tensors are quantized as saved (one per expert and projection), whatever form the in-memory
+    model keeps its experts in."""
     from safetensors.torch import load_file
-    tensors = load_file(os.path.join(path, "model.safetensors"))
-    for tname in list(tensors):
-        if tname in state:
-            tensors[tname] = state[tname]
+    path = os.path.join(out, name)
+    st = os.path.join(path, "model.safetensors")
+    write_case(out, name, model.to(torch.float32), family, seed=seed)  # per-expert fp32 tensors on disk
+    tensors = load_file(st)
+    quant, scales = {}, {}
+    for tname, t in tensors.items():
+        if t.dim() == 2 and tname.endswith(".weight") and any(p in tname for p in FP8_PATTERNS):
+            q, s = quantize_fp8(t.float(), block)
+            quant[tname], scales[tname + "_scale_inv"] = q, s
+            tensors[tname] = dequantize_fp8(q, s, block)
+    if not any(".mlp.experts." in t for t in quant):
+        raise SystemExit(f"{name}: no routed expert tensor was quantized")
+    save_file(tensors, st, metadata={"format": "pt"})
+    try:
+        dequantized = type(model).from_pretrained(path, dtype=torch.float32)
+    except TypeError:
+        dequantized = type(model).from_pretrained(path, torch_dtype=torch.float32)
+    write_case(out, name, dequantized, family, seed=seed)  # the reference on the dequantized weights
+    tensors = load_file(st)
+    tensors.update(quant)
     tensors.update(scales)
-    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    save_file(tensors, st, metadata={"format": "pt"})
     with open(os.path.join(path, "config.json")) as fp:
         cfg = json.load(fp)
     cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
@@ -295,7 +303,7 @@ def write_fp8_case(out, name, model, family, block, seed):
                  f"fp8 e4m3 experts in {block}x{block} blocks\n")
         fp.write(f"family={family}\nlayers={len(layers)}\nexperts={E}\ntokens={TOKENS}\n")
         fp.write(f"expert_bytes={expert_bytes}\ncommon_bytes={common}\n")
-    print(f"{name}: fp8 experts, {sum(sizes.values())} bytes of tensors")
+    print(f"{name}: {len(quant)} fp8 tensors, {sum(sizes.values())} bytes of tensors")
 
 
 if __name__ == "__main__":
