@@ -17,6 +17,18 @@ moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *nccl, const void *send, const 
                                  const int *recv_rows, size_t row_bytes, void *start_event, void *done_event,
                                  void **event);
 moe_status_t moe_comm_nccl_test(moe_comm_nccl_t *nccl, void *event, bool *done);
+/* ncclCommSplit of parent: collective over parent's ranks; *out NULL where not a member. */
+moe_status_t moe_comm_nccl_split(moe_comm_nccl_t *parent, bool member, int new_rank, int new_size,
+                                 moe_comm_nccl_t **out);
+/* One group of sends and receives on the communicator's stream, between two timing events: *start
+ * before it, *event after it. */
+moe_status_t moe_comm_nccl_p2p(moe_comm_nccl_t *nccl, const moe_comm_p2p_t *list, int n, void **start, void **event);
+/* Seconds between two completed timing events. */
+moe_status_t moe_comm_nccl_elapsed(void *start, void *end, double *seconds);
+void moe_comm_nccl_event_free(void *event);
+/* Collective: 1 MiB each way with every peer, so that NCCL connects its peers now, not in the first
+ * transfer that counts. */
+moe_status_t moe_comm_nccl_warm_up(moe_comm_nccl_t *nccl);
 /* ncclAlltoAll (or, where NCCL lacks it, a group of equal sends and receives) of `bytes` per peer on the
  * communicator's stream, ordered after the producer stream and before what it queues next. */
 moe_status_t moe_comm_nccl_alltoall(moe_comm_nccl_t *nccl, const void *send, void *recv, size_t bytes);

@@ -28,6 +28,33 @@ moe_status_t moe_comm_create_mpi(MPI_Comm comm, moe_comm_h *out);
  * per rank: NCCL refuses two ranks on one GPU. MOE_STATUS_UNSUPPORTED in a build without CUDA. */
 moe_status_t moe_comm_create_nccl(MPI_Comm comm, int device, moe_comm_h *out);
 
+/* Collective over parent's ranks: the communicator of the members (ranks with member true, in
+ * parent's order), MPI and, when parent has one, NCCL (ncclCommSplit of parent's: no new bootstrap,
+ * so that an elastic run makes its serving sets' communicators ahead of a switch, cheaply). *out is
+ * NULL on the others. */
+moe_status_t moe_comm_split(moe_comm_h parent, bool member, moe_comm_h *out);
+
+/* A point-to-point transfer of `bytes` at buf, to (send) or from `peer`. */
+typedef struct {
+    void *buf;
+    size_t bytes;
+    int peer;
+    bool send;
+} moe_comm_p2p_t;
+/* NCCL only: the transfers (device buffers) as one group on the communicator's own stream, beside
+ * whatever else runs (expert moves while a serving set serves); matched per peer pair in the order
+ * posted, so every rank posts its share of one list in the list's order. Complete with
+ * moe_comm_op_test / moe_comm_op_wait. MOE_STATUS_UNSUPPORTED without NCCL. */
+moe_status_t moe_comm_p2p_start(moe_comm_h comm, const moe_comm_p2p_t *list, int n, moe_comm_op_h *out);
+/* The device time from the start of point-to-point op `first` to the end of `last` (same communicator,
+ * both tested done, not yet waited). */
+moe_status_t moe_comm_op_span(moe_comm_op_h first, moe_comm_op_h last, double *seconds);
+/* Collective: NCCL connects to every peer now (a small exchange), so that the first transfer that
+ * counts does not pay for it. No-op for MPI. */
+moe_status_t moe_comm_warm_up(moe_comm_h comm);
+/* Whether comm moves device memory (has an NCCL half). */
+bool moe_comm_is_device(const moe_comm_h comm);
+
 /* NCCL: the stream (a cudaStream_t) that produces the buffers to send and consumes those received.
  * A started operation first waits for the work queued on it so far; its wait makes that stream wait
  * for the transfer (the host does not block), and its test polls. No-op for MPI. */

@@ -15,6 +15,7 @@ struct moe_comm_op_s {
     moe_comm_h comm;
     MPI_Request request;
     void *event; /* NCCL: the transfer's completion event (no request, counts or tracking) */
+    void *start; /* NCCL point-to-point: a timing event before it */
     int *counts; /* send counts, send displs, recv counts, recv displs: 4 * size ints */
     bool done;
 };
@@ -224,6 +225,7 @@ moe_status_t moe_comm_op_wait(moe_comm_op_h op)
     if (!op) return MOE_STATUS_OK;
 #if MOE_HAVE_CUDA
     if (op->event) {
+        moe_comm_nccl_event_free(op->start);
         status = moe_comm_nccl_wait(op->comm->nccl, op->event);
         free(op);
         return status;
@@ -264,4 +266,85 @@ moe_status_t moe_comm_alltoall_nccl(moe_comm_h comm, const void *send, void *rec
     (void)send, (void)recv, (void)bytes;
     moe_error("comm: ncclAlltoAll needs the NCCL transport");
     return MOE_STATUS_UNSUPPORTED;
+}
+
+moe_status_t moe_comm_split(moe_comm_h parent, bool member, moe_comm_h *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MPI_Comm sub = MPI_COMM_NULL;
+    struct moe_comm_s *comm = NULL;
+    *out = NULL;
+    MOE_CHECK_MPI(MPI_Comm_split(parent->mpi, member ? 0 : MPI_UNDEFINED, parent->rank, &sub), fail);
+    if (member) {
+        comm = calloc(1, sizeof *comm);
+        MOE_CHECK_ALLOC(comm, fail);
+        comm->mpi = sub; /* split: our own communicator already */
+        sub = MPI_COMM_NULL;
+        MPI_Comm_rank(comm->mpi, &comm->rank);
+        MPI_Comm_size(comm->mpi, &comm->size);
+    }
+#if MOE_HAVE_CUDA
+    /* collective over the parent's ranks, members or not */
+    if (parent->nccl)
+        MOE_CHECK(moe_comm_nccl_split(parent->nccl, member, comm ? comm->rank : -1, comm ? comm->size : 0,
+                                      comm ? &comm->nccl : &(moe_comm_nccl_t *){NULL}), fail);
+#endif
+    *out = comm;
+    return MOE_STATUS_OK;
+fail:
+    if (sub != MPI_COMM_NULL) MPI_Comm_free(&sub);
+    moe_comm_destroy(comm);
+    return status;
+}
+
+bool moe_comm_is_device(const moe_comm_h comm)
+{
+#if MOE_HAVE_CUDA
+    return comm->nccl != NULL;
+#else
+    (void)comm;
+    return false;
+#endif
+}
+
+moe_status_t moe_comm_p2p_start(moe_comm_h comm, const moe_comm_p2p_t *list, int n, moe_comm_op_h *out)
+{
+#if MOE_HAVE_CUDA
+    if (comm->nccl) {
+        moe_status_t status = MOE_STATUS_OK;
+        struct moe_comm_op_s *op = calloc(1, sizeof *op);
+        MOE_CHECK_ALLOC(op, fail);
+        op->comm = comm;
+        if ((status = moe_comm_nccl_p2p(comm->nccl, list, n, &op->start, &op->event)) != MOE_STATUS_OK) {
+            free(op);
+            return status;
+        }
+        *out = op;
+    fail:
+        return status;
+    }
+#endif
+    (void)list, (void)n, (void)out;
+    moe_error("comm: point-to-point transfers of device memory need the NCCL transport");
+    return MOE_STATUS_UNSUPPORTED;
+}
+
+moe_status_t moe_comm_op_span(moe_comm_op_h first, moe_comm_op_h last, double *seconds)
+{
+#if MOE_HAVE_CUDA
+    if (first->start && last->event && first->done && last->done)
+        return moe_comm_nccl_elapsed(first->start, last->event, seconds);
+#endif
+    (void)first, (void)last, (void)seconds;
+    moe_error("comm: a span needs completed NCCL point-to-point transfers");
+    return MOE_STATUS_INVALID_ARGUMENT;
+}
+
+moe_status_t moe_comm_warm_up(moe_comm_h comm)
+{
+#if MOE_HAVE_CUDA
+    if (comm->nccl) return moe_comm_nccl_warm_up(comm->nccl);
+#endif
+    (void)comm;
+    return MOE_STATUS_OK;
 }

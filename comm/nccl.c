@@ -182,3 +182,89 @@ fail:
     if (done) event_put(c, done);
     return status;
 }
+
+moe_status_t moe_comm_nccl_split(moe_comm_nccl_t *parent, bool member, int new_rank, int new_size,
+                                 moe_comm_nccl_t **out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    moe_comm_nccl_t *c = NULL;
+    ncclComm_t child = NULL;
+    *out = NULL;
+    /* every rank of the parent takes part; non-members ask for no communicator */
+    MOE_CHECK_NCCL(ncclCommSplit(parent->nccl, member ? 0 : NCCL_SPLIT_NOCOLOR, parent->rank, &child, NULL), fail);
+    if (!member) return MOE_STATUS_OK;
+    c = calloc(1, sizeof *c);
+    MOE_CHECK_ALLOC(c, fail);
+    c->nccl = child;
+    child = NULL;
+    c->rank = new_rank, c->size = new_size, c->device = parent->device;
+    MOE_CHECK_CUDA(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), fail);
+    *out = c;
+    return MOE_STATUS_OK;
+fail:
+    if (child) ncclCommDestroy(child);
+    moe_comm_nccl_destroy(c);
+    return status;
+}
+
+moe_status_t moe_comm_nccl_p2p(moe_comm_nccl_t *c, const moe_comm_p2p_t *list, int n, void **start, void **event)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    cudaEvent_t begin = NULL, done = NULL;
+    MOE_CHECK_CUDA(cudaEventCreate(&begin), fail);
+    MOE_CHECK_CUDA(cudaEventCreate(&done), fail);
+    MOE_CHECK_CUDA(cudaEventRecord(begin, c->stream), fail);
+    MOE_CHECK_NCCL(ncclGroupStart(), fail);
+    ncclResult_t rc = ncclSuccess;
+    for (int i = 0; i < n && rc == ncclSuccess; i++)
+        rc = list[i].send ? ncclSend(list[i].buf, list[i].bytes, ncclUint8, list[i].peer, c->nccl, c->stream)
+                          : ncclRecv(list[i].buf, list[i].bytes, ncclUint8, list[i].peer, c->nccl, c->stream);
+    ncclResult_t end = ncclGroupEnd();
+    MOE_CHECK_NCCL(rc, fail);
+    MOE_CHECK_NCCL(end, fail);
+    MOE_CHECK_CUDA(cudaEventRecord(done, c->stream), fail);
+    *start = begin;
+    *event = done;
+    return MOE_STATUS_OK;
+fail:
+    if (begin) cudaEventDestroy(begin);
+    if (done) cudaEventDestroy(done);
+    return status;
+}
+
+moe_status_t moe_comm_nccl_elapsed(void *start, void *end, double *seconds)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    float ms = 0;
+    MOE_CHECK_CUDA(cudaEventElapsedTime(&ms, (cudaEvent_t)start, (cudaEvent_t)end), fail);
+    *seconds = 1e-3 * ms;
+fail:
+    return status;
+}
+
+void moe_comm_nccl_event_free(void *event)
+{
+    if (event) cudaEventDestroy((cudaEvent_t)event);
+}
+
+moe_status_t moe_comm_nccl_warm_up(moe_comm_nccl_t *c)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const size_t bytes = (size_t)1 << 20;
+    void *buf = NULL;
+    MOE_CHECK_CUDA(cudaMalloc(&buf, 2 * bytes * (size_t)c->size), fail);
+    MOE_CHECK_NCCL(ncclGroupStart(), fail);
+    ncclResult_t rc = ncclSuccess;
+    for (int p = 0; p < c->size && rc == ncclSuccess; p++) {
+        if (p == c->rank) continue;
+        rc = ncclSend((char *)buf + 2 * bytes * (size_t)p, bytes, ncclUint8, p, c->nccl, c->stream);
+        if (rc == ncclSuccess) rc = ncclRecv((char *)buf + 2 * bytes * (size_t)p + bytes, bytes, ncclUint8, p, c->nccl, c->stream);
+    }
+    ncclResult_t end = ncclGroupEnd();
+    MOE_CHECK_NCCL(rc, fail);
+    MOE_CHECK_NCCL(end, fail);
+    MOE_CHECK_CUDA(cudaStreamSynchronize(c->stream), fail);
+fail:
+    if (buf) cudaFree(buf);
+    return status;
+}

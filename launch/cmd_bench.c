@@ -14,7 +14,8 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: mpirun -np N moerun bench a2a [--d-model D] [--top-k K] [--rows R1,R2,...] [--iters N]\n\n"
                  "  dispatch + combine of R wire rows to every rank (one GPU per rank, NCCL), beside\n"
-                 "  ncclAlltoAll at equal bytes; nccl-tests' columns (algbw, busbw per GPU).\n"
+                 "  ncclAlltoAll at equal bytes; nccl-tests' columns (algbw, busbw per GPU); then the\n"
+                 "  point-to-point rate from rank 0 to rank 1 (1 GiB as 16 sends in one group).\n"
                  "  --d-model D     hidden size (default 7168, DeepSeek-V3)\n"
                  "  --top-k K       choices per token carried in a row's metadata (default 8)\n"
                  "  --rows LIST     rows to each peer (default 128,512,1024,2048,4096)\n"

@@ -228,6 +228,9 @@ extern const moe_backend_t moe_backend_cpu;
 extern const moe_backend_t moe_backend_cuda;
 /* The backend's compute stream (a cudaStream_t), for moe_comm_set_stream. */
 void *moe_backend_cuda_stream(moe_backend_state_t *state);
+/* Collective over comm: GEMM paths timed by any rank become every rank's (an elastic switch: a rank
+ * that starts serving does not time them again in its first batch). */
+moe_status_t moe_backend_cuda_share_tuning(MPI_Comm comm);
 /* Collective over comm: this rank's GPU (local rank among the ranks of its node, modulo the GPUs
  * there) made current, and the process bound to the cores near it when each rank has a GPU of its
  * own. Call before creating the NCCL transport and the backend. */

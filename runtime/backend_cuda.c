@@ -308,10 +308,7 @@ struct moe_backend_state_s {
     int *group_fill;     /* [slots] */
     moe_bf16_t *x_e, *gate_up, *act, *y_e;
     int *host_offset;    /* [slots + 1] the cuBLAS path's */
-    /* the expert GEMM path per log2 bucket of the rows a slot gets (and whether the host knew them),
-     * timed on the first chunks that fall in the bucket (run.gemm auto) */
-    moe_gemm_path_t tuned[2][32];
-    cudaEvent_t tune_a, tune_b;
+    cudaEvent_t tune_a, tune_b; /* pick_path's timing */
     /* CUDA graphs of whole layers (fixed capacity) */
     cudaGraphExec_t *graph; /* [L] */
     int *graph_n;           /* [L] tokens it was captured for */
@@ -781,6 +778,11 @@ fail:
  * for rows of this size (every candidate timed once on this chunk's real rows, the second of two
  * runs, then the winner run last, so that the chunk's result is the winner's); while a graph is
  * captured, or without tensor cores, a fixed rule. */
+/* The expert GEMM path per log2 bucket of the rows a slot gets (and whether the host knew them), timed
+ * on the first chunks that fall in the bucket (run.gemm auto). Process-wide: a run has one model's
+ * widths, and a backend state made again (an elastic switch) does not time them again. */
+static moe_gemm_path_t tuned_paths[2][32];
+
 static moe_status_t pick_path(moe_backend_state_t *s, const moe_expert_weights_t *w, int entries, double mean,
                               bool host_knows, moe_gemm_path_t *out)
 {
@@ -796,7 +798,7 @@ static moe_status_t pick_path(moe_backend_state_t *s, const moe_expert_weights_t
     }
     int bucket = 0;
     while (bucket < 31 && (double)(1 << bucket) < mean) bucket++;
-    moe_gemm_path_t *tuned = &s->tuned[host_knows][bucket];
+    moe_gemm_path_t *tuned = &tuned_paths[host_knows][bucket];
     if (*tuned != MOE_GEMM_PATH_AUTO) {
         *out = *tuned;
         return MOE_STATUS_OK;
@@ -976,6 +978,25 @@ fail:
 }
 
 void *moe_backend_cuda_stream(moe_backend_state_t *state) { return state->stream; }
+
+moe_status_t moe_backend_cuda_share_tuning(MPI_Comm comm)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    int P;
+    MPI_Comm_size(comm, &P);
+    const int n = (int)(sizeof tuned_paths / sizeof tuned_paths[0][0]);
+    int mine[sizeof tuned_paths / sizeof tuned_paths[0][0]];
+    int *all = malloc(sizeof(int) * (size_t)n * (size_t)P);
+    MOE_CHECK_ALLOC(all, fail);
+    for (int i = 0; i < n; i++) mine[i] = (int)(&tuned_paths[0][0])[i];
+    MOE_CHECK_MPI(MPI_Allgather(mine, n, MPI_INT, all, n, MPI_INT, comm), fail);
+    for (int i = 0; i < n; i++) /* a bucket this rank has not timed: the lowest rank's pick that has */
+        for (int p = 0; p < P && (&tuned_paths[0][0])[i] == MOE_GEMM_PATH_AUTO; p++)
+            (&tuned_paths[0][0])[i] = (moe_gemm_path_t)all[(size_t)p * n + i];
+fail:
+    free(all);
+    return status;
+}
 
 const moe_backend_t moe_backend_cuda = {
     .name = "cuda",

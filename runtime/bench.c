@@ -5,7 +5,9 @@
  * what a balanced layer sends) and gets as many back, through moe_comm_alltoallv (the transport the
  * scheduler uses, rows of a wire row's bytes out and a hidden state's bytes back), then the same bytes
  * through ncclAlltoAll. Times are medians of CUDA-event timings after warm-up, the slowest rank's.
- * Bandwidths as nccl-tests reports all-to-all: algbw = bytes a rank sends / time, busbw = algbw (P-1)/P. */
+ * Bandwidths as nccl-tests reports all-to-all: algbw = bytes a rank sends / time, busbw = algbw (P-1)/P.
+ * Last, the point-to-point rate that expert moves see (runtime/migrate.c): rank 0 sends 16 slots of
+ * 64 MiB to rank 1 as one NCCL group, the median wall time of 5 after a warm-up. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,6 +60,47 @@ done:
     return status;
 }
 
+/* Rank 0 to rank 1: the GB/s of one group of SLOTS sends of SLOT_BYTES, as a migration posts them. */
+#define P2P_SLOTS 16
+#define P2P_SLOT_BYTES ((size_t)64 << 20)
+static moe_status_t time_p2p(MPI_Comm world, moe_comm_h comm, cudaStream_t stream, int rank, FILE *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    void *buf = NULL;
+    double t[5];
+    moe_comm_p2p_t list[P2P_SLOTS];
+    if (rank <= 1) {
+        MOE_CHECK_CUDA(cudaMalloc(&buf, P2P_SLOTS * P2P_SLOT_BYTES), done);
+        for (int i = 0; i < P2P_SLOTS; i++)
+            list[i] = (moe_comm_p2p_t){.buf = (char *)buf + i * P2P_SLOT_BYTES, .bytes = P2P_SLOT_BYTES,
+                                       .peer = 1 - rank, .send = rank == 0};
+    }
+    for (int i = -1; i < 5; i++) {
+        MOE_CHECK(moe_comm_barrier(comm), done);
+        const double t0 = moe_now();
+        if (rank <= 1) {
+            moe_comm_op_h op;
+            MOE_CHECK(moe_comm_p2p_start(comm, list, P2P_SLOTS, &op), done);
+            MOE_CHECK(moe_comm_op_wait(op), done);
+            MOE_CHECK_CUDA(cudaStreamSynchronize(stream), done);
+        }
+        double el = moe_now() - t0;
+        MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &el, 1, MPI_DOUBLE, MPI_MAX, world), done);
+        if (i >= 0) t[i] = el;
+    }
+    for (int i = 1; i < 5; i++) /* sort: insertion */
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            double x = t[j];
+            t[j] = t[j - 1], t[j - 1] = x;
+        }
+    if (rank == 0)
+        fprintf(out, "# p2p rank 0 -> 1: %d slots of %zu bytes in one NCCL group: %.2f ms, %.1f GB/s\n", P2P_SLOTS,
+                P2P_SLOT_BYTES, 1e3 * t[2], P2P_SLOTS * (double)P2P_SLOT_BYTES / t[2] / 1e9);
+done:
+    if (buf) cudaFree(buf);
+    return status;
+}
+
 moe_status_t moe_bench_a2a(MPI_Comm world, int d, int k, const int *rows, int n_sizes, int iters, FILE *out)
 {
     moe_status_t status = MOE_STATUS_OK;
@@ -99,6 +142,7 @@ moe_status_t moe_bench_a2a(MPI_Comm world, int d, int k, const int *rows, int n_
             fflush(out);
         }
     }
+    if (P >= 2) MOE_CHECK(time_p2p(world, comm, stream, rank, out), done);
 done:
     if (send) cudaFree(send);
     if (recv) cudaFree(recv);

@@ -87,6 +87,7 @@ struct moe_elastic_s {
     moe_plan_h new_plan;
     moe_weights_t new_weights;
     moe_migration_h migration;
+    moe_comm_h device_comm; /* expert moves GPU to GPU, or NULL (the engine's) */
     int64_t pending_bytes;          /* world sum, at the last boundary */
     const char *phase;              /* of the batch about to run */
     /* rank 0: what is reported */
@@ -229,6 +230,8 @@ fail:
 }
 
 int moe_elastic_initial_size(const moe_elastic_h el) { return el->step_size[0]; }
+
+int moe_elastic_schedule_size(const moe_elastic_h el, int i) { return i < el->n_steps ? el->step_size[i] : 0; }
 
 void moe_elastic_destroy(moe_elastic_h el)
 {
@@ -482,8 +485,7 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
         if (!ctl[4]) break;
         MOE_CHECK(broadcast_plan(el, ev->to, &el->new_plan), fail);
         ev->experts_moved = moe_plan_new_hosts(plan, el->new_plan);
-        ev->bytes_min = ev->experts_moved * (int64_t)(3 * sizeof(float)) * c->model.d_ff *
-                        c->model.d_model;
+        ev->bytes_min = ev->experts_moved * (int64_t)weights->expert_bytes; /* in the store's type */
         if (ev->experts_moved == 0 && ev->to == serving) { /* nothing worth moving */
             ev->kept = true;
             ev->done_t = now;
@@ -494,7 +496,7 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
             break;
         }
         MOE_CHECK(moe_migration_start(c, plan, weights, el->new_plan, el->rank,
-                                      c->rebalance.transfer_window, el->comm, &el->new_weights,
+                                      c->rebalance.transfer_window, el->comm, el->device_comm, &el->new_weights,
                                       &el->migration),
                   fail);
         el->state = STATE_MOVING;
@@ -546,6 +548,8 @@ void moe_elastic_switched(moe_elastic_h el, double seconds)
     moe_info("elastic: switched to %d ranks at batch %d: %lld experts moved in %.3f s, switch %.3f s",
              ev->to, ev->switch_batch, (long long)ev->experts_moved, ev->transfer_s, seconds);
 }
+
+void moe_elastic_set_device_comm(moe_elastic_h el, moe_comm_h comm) { el->device_comm = comm; }
 
 void moe_elastic_progress(moe_elastic_h el)
 {

@@ -9,7 +9,14 @@
  * The serving set is world ranks 0..P-1 on a communicator split from the world; P is the world size
  * unless the run is elastic (a schedule, or rebalance.every), when elastic.c decides, at batch
  * boundaries, to switch to another plan, weights and P. Ranks outside the set hold the dense part of
- * the model (norms, routers, shared experts) and wait at the boundaries. */
+ * the model (norms, routers, shared experts) and no experts, and wait at the boundaries.
+ *
+ * Communicators: with NCCL, one world communicator is made at launch; a serving set's is an
+ * ncclCommSplit of it (the world's own when all serve), kept by size, so that a switch makes none:
+ * the sizes a schedule names are made at launch, others (re-balancing keeps the size) when first
+ * prepared. Each is warmed up when made (NCCL connects peers lazily, at a first transfer). Expert
+ * moves of an elastic run have a split of their own, so that they never queue behind the serving
+ * set's transfers. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -25,7 +32,16 @@ struct moe_engine_s {
     MPI_Comm comm;            /* the world */
     int rank, size;
     int serving;              /* ranks 0..serving-1 serve */
-    MPI_Comm serve_comm;      /* MPI_COMM_NULL outside the serving set */
+    MPI_Comm serve_comm;      /* MPI_COMM_NULL outside the serving set (borrowed from sets) */
+    /* serving sets' communicators by size (index P), made once, collectively over the world:
+     * MPI_COMM_NULL and NULL on ranks outside */
+    struct serving_set {
+        bool made;
+        MPI_Comm mpi;
+        moe_comm_h transport, meta;
+    } *sets;
+    moe_comm_h world_transport; /* NCCL over the world, or NULL */
+    moe_comm_h move_transport;  /* NCCL over the world for expert moves (elastic runs), or NULL */
     int device;               /* cuda: this rank's GPU */
     moe_elastic_h elastic;    /* NULL for a static run */
     int64_t g_next;           /* first global token of the next batch */
@@ -50,7 +66,7 @@ struct moe_engine_s {
     int capacity;             /* > 0: fixed-capacity buffers (run.buffers) */
     bool graphs;              /* layers as CUDA graphs (run.graphs) */
     moe_trace_h trace;        /* --trace-events, or NULL */
-    moe_comm_h transport;
+    moe_comm_h transport;      /* the serving set's (borrowed from sets) */
     moe_comm_h meta_transport; /* counts and metadata over MPI when rows go over NCCL, else NULL */
     moe_scheduler_h sched;
     moe_metrics_h metrics;
@@ -66,37 +82,66 @@ struct moe_engine_s {
     bool output_open;
 };
 
-/* The serving set's transports, backend state and scheduler (local). */
+/* The serving set's backend state and scheduler (local); its communicators stay in sets. */
 static void serving_destroy(moe_engine_h e)
 {
     moe_scheduler_destroy(e->sched);
     if (e->backend && e->backend_state) e->backend->destroy(e->backend_state);
-    moe_comm_destroy(e->transport);
-    moe_comm_destroy(e->meta_transport);
     e->sched = NULL;
     e->backend_state = NULL;
     e->transport = e->meta_transport = NULL;
-    if (e->serve_comm != MPI_COMM_NULL) MPI_Comm_free(&e->serve_comm);
+    e->serve_comm = MPI_COMM_NULL;
 }
 
-/* Collective over the world: split the serving set (ranks 0..serving-1) off and create its
- * transports (collective over the set). The collectives come before anything one rank may fail
- * alone, so that such a failure cannot leave the others waiting in them. */
+/* Collective over the world (a no-op once made): the communicators of the serving set of ranks
+ * 0..P-1. The collectives come before anything one rank may fail alone, so that such a failure
+ * cannot leave the others waiting in them. */
+static moe_status_t serving_set_make(moe_engine_h e, int P)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    struct serving_set *set = &e->sets[P];
+    if (set->made) return MOE_STATUS_OK;
+    set->made = true;
+    const bool member = e->rank < P;
+    MOE_CHECK_MPI(MPI_Comm_split(e->comm, member ? 0 : MPI_UNDEFINED, e->rank, &set->mpi), fail);
+    if (e->world_transport) {
+        if (P == e->size)
+            set->transport = e->world_transport;
+        else
+            MOE_CHECK(moe_comm_split(e->world_transport, member, &set->transport), fail);
+        if (member) MOE_CHECK(moe_comm_create_mpi(set->mpi, &set->meta), fail);
+        if (member) MOE_CHECK(moe_comm_warm_up(set->transport), fail);
+    } else if (member) {
+        MOE_CHECK(moe_comm_create_mpi(set->mpi, &set->transport), fail);
+    }
+fail:
+    return status;
+}
+
+static void serving_sets_destroy(moe_engine_h e)
+{
+    for (int P = 1; e->sets && P <= e->size; P++) {
+        struct serving_set *set = &e->sets[P];
+        if (set->transport != e->world_transport) moe_comm_destroy(set->transport);
+        moe_comm_destroy(set->meta);
+        if (set->mpi != MPI_COMM_NULL) MPI_Comm_free(&set->mpi);
+    }
+    free(e->sets);
+    e->sets = NULL;
+    moe_comm_destroy(e->move_transport);
+    moe_comm_destroy(e->world_transport);
+    e->move_transport = e->world_transport = NULL;
+}
+
+/* Collective over the world: serve with the set of ranks 0..serving-1 (made now if not ahead). */
 static moe_status_t serving_connect(moe_engine_h e)
 {
     moe_status_t status = MOE_STATUS_OK;
-    const moe_config_t *c = &e->config;
-    const bool serves = e->rank < e->serving;
-    MOE_CHECK_MPI(MPI_Comm_split(e->comm, serves ? 0 : MPI_UNDEFINED, e->rank, &e->serve_comm), fail);
-    if (!serves) return MOE_STATUS_OK;
-#if MOE_HAVE_CUDA
-    if (c->run.backend == MOE_BACKEND_CUDA && c->run.transport == MOE_TRANSPORT_NCCL) {
-        MOE_CHECK(moe_comm_create_nccl(e->serve_comm, e->device, &e->transport), fail);
-        MOE_CHECK(moe_comm_create_mpi(e->serve_comm, &e->meta_transport), fail);
-    }
-#endif
-    if (!e->transport) MOE_CHECK(moe_comm_create_mpi(e->serve_comm, &e->transport), fail);
-    (void)c;
+    MOE_CHECK(serving_set_make(e, e->serving), fail);
+    const struct serving_set *set = &e->sets[e->serving];
+    e->serve_comm = set->mpi;
+    e->transport = set->transport;
+    e->meta_transport = set->meta;
 fail:
     return status;
 }
@@ -145,6 +190,7 @@ void moe_engine_destroy(moe_engine_h e)
     if (e->output_open) moe_npy_writer_abort(&e->output);
     moe_metrics_destroy(e->metrics);
     serving_destroy(e);
+    serving_sets_destroy(e);
     moe_elastic_destroy(e->elastic);
     moe_stats_destroy(e->stats);
     moe_sources_destroy(&e->sources);
@@ -233,10 +279,23 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     if (e->options.reference && e->size != 1)
         MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "--reference runs on one rank, not %d", e->size);
 
+    e->sets = calloc((size_t)e->size + 1, sizeof *e->sets);
+    MOE_CHECK_ALLOC(e->sets, fail);
+    for (int P = 0; P <= e->size; P++) e->sets[P].mpi = MPI_COMM_NULL;
 #if MOE_HAVE_CUDA
     if (c->run.backend == MOE_BACKEND_CUDA) /* the GPU first: the NCCL communicator is made on it */
         MOE_CHECK(moe_cuda_select_device(e->comm, &e->device), fail);
+    if (c->run.backend == MOE_BACKEND_CUDA && c->run.transport == MOE_TRANSPORT_NCCL) {
+        MOE_CHECK(moe_comm_create_nccl(e->comm, e->device, &e->world_transport), fail);
+        if (e->elastic) {
+            MOE_CHECK(moe_comm_split(e->world_transport, true, &e->move_transport), fail);
+            MOE_CHECK(moe_comm_warm_up(e->move_transport), fail);
+            moe_elastic_set_device_comm(e->elastic, e->move_transport);
+        }
+    }
 #endif
+    for (int i = 0; e->elastic && moe_elastic_schedule_size(e->elastic, i) > 0; i++)
+        MOE_CHECK(serving_set_make(e, moe_elastic_schedule_size(e->elastic, i)), fail);
     MOE_CHECK(serving_connect(e), fail);
 
     MOE_CHECK(engine_plan(e), fail);
@@ -353,6 +412,8 @@ static moe_status_t engine_prepare(moe_engine_h e, moe_elastic_switch_t *sw)
     moe_status_t status = MOE_STATUS_OK;
     e->next.plan = sw->plan;
     e->next.size = sw->size;
+    /* collective over the world, while the old set serves: the switch then makes no communicator */
+    const moe_status_t made = serving_set_make(e, sw->size);
     e->next.weights = malloc(sizeof *e->next.weights);
     if (!e->next.weights) {
         moe_weights_destroy(&sw->weights);
@@ -360,6 +421,7 @@ static moe_status_t engine_prepare(moe_engine_h e, moe_elastic_switch_t *sw)
     }
     *e->next.weights = sw->weights;
     atomic_store(&e->next.done, 1);
+    MOE_CHECK(made, fail);
     if (e->rank >= sw->size || e->options.reference) return MOE_STATUS_OK;
     if (e->config.run.transport == MOE_TRANSPORT_NCCL) {
         /* not beside NCCL kernels in flight: cudaMalloc/cudaFree on another thread can hang them */
@@ -383,6 +445,9 @@ static moe_status_t engine_switch(moe_engine_h e)
     if (e->next.running) pthread_join(e->next.thread, NULL);
     e->next.running = false;
     MOE_CHECK(e->next.status, fail);
+#if MOE_HAVE_CUDA
+    if (e->backend == &moe_backend_cuda) MOE_CHECK(moe_backend_cuda_share_tuning(e->comm), fail);
+#endif
     serving_destroy(e);
     moe_weights_hand_over(e->next.weights, e->weights); /* kept experts and the dense part: shared */
     moe_weights_destroy(e->weights);

@@ -8,8 +8,10 @@
  * the two plans imply. Each transfer is one message, the expert's slot (gate_up then down, in the
  * store's element type: bf16 for cuda), with tag 0 on a communicator of the migration's own; sender
  * and receiver post them in the same (layer, expert) order, and MPI keeps messages between a pair in
- * order, so they match without per-expert tags. Slots in device memory travel through host buffers
- * (the store's copy_out / copy_in).
+ * order, so they match without per-expert tags. Slots in device memory go GPU to GPU when the caller
+ * gives a device communicator (NCCL): every transfer is posted at the start, in the same list order,
+ * as NCCL send/receive groups on that communicator's own stream, beside the serving stream; without
+ * one they travel through host buffers (the store's copy_out / copy_in).
  *
  * The old weights are read by the sends: they stay alive, and keep serving, until every rank's
  * transfers are done. Progress comes from moe_migration_test, called between layers and at batch
@@ -42,17 +44,24 @@ struct moe_migration_s {
     /* receives and sends, each in the order every rank computes, at most `window` in flight */
     transfer_t *incoming, *outgoing;
     MPI_Request *recv_requests, *send_requests;
+    /* GPU to GPU: the groups posted on the device communicator, complete in stream order */
+    moe_comm_h device_comm;
+    moe_comm_op_h *groups;
+    int n_groups;
     int *completed_index;       /* MPI_Testsome's out array */
     int n_incoming, recv_posted, recv_done;
     int n_outgoing, send_posted, send_done;
     int window;
     double t_start, t_done;     /* moe_now(); t_done 0 until done */
+    double device_s;            /* GPU to GPU: the transfers' own time on the device (events), or -1 */
     bool done;
 };
 
 void moe_migration_destroy(moe_migration_h m)
 {
     if (!m) return;
+    for (int i = 0; i < m->n_groups; i++) (void)moe_comm_op_wait(m->groups[i]);
+    free(m->groups);
     for (int i = 0; m->incoming && i < m->n_incoming; i++) free(m->incoming[i].host);
     for (int i = 0; m->outgoing && i < m->n_outgoing; i++) free(m->outgoing[i].host);
     free(m->incoming);
@@ -124,9 +133,38 @@ fail:
     return status;
 }
 
+/* Every transfer at once, GPU to GPU: groups of at most MIGRATION_GROUP sends and receives, in list
+ * order (NCCL matches a pair's transfers in the order posted), queued on the device communicator's
+ * stream; the serving stream never waits for them. */
+#define MIGRATION_GROUP 256
+static moe_status_t post_device(struct moe_migration_s *m)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const int n = m->n_incoming + m->n_outgoing;
+    moe_comm_p2p_t *list = malloc(sizeof *list * (size_t)(n + 1));
+    m->groups = calloc((size_t)(n / MIGRATION_GROUP + 1), sizeof *m->groups);
+    MOE_CHECK_ALLOC(list, fail);
+    MOE_CHECK_ALLOC(m->groups, fail);
+    for (int i = 0; i < m->n_incoming; i++)
+        list[i] = (moe_comm_p2p_t){.buf = m->incoming[i].slot, .bytes = m->expert_bytes,
+                                   .peer = m->incoming[i].peer, .send = false};
+    for (int i = 0; i < m->n_outgoing; i++)
+        list[m->n_incoming + i] = (moe_comm_p2p_t){.buf = m->outgoing[i].slot, .bytes = m->expert_bytes,
+                                                   .peer = m->outgoing[i].peer, .send = true};
+    for (int at = 0; at < n; at += MIGRATION_GROUP) {
+        const int count = n - at < MIGRATION_GROUP ? n - at : MIGRATION_GROUP;
+        MOE_CHECK(moe_comm_p2p_start(m->device_comm, list + at, count, &m->groups[m->n_groups]), fail);
+        m->n_groups++;
+    }
+fail:
+    free(list);
+    return status;
+}
+
 moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h old_plan,
                                  const moe_weights_t *from, const moe_plan_h new_plan, int rank,
-                                 int window, MPI_Comm comm, moe_weights_t *to, moe_migration_h *out)
+                                 int window, MPI_Comm comm, moe_comm_h device_comm, moe_weights_t *to,
+                                 moe_migration_h *out)
 {
     moe_status_t status = MOE_STATUS_OK;
     const int L = config->model.layers, E = config->model.experts;
@@ -139,10 +177,12 @@ moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h ol
     m->comm = MPI_COMM_NULL;
     m->type = MPI_DATATYPE_NULL;
     m->t_start = moe_now();
+    m->device_s = -1;
     m->from = from;
     m->to = to;
     m->expert_bytes = from->expert_bytes;
     m->staged = !from->ops->host_memory;
+    m->device_comm = m->staged && device_comm && moe_comm_is_device(device_comm) ? device_comm : NULL;
     m->window = window > 0 ? window : 1;
     MOE_CHECK_MPI(MPI_Comm_dup(comm, &m->comm), fail);
     if (m->expert_bytes > (size_t)INT32_MAX)
@@ -194,14 +234,17 @@ moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h ol
         }
     free(given);
     given = NULL;
-    MOE_CHECK(post_some(m), fail); /* the first window */
+    if (m->device_comm)
+        MOE_CHECK(post_device(m), fail);
+    else
+        MOE_CHECK(post_some(m), fail); /* the first window */
     *out = m;
     return MOE_STATUS_OK;
 fail:
     /* A failure after requests were posted ends the job (the caller aborts): nothing is freed under
      * a request in flight before that. */
     free(given);
-    if (m && m->send_posted == 0 && m->recv_posted == 0) {
+    if (m && m->send_posted == 0 && m->recv_posted == 0 && m->n_groups == 0) {
         moe_weights_destroy(to);
         moe_migration_destroy(m);
     }
@@ -211,7 +254,23 @@ fail:
 moe_status_t moe_migration_test(moe_migration_h m, bool *done)
 {
     moe_status_t status = MOE_STATUS_OK;
-    if (!m->done) {
+    if (!m->done && m->device_comm) {
+        bool last = true; /* the groups complete in stream order: the last one says for all */
+        if (m->n_groups > 0) MOE_CHECK(moe_comm_op_test(m->groups[m->n_groups - 1], &last), fail);
+        if (last && m->n_groups > 0) {
+            bool first = true;
+            MOE_CHECK(moe_comm_op_test(m->groups[0], &first), fail); /* done: marks it so */
+            MOE_CHECK(moe_comm_op_span(m->groups[0], m->groups[m->n_groups - 1], &m->device_s), fail);
+        }
+        if (last) {
+            if (m->device_s < 0) m->device_s = 0; /* nothing to move here */
+            while (m->n_groups > 0) MOE_CHECK(moe_comm_op_wait(m->groups[--m->n_groups]), fail);
+            m->recv_done = m->n_incoming;
+            m->send_done = m->n_outgoing;
+            m->done = true;
+            m->t_done = moe_now();
+        }
+    } else if (!m->done) {
         MOE_CHECK(post_some(m), fail);
         if (m->recv_done == m->n_incoming && m->send_done == m->n_outgoing) {
             if (m->staged) MOE_CHECK(m->to->ops->finish(m->to->store), fail); /* copies into slots landed */
@@ -239,5 +298,6 @@ int64_t moe_migration_bytes_pending(const moe_migration_h m)
 int64_t moe_migration_bytes_in(const moe_migration_h m) { return (int64_t)m->n_incoming * (int64_t)m->expert_bytes; }
 double moe_migration_seconds(const moe_migration_h m)
 {
+    if (m->done && m->device_s >= 0) return m->device_s;
     return m->done ? m->t_done - m->t_start : moe_now() - m->t_start;
 }

@@ -243,17 +243,19 @@ typedef struct moe_migration_s *moe_migration_h;
 /* Collective over comm (all ranks, the same plans): lays out `to` for new_plan on this rank (the
  * dense part and the experts it already holds shared with `from`) and posts the
  * point-to-point transfers of the experts it gains or gives, at most `window` incoming experts in
- * flight. `from` stays alive until every rank is done. */
+ * flight. `from` stays alive until every rank is done. device_comm (may be NULL): an NCCL
+ * communicator over comm's ranks, in the same order, of the migration's own; with it, slots in device
+ * memory go GPU to GPU, all posted at once. */
 moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h old_plan,
                                  const moe_weights_t *from, const moe_plan_h new_plan, int rank,
-                                 int window, MPI_Comm comm, moe_weights_t *to,
+                                 int window, MPI_Comm comm, moe_comm_h device_comm, moe_weights_t *to,
                                  moe_migration_h *out);
 /* Progress; *done once this rank's sends and receives have completed. */
 moe_status_t moe_migration_test(moe_migration_h migration, bool *done);
 moe_status_t moe_migration_wait(moe_migration_h migration);
 int64_t moe_migration_bytes_pending(const moe_migration_h migration); /* receives not yet arrived */
 int64_t moe_migration_bytes_in(const moe_migration_h migration);      /* all this rank receives */
-double moe_migration_seconds(const moe_migration_h migration);        /* from start to done */
+double moe_migration_seconds(const moe_migration_h migration);        /* from start to done (GPU to GPU: on the device) */
 void moe_migration_destroy(moe_migration_h migration);                /* NULL-safe; after done */
 
 /* ---------------------------------------------------------------- elastic control (elastic.c) */
@@ -271,6 +273,8 @@ moe_status_t moe_elastic_create(const moe_config_t *config, const moe_elastic_ar
                                 MPI_Comm world, moe_elastic_h *out);
 void moe_elastic_destroy(moe_elastic_h elastic);
 int moe_elastic_initial_size(const moe_elastic_h elastic);
+/* The serving size of the schedule's entry i, 0 past its end (or without a schedule). */
+int moe_elastic_schedule_size(const moe_elastic_h elastic, int i);
 
 /* What a boundary asks of the engine. prepare_now: take plan and weights (they are the engine's
  * now) for `size` ranks and prepare the backend state on them, in the background; busy is true at
@@ -289,6 +293,9 @@ moe_status_t moe_elastic_boundary(moe_elastic_h elastic, int batch, const moe_pl
                                   moe_elastic_switch_t *sw);
 /* The engine has switched, in `seconds`. */
 void moe_elastic_switched(moe_elastic_h elastic, double seconds);
+/* Expert moves between device stores go over comm (NCCL, the world's ranks in order, a communicator
+ * of the moves' own, borrowed), not through host memory over MPI. */
+void moe_elastic_set_device_comm(moe_elastic_h elastic, moe_comm_h comm);
 /* Between layers: lets transfers progress. NULL-safe. */
 void moe_elastic_progress(moe_elastic_h elastic);
 /* After each batch: this rank's routing ids [L][n][k] for the statistics window; rank 0 also

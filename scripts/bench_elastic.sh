@@ -13,7 +13,9 @@
 #     SCHEDULE  serving ranks over batches, or seconds with an s (default 0:2,6:4,14:2)
 #     BATCHES   batches of the elastic run (default 22)
 #     REPEATS   relaunches per size, the median is reported (default 3)
-#     EXTRA_SETS  more settings for every run, space-separated KEY=VALUE (e.g. "run.chunks=4")
+#     EXTRA_SETS  more settings for every run, space-separated KEY=VALUE (e.g. "run.chunks=4"); with
+#               run.transport=nccl the GPU-to-GPU point-to-point rate (`moerun bench a2a`'s last line) is
+#               measured in the same run and the transfer rates are given against it
 #     PYTHON    interpreter for the table and the plot (default python3; stdlib, plus matplotlib for
 #               the plot)
 #
@@ -27,7 +29,7 @@
 # batch_time) / (longest_gap - batch_time): the time without output beyond a normal batch, relaunch
 # against elastic: the unavailability ratio),
 # moved/min (bytes received / new hosts x expert bytes: 1 means nothing was sent twice), GB/s (bytes
-# received / transfer time). One OpenBLAS thread per rank, so that ranks do not fight over cores.
+# received / transfer time), of p2p (GB/s / the point-to-point rate, GPU runs over NCCL). One OpenBLAS thread per rank, so that ranks do not fight over cores.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 M=${1:-$ROOT/build/launch/moerun}
@@ -41,7 +43,7 @@ PYTHON=${PYTHON:-python3}
 [ -x "$M" ] || { echo "bench_elastic.sh: no moerun at $M (build it: scripts/setup.sh build)" >&2; exit 1; }
 [ -r "$CONFIG" ] || { echo "bench_elastic.sh: cannot read CONFIG $CONFIG" >&2; exit 1; }
 mkdir -p "$OUT"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1 NCCL_NVLS_ENABLE=0
 
 sets=(--set outputs.progress=false)
 for kv in ${EXTRA_SETS:-}; do sets+=(--set "$kv"); done
@@ -84,6 +86,14 @@ for np in $sizes; do
     done
 done
 
+# ---- the point-to-point rate beside it (GPU to GPU over NCCL)
+p2p=""
+if [[ " ${EXTRA_SETS:-} " == *" run.transport=nccl "* ]] && [ "$NMAX" -ge 2 ]; then
+    echo "== p2p rate" >&2
+    run "$OUT/p2p.log" mpirun --oversubscribe -np 2 "$M" bench a2a --rows 128 --iters 3
+    p2p=$(awk '/^# p2p/ {for (i = 1; i <= NF; i++) if ($(i + 1) == "GB/s") print $i}' "$OUT/p2p.log")
+fi
+
 # ---- the table
 {
     echo "# Elastic scaling vs stop-and-relaunch"
@@ -91,10 +101,12 @@ done
     echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
     echo "config: $CONFIG${EXTRA_SETS:+ (+ $EXTRA_SETS)}; $NMAX ranks launched; schedule $SCHEDULE;" \
         "$BATCHES batches; relaunch: median of $REPEATS"
+    [ -n "$p2p" ] && echo "point-to-point rate rank 0 -> 1 in the same run (moerun bench a2a): $p2p GB/s"
     echo
-    "$PYTHON" - "$OUT" <<'PY'
+    "$PYTHON" - "$OUT" "$p2p" <<'PY'
 import csv, math, os, statistics, sys
 out = sys.argv[1]
+p2p = float(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else math.nan
 
 def num(row, key):
     try:
@@ -120,8 +132,8 @@ for e in events:
             times = [float(x) for x in f.read().split()]
         relaunch[to] = statistics.median(times) if times else math.nan
 print("| event | kind | ranks | latency_s | switch_s | longest_gap_s | batch_time_s | gap/batch "
-      "| stall/batch | relaunch_s | relaunch/gap | relaunch/stall | moved/min | GB/s |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+      "| stall/batch | relaunch_s | relaunch/gap | relaunch/stall | moved/min | GB/s | of p2p |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for e in events:
     gap, batch = num(e, "longest_gap_s"), num(e, "batch_time_s")
     rel = math.nan if e["kind"] == "rebalance-kept" else relaunch.get(e["to_ranks"], math.nan)
@@ -131,9 +143,10 @@ for e in events:
           f"| {fmt(batch, '.3f')} | {fmt(ratio(gap, batch), '.2f')} | {fmt(ratio(gap - batch, batch), '.2f')} "
           f"| {fmt(rel, '.2f')} | {fmt(ratio(rel, gap), '.1f')} "
           f"| {fmt(ratio(rel - batch, gap - batch), '.1f')} "
-          f"| {fmt(moved, '.3f')} | {fmt(num(e, 'transfer_gbps'), '.2f')} |")
+          f"| {fmt(moved, '.3f')} | {fmt(num(e, 'transfer_gbps'), '.2f')} "
+          f"| {fmt(ratio(num(e, 'transfer_gbps'), p2p), '.2f')} |")
 if not events:
-    print("| - | no events | - | - | - | - | - | - | - | - | - | - | - | - |")
+    print("| - | no events | - | - | - | - | - | - | - | - | - | - | - | - | - |")
 PY
 } >"$OUT/report.md.tmp"
 mv "$OUT/report.md.tmp" "$OUT/report.md"

@@ -7,6 +7,7 @@
 #   scripts/bench_layer.sh [MOERUN] [OUT]
 #     GPUS     the GPU counts to run (default: 1, and 2 where there are two)
 #     BATCHES  per run (default 10, the first 4 warm-up)
+#     CHUNKS   the chunk counts on two GPUs (default "1 2 4")
 #
 # Cases (shapes from configs/, one layer, seeded weights, routing by the router):
 #   dsv3       DeepSeek-V3, 4096 tokens per GPU, with the shared expert, and without it (the peer's
@@ -48,7 +49,7 @@ peer() { # label np config tokens [flags...]
 for np in $GPUS; do
     # one GPU: nothing to overlap, chunks 1; two: the chunk counts
     chunk_list="1"
-    [ "$np" -ge 2 ] && chunk_list="1 2 4"
+    [ "$np" -ge 2 ] && chunk_list=${CHUNKS:-1 2 4}
     for c in $chunk_list; do
         trace=() narrow_trace=()
         [ $c -eq 1 ] && trace=(--trace-events "$OUT/trace-dsv3-np$np-c1.json") &&

@@ -11,8 +11,9 @@
 #   bench     G1 (grouped expert GEMMs, every path, vs dense cuBLAS; the card's two ceilings) and the
 #             PyTorch peers of G1; one MoE layer against the PyTorch EP layer at 1 and 2 GPUs, decode,
 #             overlap and dispatch + combine vs ncclAlltoAll (scripts/bench_layer.sh); DeepSeek-V3 with
-#             as many layers as fit (memory, start-up);
-#   elastic   scripts/bench_elastic.sh on the cuda backend.
+#             as many layers as fit (memory, start-up); QUICK=1: the layer table only (chunks 1, 2);
+#   elastic   scripts/bench_elastic.sh on two GPUs over NCCL: bench-mid 1 -> 2 -> 1 as issue 13 ran it,
+#             and DeepSeek-V3 with 3 layers; the point-to-point rate beside them.
 # Logs go to $OUT (the device tool's folder) or device-out/.
 #   scripts/device_run.sh [deps|build|test|fixture|bench|elastic|all]...   (build implies deps)
 set -uo pipefail
@@ -83,9 +84,13 @@ step_bench() {
     build-gpu/bench/bench_gemm_gpu ${REPS:-10} >"$out/g1.log" 2>&1
     echo "bench_gemm_gpu: exit $?"
     grep -E "^g1|tflops|copy" "$out/g1.log"
+    mkdir -p "$out/layer"
+    if [ -n "${QUICK:-}" ]; then # the layer table only, chunks 1 and 2
+        CHUNKS="1 2" scripts/bench_layer.sh build-gpu/launch/moerun "$out/layer" 2>"$out/layer.err" | tee "$out/layer.md"
+        return 0
+    fi
     timeout 300 python3 scripts/bench_gpu.py >"$out/torch.log" 2>&1
     echo "bench_gpu.py: exit $?"; grep torch_g1 "$out/torch.log"
-    mkdir -p "$out/layer"
     scripts/bench_layer.sh build-gpu/launch/moerun "$out/layer" 2>"$out/layer.err" | tee "$out/layer.md"
     # DeepSeek-V3 with as many of its 58 layers as fit: seeded weights made on the device
     local ngpu
@@ -103,8 +108,18 @@ step_bench() {
 }
 
 step_elastic() {
-    CONFIG=${CONFIG:-configs/bench-mid.yaml} EXTRA_SETS="run.backend=cuda ${EXTRA_SETS:-}" \
-        scripts/bench_elastic.sh build-gpu/launch/moerun "$out/elastic"
+    # on every GPU over NCCL: bench-mid as the issue ran it, and DeepSeek-V3 with 3 of its layers
+    local n
+    n=$(nvidia-smi -L | grep -c GPU)
+    [ "$n" -ge 2 ] || { echo "elastic: needs two GPUs"; return 0; }
+    NMAX=2 SCHEDULE=0:1,300:2,2000:1 BATCHES=3000 REPEATS=2 CONFIG=configs/bench-mid.yaml \
+        EXTRA_SETS="run.backend=cuda run.transport=nccl" \
+        scripts/bench_elastic.sh build-gpu/launch/moerun "$out/elastic-mid" 2>"$out/elastic-mid.err" ||
+        tail -20 "$out/elastic-mid.err"
+    NMAX=2 SCHEDULE=0:1,20:2,150:1 BATCHES=220 REPEATS=2 CONFIG=configs/deepseek-v3.yaml \
+        EXTRA_SETS="run.backend=cuda run.transport=nccl model.layers=3 run.tokens_per_rank=4096 run.chunks=1" \
+        scripts/bench_elastic.sh build-gpu/launch/moerun "$out/elastic-dsv3" 2>"$out/elastic-dsv3.err" ||
+        tail -20 "$out/elastic-dsv3.err"
 }
 
 for s in "${steps[@]}"; do
