@@ -3,8 +3,10 @@
  * placement/plan_yaml.c, docs/placement.md).
  *
  * Several sources (--stats, --trace, --loads-csv) are several workloads that the plan must serve at
- * once. For each source the command reports the modelled figures and, for traces, the replayed
- * ones; --score TRACE replays the new plan (and the baselines) on traces it was not built from.
+ * once. For each source the command reports, for traces, the replayed figures (what the runtime
+ * sends) first, then the modelled ones (what the solver optimises); --score TRACE replays the new
+ * plan (and the baselines) on traces it was not built from. --cross-validate chooses the hedged
+ * solver's weights across the sources first and prints the table.
  * Output: a short table for people, or one JSON object with --json. Exit status: 0 done, 1 error,
  * 2 usage. */
 #include <math.h>
@@ -24,10 +26,10 @@ static void place_usage(FILE *out)
         "usage: moerun place (--stats S.safetensors | --trace IDS.npy[@A:B] |\n"
         "                     --loads-csv F.csv[@LABEL] --tokens N)... --ranks N --ranks-per-node "
         "G\n"
-        "                    [--replicas R]"
-        " [--solver contiguous|round-robin|greedy|ilp|incremental]\n"
-        "                    [--exact]"
-        " [--current PLAN] [--time-limit SEC] -o PLAN.yaml [--json]\n"
+        "                    [--replicas R] [--solver hedged|greedy|ilp|incremental|contiguous|"
+        "round-robin]\n"
+        "                    [--exact] [--cross-validate] [--current PLAN] [--time-limit SEC]\n"
+        "                    -o PLAN.yaml [--json]\n"
         "       moerun place --evaluate --plan PLAN.yaml --trace IDS.npy[@A:B]... [--json]\n"
         "\n"
         "  sources (repeat: each is a workload the plan must keep balanced):\n"
@@ -38,11 +40,18 @@ static void place_usage(FILE *out)
         "  --ranks N, --ranks-per-node G   world: N ranks, G per node\n"
         "  --replicas R          redundant expert slots per layer (default 0)\n"
         "  --slots-per-rank S    experts one rank can hold (default: no limit)\n"
-        "  --solver NAME         default ilp; --exact: the joint model (small instances);\n"
-        "                        incremental: from --current (which may have another number of\n"
-        "                        ranks: a scale event), moving few experts; balance only, keeps\n"
-        "                        the current replicas and shares (--replicas does not apply)\n"
-        "  --time-limit SEC      for ilp / exact (default 60)\n"
+        "  --solver NAME         default hedged: for routing the sources do not show (balance over\n"
+        "                        the sources and over shifted domains, copies counted from the\n"
+        "                        traces' routes); greedy: DeepSeek EPLB; ilp: the decomposed GLPK\n"
+        "                        model; incremental: from --current (which may have another number\n"
+        "                        of ranks: a scale event), moving few experts, balance only\n"
+        "  --exact               the cost model solved to optimality over replica counts and hosts\n"
+        "                        with equal shares (small instances)\n"
+        "  --hedge X             hedged: weight in [0, 1] of the shifted domains (default 0.5)\n"
+        "  --traffic-weight X    hedged: weight of the copies against balance (default 0.25)\n"
+        "  --cross-validate      hedged: choose --hedge and --traffic-weight by building on some\n"
+        "                        sources and scoring on the others (one trace: its halves)\n"
+        "  --time-limit SEC      for hedged / ilp / exact, per solve (default 60)\n"
         "  --current PLAN        plan in service: moving an expert costs --move-cost (default "
         "0.05;\n"
         "                        max/mean per layer); required by --solver incremental\n"
@@ -55,7 +64,8 @@ static void place_usage(FILE *out)
         "  --hierarchical        model hierarchical dispatch in the objective\n"
         "  --residency home|stay tokens go home between layers (the runtime), or stay on the rank "
         "of\n"
-        "                        their last expert (modelled: transitions count); default home\n"
+        "                        their last expert (modelled, --solver ilp: transitions count);\n"
+        "                        default home\n"
         "  --tokens-per-rank N   replay: home rank of token t is (t / N) %% ranks (default 512)\n"
         "  --score IDS[@A:B]     also replay the plan on this trace (repeatable)\n"
         "  --no-baselines        skip the contiguous / round-robin / greedy figures\n"
@@ -444,7 +454,7 @@ int moe_cmd_place(int argc, char **argv)
         else if (!strcmp(a, "--time-limit"))
             ok = parse_double(v, &dv) && dv > 0, o.time_limit = dv, i++;
         else if (!strcmp(a, "--hedge"))
-            ok = parse_double(v, &dv) && dv >= 0, o.hedge = dv, i++;
+            ok = parse_double(v, &dv) && dv >= 0 && dv <= 1, o.hedge = dv, i++;
         else if (!strcmp(a, "--traffic-weight"))
             ok = parse_double(v, &dv) && dv >= 0, o.traffic_weight = dv, i++;
         else if (!strcmp(a, "--copy-cost"))

@@ -126,6 +126,11 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
 moe_status_t moe_place_solve_hedged(const moe_workload_h *w, int n, const moe_place_options_t *o,
                                     const moe_plan_h current, moe_plan_h *out,
                                     moe_place_report_t *rep);
+/* The hedged solver's local search on one layer from the hosting in share [E][R] (improved in
+ * place; shares as they are), under o's hedge and traffic weight, until deadline (moe_now()). */
+moe_status_t moe_place_hedged_improve(const moe_workload_h *w, int n,
+                                      const moe_place_options_t *o, int layer, double *share,
+                                      double deadline);
 moe_status_t moe_place_solve_exact(const moe_workload_h *w, int n, const moe_place_options_t *o,
                                    moe_plan_h *out, moe_place_report_t *rep);
 /* The incremental solver (online re-balancing, scale events): current is required and may have

@@ -161,8 +161,8 @@ typedef struct {
     double time_limit;       /* seconds for the whole solve (ILP, exact) */
     double copy_cost;        /* an intra-node token copy (dispatch + combine) in units of one
                                 token-expert FFN */
-    double hedge;            /* hedged solver: weight of a rank's load spread on a domain that
-                                redraws expert loads (kappa: standard deviations added) */
+    double hedge;            /* hedged solver: weight in [0, 1] of the shifted domains against the
+                                sources in the balance term */
     double traffic_weight;   /* hedged solver: weight of the copies against balance (x copy_cost) */
     double inter_factor;     /* an inter-node copy / an intra-node copy (NVLink vs InfiniBand) */
     int64_t tokens_per_rank; /* replay: token t's home rank is (t / tokens_per_rank) % ranks */
@@ -180,8 +180,8 @@ typedef struct {
 
 #define MOE_PLACE_OPTIONS_INIT                                                                    \
     {                                                                                             \
-        .ranks = 0, .ranks_per_node = 0, .replicas = 0, .solver = MOE_PLACE_SOLVER_ILP,           \
-        .time_limit = 60.0, .copy_cost = 1.0, .hedge = 0.5, .traffic_weight = 1.0,               \
+        .ranks = 0, .ranks_per_node = 0, .replicas = 0, .solver = MOE_PLACE_SOLVER_HEDGED,        \
+        .time_limit = 60.0, .copy_cost = 1.0, .hedge = 0.5, .traffic_weight = 0.25,              \
         .inter_factor = 3.2, .tokens_per_rank = 512,                                              \
         .node_slack = 0.01, .max_pairs = 0, .share_lp = true, .expert_bytes = 17301504.0,         \
         .move_cost = 0.05, .slots_per_rank = 0, .hierarchical = false, .stay = false,             \

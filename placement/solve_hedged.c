@@ -13,12 +13,16 @@
  * Balance is therefore judged over scenarios, per layer:
  *   - the sources: the blocks of every trace, the labels of a CSV, a statistics file as one (each
  *     source weighs alike), together weighing 1 - hedge;
- *   - shifted domains, together weighing `hedge` (--hedge): for each expert a (at most 64 per
- *     source, evenly spread), the source re-weighted so that the tokens that pick a become as
- *     frequent as the source's most frequent expert is, w(t) = 1 + g [a in t]; the loads are
- *     L(e) + g C(a, e) with C the co-activation, so a's partners rise with it. (A CSV has no
- *     co-activation: a rises alone.) Every expert is thus alike likely to become the hot one,
- *     and co-locating it with its partners shows as a hot rank;
+ *   - redrawn domains, together weighing hedge / 2: the source's loads dealt to the experts in a
+ *     random (hashed, fixed) order, 64 of them: a new domain as skewed as the source whose hot
+ *     experts are any. Their expected most loaded rank rewards spreading replicas over more
+ *     experts and giving every rank the same exposure (a rank of three full experts carries more
+ *     of whatever turns hot than one of a full expert and two halves);
+ *   - shifted domains, together weighing hedge / 2: for each expert a (at most 64 per source,
+ *     evenly spread), the source re-weighted so that the tokens that pick a become as frequent as
+ *     the source's most frequent expert is, w(t) = 1 + g [a in t]; the loads are L(e) + g C(a, e)
+ *     with C the co-activation, so a's partners rise with it (a CSV has no co-activation: a rises
+ *     alone). Co-locating an expert with its partners shows here as a hot rank;
  * with u_s[e] the normalised load of e in scenario s (a rank of mean load has 1) and
  * l_s(r) = sum_e u_s[e] share(e, r), the objective of a layer is
  *     J = sum_s pi_s max_r l_s(r) + eps sum_r (m(r) - 1)^2 / R + lambda C
@@ -35,8 +39,8 @@
  * most); shares equal (the EPLB split: shares tuned to the sources are a bet on their loads);
  * hosting: greedy (LPT on the same weight), then a local search of moves and swaps, first
  * improvement in a fixed order, over candidate ranks (those hosting the expert's most co-activated
- * partners, the two least loaded, and every rank for experts on a rank that is the most loaded in
- * some scenario) until no change pays or the time is up. Moves across nodes are priced like any
+ * partners, the two least loaded, and every rank for experts on the two ranks that are most often
+ * the most loaded) until no change pays or the time is up. Moves across nodes are priced like any
  * other, so with hierarchical dispatch experts go to the node of their partners when that cuts
  * inter-node copies. With a current plan each host it does not have costs move_cost.
  * Deterministic (no random numbers; ties to the lowest index) unless the time limit stops the
@@ -48,9 +52,11 @@
 #include "placement/place-impl.h"
 
 #define HEDGE_EPS 0.05    /* weight of the spread of all ranks' mean loads */
-#define HEDGE_SHIFTS 64   /* shifted domains per source at most */
+#define HEDGE_SHIFTS 64   /* shifted and redrawn domains per source at most (each) */
+#define HEDGE_MIX 0.5     /* the shifted domains' part of the hedge (the redrawn ones: the rest) */
 #define HEDGE_PARTNERS 6  /* co-activated partners whose ranks are candidates for a move */
 #define HEDGE_LOW_RANKS 2 /* least loaded ranks that are candidates for every move */
+#define HEDGE_HOT 2       /* ranks whose experts may move to any rank */
 #define HEDGE_PASSES 60   /* passes of the local search at most */
 #define HEDGE_TOL 1e-9    /* a change that gains less is no change */
 #define HEDGE_TOKENS 4096 /* tokens of each trace the search counts copies on (a stride sample) */
@@ -77,7 +83,8 @@ typedef struct {
     double lambda;  /* weight of the traffic term per trace source */
     const double *cur; /* [E][R] current plan or NULL */
     int *partners;  /* [E][HEDGE_PARTNERS] or -1 */
-    unsigned char *hot; /* [R] the rank is the most loaded in some scenario */
+    unsigned char *hot; /* [R] the rank is among the HEDGE_HOT most often most loaded */
+    double *hot_weight; /* [R] scratch */
 } hedge_t;
 
 /* ---------------------------------------------------------------- scenarios */
@@ -85,7 +92,7 @@ typedef struct {
 static int scenario_count(const moe_workload_h w, double hedge)
 {
     int nw = w->windows > 0 ? w->windows : 1;
-    return nw + (hedge > 0 ? (w->experts < HEDGE_SHIFTS ? w->experts : HEDGE_SHIFTS) : 0);
+    return nw + (hedge > 0 ? 2 * (w->experts < HEDGE_SHIFTS ? w->experts : HEDGE_SHIFTS) : 0);
 }
 
 /* Normalise a scenario's loads (a rank of mean load has 1); false when it has no tokens. */
@@ -119,7 +126,10 @@ static moe_status_t scenarios_make(const moe_workload_h *w, int n, int layer, in
             const double *row =
                 w[i]->windows > 0 ? w[i]->window_loads + ((size_t)j * w[i]->layers + layer) * E : L;
             memcpy(s->u + (size_t)k * E, row, sizeof(double) * E);
-            if (normalise(s->u + (size_t)k * E, E, R)) s->pm[k] = s->pi[k] = (1 - hedge) / nw;
+            if (normalise(s->u + (size_t)k * E, E, R)) {
+                s->pm[k] = 1.0 / nw;
+                s->pi[k] = (1 - hedge) / nw;
+            }
         }
         if (!(hedge > 0)) continue;
         /* shifted domains: tokens of expert a as frequent as the source's most frequent expert */
@@ -135,8 +145,28 @@ static moe_status_t scenarios_make(const moe_workload_h *w, int n, int layer, in
             for (int e = 0; e < E; e++)
                 u[e] = L[e] + g * (C ? C[(size_t)a * E + e] : (e == a ? La : 0));
             if (!C || L[a] < 1) u[a] = L[a] + g * La;
-            if (normalise(u, E, R)) s->pi[k] = hedge / M;
+            if (normalise(u, E, R)) s->pi[k] = hedge * HEDGE_MIX / M;
         }
+        /* redrawn domains: the source's loads dealt to the experts in a random (hashed) order */
+        int *perm = malloc(sizeof(int) * E);
+        if (!perm) {
+            moe_error("place: out of memory for %d experts", E);
+            return MOE_STATUS_NO_MEMORY;
+        }
+        for (int j = 0; j < M; j++, k++) {
+            double *u = s->u + (size_t)k * E;
+            for (int e = 0; e < E; e++) perm[e] = e;
+            for (int e = E - 1; e > 0; e--) {
+                int q = (int)(moe_hash(0x7265647261ULL, (uint64_t)layer, (uint64_t)j, (uint64_t)e, 0) %
+                              (uint64_t)(e + 1));
+                int t = perm[e];
+                perm[e] = perm[q];
+                perm[q] = t;
+            }
+            for (int e = 0; e < E; e++) u[e] = L[perm[e]];
+            if (normalise(u, E, R)) s->pi[k] = hedge * (1 - HEDGE_MIX) / M;
+        }
+        free(perm);
     }
     double sum = 0, msum = 0;
     for (k = 0; k < S; k++) sum += s->pi[k], msum += s->pm[k];
@@ -183,11 +213,21 @@ static void top_update(hedge_t *s, int k)
     }
 }
 
+/* The HEDGE_HOT ranks that are the most loaded in the largest weight of scenarios: their experts
+ * may move to any rank. */
 static void hot_update(hedge_t *s)
 {
-    memset(s->hot, 0, (size_t)s->lay->ranks);
-    for (int k = 0; k < s->S; k++)
-        if (s->pi[k] > 0) s->hot[s->top[(size_t)k * 3]] = 1;
+    int R = s->lay->ranks;
+    double *w = s->hot_weight;
+    memset(s->hot, 0, (size_t)R);
+    memset(w, 0, sizeof(double) * R);
+    for (int k = 0; k < s->S; k++) w[s->top[(size_t)k * 3]] += s->pi[k];
+    for (int h = 0; h < HEDGE_HOT; h++) {
+        int best = -1;
+        for (int r = 0; r < R; r++)
+            if (!s->hot[r] && w[r] > 0 && (best < 0 || w[r] > w[best])) best = r;
+        if (best >= 0) s->hot[best] = 1;
+    }
 }
 
 static void balance_set(hedge_t *s)
@@ -417,6 +457,107 @@ static void hedge_free_layer(hedge_t *s)
     s->top = NULL;
 }
 
+/* Allocate the per-run arrays of the state. */
+static moe_status_t hedge_alloc(hedge_t *s, int n)
+{
+    int E = s->lay->experts, R = s->lay->ranks;
+    s->m = malloc(sizeof(double) * R);
+    s->hot = malloc((size_t)R);
+    s->hot_weight = malloc(sizeof(double) * R);
+    s->counts = malloc(sizeof(int) * E);
+    s->item_e = malloc(sizeof(int) * E * R);
+    s->item_r = malloc(sizeof(int) * E * R);
+    s->host = malloc(sizeof(int) * E * R);
+    s->used = malloc(sizeof(int) * R);
+    s->tr = calloc((size_t)n + 1, sizeof(moe_traffic_t *));
+    s->partners = malloc(sizeof(int) * E * HEDGE_PARTNERS);
+    if (!s->m || !s->hot || !s->hot_weight || !s->counts || !s->item_e || !s->item_r || !s->host || !s->used ||
+        !s->tr || !s->partners) {
+        moe_error("place: out of memory for %d experts x %d ranks", E, R);
+        return MOE_STATUS_NO_MEMORY;
+    }
+    return MOE_STATUS_OK;
+}
+
+static void hedge_free(hedge_t *s)
+{
+    hedge_free_layer(s);
+    free(s->partners);
+    free(s->tr);
+    free(s->used);
+    free(s->host);
+    free(s->item_r);
+    free(s->item_e);
+    free(s->counts);
+    free(s->hot_weight);
+    free(s->hot);
+    free(s->m);
+}
+
+/* One layer: scenarios, traffic states, and (with start == NULL) counts and the greedy start in
+ * s->share; then the local search from s->share. */
+static moe_status_t hedge_layer(hedge_t *s, const moe_workload_h *w, int n, int l, bool start,
+                                const double *cur, double deadline, int *passes)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const moe_place_options_t *o = s->o;
+    int E = s->lay->experts, R = s->lay->ranks;
+    double *v = malloc(sizeof(double) * E);
+    MOE_CHECK_ALLOC(v, done);
+    MOE_CHECK(scenarios_make(w, n, l, R, s), done);
+    s->ls = malloc(sizeof(double) * s->S * R);
+    s->top = malloc(sizeof(int) * s->S * 3);
+    MOE_CHECK_ALLOC(s->ls, done);
+    MOE_CHECK_ALLOC(s->top, done);
+    for (int i = 0; i < n; i++) {
+        if (!w[i]->ids) continue;
+        MOE_CHECK(moe_traffic_create(w[i], l, o, HEDGE_TOKENS, &s->tr[s->n_tr]), done);
+        s->n_tr++;
+    }
+    s->lambda = s->n_tr ? o->traffic_weight / s->n_tr : 0;
+    partners_make(w, n, l, E, s->partners);
+    if (start) { /* counts and the greedy start on the hedged weights */
+        expert_weights(s, E, v);
+        moe_place_counts_from_weight(v, E, o->replicas, R, s->counts);
+        MOE_CHECK(moe_place_greedy_layer(s->lay, s->counts, v, s->share), done);
+    }
+    s->n_items = 0;
+    for (int q = 0; q < E * R; q++) s->host[q] = -1;
+    memset(s->used, 0, sizeof(int) * R);
+    for (int e = 0; e < E; e++)
+        for (int r = 0; r < R; r++)
+            if (s->share[(size_t)e * R + r] > 0) {
+                s->item_e[s->n_items] = e;
+                s->item_r[s->n_items] = r;
+                s->host[(size_t)e * R + r] = s->n_items++;
+                s->used[r]++;
+            }
+    s->cur = cur;
+    balance_set(s);
+    for (int i = 0; i < s->n_tr; i++) moe_traffic_set(s->tr[i], s->share);
+    *passes += local_search(s, deadline);
+done:
+    free(v);
+    return status;
+}
+
+moe_status_t moe_place_hedged_improve(const moe_workload_h *w, int n,
+                                      const moe_place_options_t *o, int layer, double *share,
+                                      double deadline)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    moe_place_layout_t lay;
+    MOE_CHECK(moe_place_layout_make(w, n, o, &lay), fail);
+    hedge_t s = {.lay = &lay, .o = o, .share = share};
+    int passes = 0;
+    MOE_CHECK(hedge_alloc(&s, n), done);
+    MOE_CHECK(hedge_layer(&s, w, n, layer, false, NULL, deadline, &passes), done);
+done:
+    hedge_free(&s);
+fail:
+    return status;
+}
+
 moe_status_t moe_place_solve_hedged(const moe_workload_h *w, int n, const moe_place_options_t *o,
                                     const moe_plan_h current, moe_plan_h *out,
                                     moe_place_report_t *rep)
@@ -428,29 +569,16 @@ moe_status_t moe_place_solve_hedged(const moe_workload_h *w, int n, const moe_pl
         MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail,
                  "place: the hedged solver models tokens going home between layers; for stay "
                  "residency use --solver ilp");
-    if (!(o->hedge >= 0) || !(o->traffic_weight >= 0))
+    if (!(o->hedge >= 0 && o->hedge <= 1) || !(o->traffic_weight >= 0))
         MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail,
-                 "place: --hedge and --traffic-weight must be >= 0 (got %g, %g)",
+                 "place: --hedge must be in [0, 1] and --traffic-weight >= 0 (got %g, %g)",
                  o->hedge, o->traffic_weight);
     int L = lay.layers, E = lay.experts, R = lay.ranks;
     double t0 = moe_now(), deadline = t0 + 0.95 * o->time_limit;
     hedge_t s = {.lay = &lay, .o = o};
-    double *shares = moe_calloc((size_t)L * E * R, sizeof(double));
-    double *v = malloc(sizeof(double) * E), *cur = NULL;
-    s.m = malloc(sizeof(double) * R);
-    s.hot = malloc((size_t)R);
-    s.counts = malloc(sizeof(int) * E);
-    s.item_e = malloc(sizeof(int) * lay.slots);
-    s.item_r = malloc(sizeof(int) * lay.slots);
-    s.host = malloc(sizeof(int) * E * R);
-    s.used = malloc(sizeof(int) * R);
-    s.tr = calloc((size_t)n, sizeof(moe_traffic_t *));
-    s.partners = malloc(sizeof(int) * E * HEDGE_PARTNERS);
+    double *shares = moe_calloc((size_t)L * E * R, sizeof(double)), *cur = NULL;
     MOE_CHECK_ALLOC(shares, done);
-    if (!v || !s.m || !s.hot || !s.counts || !s.item_e || !s.item_r || !s.host || !s.used || !s.tr ||
-        !s.partners)
-        MOE_FAIL(MOE_STATUS_NO_MEMORY, done, "place: out of memory for %d experts x %d ranks", E,
-                 R);
+    MOE_CHECK(hedge_alloc(&s, n), done);
     if (current && moe_plan_ranks(current) == R) {
         cur = malloc(sizeof(double) * E * R);
         MOE_CHECK_ALLOC(cur, done);
@@ -458,67 +586,22 @@ moe_status_t moe_place_solve_hedged(const moe_workload_h *w, int n, const moe_pl
     int passes = 0;
     for (int l = 0; l < L; l++) {
         double layer_deadline = moe_now() + (deadline - moe_now()) / (L - l);
-        MOE_CHECK(scenarios_make(w, n, l, R, &s), done_layer);
-        s.ls = malloc(sizeof(double) * s.S * R);
-        s.top = malloc(sizeof(int) * s.S * 3);
-        MOE_CHECK_ALLOC(s.ls, done_layer);
-        MOE_CHECK_ALLOC(s.top, done_layer);
-        for (int i = 0; i < n; i++) {
-            if (!w[i]->ids) continue;
-            MOE_CHECK(moe_traffic_create(w[i], l, o, HEDGE_TOKENS, &s.tr[s.n_tr]), done_layer);
-            s.n_tr++;
-        }
-        s.lambda = s.n_tr ? o->traffic_weight / s.n_tr : 0;
-        partners_make(w, n, l, E, s.partners);
-        /* counts and the greedy start on the hedged weights */
-        expert_weights(&s, E, v);
-        moe_place_counts_from_weight(v, E, o->replicas, R, s.counts);
+        if (cur) moe_place_plan_layer_shares(current, l, cur);
         s.share = shares + (size_t)l * E * R;
-        MOE_CHECK(moe_place_greedy_layer(&lay, s.counts, v, s.share), done_layer);
-        s.n_items = 0;
-        for (int q = 0; q < E * R; q++) s.host[q] = -1;
-        memset(s.used, 0, sizeof(int) * R);
-        for (int e = 0; e < E; e++)
-            for (int r = 0; r < R; r++)
-                if (s.share[(size_t)e * R + r] > 0) {
-                    s.item_e[s.n_items] = e;
-                    s.item_r[s.n_items] = r;
-                    s.host[(size_t)e * R + r] = s.n_items++;
-                    s.used[r]++;
-                }
-        s.cur = NULL;
-        if (cur) {
-            moe_place_plan_layer_shares(current, l, cur);
-            s.cur = cur;
-        }
-        balance_set(&s);
-        for (int i = 0; i < s.n_tr; i++) moe_traffic_set(s.tr[i], s.share);
-        passes += local_search(&s, layer_deadline);
+        MOE_CHECK(hedge_layer(&s, w, n, l, true, cur, layer_deadline, &passes), done);
         if (o->verbose)
             moe_info("place: hedged layer %d: traffic %.4f, %.2f s", l,
                      s.n_tr ? moe_traffic_cost(s.tr[0]) : 0, moe_now() - t0);
-    done_layer:
         hedge_free_layer(&s);
-        if (status != MOE_STATUS_OK) goto done;
     }
     MOE_CHECK(moe_place_plan_from_shares(L, E, R, lay.ranks_per_node, shares, out), done);
     if (rep) {
         rep->mip_gap = NAN;
-        rep->subproblems = 0;
         rep->search_passes = passes;
     }
 done:
+    hedge_free(&s);
     free(cur);
-    free(s.partners);
-    free(s.tr);
-    free(s.used);
-    free(s.host);
-    free(s.item_r);
-    free(s.item_e);
-    free(s.counts);
-    free(s.hot);
-    free(s.m);
-    free(v);
     moe_free(shares);
 fail:
     return status;
