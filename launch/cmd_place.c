@@ -47,7 +47,7 @@ static void place_usage(FILE *out)
         "                        of ranks: a scale event), moving few experts, balance only\n"
         "  --exact               the cost model solved to optimality over replica counts and hosts\n"
         "                        with equal shares (small instances)\n"
-        "  --hedge X             hedged: weight in [0, 1] of the shifted domains (default 0.5)\n"
+        "  --hedge X             hedged: weight in [0, 1] of the shifted domains (default 0.75)\n"
         "  --traffic-weight X    hedged: weight of the copies against balance (default 0.25)\n"
         "  --cross-validate      hedged: choose --hedge and --traffic-weight by building on some\n"
         "                        sources and scoring on the others (one trace: its halves)\n"

@@ -181,7 +181,7 @@ typedef struct {
 #define MOE_PLACE_OPTIONS_INIT                                                                    \
     {                                                                                             \
         .ranks = 0, .ranks_per_node = 0, .replicas = 0, .solver = MOE_PLACE_SOLVER_HEDGED,        \
-        .time_limit = 60.0, .copy_cost = 1.0, .hedge = 0.5, .traffic_weight = 0.25,              \
+        .time_limit = 60.0, .copy_cost = 1.0, .hedge = 0.75, .traffic_weight = 0.25,              \
         .inter_factor = 3.2, .tokens_per_rank = 512,                                              \
         .node_slack = 0.01, .max_pairs = 0, .share_lp = true, .expert_bytes = 17301504.0,         \
         .move_cost = 0.05, .slots_per_rank = 0, .hierarchical = false, .stay = false,             \

@@ -28,7 +28,7 @@ ok "$M" place --evaluate --plan "$T/ilp.yaml" --trace "$D/law.topk_ids.npy" --js
 # the default solver (hedged), its weights in the JSON; the replay row comes before the model row
 ok "$M" place --trace "$D/intent.topk_ids.npy@0:3000" --ranks 16 --ranks-per-node 8 --replicas 16 \
     --time-limit 10 -o "$T/hedged.yaml" --no-baselines --json
-grep -q '"solver": "hedged"' "$T/out" && grep -q '"hedge": 0.5, "traffic_weight": 0.25' "$T/out" ||
+grep -q '"solver": "hedged"' "$T/out" && grep -q '"hedge": 0.75, "traffic_weight": 0.25' "$T/out" ||
     { echo "FAILED: hedged JSON"; fails=$((fails + 1)); }
 ok "$M" place --trace "$D/intent.topk_ids.npy@0:3000" --ranks 16 --ranks-per-node 8 --replicas 16 \
     --time-limit 10 -o "$T/hedged.yaml" --no-baselines

@@ -1,5 +1,6 @@
 /* test_place_solve: the exact model against brute-force enumeration (over replica counts and
- * hosts) on small instances; the ILP
+ * hosts) on small instances; the hedged plan from one ESFT domain no worse than greedy on the other;
+ * the ILP
  * never worse than its greedy warm start on the modelled objective (every layer) on the real ESFT
  * traces; the baselines' shapes; determinism; --current keeps experts in place. */
 #include <math.h>
@@ -214,6 +215,7 @@ static void ilp_not_worse(moe_workload_h *w, int n, int R, int G, int replicas, 
     o.ranks_per_node = G;
     o.replicas = replicas;
     o.time_limit = seconds;
+    o.solver = MOE_PLACE_SOLVER_ILP;
     moe_plan_h ilp = NULL, greedy = NULL;
     moe_place_report_t rep;
     CHECK_STATUS(moe_place_solve(w, n, &o, NULL, &ilp, &rep), MOE_STATUS_OK);
@@ -250,6 +252,7 @@ static void stay_not_worse(moe_workload_h *w, int n, moe_workload_h scored)
     o.replicas = 16;
     o.time_limit = 4;
     o.stay = true;
+    o.solver = MOE_PLACE_SOLVER_ILP;
     moe_plan_h ilp = NULL, greedy = NULL;
     moe_place_report_t rep;
     CHECK_STATUS(moe_place_solve(w, n, &o, NULL, &ilp, &rep), MOE_STATUS_OK);
@@ -275,6 +278,89 @@ static void stay_not_worse(moe_workload_h *w, int n, moe_workload_h scored)
     moe_plan_h ex = NULL;
     CHECK_STATUS(moe_place_solve(w, n, &o, NULL, &ex, NULL), MOE_STATUS_INVALID_ARGUMENT);
     moe_plan_destroy(ilp);
+    moe_plan_destroy(greedy);
+}
+
+/* Cross-domain: the default (hedged) plan from one domain, replayed on the other, against greedy
+ * (EPLB) from the same source: mean and worst per-layer max/mean no worse; the model agrees with
+ * the replay on the held-out domain within 5%. */
+static void cross_domain(moe_workload_h from, moe_workload_h on, int R, int X)
+{
+    moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
+    o.ranks = R;
+    o.ranks_per_node = 8;
+    o.replicas = X;
+    o.time_limit = 120; /* the search ends well before: the result does not depend on speed */
+    moe_plan_h hedged = NULL, greedy = NULL;
+    moe_place_report_t rep;
+    CHECK_STATUS(moe_place_solve(&from, 1, &o, NULL, &hedged, &rep), MOE_STATUS_OK);
+    o.solver = MOE_PLACE_SOLVER_GREEDY;
+    CHECK_STATUS(moe_place_solve(&from, 1, &o, NULL, &greedy, NULL), MOE_STATUS_OK);
+    if (!hedged || !greedy) return;
+    moe_place_figures_t h, g, m;
+    CHECK_STATUS(moe_place_evaluate(hedged, on, &o, &h), MOE_STATUS_OK);
+    CHECK_STATUS(moe_place_evaluate(greedy, on, &o, &g), MOE_STATUS_OK);
+    CHECK_STATUS(moe_place_model(hedged, on, &o, &m), MOE_STATUS_OK);
+    printf("cross-domain, %d ranks: hedged %.3f (worst %.3f), greedy %.3f (worst %.3f); inter-node "
+           "copies %.0f vs %.0f; model vs replay: max/mean %.3f vs %.3f, inter %.0f vs %.0f "
+           "(%.1f s)\n",
+           R, h.mean_imbalance, h.worst_imbalance, g.mean_imbalance, g.worst_imbalance,
+           h.inter_total, g.inter_total, m.mean_imbalance, h.mean_imbalance, m.inter_total,
+           h.inter_total, rep.solve_seconds);
+    CHECK(h.mean_imbalance <= g.mean_imbalance);
+    CHECK(h.worst_imbalance <= g.worst_imbalance);
+    CHECK(fabs(m.mean_imbalance - h.mean_imbalance) <= 0.05 * h.mean_imbalance);
+    CHECK(fabs(m.inter_total - h.inter_total) <= 0.05 * h.inter_total);
+    CHECK(fabs(m.intra_total - h.intra_total) <= 0.05 * h.intra_total);
+    moe_place_figures_free(&h);
+    moe_place_figures_free(&g);
+    moe_place_figures_free(&m);
+    moe_plan_destroy(hedged);
+    moe_plan_destroy(greedy);
+}
+
+/* Hierarchical dispatch at 4 nodes x 8: the plan moves experts between nodes (its node assignment
+ * differs from greedy's in most layers) and the replayed inter-node copies (one per remote node)
+ * fall below greedy's. */
+static void hierarchical_moves(moe_workload_h w, moe_place_solver_t solver)
+{
+    moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
+    o.ranks = 32;
+    o.ranks_per_node = 8;
+    o.replicas = 32;
+    o.hierarchical = true;
+    o.solver = solver;
+    o.time_limit = solver == MOE_PLACE_SOLVER_ILP ? 8 : 120;
+    moe_plan_h plan = NULL, greedy = NULL;
+    CHECK_STATUS(moe_place_solve(&w, 1, &o, NULL, &plan, NULL), MOE_STATUS_OK);
+    o.solver = MOE_PLACE_SOLVER_GREEDY;
+    CHECK_STATUS(moe_place_solve(&w, 1, &o, NULL, &greedy, NULL), MOE_STATUS_OK);
+    if (!plan || !greedy) return;
+    int L = moe_plan_layers(plan), E = moe_plan_experts(plan), moved_layers = 0;
+    for (int l = 0; l < L; l++) {
+        bool differs = false;
+        for (int e = 0; e < E; e++) {
+            int na[4] = {0}, nb[4] = {0};
+            const int *ra, *rb;
+            int ka = moe_plan_replicas(plan, l, e, &ra, NULL), kb = moe_plan_replicas(greedy, l, e, &rb, NULL);
+            for (int i = 0; i < ka; i++) na[ra[i] / 8]++;
+            for (int i = 0; i < kb; i++) nb[rb[i] / 8]++;
+            differs |= memcmp(na, nb, sizeof(na)) != 0;
+        }
+        moved_layers += differs;
+    }
+    moe_place_figures_t a, b;
+    CHECK_STATUS(moe_place_evaluate(plan, w, &o, &a), MOE_STATUS_OK);
+    CHECK_STATUS(moe_place_evaluate(greedy, w, &o, &b), MOE_STATUS_OK);
+    printf("%s --hierarchical, 4 x 8: node assignment differs from greedy's in %d of %d layers; "
+           "inter-node copies %.0f vs greedy %.0f (%.1f%% fewer)\n",
+           moe_place_solver_name(solver), moved_layers, L, a.inter_hier_total, b.inter_hier_total,
+           100 * (1 - a.inter_hier_total / b.inter_hier_total));
+    CHECK(moved_layers >= L / 2);
+    CHECK(a.inter_hier_total < b.inter_hier_total);
+    moe_place_figures_free(&a);
+    moe_place_figures_free(&b);
+    moe_plan_destroy(plan);
     moe_plan_destroy(greedy);
 }
 
@@ -320,6 +406,7 @@ static void current_plan(moe_workload_h from, moe_workload_h to)
     o.ranks_per_node = 8;
     o.replicas = 16;
     o.time_limit = 4;
+    o.solver = MOE_PLACE_SOLVER_ILP;
     moe_plan_h cur = NULL, cheap = NULL, free_move = NULL;
     CHECK_STATUS(moe_place_solve(&from, 1, &o, NULL, &cur, NULL), MOE_STATUS_OK);
     moe_place_report_t r1, r2;
@@ -353,6 +440,12 @@ int main(void)
         ilp_not_worse(both, 2, 32, 8, 32, 6);
         current_plan(intent, law);
         stay_not_worse(&intent, 1, law);
+        hierarchical_moves(intent, MOE_PLACE_SOLVER_HEDGED);
+        hierarchical_moves(law, MOE_PLACE_SOLVER_ILP);
+        cross_domain(intent, law, 16, 16);
+        cross_domain(law, intent, 16, 16);
+        cross_domain(intent, law, 32, 32);
+        cross_domain(law, intent, 32, 32);
     }
     moe_workload_destroy(intent);
     moe_workload_destroy(law);
