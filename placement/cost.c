@@ -332,7 +332,7 @@ double moe_place_layer_cost(const double *share, const double *prev, int layer,
             double inter, intra;
             stay_copies(pairs, ln, lr, pr, &inter, &intra);
             traffic += o->copy_cost * (o->inter_factor * inter + intra) / pairs;
-        } else if (w[i]->ids && !o->stay) {
+        } else if (w[i]->ids) {
             if (moe_place_route_copies(share, layer, w[i], R, G, o->tokens_per_rank, &c) !=
                 MOE_STATUS_OK) {
                 free(load);

@@ -145,7 +145,7 @@ typedef enum {
     MOE_PLACE_SOLVER_ROUND_ROBIN,
     MOE_PLACE_SOLVER_GREEDY,
     MOE_PLACE_SOLVER_ILP,
-    MOE_PLACE_SOLVER_EXACT,
+    MOE_PLACE_SOLVER_EXACT,       /* the cost model to optimality over counts and hosts, equal shares */
     MOE_PLACE_SOLVER_INCREMENTAL, /* online: from `current` (any ranks), few moves; balance only */
     MOE_PLACE_SOLVER_HEDGED,      /* for routing the sources do not show (solve_hedged.c) */
 } moe_place_solver_t;
