@@ -3,8 +3,10 @@
  * placement/plan_yaml.c, docs/placement.md).
  *
  * Several sources (--stats, --trace, --loads-csv) are several workloads that the plan must serve at
- * once. For each source the command reports the modelled figures and, for traces, the replayed
- * ones; --score TRACE replays the new plan (and the baselines) on traces it was not built from.
+ * once. For each source the command reports, for traces, the replayed figures (what the runtime
+ * sends) first, then the modelled ones (what the solver optimises); --score TRACE replays the new
+ * plan (and the baselines) on traces it was not built from. --cross-validate chooses the hedged
+ * solver's weights across the sources first and prints the table.
  * Output: a short table for people, or one JSON object with --json. Exit status: 0 done, 1 error,
  * 2 usage. */
 #include <math.h>
@@ -24,10 +26,10 @@ static void place_usage(FILE *out)
         "usage: moerun place (--stats S.safetensors | --trace IDS.npy[@A:B] |\n"
         "                     --loads-csv F.csv[@LABEL] --tokens N)... --ranks N --ranks-per-node "
         "G\n"
-        "                    [--replicas R]"
-        " [--solver contiguous|round-robin|greedy|ilp|incremental]\n"
-        "                    [--exact]"
-        " [--current PLAN] [--time-limit SEC] -o PLAN.yaml [--json]\n"
+        "                    [--replicas R] [--solver hedged|greedy|ilp|incremental|contiguous|"
+        "round-robin]\n"
+        "                    [--exact] [--cross-validate] [--current PLAN] [--time-limit SEC]\n"
+        "                    -o PLAN.yaml [--json]\n"
         "       moerun place --evaluate --plan PLAN.yaml --trace IDS.npy[@A:B]... [--json]\n"
         "\n"
         "  sources (repeat: each is a workload the plan must keep balanced):\n"
@@ -38,11 +40,18 @@ static void place_usage(FILE *out)
         "  --ranks N, --ranks-per-node G   world: N ranks, G per node\n"
         "  --replicas R          redundant expert slots per layer (default 0)\n"
         "  --slots-per-rank S    experts one rank can hold (default: no limit)\n"
-        "  --solver NAME         default ilp; --exact: the joint model (small instances);\n"
-        "                        incremental: from --current (which may have another number of\n"
-        "                        ranks: a scale event), moving few experts; balance only, keeps\n"
-        "                        the current replicas and shares (--replicas does not apply)\n"
-        "  --time-limit SEC      for ilp / exact (default 60)\n"
+        "  --solver NAME         default hedged: for routing the sources do not show (balance over\n"
+        "                        the sources and over shifted domains, copies counted from the\n"
+        "                        traces' routes); greedy: DeepSeek EPLB; ilp: the decomposed GLPK\n"
+        "                        model; incremental: from --current (which may have another number\n"
+        "                        of ranks: a scale event), moving few experts, balance only\n"
+        "  --exact               the cost model solved to optimality over replica counts and hosts\n"
+        "                        with equal shares (small instances)\n"
+        "  --hedge X             hedged: weight in [0, 1] of the shifted domains (default 0.75)\n"
+        "  --traffic-weight X    hedged: weight of the copies against balance (default 0.25)\n"
+        "  --cross-validate      hedged: choose --hedge and --traffic-weight by building on some\n"
+        "                        sources and scoring on the others (one trace: its halves)\n"
+        "  --time-limit SEC      for hedged / ilp / exact, per solve (default 60)\n"
         "  --current PLAN        plan in service: moving an expert costs --move-cost (default "
         "0.05;\n"
         "                        max/mean per layer); required by --solver incremental\n"
@@ -55,7 +64,8 @@ static void place_usage(FILE *out)
         "  --hierarchical        model hierarchical dispatch in the objective\n"
         "  --residency home|stay tokens go home between layers (the runtime), or stay on the rank "
         "of\n"
-        "                        their last expert (modelled: transitions count); default home\n"
+        "                        their last expert (modelled, --solver ilp: transitions count);\n"
+        "                        default home\n"
         "  --tokens-per-rank N   replay: home rank of token t is (t / N) %% ranks (default 512)\n"
         "  --score IDS[@A:B]     also replay the plan on this trace (repeatable)\n"
         "  --no-baselines        skip the contiguous / round-robin / greedy figures\n"
@@ -149,16 +159,11 @@ static int report_plan(const printer_t *p, const char *label, moe_plan_h plan, m
     moe_place_figures_t g;
     if (p->json) fprintf(p->out, "\"sources\": [");
     for (int i = 0; i < n_src; i++) {
-        if (moe_place_model(plan, src[i], o, &g) != MOE_STATUS_OK) return 1;
+        /* the replay (what the runtime sends) first, then the model the solvers optimise */
         if (p->json) {
             fprintf(p->out, "%s{\"name\": ", i ? ", " : "");
             json_str(p->out, moe_workload_name(src[i]));
-            fprintf(p->out, ", \"modelled\": ");
-            json_figures(p->out, &g);
-        } else {
-            table_row(label, moe_workload_name(src[i]), &g);
         }
-        moe_place_figures_free(&g);
         if (moe_workload_has_routes(src[i])) {
             if (moe_place_evaluate(plan, src[i], o, &g) != MOE_STATUS_OK) return 1;
             if (p->json) {
@@ -169,7 +174,15 @@ static int report_plan(const printer_t *p, const char *label, moe_plan_h plan, m
             }
             moe_place_figures_free(&g);
         }
-        if (p->json) fprintf(p->out, "}");
+        if (moe_place_model(plan, src[i], o, &g) != MOE_STATUS_OK) return 1;
+        if (p->json) {
+            fprintf(p->out, ", \"modelled\": ");
+            json_figures(p->out, &g);
+            fprintf(p->out, "}");
+        } else {
+            table_row(label, moe_workload_name(src[i]), &g);
+        }
+        moe_place_figures_free(&g);
     }
     if (p->json) fprintf(p->out, "], \"scored\": [");
     for (int i = 0; i < n_scored; i++) {
@@ -222,6 +235,62 @@ static char *predicted_yaml(const char *solver, moe_plan_h plan, moe_workload_h 
 #undef APPEND
     if (len >= cap) buf[cap - 1] = '\0';
     return buf;
+}
+
+/* The cross-validation table: held-out figures per grid point, averaged over folds. */
+static void print_cv(const moe_place_cv_t *cv)
+{
+    double gm = 0, gw = 0, gc = 0;
+    for (int f = 0; f < cv->folds; f++)
+        gm += cv->greedy_mean[f] / cv->folds, gw = fmax(gw, cv->greedy_worst[f]),
+            gc += cv->greedy_copies[f] / cv->folds;
+    printf("cross-validation over %d folds (held-out figures; greedy: max/mean %.3f, worst %.3f, "
+           "copies %.4f):\n",
+           cv->folds, gm, gw, gc);
+    printf("  %6s %8s %9s %9s %9s %9s %s\n", "hedge", "traffic", "max/mean", "worst", "copies",
+           "cost", "no worse than greedy");
+    for (int i = 0; i < cv->n_points; i++) {
+        const moe_place_cv_point_t *p = &cv->points[i];
+        double m = 0, w = 0, c = 0;
+        for (int f = 0; f < cv->folds; f++)
+            m += p->mean[f] / cv->folds, w = fmax(w, p->worst[f]), c += p->copies[f] / cv->folds;
+        printf("  %6g %8g %9.3f %9.3f %9.4f %9.4f %s%s\n", p->hedge, p->traffic_weight, m, w, c,
+               p->cost, p->feasible ? "yes" : "no", i == cv->chosen ? "  <- chosen" : "");
+    }
+}
+
+static void json_cv(const moe_place_cv_t *cv)
+{
+    printf("\"cross_validation\": {\"folds\": %d, \"chosen\": %d, \"greedy\": [", cv->folds,
+           cv->chosen);
+    for (int f = 0; f < cv->folds; f++) {
+        printf("%s{\"max_mean_mean\": ", f ? ", " : "");
+        json_num(stdout, cv->greedy_mean[f]);
+        printf(", \"max_mean_worst\": ");
+        json_num(stdout, cv->greedy_worst[f]);
+        printf(", \"copies\": ");
+        json_num(stdout, cv->greedy_copies[f]);
+        printf("}");
+    }
+    printf("], \"points\": [");
+    for (int i = 0; i < cv->n_points; i++) {
+        const moe_place_cv_point_t *p = &cv->points[i];
+        printf("%s{\"hedge\": %g, \"traffic_weight\": %g, \"feasible\": %s, \"cost\": ",
+               i ? ", " : "", p->hedge, p->traffic_weight, p->feasible ? "true" : "false");
+        json_num(stdout, p->cost);
+        printf(", \"folds\": [");
+        for (int f = 0; f < cv->folds; f++) {
+            printf("%s{\"max_mean_mean\": ", f ? ", " : "");
+            json_num(stdout, p->mean[f]);
+            printf(", \"max_mean_worst\": ");
+            json_num(stdout, p->worst[f]);
+            printf(", \"copies\": ");
+            json_num(stdout, p->copies[f]);
+            printf("}");
+        }
+        printf("]}");
+    }
+    printf("]}, ");
 }
 
 static int cmd_evaluate(const char *plan_path, const char **traces, int n_traces, int experts,
@@ -307,7 +376,7 @@ int moe_cmd_place(int argc, char **argv)
     double csv_tokens[MAX_SOURCES];
     int n_src = 0, n_scores = 0;
     const char *output = NULL, *current_path = NULL, *plan_path = NULL, *model = NULL;
-    bool json = false, evaluate = false, baselines = true, exact = false;
+    bool json = false, evaluate = false, baselines = true, exact = false, cross_validate = false;
     double tokens = 0;
     long ranks = 0, rpn = 0, experts = 0;
     moe_log_init(0, MOE_LOG_WARN);
@@ -325,6 +394,8 @@ int moe_cmd_place(int argc, char **argv)
             evaluate = true;
         else if (!strcmp(a, "--exact"))
             exact = true;
+        else if (!strcmp(a, "--cross-validate"))
+            cross_validate = true;
         else if (!strcmp(a, "--hierarchical"))
             o.hierarchical = true;
         else if (!strcmp(a, "--verbose"))
@@ -382,6 +453,10 @@ int moe_cmd_place(int argc, char **argv)
             ok = parse_long(v, &lv) && lv > 0, o.tokens_per_rank = lv, i++;
         else if (!strcmp(a, "--time-limit"))
             ok = parse_double(v, &dv) && dv > 0, o.time_limit = dv, i++;
+        else if (!strcmp(a, "--hedge"))
+            ok = parse_double(v, &dv) && dv >= 0 && dv <= 1, o.hedge = dv, i++;
+        else if (!strcmp(a, "--traffic-weight"))
+            ok = parse_double(v, &dv) && dv >= 0, o.traffic_weight = dv, i++;
         else if (!strcmp(a, "--copy-cost"))
             ok = parse_double(v, &dv) && dv >= 0, o.copy_cost = dv, i++;
         else if (!strcmp(a, "--inter-factor"))
@@ -483,6 +558,18 @@ int moe_cmd_place(int argc, char **argv)
             MOE_STATUS_OK)
             goto done;
     }
+    moe_place_cv_t cv;
+    if (cross_validate) {
+        if (o.solver != MOE_PLACE_SOLVER_HEDGED) {
+            moe_error("--cross-validate chooses the hedged solver's weights; it needs --solver "
+                      "hedged (the default)");
+            goto done;
+        }
+        if (moe_place_cross_validate(src, n_src, &o, &cv) != MOE_STATUS_OK) goto done;
+        o.hedge = cv.points[cv.chosen].hedge;
+        o.traffic_weight = cv.points[cv.chosen].traffic_weight;
+        if (!json) print_cv(&cv);
+    }
     moe_place_report_t rep;
     if (moe_place_solve(src, n_src, &o, current, &plan, &rep) != MOE_STATUS_OK) goto done;
     extra = predicted_yaml(moe_place_solver_name(o.solver), plan, src, n_src, &rep, &o);
@@ -520,12 +607,22 @@ int moe_cmd_place(int argc, char **argv)
                "\"layers_kept_warm\": %d, \"experts_moved\": %d, \"bytes_moved\": %.0f, ",
                rep.subproblems, rep.subproblems_proven, rep.subproblems_unsolved,
                rep.layers_kept_warm, rep.experts_moved, rep.bytes_moved);
+        if (o.solver == MOE_PLACE_SOLVER_HEDGED) {
+            printf("\"hedge\": ");
+            json_num(stdout, o.hedge);
+            printf(", \"traffic_weight\": ");
+            json_num(stdout, o.traffic_weight);
+            printf(", ");
+        }
+        if (cross_validate) json_cv(&cv);
     } else {
         printf("moerun place: %s plan for %d layers x %d experts on %d ranks (%d nodes x %d), %d "
                "redundant -> %s\n",
                solver, L, E, o.ranks, o.ranks / o.ranks_per_node, o.ranks_per_node, redundant,
                output);
         printf("  solve %.3f s, objective %.4f", rep.solve_seconds, rep.objective);
+        if (o.solver == MOE_PLACE_SOLVER_HEDGED)
+            printf(" (hedge %g, traffic weight %g)", o.hedge, o.traffic_weight);
         if (isfinite(rep.warm_objective)) printf(" (greedy warm start %.4f)", rep.warm_objective);
         if (isfinite(rep.mip_gap) && rep.subproblems > 0)
             printf(", MIP gap %.2f%% (%d of %d node subproblems proven, %d without a GLPK answer)",
@@ -568,8 +665,9 @@ int moe_cmd_place(int argc, char **argv)
     if (json)
         printf("}\n");
     else
-        printf("(model: second-order estimate from statistics; replay: the runtime's sends; * = "
-               "scored trace)\n");
+        printf("(replay: the runtime's sends; model: what the solver optimises, copies counted from "
+               "the routes of traces, second-order estimates from statistics files; * = scored "
+               "trace)\n");
     rc = 0;
 done:
     free(extra);

@@ -21,25 +21,33 @@
  * Figures per layer: max load, mean load (= pairs / ranks), max/mean, copies; summed / worst / mean
  * over layers.
  *
- * The modelled cost of one layer for workloads w = 1..n (statistics only; what solvers minimise):
+ * The modelled cost of one layer for workloads w = 1..n (what the ilp, exact and greedy-compared
+ * solvers minimise; the hedged solver's balance term is its own, solve_hedged.c):
  *
  *   cost_l = max_w (max_r load_w(r) / mean_w)
  *          + copy_cost * (1/n) sum_w (inter_factor * inter_w + intra_w) / pairs_w
  *
  * with load_w(r) = sum_e loads_w[l][e] * share(e, r), pairs_w = sum_e loads_w[l][e] (token-expert
- * pairs), and the copies estimated from the pairwise statistics. With the home rank independent of
- * the routes (uniform over ranks), the expected copies are
- *   inter = (1 - G/R) * sum_r touched_r,   intra = ((G - 1)/R) * sum_r touched_r      (flat)
- *   inter = (1 - G/R) * sum_n touched_n                                        (hierarchical)
- * where touched_r is the number of tokens sending to rank r. By the Bonferroni inequality
- *   touched_r >= sum_e loads[e] share(e, r) - sum_{a<b} coact[a][b] share(a, r) share(b, r)
- * (the replica picks of two experts are independent hashes), exact when no token has three or more
- * experts on one rank; the model uses this second-order value. Summed over ranks the first term is
- * pairs_w, so the traffic term rewards co-activated experts on one rank (node): a graph-
- * partitioning objective. Copy cost 1 says an intra-node copy there and back costs one token-expert
- * FFN (a 2048-wide bf16 hidden state over NVLink vs a 2048x1408 SwiGLU expert on an H100-class
- * GPU); inter_factor 3.2 is NVLink vs InfiniBand per GPU in the DeepSeek-V3 report. The objective
- * is the mean over layers. */
+ * pairs). Copies (inter_w, intra_w; hierarchical ones with options->hierarchical):
+ *   - a workload with routes (a trace): counted token by token from its routes and home ranks,
+ *     in expectation over the replica hash (traffic.c) -- what the replay counts, within a few
+ *     per cent;
+ *   - a workload with pairwise statistics only (a statistics file): with the home rank taken as
+ *     uniform and independent of the routes,
+ *       inter = (1 - G/R) * sum_r touched_r,   intra = ((G - 1)/R) * sum_r touched_r      (flat)
+ *       inter = (1 - G/R) * sum_n touched_n                                        (hierarchical)
+ *     with touched_r, the tokens sending to rank r, at second order (Bonferroni)
+ *       touched_r ~ sum_e loads[e] share(e, r) - sum_{a<b} coact[a][b] share(a, r) share(b, r),
+ *     exact when no token has three or more experts on one rank and otherwise an under-estimate
+ *     (by half and more for plans that co-locate co-activated experts): pairwise counts cannot say
+ *     more;
+ *   - a workload of loads only (a CSV): no copies are known; the term is the constant it would be
+ *     with every co-activation zero.
+ * Copy cost 1 says an intra-node copy there and back costs one token-expert FFN (a 2048-wide bf16
+ * hidden state over NVLink vs a 2048x1408 SwiGLU expert on an H100-class GPU); inter_factor 3.2 is
+ * NVLink vs InfiniBand per GPU in the DeepSeek-V3 report. The objective is the mean over layers.
+ * With stay residency (tokens stay on the rank of their last expert) copies come from the
+ * transitions at second order (stay_mass below), for every workload. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -319,9 +327,19 @@ double moe_place_layer_cost(const double *share, const double *prev, int layer,
         if (pairs <= 0) continue;
         double imb = mx * R / pairs;
         worst = imb > worst ? imb : worst;
+        moe_place_copies_t c;
         if (o->stay && stay_mass(share, prev, layer, w[i], R, G, &ln, &lr)) {
             double inter, intra;
             stay_copies(pairs, ln, lr, pr, &inter, &intra);
+            traffic += o->copy_cost * (o->inter_factor * inter + intra) / pairs;
+        } else if (w[i]->ids) {
+            if (moe_place_route_copies(share, layer, w[i], R, G, o->tokens_per_rank, &c) !=
+                MOE_STATUS_OK) {
+                free(load);
+                return INFINITY;
+            }
+            double inter = o->hierarchical ? c.inter_hier : c.inter;
+            double intra = o->hierarchical ? c.intra_hier : c.intra;
             traffic += o->copy_cost * (o->inter_factor * inter + intra) / pairs;
         } else {
             /* (phi * inter + intra) / pairs, written with the pair weights: */
@@ -395,12 +413,26 @@ moe_status_t moe_place_model(const moe_plan_h plan, const moe_workload_h w,
         double pairs = layer_model(share, l, w, R, G, NULL, &mx, &pr, &pn);
         out->max_load[l] = mx;
         out->mean_load[l] = pairs / R;
-        out->inter[l] = fi * (pairs - pr);
-        out->intra[l] = fa * (pairs - pr);
-        /* second order is too crude at node level (tokens often have 3+ experts on a node):
-         * hierarchical copies are figures of the replay only */
-        out->inter_hier[l] = NAN;
-        out->intra_hier[l] = NAN;
+        if (w->ids) { /* counted from the routes */
+            moe_place_copies_t c;
+            if (moe_place_route_copies(share, l, w, R, G, o->tokens_per_rank, &c) !=
+                MOE_STATUS_OK) {
+                free(prev);
+                moe_place_figures_free(out);
+                MOE_FAIL(MOE_STATUS_NO_MEMORY, fail_share, "out of memory");
+            }
+            out->inter[l] = c.inter;
+            out->intra[l] = c.intra;
+            out->inter_hier[l] = c.inter_hier;
+            out->intra_hier[l] = c.intra_hier;
+        } else {
+            out->inter[l] = fi * (pairs - pr);
+            out->intra[l] = fa * (pairs - pr);
+            /* second order is too crude at node level (tokens often have 3+ experts on a node):
+             * without routes hierarchical copies are not modelled */
+            out->inter_hier[l] = NAN;
+            out->intra_hier[l] = NAN;
+        }
         (void)pn;
         double ln, lr;
         if (l > 0 && pairs > 0 && stay_mass(share, prev, l, w, R, G, &ln, &lr)) {

@@ -52,9 +52,23 @@ fail:
     return status;
 }
 
+moe_status_t moe_workload_alloc_windows(moe_workload_h w, int windows)
+{
+    moe_free(w->window_loads);
+    w->windows = 0;
+    w->window_loads = moe_calloc((size_t)windows * w->layers * w->experts, sizeof(double));
+    if (!w->window_loads) {
+        moe_error("%s: out of memory for %d windows", w->name, windows);
+        return MOE_STATUS_NO_MEMORY;
+    }
+    w->windows = windows;
+    return MOE_STATUS_OK;
+}
+
 void moe_workload_destroy(moe_workload_h w)
 {
     if (!w) return;
+    moe_free(w->window_loads);
     moe_free(w->loads);
     moe_free(w->coact);
     moe_free(w->trans);
@@ -137,13 +151,19 @@ moe_status_t moe_workload_from_ids(const int32_t *ids, int layers, int64_t token
     w->tokens = (double)tokens;
     int set[64], next[64];
     if (top_k > 64) MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail_w, "%s: top-%d > 64", name, top_k);
-    size_t EE = (size_t)experts * experts;
+    /* contiguous blocks of tokens are the scenarios of the hedged objective */
+    int64_t nw = tokens / MOE_WORKLOAD_WINDOW_MIN_TOKENS;
+    nw = nw < 1 ? 1 : nw > MOE_WORKLOAD_WINDOWS ? MOE_WORKLOAD_WINDOWS : nw;
+    MOE_CHECK(moe_workload_alloc_windows(w, (int)nw), fail_w);
+    size_t EE = (size_t)experts * experts, LE = (size_t)layers * experts;
     for (int l = 0; l < layers; l++) {
         double *loads = w->loads + (size_t)l * experts;
         double *co = w->coact + (size_t)l * EE;
         for (int64_t t = 0; t < tokens; t++) {
             int n = token_set(ids + ((size_t)l * tokens + t) * top_k, top_k, experts, set);
+            double *win = w->window_loads + (size_t)(t * nw / tokens) * LE + (size_t)l * experts;
             for (int i = 0; i < n; i++) {
+                win[set[i]] += 1;
                 loads[set[i]] += 1;
                 for (int j = 0; j < n; j++) co[(size_t)set[i] * experts + set[j]] += 1;
             }
@@ -262,6 +282,8 @@ moe_status_t moe_workload_from_stats(const moe_stats_h stats, const char *name, 
     if (w->trans)
         for (size_t i = 0; i < (size_t)(L - 1) * E * E; i++) w->trans[i] = tr ? (double)tr[i] : 0;
     if (w->tokens <= 0) MOE_FAIL(MOE_STATUS_FORMAT_ERROR, fail_w, "%s: no tokens", name);
+    MOE_CHECK(moe_workload_alloc_windows(w, 1), fail_w);
+    memcpy(w->window_loads, w->loads, sizeof(double) * L * E);
     *out = w;
     return MOE_STATUS_OK;
 fail_w:
@@ -312,6 +334,9 @@ moe_status_t moe_workload_load_csv(const char *spec, double tokens, moe_workload
     size_t cap = 0;
     char **fields = NULL;
     double *rows = NULL; /* [max_layers][E] */
+    double *each = NULL; /* every row read, in order: [nrows][E] (the scenarios) */
+    int *each_slot = NULL; /* [nrows]: where the row goes in the windows, (occurrence, layer) */
+    size_t each_cap = 0;
     int *seen = NULL;
     moe_workload_h w = NULL;
     if (len >= sizeof(path) || !(tokens > 0)) {
@@ -361,6 +386,18 @@ moe_status_t moe_workload_load_csv(const char *spec, double tokens, moe_workload
             MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: column Layer: '%s' is not a layer",
                      path, lineno, fields[0]);
         if (label && strcmp(fields[1], label) != 0) continue;
+        if ((size_t)nrows == each_cap) {
+            size_t nc = each_cap ? 2 * each_cap : 64;
+            double *ne = realloc(each, sizeof(double) * nc * E);
+            MOE_CHECK_ALLOC(ne, done);
+            each = ne;
+            int *ns = realloc(each_slot, sizeof(int) * nc * 2);
+            MOE_CHECK_ALLOC(ns, done);
+            each_slot = ns;
+            each_cap = nc;
+        }
+        each_slot[2 * nrows] = seen[layer];
+        each_slot[2 * nrows + 1] = (int)layer;
         double sum = 0;
         for (int e = 0; e < E; e++) {
             double v = strtod(fields[2 + e], &end);
@@ -369,6 +406,7 @@ moe_status_t moe_workload_load_csv(const char *spec, double tokens, moe_workload
                          "%s:%d: column Expert_%d: '%s' is not a fraction in [0, 1]", path, lineno,
                          e, fields[2 + e]);
             rows[(size_t)layer * E + e] += v * tokens;
+            each[(size_t)nrows * E + e] = v * tokens;
             sum += v;
         }
         ksum += sum;
@@ -388,11 +426,18 @@ moe_status_t moe_workload_load_csv(const char *spec, double tokens, moe_workload
     MOE_CHECK(moe_workload_alloc(spec, layers, E, top_k, false, &w), done);
     memcpy(w->loads, rows, (size_t)layers * E * sizeof(double));
     w->tokens = tokens * seen[0];
+    /* each label (the k-th row of every layer) is one scenario of the hedged objective */
+    MOE_CHECK(moe_workload_alloc_windows(w, seen[0]), done);
+    for (int i = 0; i < nrows; i++)
+        memcpy(w->window_loads + ((size_t)each_slot[2 * i] * layers + each_slot[2 * i + 1]) * E,
+               each + (size_t)i * E, sizeof(double) * E);
     *out = w;
     w = NULL;
 done:
     moe_workload_destroy(w);
     free(seen);
+    free(each_slot);
+    free(each);
     free(rows);
     free(fields);
     free(line);

@@ -145,8 +145,9 @@ typedef enum {
     MOE_PLACE_SOLVER_ROUND_ROBIN,
     MOE_PLACE_SOLVER_GREEDY,
     MOE_PLACE_SOLVER_ILP,
-    MOE_PLACE_SOLVER_EXACT,
+    MOE_PLACE_SOLVER_EXACT,       /* the cost model to optimality over counts and hosts, equal shares */
     MOE_PLACE_SOLVER_INCREMENTAL, /* online: from `current` (any ranks), few moves; balance only */
+    MOE_PLACE_SOLVER_HEDGED,      /* for routing the sources do not show (solve_hedged.c) */
 } moe_place_solver_t;
 
 moe_status_t moe_place_solver_parse(const char *name, moe_place_solver_t *out);
@@ -160,6 +161,9 @@ typedef struct {
     double time_limit;       /* seconds for the whole solve (ILP, exact) */
     double copy_cost;        /* an intra-node token copy (dispatch + combine) in units of one
                                 token-expert FFN */
+    double hedge;            /* hedged solver: weight in [0, 1] of the shifted domains against the
+                                sources in the balance term */
+    double traffic_weight;   /* hedged solver: weight of the copies against balance (x copy_cost) */
     double inter_factor;     /* an inter-node copy / an intra-node copy (NVLink vs InfiniBand) */
     int64_t tokens_per_rank; /* replay: token t's home rank is (t / tokens_per_rank) % ranks */
     double node_slack;       /* ILP: node loads within (1 + slack) of the best node balance */
@@ -176,8 +180,9 @@ typedef struct {
 
 #define MOE_PLACE_OPTIONS_INIT                                                                    \
     {                                                                                             \
-        .ranks = 0, .ranks_per_node = 0, .replicas = 0, .solver = MOE_PLACE_SOLVER_ILP,           \
-        .time_limit = 60.0, .copy_cost = 1.0, .inter_factor = 3.2, .tokens_per_rank = 512,        \
+        .ranks = 0, .ranks_per_node = 0, .replicas = 0, .solver = MOE_PLACE_SOLVER_HEDGED,        \
+        .time_limit = 60.0, .copy_cost = 1.0, .hedge = 0.75, .traffic_weight = 0.25,              \
+        .inter_factor = 3.2, .tokens_per_rank = 512,                                              \
         .node_slack = 0.01, .max_pairs = 0, .share_lp = true, .expert_bytes = 17301504.0,         \
         .move_cost = 0.05, .slots_per_rank = 0, .hierarchical = false, .stay = false,             \
         .verbose = 0,                                                                             \
@@ -237,6 +242,7 @@ typedef struct {
     int subproblems_proven;
     int subproblems_unsolved; /* GLPK gave no answer in time: the warm start was kept */
     int layers_kept_warm;    /* layers where the warm start was better and was kept */
+    int search_passes;       /* hedged: passes of the local search over all layers */
     int experts_moved;       /* with a current plan: (layer, expert, rank) hosts that are new */
     double bytes_moved;
 } moe_place_report_t;
@@ -248,6 +254,30 @@ typedef struct {
 moe_status_t moe_place_solve(const moe_workload_h *workloads, int n_workloads,
                              const moe_place_options_t *options, const moe_plan_h current,
                              moe_plan_h *out, moe_place_report_t *report);
+
+/* Cross-validation of the hedged solver's weights across sources (crossval.c): each source held
+ * out in turn (one trace: its two halves), plans built from the rest for a grid of (hedge,
+ * traffic_weight) and scored on the held-out source (replay, or the model for a CSV) against
+ * greedy from the same sources. Chosen: among the points no worse than greedy on held-out mean and
+ * worst max/mean in every fold, the lowest held-out cost (max/mean + copies); else the point that
+ * exceeds greedy least. options->time_limit applies to each solve. */
+#define MOE_PLACE_CV_FOLDS 8
+#define MOE_PLACE_CV_POINTS 16
+typedef struct {
+    double hedge, traffic_weight;
+    double mean[MOE_PLACE_CV_FOLDS], worst[MOE_PLACE_CV_FOLDS], copies[MOE_PLACE_CV_FOLDS];
+    double cost;   /* mean over folds of held-out max/mean + copies (cost model units) */
+    double excess; /* sum over folds of how far mean and worst max/mean exceed greedy's */
+    bool feasible; /* no worse than greedy on every fold */
+} moe_place_cv_point_t;
+typedef struct {
+    int folds, n_points, chosen;
+    double greedy_mean[MOE_PLACE_CV_FOLDS], greedy_worst[MOE_PLACE_CV_FOLDS];
+    double greedy_copies[MOE_PLACE_CV_FOLDS];
+    moe_place_cv_point_t points[MOE_PLACE_CV_POINTS];
+} moe_place_cv_t;
+moe_status_t moe_place_cross_validate(const moe_workload_h *workloads, int n_workloads,
+                                      const moe_place_options_t *options, moe_place_cv_t *out);
 
 /* Save with a header: the model name (may be NULL) and extra YAML lines (top-level keys "solver",
  * "sources", "predicted" are the ones the loader accepts and ignores; may be NULL). */

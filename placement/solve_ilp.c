@@ -25,6 +25,10 @@
  *      rewards), iterated (40 kicks of two hashed swaps, each followed by descent, the best kept).
  *      With flat dispatch the same search then runs over all ranks at once: there only co-location
  *      on a rank saves copies, wherever the rank is, so node boundaries should not limit it;
+ *   C''. the hedged solver's local search (solve_hedged.c, hedge 0: the sources' balance) with the
+ *      copies counted from the routes (traffic.c), over all ranks and across nodes: B and C price
+ *      co-location by pairs, which over-rewards a token's three or more experts on one rank or
+ *      node, and B keeps the warm start's node assignment when GLPK finds nothing better in time;
  *   D. replica shares: an LP (GLPK simplex) that minimises the worst workload's max/mean load over
  *      the shares of the replicated experts (each share >= 5% of equal).
  * The layer's result is then compared, on the modelled objective, with the same hosting at equal
@@ -825,6 +829,14 @@ moe_status_t moe_place_solve_ilp(const moe_workload_h *w, int n, const moe_place
                                  cxp ? cur_share : NULL, cand),
                       done);
         }
+        /* C'': the pair terms above are second order (they over-reward three or more experts of
+         * a token on one rank or node); the hedged solver's search with the copies counted from
+         * the routes, across nodes, corrects that (with hedge 0: the sources' balance) */
+        moe_place_options_t oh = *o;
+        oh.hedge = 0;
+        oh.traffic_weight = 1;
+        MOE_CHECK(moe_place_hedged_improve(w, n, &oh, l, cand, moe_now() + per_layer * 0.25),
+                  done);
         memcpy(equal, cand, sizeof(double) * E * R);
         /* D */
         if (o->share_lp) shares_lp(&c, counts, per_layer * 0.05 + 0.01, cand);

@@ -16,8 +16,8 @@
 
 #include "placement/place-impl.h"
 
-static const char *const solver_names[] = {"contiguous", "round-robin", "greedy",
-                                           "ilp",        "exact",       "incremental"};
+static const char *const solver_names[] = {"contiguous", "round-robin", "greedy", "ilp",
+                                           "exact",      "incremental", "hedged"};
 #define N_SOLVERS ((int)(sizeof(solver_names) / sizeof(solver_names[0])))
 
 moe_status_t moe_place_solver_parse(const char *name, moe_place_solver_t *out)
@@ -28,7 +28,8 @@ moe_status_t moe_place_solver_parse(const char *name, moe_place_solver_t *out)
             return MOE_STATUS_OK;
         }
     }
-    moe_error("unknown solver '%s' (contiguous, round-robin, greedy, ilp, exact, incremental)",
+    moe_error("unknown solver '%s' (contiguous, round-robin, greedy, ilp, exact, incremental, "
+              "hedged)",
               name);
     return MOE_STATUS_INVALID_ARGUMENT;
 }
@@ -48,7 +49,8 @@ void moe_place_merged_weight(const moe_workload_h *w, int n, int layer, int rank
 }
 
 /* Redundant slots to the expert with the largest weight per replica (at most `ranks` each). */
-static void counts_from_weight(const double *weight, int E, int replicas, int ranks, int *counts)
+void moe_place_counts_from_weight(const double *weight, int E, int replicas, int ranks,
+                                  int *counts)
 {
     for (int e = 0; e < E; e++) counts[e] = 1;
     for (int i = 0; i < replicas; i++) {
@@ -83,7 +85,7 @@ void moe_place_replica_counts(const moe_workload_h *w, int n, int layer, int rep
             hot[e] = v > hot[e] ? v : hot[e];
         }
     }
-    counts_from_weight(hot, E, replicas, ranks, counts);
+    moe_place_counts_from_weight(hot, E, replicas, ranks, counts);
     free(hot);
 }
 
@@ -160,7 +162,7 @@ moe_status_t moe_place_solve_simple(const moe_workload_h *w, int n, const moe_pl
             break;
         default:
             moe_place_merged_weight(w, n, l, R, weight);
-            counts_from_weight(weight, E, o->replicas, R, counts);
+            moe_place_counts_from_weight(weight, E, o->replicas, R, counts);
             MOE_CHECK(moe_place_greedy_layer(&lay, counts, weight, share), done);
             break;
         }
@@ -207,6 +209,9 @@ moe_status_t moe_place_solve(const moe_workload_h *w, int n, const moe_place_opt
         break;
     case MOE_PLACE_SOLVER_EXACT:
         MOE_CHECK(moe_place_solve_exact(w, n, o, &plan, &rep), fail);
+        break;
+    case MOE_PLACE_SOLVER_HEDGED:
+        MOE_CHECK(moe_place_solve_hedged(w, n, o, current, &plan, &rep), fail);
         break;
     case MOE_PLACE_SOLVER_INCREMENTAL:
         MOE_CHECK(moe_place_solve_incremental(w, n, o, current, &plan), fail);

@@ -159,9 +159,10 @@ _Static_assert(sizeof(moe_switch_t) == sizeof(int), "enum size");
     X(INT, "placement.ranks_per_node", placement.ranks_per_node, int, NULL, "8", AT_LEAST(1),         \
       RANGE_GE, "ranks on one node, for the default plan and reports")                                 \
     X(INT, "rebalance.every", rebalance.every, int, NULL, "0", AT_LEAST(0), RANGE_GE,                 \
-      "re-place experts from live routing every N batches, moving them while serving (0 = off)")    \
+      "re-place experts when the live routing drifts (checked N batches after the last re-placement "  \
+      "and at every batch after), moving them while serving (0 = off)")                               \
     X(INT, "rebalance.window", rebalance.window, int, NULL, "8", AT_LEAST(1), RANGE_GE,               \
-      "batches of routing statistics a re-placement or scale event plans from")                      \
+      "batches of routing a scale event plans from; a re-placement plans from those since the drift") \
     X(FLOAT, "rebalance.move_cost", rebalance.move_cost, float, NULL, "0.02", FLOAT_MIN(0), RANGE_GE, \
       "cost of moving one expert, in units of a layer's max/mean load")                               \
     X(INT, "rebalance.transfer_window", rebalance.transfer_window, int, NULL, "2", AT_LEAST(1),        \

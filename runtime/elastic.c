@@ -7,7 +7,8 @@
  * and how many ranks still have transfers in flight or a state to prepare. An event then goes
  * through:
  *
- *   decide   the routing loads of the last rebalance.window batches are summed on rank 0, which
+ *   decide   the routing loads of the last rebalance.window batches (for a re-balance: of the
+ *            batches since the routing last drifted, see "drift" below) are summed on rank 0, which
  *            starts the incremental placement solver (placement.h) on a thread of its own, with the
  *            plan in service as `current`, so that it moves few experts; serving goes on;
  *   move     at the first boundary after the solver is done, rank 0 broadcasts the plan and every
@@ -78,6 +79,12 @@ struct moe_elastic_s {
     /* window of per-batch loads [W][L][E] */
     int window;
     int64_t *window_loads, *window_tokens;
+    /* rank 0, with rebalance.every: the world's loads of the last `window` batches (a ring, by
+     * batch) and the drift window chosen at the last check */
+    int64_t *hist_loads, *hist_tokens;
+    int *hist_batch;
+    int drift_batches;
+    double drift_gain;
     /* state */
     state_t state;
     int last_decision_batch;
@@ -208,6 +215,15 @@ moe_status_t moe_elastic_create(const moe_config_t *config, const moe_elastic_ar
     el->window_tokens = calloc((size_t)el->window, sizeof(int64_t));
     MOE_CHECK_ALLOC(el->window_loads, fail);
     MOE_CHECK_ALLOC(el->window_tokens, fail);
+    if (config->rebalance.every > 0 && el->rank == 0) {
+        el->hist_loads = calloc((size_t)el->window * L * E, sizeof(int64_t));
+        el->hist_tokens = calloc((size_t)el->window, sizeof(int64_t));
+        el->hist_batch = malloc(sizeof(int) * (size_t)el->window);
+        MOE_CHECK_ALLOC(el->hist_loads, fail);
+        MOE_CHECK_ALLOC(el->hist_tokens, fail);
+        MOE_CHECK_ALLOC(el->hist_batch, fail);
+        for (int w = 0; w < el->window; w++) el->hist_batch[w] = -1;
+    }
     el->phase = "serve";
     if (args->plans_dir && args->plans_dir[0]) {
         /* rank 0 writes the plans; every rank learns whether it can, so that none goes on alone */
@@ -244,6 +260,9 @@ void moe_elastic_destroy(moe_elastic_h el)
     moe_migration_destroy(el->migration);
     free(el->window_loads);
     free(el->window_tokens);
+    free(el->hist_loads);
+    free(el->hist_tokens);
+    free(el->hist_batch);
     free(el->events);
     free(el->rows);
     free(el);
@@ -266,9 +285,36 @@ static void *solver_main(void *arg)
     return NULL;
 }
 
+/* Rank 0: the world's loads of the last n batches of the history into sum[LE + 1] (tokens last). */
+static void history_sum(const struct moe_elastic_s *el, int batch, int n, int64_t *sum)
+{
+    const size_t LE = (size_t)el->config->model.layers * el->config->model.experts;
+    memset(sum, 0, sizeof(int64_t) * (LE + 1));
+    for (int k = 1; k <= n; k++) {
+        int slot = (batch - k) % el->window;
+        if (batch - k < 0 || el->hist_batch[slot] != batch - k) break;
+        for (size_t i = 0; i < LE; i++) sum[i] += el->hist_loads[(size_t)slot * LE + i];
+        sum[LE] += el->hist_tokens[slot];
+    }
+}
+
+static moe_place_options_t solver_options(const moe_config_t *c, int size)
+{
+    moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
+    o.ranks = size;
+    o.ranks_per_node = moe_ranks_per_node(c, size);
+    o.solver = MOE_PLACE_SOLVER_INCREMENTAL;
+    o.move_cost = c->rebalance.move_cost;
+    o.expert_bytes = 3.0 * c->model.d_ff * c->model.d_model * sizeof(float);
+    o.tokens_per_rank = c->run.tokens_per_rank;
+    return o;
+}
+
 /* Rank 0: sum the window's loads over the world and start the solver for `size` ranks. The other
- * ranks only take part in the reduction. */
-static moe_status_t start_solver(struct moe_elastic_s *el, const moe_plan_h current, int size)
+ * ranks only take part in the reduction. A re-balance plans from rank 0's history of the batches
+ * since the routing drifted (el->drift_batches; every rank knows the event, so none reduces). */
+static moe_status_t start_solver(struct moe_elastic_s *el, const moe_plan_h current, int size,
+                                 event_kind_t kind, int batch)
 {
     moe_status_t status = MOE_STATUS_OK;
     const moe_config_t *c = el->config;
@@ -276,12 +322,17 @@ static moe_status_t start_solver(struct moe_elastic_s *el, const moe_plan_h curr
     const size_t LE = (size_t)L * E;
     int64_t *sum = calloc(LE + 1, sizeof(int64_t));
     MOE_CHECK_ALLOC(sum, fail);
-    for (int w = 0; w < el->window; w++) {
-        for (size_t i = 0; i < LE; i++) sum[i] += el->window_loads[(size_t)w * LE + i];
-        sum[LE] += el->window_tokens[w];
+    if (kind == EVENT_REBALANCE) {
+        if (el->rank == 0) history_sum(el, batch, el->drift_batches, sum);
+    } else {
+        for (int w = 0; w < el->window; w++) {
+            for (size_t i = 0; i < LE; i++) sum[i] += el->window_loads[(size_t)w * LE + i];
+            sum[LE] += el->window_tokens[w];
+        }
+        MOE_CHECK_MPI(MPI_Reduce(el->rank == 0 ? MPI_IN_PLACE : sum, sum, (int)LE + 1, MPI_INT64_T,
+                                 MPI_SUM, 0, el->comm),
+                      fail);
     }
-    MOE_CHECK_MPI(MPI_Reduce(el->rank == 0 ? MPI_IN_PLACE : sum, sum, (int)LE + 1, MPI_INT64_T, MPI_SUM,
-                             0, el->comm), fail);
     if (el->rank == 0) {
         solver_t *s = &el->solver;
         MOE_CHECK(moe_stats_create(L, E, c->model.top_k, &s->stats), fail);
@@ -290,14 +341,7 @@ static moe_status_t start_solver(struct moe_elastic_s *el, const moe_plan_h curr
         if (sum[LE] == 0)
             for (size_t i = 0; i < LE; i++) moe_stats_loads(s->stats)[i] = 1;
         moe_stats_set_tokens(s->stats, sum[LE] > 0 ? sum[LE] : E);
-        moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
-        o.ranks = size;
-        o.ranks_per_node = moe_ranks_per_node(c, size);
-        o.solver = MOE_PLACE_SOLVER_INCREMENTAL;
-        o.move_cost = c->rebalance.move_cost;
-        o.expert_bytes = 3.0 * c->model.d_ff * c->model.d_model * sizeof(float);
-        o.tokens_per_rank = c->run.tokens_per_rank;
-        s->options = o;
+        s->options = solver_options(c, size);
         /* the plan's lookup cache is built here, before the thread reads the plan */
         moe_plan_local_experts(current, 0, 0, NULL);
         s->current = current;
@@ -422,6 +466,142 @@ static void event_gaps(struct moe_elastic_s *el, event_t *ev)
     ev->batch_time = n ? (n % 2 ? gaps[n / 2] : 0.5 * (gaps[n / 2 - 1] + gaps[n / 2])) : NAN;
 }
 
+/* ---------------------------------------------------------------- drift (rank 0)
+ *
+ * With rebalance.every > 0 the world's loads of every batch are reduced to rank 0 at the next
+ * boundary (L x E integers), which keeps the last rebalance.window of them. At each boundary where
+ * nothing is in flight and at least rebalance.every batches have passed since the last decision,
+ * rank 0 asks whether the routing has drifted from what the plan in service serves well:
+ *   window   the latest batches that look like the last one: walking back from it, a batch joins
+ *            while its per-layer load distribution is within sampling noise of the last batch's
+ *            (half the L1 distance, mean over layers, at most 2x the distance two samples of one
+ *            distribution of those sizes would show, plus 0.02), up to rebalance.window batches.
+ *            After a change of workload the window is the batches since the change, so the next
+ *            plan serves the new workload, not a blend of old and new;
+ *   gain     the incremental solver is run on that window (milliseconds) with the configured move
+ *            cost, which keeps a move only where it lowers a layer's max/mean by more than
+ *            rebalance.move_cost per new host (the move budget follows the gain); the expected gain
+ *            is the window's mean per-layer max/mean under the plan in service minus under that
+ *            plan;
+ *   trigger  a re-balance starts when the gain exceeds rebalance.move_cost + 0.02 (a batch's own
+ *            noise in max/mean) and the plan moves something; otherwise the plan stays, and a plan
+ *            that serves its workload well is left alone (no periodic churn). */
+
+/* Half the L1 distance between two batches' per-layer load distributions (mean over layers), and
+ * the distance two samples of one distribution of those sizes would show, into *noise. */
+static double load_distance(const int64_t *a, const int64_t *b, int L, int E, double *noise)
+{
+    double d = 0, nz = 0;
+    for (int l = 0; l < L; l++) {
+        double na = 0, nb = 0;
+        for (int e = 0; e < E; e++) na += (double)a[(size_t)l * E + e], nb += (double)b[(size_t)l * E + e];
+        if (na <= 0 || nb <= 0) continue;
+        double dl = 0, zl = 0;
+        for (int e = 0; e < E; e++) {
+            double pa = (double)a[(size_t)l * E + e] / na, pb = (double)b[(size_t)l * E + e] / nb;
+            dl += 0.5 * fabs(pa - pb);
+            /* |pa - pb| of two samples of p: sqrt(2/pi) x sqrt(p (1/na + 1/nb)) on average */
+            zl += 0.5 * sqrt(2 / M_PI) * sqrt(0.5 * (pa + pb) * (1 / na + 1 / nb));
+        }
+        d += dl / L;
+        nz += zl / L;
+    }
+    *noise = nz;
+    return d;
+}
+
+/* Rank 0: the batches before `batch` that look like the last one (at least 1 once there is one). */
+static int drift_window(const struct moe_elastic_s *el, int batch)
+{
+    const int L = el->config->model.layers, E = el->config->model.experts;
+    const size_t LE = (size_t)L * E;
+    int last = (batch - 1) % el->window, n = 0;
+    if (batch < 1 || el->hist_batch[last] != batch - 1) return 0;
+    for (n = 1; n < el->window; n++) {
+        int b = batch - 1 - n, slot = b % el->window;
+        if (b < 0 || el->hist_batch[slot] != b) break;
+        double noise, d = load_distance(el->hist_loads + (size_t)slot * LE,
+                                        el->hist_loads + (size_t)last * LE, L, E, &noise);
+        if (d > 2 * noise + 0.02) break;
+    }
+    return n;
+}
+
+/* Rank 0: whether a re-balance pays: the drift window, and the expected gain of re-planning on it
+ * (into el->drift_batches, el->drift_gain). */
+static moe_status_t drift_check(struct moe_elastic_s *el, int batch, const moe_plan_h plan,
+                                int serving, bool *due)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const moe_config_t *c = el->config;
+    const int L = c->model.layers, E = c->model.experts;
+    const size_t LE = (size_t)L * E;
+    *due = false;
+    el->drift_batches = drift_window(el, batch);
+    el->drift_gain = 0;
+    if (el->drift_batches == 0) return MOE_STATUS_OK;
+    int64_t *sum = calloc(LE + 1, sizeof(int64_t));
+    moe_stats_h stats = NULL;
+    moe_workload_h w = NULL;
+    moe_plan_h next = NULL;
+    moe_place_figures_t now = {0}, then = {0};
+    MOE_CHECK_ALLOC(sum, done);
+    history_sum(el, batch, el->drift_batches, sum);
+    if (sum[LE] == 0) goto done;
+    MOE_CHECK(moe_stats_create(L, E, c->model.top_k, &stats), done);
+    memcpy(moe_stats_loads(stats), sum, sizeof(int64_t) * LE);
+    moe_stats_set_tokens(stats, sum[LE]);
+    MOE_CHECK(moe_workload_from_stats(stats, "drift window", &w), done);
+    moe_place_options_t o = solver_options(c, serving);
+    MOE_CHECK(moe_place_solve(&w, 1, &o, plan, &next, NULL), done);
+    if (moe_plan_new_hosts(plan, next) == 0) goto done;
+    MOE_CHECK(moe_place_model(plan, w, &o, &now), done);
+    MOE_CHECK(moe_place_model(next, w, &o, &then), done);
+    el->drift_gain = now.mean_imbalance - then.mean_imbalance;
+    *due = el->drift_gain > c->rebalance.move_cost + 0.02;
+    if (*due)
+        moe_info("elastic: batch %d: routing drifted: over the last %d batch(es) max/mean %.3f, "
+                 "%.3f after re-planning",
+                 batch, el->drift_batches, now.mean_imbalance, then.mean_imbalance);
+done:
+    moe_place_figures_free(&now);
+    moe_place_figures_free(&then);
+    moe_plan_destroy(next);
+    moe_workload_destroy(w);
+    moe_stats_destroy(stats);
+    free(sum);
+    return status;
+}
+
+/* Every rank: the last batch's loads to rank 0's history (a collective). */
+static moe_status_t history_add(struct moe_elastic_s *el, int batch)
+{
+    const size_t LE = (size_t)el->config->model.layers * el->config->model.experts;
+    int slot = (batch - 1) % el->window;
+    int64_t *mine = malloc(sizeof(int64_t) * (LE + 1));
+    if (!mine) {
+        moe_error("elastic: out of memory for the routing history");
+        return MOE_STATUS_NO_MEMORY;
+    }
+    memcpy(mine, el->window_loads + (size_t)slot * LE, sizeof(int64_t) * LE);
+    mine[LE] = el->window_tokens[slot];
+    int64_t *into = el->rank == 0 ? el->hist_loads + (size_t)slot * LE : NULL;
+    int64_t tokens = 0;
+    int rc = MPI_Reduce(mine, into, (int)LE, MPI_INT64_T, MPI_SUM, 0, el->comm);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Reduce(mine + LE, &tokens, 1, MPI_INT64_T, MPI_SUM, 0, el->comm);
+    free(mine);
+    if (rc != MPI_SUCCESS) {
+        moe_error("elastic: MPI_Reduce of the routing history failed (%d)", rc);
+        return MOE_STATUS_MPI_ERROR;
+    }
+    if (el->rank == 0) {
+        el->hist_tokens[slot] = tokens;
+        el->hist_batch[slot] = batch - 1;
+    }
+    return MOE_STATUS_OK;
+}
+
 /* ---------------------------------------------------------------- the boundary */
 
 static moe_status_t start_event(struct moe_elastic_s *el, event_kind_t kind, int batch,
@@ -440,7 +620,7 @@ static moe_status_t start_event(struct moe_elastic_s *el, event_kind_t kind, int
                     .switch_batch = -1, .decision_t = moe_now() - el->t0, .longest_gap = NAN,
                     .batch_time = NAN};
     el->last_decision_batch = batch;
-    MOE_CHECK(start_solver(el, plan, target), fail);
+    MOE_CHECK(start_solver(el, plan, target, kind, batch), fail);
     el->state = STATE_PLANNING;
     moe_info("elastic: batch %d: %s %d -> %d ranks, planning", batch,
              kind == EVENT_SCALE ? "scale" : "re-balance", serving, target);
@@ -465,9 +645,14 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
     if (el->migration) MOE_CHECK(moe_migration_test(el->migration, &done), fail);
     int64_t ctl[5] = {el->migration ? moe_migration_bytes_pending(el->migration) : 0,
                       done && !busy ? 0 : 1, 0, 0, 0};
+    if (c->rebalance.every > 0 && batch > 0) MOE_CHECK(history_add(el, batch), fail);
     if (el->rank == 0) {
         ctl[2] = schedule_size(el, batch, now);
-        ctl[3] = c->rebalance.every > 0 && batch - el->last_decision_batch >= c->rebalance.every;
+        bool due = false;
+        if (c->rebalance.every > 0 && el->state == STATE_IDLE && ctl[2] == serving &&
+            batch - el->last_decision_batch >= c->rebalance.every)
+            MOE_CHECK(drift_check(el, batch, plan, serving, &due), fail);
+        ctl[3] = due;
         ctl[4] = el->state == STATE_PLANNING && atomic_load(&el->solver.done);
     }
     MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, ctl, 5, MPI_INT64_T, MPI_SUM, el->comm), fail);

@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 build=${1:-build}
 shift || true
 
+# python3-scipy: HiGHS, the independent MILP that tests/placement/exact_vs_milp.py checks
+# `moerun place --exact` against (the test is skipped without it)
 packages=(build-essential pkg-config meson ninja-build openmpi-bin libopenmpi-dev libyaml-dev
-          libhwloc-dev libopenblas-dev libglpk-dev libjansson-dev)
+          libhwloc-dev libopenblas-dev libglpk-dev libjansson-dev python3-numpy python3-scipy)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

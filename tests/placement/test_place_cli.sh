@@ -21,10 +21,23 @@ bad() { # expect a non-zero exit and a message on stderr
 ok "$M" place --trace "$D/intent.topk_ids.npy" --ranks 16 --ranks-per-node 8 --replicas 16 \
     --solver greedy -o "$T/greedy.yaml" --model deepseek-v2-lite
 ok "$M" place --trace "$D/intent.topk_ids.npy@0:2000" --trace "$D/law.topk_ids.npy@0:2000" \
-    --ranks 16 --ranks-per-node 8 --replicas 16 --time-limit 3 -o "$T/ilp.yaml" \
+    --ranks 16 --ranks-per-node 8 --replicas 16 --time-limit 3 -o "$T/ilp.yaml" --solver ilp \
     --score "$D/law.topk_ids.npy@2000:4000" --json
 grep -q '"solver": "ilp"' "$T/out" || { echo "FAILED: no JSON from place"; fails=$((fails + 1)); }
 ok "$M" place --evaluate --plan "$T/ilp.yaml" --trace "$D/law.topk_ids.npy" --json
+# the default solver (hedged), its weights in the JSON; the replay row comes before the model row
+ok "$M" place --trace "$D/intent.topk_ids.npy@0:3000" --ranks 16 --ranks-per-node 8 --replicas 16 \
+    --time-limit 10 -o "$T/hedged.yaml" --no-baselines --json
+grep -q '"solver": "hedged"' "$T/out" && grep -q '"hedge": 0.75, "traffic_weight": 0.25' "$T/out" ||
+    { echo "FAILED: hedged JSON"; fails=$((fails + 1)); }
+ok "$M" place --trace "$D/intent.topk_ids.npy@0:3000" --ranks 16 --ranks-per-node 8 --replicas 16 \
+    --time-limit 10 -o "$T/hedged.yaml" --no-baselines
+grep -A1 ' replay ' "$T/out" | grep -q ' model ' || { echo "FAILED: replay row before model row"; fails=$((fails + 1)); }
+# cross-validation on the halves of one trace: a table, a choice, the plan built with it
+ok "$M" place --trace "$D/law.topk_ids.npy@0:2000" --ranks 8 --ranks-per-node 8 --cross-validate \
+    --time-limit 5 -o "$T/cv.yaml" --no-baselines --json
+grep -q '"cross_validation": {"folds": 2, "chosen": ' "$T/out" ||
+    { echo "FAILED: no cross-validation in the JSON"; fails=$((fails + 1)); }
 grep -q '"max_mean_worst"' "$T/out" || { echo "FAILED: no figures from --evaluate"; fails=$((fails + 1)); }
 ok "$M" place --evaluate --plan "$T/greedy.yaml" --trace "$D/law.topk_ids.npy" --model deepseek-v2-lite
 ok "$M" place --trace "$D/law.topk_ids.npy" --ranks 8 --ranks-per-node 8 --solver ilp --time-limit 2 \
@@ -61,6 +74,14 @@ bad "$M" place --trace "$D/law.topk_ids.npy" --ranks 16 --ranks-per-node 8 --cur
 bad "$M" place --trace "$D/law.topk_ids.npy" --trace "$F/../placement/tiny_plan.yaml" --ranks 16 \
     --ranks-per-node 8 -o "$T/x.yaml"
 bad "$M" place --trace "$D/law.topk_ids.npy" --ranks 16 --ranks-per-node 8 --exact -o "$T/x.yaml"
+bad "$M" place --trace "$D/law.topk_ids.npy" --ranks 8 --ranks-per-node 8 --cross-validate \
+    --solver ilp -o "$T/x.yaml"
+bad "$M" place --trace "$D/law.topk_ids.npy" --ranks 8 --ranks-per-node 8 --residency stay -o "$T/x.yaml"
+bad "$M" place --tokens 1000 --loads-csv "$Q/arc.activation.csv@English" --ranks 8 \
+    --ranks-per-node 8 --cross-validate -o "$T/x.yaml"
+"$M" place --trace "$D/law.topk_ids.npy" --ranks 8 --ranks-per-node 8 --hedge 2 -o "$T/x.yaml" \
+    >/dev/null 2>&1
+[ $? -eq 2 ] || { echo "FAILED: --hedge outside [0, 1] is a usage error"; fails=$((fails + 1)); }
 "$M" place --ranks 16 >/dev/null 2>&1
 [ $? -eq 2 ] || { echo "FAILED: usage errors exit 2"; fails=$((fails + 1)); }
 "$M" place --trace "$D/law.topk_ids.npy" --ranks 8 --ranks-per-node 8 --solver incremental \

@@ -1,4 +1,6 @@
-/* test_place_solve: the exact model against brute-force enumeration on small instances; the ILP
+/* test_place_solve: the exact model against brute-force enumeration (over replica counts and
+ * hosts) on small instances; the hedged plan from one ESFT domain no worse than greedy on the other;
+ * the ILP
  * never worse than its greedy warm start on the modelled objective (every layer) on the real ESFT
  * traces; the baselines' shapes; determinism; --current keeps experts in place. */
 #include <math.h>
@@ -15,23 +17,35 @@
 
 /* ---------------------------------------------------------------- brute force */
 
+#define BF_TPR 16 /* tokens per rank: homes vary over the few tokens */
+
 typedef struct {
-    int L, E, R, G, W, K, T;
+    int L, E, R, G, W, K, T, X;
+    bool hier;
     const int32_t *ids[2]; /* per workload [L][T][K] */
-    double wr, wn;         /* pair weights, from the cost model's definition */
+    int layer;
     int counts[16];
     int item_expert[64];
     int n_items;
-    int layer;
     double best;
     int rank_of[64];
     int used[16];
-    double u[2][16];     /* normalised loads of the layer */
-    double c[2][16][16]; /* co-activation / pairs */
+    double u[2][16]; /* normalised loads of the layer */
+    double pairs[2];
 } bf_t;
 
-/* The cost of one layer with equal shares, straight from the definition in cost.c. */
-static double bf_cost(const bf_t *b)
+/* A copy from home h to rank r, weighted as the cost model says (docs/placement.md). */
+static double bf_weight(const bf_t *b, int h, int r, double phi)
+{
+    if (r == h) return 0;
+    if (r / b->G == h / b->G) return 1;
+    if (b->hier) return r % b->G == h % b->G ? 0 : 1;
+    return phi;
+}
+
+/* The cost of one layer with equal shares, straight from the definition: the worst normalised
+ * rank load, plus copy_cost x the mean over workloads of the expected weighted copies / pairs. */
+static double bf_cost(const bf_t *b, double phi)
 {
     double s[16][16] = {{0}};
     for (int i = 0; i < b->n_items; i++)
@@ -43,41 +57,65 @@ static double bf_cost(const bf_t *b)
             for (int e = 0; e < b->E; e++) load += b->u[w][e] * s[e][r];
             worst = fmax(worst, load);
         }
-        double pr = 0, pn = 0;
-        for (int a = 0; a < b->E; a++)
-            for (int e2 = a + 1; e2 < b->E; e2++) {
-                for (int r = 0; r < b->R; r++) pr += b->c[w][a][e2] * s[a][r] * s[e2][r];
-                for (int n0 = 0; n0 < b->R; n0 += b->G) {
-                    double fa = 0, fb = 0;
-                    for (int r = n0; r < n0 + b->G; r++) fa += s[a][r], fb += s[e2][r];
-                    pn += b->c[w][a][e2] * fa * fb;
-                }
+        double copies = 0;
+        for (int t = 0; t < b->T; t++) {
+            const int32_t *row = b->ids[w] + (b->layer * b->T + t) * b->K;
+            int h = (t / BF_TPR) % b->R;
+            for (int r = 0; r < b->R; r++) {
+                double miss = 1;
+                for (int j = 0; j < b->K; j++) miss *= 1 - s[row[j]][r];
+                copies += bf_weight(b, h, r, phi) * (1 - miss);
             }
-        traffic += b->wr + b->wn - b->wr * pr - b->wn * pn;
+            for (int n = 0; b->hier && n < b->R / b->G; n++) {
+                if (n == h / b->G) continue;
+                double miss = 1;
+                for (int j = 0; j < b->K; j++) {
+                    double f = 0;
+                    for (int r = n * b->G; r < n * b->G + b->G; r++) f += s[row[j]][r];
+                    miss *= 1 - f;
+                }
+                copies += phi * (1 - miss);
+            }
+        }
+        traffic += copies / b->pairs[w];
     }
     return worst + traffic / b->W;
 }
 
-static void bf_search(bf_t *b, int i)
+static void bf_hosts(bf_t *b, int i, double phi)
 {
     if (i == b->n_items) {
-        double c = bf_cost(b);
+        double c = bf_cost(b, phi);
         if (c < b->best) b->best = c;
         return;
     }
     int cap = (b->n_items + b->R - 1) / b->R;
     for (int r = 0; r < b->R; r++) {
         if (b->used[r] >= cap) continue;
-        bool dup = false;
-        for (int j = 0; j < i; j++)
-            dup |= b->rank_of[j] == r && b->item_expert[j] == b->item_expert[i];
-        if (dup) continue;
-        /* replicas of one expert in increasing rank order (they are interchangeable) */
-        if (i > 0 && b->item_expert[i - 1] == b->item_expert[i] && r < b->rank_of[i - 1]) continue;
+        /* replicas of one expert on distinct ranks, in increasing order (interchangeable) */
+        if (i > 0 && b->item_expert[i - 1] == b->item_expert[i] && r <= b->rank_of[i - 1]) continue;
         b->rank_of[i] = r;
         b->used[r]++;
-        bf_search(b, i + 1);
+        bf_hosts(b, i + 1, phi);
         b->used[r]--;
+    }
+}
+
+/* Every count vector (each >= 1 and <= ranks, summing to experts + replicas), every hosting. */
+static void bf_counts(bf_t *b, int e, int left, double phi)
+{
+    if (e == b->E - 1) {
+        if (left < 1 || left > b->R) return;
+        b->counts[e] = left;
+        b->n_items = 0;
+        for (int x = 0; x < b->E; x++)
+            for (int k = 0; k < b->counts[x]; k++) b->item_expert[b->n_items++] = x;
+        bf_hosts(b, 0, phi);
+        return;
+    }
+    for (int c = 1; c <= b->R && c <= left - (b->E - 1 - e); c++) {
+        b->counts[e] = c;
+        bf_counts(b, e + 1, left - c, phi);
     }
 }
 
@@ -101,9 +139,11 @@ static void make_ids(int32_t *ids, int L, int T, int K, int E, uint64_t seed)
             }
 }
 
+/* --exact against brute force over replica counts and hosts (equal shares), copies counted from
+ * the routes. */
 static void exact_vs_brute(int W, bool hierarchical, int replicas)
 {
-    const int L = 2, E = 5, R = 4, G = 2, T = 300, K = 2;
+    const int L = 2, E = 5, R = 4, G = 2, T = 120, K = 2;
     int32_t *ids[2];
     moe_workload_h w[2];
     for (int i = 0; i < W; i++) {
@@ -117,6 +157,7 @@ static void exact_vs_brute(int W, bool hierarchical, int replicas)
     o.replicas = replicas;
     o.solver = MOE_PLACE_SOLVER_EXACT;
     o.hierarchical = hierarchical;
+    o.tokens_per_rank = BF_TPR;
     o.time_limit = 60;
     moe_plan_h plan = NULL;
     moe_place_report_t rep;
@@ -126,41 +167,28 @@ static void exact_vs_brute(int W, bool hierarchical, int replicas)
     double per_layer[2];
     moe_place_objective(plan, w, W, &o, per_layer);
     for (int l = 0; l < L; l++) {
-        bf_t b = {
-            .L = L, .E = E, .R = R, .G = G, .W = W, .K = K, .T = T, .layer = l, .best = INFINITY};
-        /* the cost model's pair weights, from its definition */
-        double inter = o.inter_factor * (1.0 - (double)G / R), intra = (G - 1.0) / R;
-        b.wr = o.copy_cost * (intra + (hierarchical ? 0 : inter));
-        b.wn = o.copy_cost * (hierarchical ? inter : 0);
+        bf_t b = {.L = L, .E = E, .R = R, .G = G, .W = W, .K = K, .T = T, .X = replicas,
+                  .hier = hierarchical, .layer = l, .best = INFINITY};
         for (int i = 0; i < W; i++) {
-            double loads[16] = {0}, pairs = 0;
-            for (int t = 0; t < T; t++) {
-                const int32_t *row = ids[i] + (l * T + t) * K;
-                for (int j = 0; j < K; j++) {
-                    loads[row[j]] += 1;
-                    pairs += 1;
-                    for (int j2 = 0; j2 < K; j2++)
-                        if (j2 != j) b.c[i][row[j]][row[j2]] += 1;
-                }
-            }
-            for (int e = 0; e < E; e++) {
-                b.u[i][e] = loads[e] * R / pairs;
-                for (int e2 = 0; e2 < E; e2++) b.c[i][e][e2] /= pairs;
-            }
+            b.ids[i] = ids[i];
+            double loads[16] = {0};
+            for (int t = 0; t < T; t++)
+                for (int j = 0; j < K; j++) loads[ids[i][(l * T + t) * K + j]] += 1;
+            b.pairs[i] = (double)T * K;
+            for (int e = 0; e < E; e++) b.u[i][e] = loads[e] * R / b.pairs[i];
         }
-        moe_place_replica_counts(w, W, l, replicas, R, b.counts);
-        for (int e = 0; e < E; e++)
-            for (int k = 0; k < b.counts[e]; k++) b.item_expert[b.n_items++] = e;
-        bf_search(&b, 0);
+        bf_counts(&b, 0, E + replicas, o.inter_factor);
         CHECK_NEAR(per_layer[l], b.best, 1e-6); /* shares are floats in a plan */
         /* and the test's formula agrees with the library's on the exact plan */
         int k = 0;
         for (int e = 0; e < E; e++) {
             const int *rk;
             int nr = moe_plan_replicas(plan, l, e, &rk, NULL);
-            for (int i = 0; i < nr; i++) b.rank_of[k++] = rk[i];
+            b.counts[e] = nr;
+            for (int i = 0; i < nr; i++) b.item_expert[k] = e, b.rank_of[k++] = rk[i];
         }
-        CHECK_NEAR(bf_cost(&b), per_layer[l], 1e-6);
+        b.n_items = k;
+        CHECK_NEAR(bf_cost(&b, o.inter_factor), per_layer[l], 1e-6);
     }
     moe_plan_destroy(plan);
     for (int i = 0; i < W; i++) {
@@ -187,6 +215,7 @@ static void ilp_not_worse(moe_workload_h *w, int n, int R, int G, int replicas, 
     o.ranks_per_node = G;
     o.replicas = replicas;
     o.time_limit = seconds;
+    o.solver = MOE_PLACE_SOLVER_ILP;
     moe_plan_h ilp = NULL, greedy = NULL;
     moe_place_report_t rep;
     CHECK_STATUS(moe_place_solve(w, n, &o, NULL, &ilp, &rep), MOE_STATUS_OK);
@@ -223,6 +252,7 @@ static void stay_not_worse(moe_workload_h *w, int n, moe_workload_h scored)
     o.replicas = 16;
     o.time_limit = 4;
     o.stay = true;
+    o.solver = MOE_PLACE_SOLVER_ILP;
     moe_plan_h ilp = NULL, greedy = NULL;
     moe_place_report_t rep;
     CHECK_STATUS(moe_place_solve(w, n, &o, NULL, &ilp, &rep), MOE_STATUS_OK);
@@ -248,6 +278,89 @@ static void stay_not_worse(moe_workload_h *w, int n, moe_workload_h scored)
     moe_plan_h ex = NULL;
     CHECK_STATUS(moe_place_solve(w, n, &o, NULL, &ex, NULL), MOE_STATUS_INVALID_ARGUMENT);
     moe_plan_destroy(ilp);
+    moe_plan_destroy(greedy);
+}
+
+/* Cross-domain: the default (hedged) plan from one domain, replayed on the other, against greedy
+ * (EPLB) from the same source: mean and worst per-layer max/mean no worse; the model agrees with
+ * the replay on the held-out domain within 5%. */
+static void cross_domain(moe_workload_h from, moe_workload_h on, int R, int X)
+{
+    moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
+    o.ranks = R;
+    o.ranks_per_node = 8;
+    o.replicas = X;
+    o.time_limit = 120; /* the search ends well before: the result does not depend on speed */
+    moe_plan_h hedged = NULL, greedy = NULL;
+    moe_place_report_t rep;
+    CHECK_STATUS(moe_place_solve(&from, 1, &o, NULL, &hedged, &rep), MOE_STATUS_OK);
+    o.solver = MOE_PLACE_SOLVER_GREEDY;
+    CHECK_STATUS(moe_place_solve(&from, 1, &o, NULL, &greedy, NULL), MOE_STATUS_OK);
+    if (!hedged || !greedy) return;
+    moe_place_figures_t h, g, m;
+    CHECK_STATUS(moe_place_evaluate(hedged, on, &o, &h), MOE_STATUS_OK);
+    CHECK_STATUS(moe_place_evaluate(greedy, on, &o, &g), MOE_STATUS_OK);
+    CHECK_STATUS(moe_place_model(hedged, on, &o, &m), MOE_STATUS_OK);
+    printf("cross-domain, %d ranks: hedged %.3f (worst %.3f), greedy %.3f (worst %.3f); inter-node "
+           "copies %.0f vs %.0f; model vs replay: max/mean %.3f vs %.3f, inter %.0f vs %.0f "
+           "(%.1f s)\n",
+           R, h.mean_imbalance, h.worst_imbalance, g.mean_imbalance, g.worst_imbalance,
+           h.inter_total, g.inter_total, m.mean_imbalance, h.mean_imbalance, m.inter_total,
+           h.inter_total, rep.solve_seconds);
+    CHECK(h.mean_imbalance <= g.mean_imbalance);
+    CHECK(h.worst_imbalance <= g.worst_imbalance);
+    CHECK(fabs(m.mean_imbalance - h.mean_imbalance) <= 0.05 * h.mean_imbalance);
+    CHECK(fabs(m.inter_total - h.inter_total) <= 0.05 * h.inter_total);
+    CHECK(fabs(m.intra_total - h.intra_total) <= 0.05 * h.intra_total);
+    moe_place_figures_free(&h);
+    moe_place_figures_free(&g);
+    moe_place_figures_free(&m);
+    moe_plan_destroy(hedged);
+    moe_plan_destroy(greedy);
+}
+
+/* Hierarchical dispatch at 4 nodes x 8: the plan moves experts between nodes (its node assignment
+ * differs from greedy's in most layers) and the replayed inter-node copies (one per remote node)
+ * fall below greedy's. */
+static void hierarchical_moves(moe_workload_h w, moe_place_solver_t solver)
+{
+    moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
+    o.ranks = 32;
+    o.ranks_per_node = 8;
+    o.replicas = 32;
+    o.hierarchical = true;
+    o.solver = solver;
+    o.time_limit = solver == MOE_PLACE_SOLVER_ILP ? 8 : 120;
+    moe_plan_h plan = NULL, greedy = NULL;
+    CHECK_STATUS(moe_place_solve(&w, 1, &o, NULL, &plan, NULL), MOE_STATUS_OK);
+    o.solver = MOE_PLACE_SOLVER_GREEDY;
+    CHECK_STATUS(moe_place_solve(&w, 1, &o, NULL, &greedy, NULL), MOE_STATUS_OK);
+    if (!plan || !greedy) return;
+    int L = moe_plan_layers(plan), E = moe_plan_experts(plan), moved_layers = 0;
+    for (int l = 0; l < L; l++) {
+        bool differs = false;
+        for (int e = 0; e < E; e++) {
+            int na[4] = {0}, nb[4] = {0};
+            const int *ra, *rb;
+            int ka = moe_plan_replicas(plan, l, e, &ra, NULL), kb = moe_plan_replicas(greedy, l, e, &rb, NULL);
+            for (int i = 0; i < ka; i++) na[ra[i] / 8]++;
+            for (int i = 0; i < kb; i++) nb[rb[i] / 8]++;
+            differs |= memcmp(na, nb, sizeof(na)) != 0;
+        }
+        moved_layers += differs;
+    }
+    moe_place_figures_t a, b;
+    CHECK_STATUS(moe_place_evaluate(plan, w, &o, &a), MOE_STATUS_OK);
+    CHECK_STATUS(moe_place_evaluate(greedy, w, &o, &b), MOE_STATUS_OK);
+    printf("%s --hierarchical, 4 x 8: node assignment differs from greedy's in %d of %d layers; "
+           "inter-node copies %.0f vs greedy %.0f (%.1f%% fewer)\n",
+           moe_place_solver_name(solver), moved_layers, L, a.inter_hier_total, b.inter_hier_total,
+           100 * (1 - a.inter_hier_total / b.inter_hier_total));
+    CHECK(moved_layers >= L / 2);
+    CHECK(a.inter_hier_total < b.inter_hier_total);
+    moe_place_figures_free(&a);
+    moe_place_figures_free(&b);
+    moe_plan_destroy(plan);
     moe_plan_destroy(greedy);
 }
 
@@ -293,6 +406,7 @@ static void current_plan(moe_workload_h from, moe_workload_h to)
     o.ranks_per_node = 8;
     o.replicas = 16;
     o.time_limit = 4;
+    o.solver = MOE_PLACE_SOLVER_ILP;
     moe_plan_h cur = NULL, cheap = NULL, free_move = NULL;
     CHECK_STATUS(moe_place_solve(&from, 1, &o, NULL, &cur, NULL), MOE_STATUS_OK);
     moe_place_report_t r1, r2;
@@ -326,6 +440,12 @@ int main(void)
         ilp_not_worse(both, 2, 32, 8, 32, 6);
         current_plan(intent, law);
         stay_not_worse(&intent, 1, law);
+        hierarchical_moves(intent, MOE_PLACE_SOLVER_HEDGED);
+        hierarchical_moves(law, MOE_PLACE_SOLVER_ILP);
+        cross_domain(intent, law, 16, 16);
+        cross_domain(law, intent, 16, 16);
+        cross_domain(intent, law, 32, 32);
+        cross_domain(law, intent, 32, 32);
     }
     moe_workload_destroy(intent);
     moe_workload_destroy(law);
