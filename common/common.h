@@ -33,6 +33,7 @@ typedef enum {
     MOE_STATUS_UNSUPPORTED,      /* not built in (e.g. cuda backend without CUDA) */
     MOE_STATUS_INTERNAL,         /* a broken invariant: a bug */
     MOE_STATUS_REMOTE_ERROR,     /* another rank failed; this one stops cleanly */
+    MOE_STATUS_TIMEOUT,          /* a rank stopped answering (comm.h, liveness): end the job */
 } moe_status_t;
 
 const char *moe_status_string(moe_status_t status);

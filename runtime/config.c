@@ -115,6 +115,8 @@ _Static_assert(sizeof(moe_weights_kind_t) == sizeof(int), "enum size");
       "seed of weights, inputs and synthetic routing")                                                 \
     X(INT, "run.warmup_batches", run.warmup_batches, int, NULL, "0", AT_LEAST(0), RANGE_GE,           \
       "first batches left out of tokens/s")                                                            \
+    X(FLOAT, "run.timeout", run.timeout, float, NULL, "300", FLOAT_MIN(0), RANGE_GE,                  \
+      "seconds a rank may go unheard while others wait for it; then the job ends (0 = never)")       \
     X(ENUM, "routing.source", routing.source, moe_routing_source_t, source_words, "router", NOLIM,    \
       RANGE_GE, "where routing comes from: router | trace | synthetic")                                \
     X(PATH, "routing.trace_ids", routing.trace_ids, char *, NULL, "", NOLIM, RANGE_GE,                \

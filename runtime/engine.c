@@ -82,6 +82,9 @@ static moe_status_t serving_connect(moe_engine_h e)
     moe_status_t status = MOE_STATUS_OK;
     const moe_config_t *c = &e->config;
     const bool serves = e->rank < e->serving;
+    /* MPI_Comm_split has no deadline: meet under the watch first, so a rank stopped before it is
+     * found rather than waited for */
+    MOE_CHECK(moe_watch_barrier(e->options.watch, e->comm, -1, NULL, "the serving set's start"), fail);
     MOE_CHECK_MPI(MPI_Comm_split(e->comm, serves ? 0 : MPI_UNDEFINED, e->rank, &e->serve_comm), fail);
     if (!serves) return MOE_STATUS_OK;
 #if MOE_HAVE_CUDA
@@ -91,6 +94,8 @@ static moe_status_t serving_connect(moe_engine_h e)
     }
 #endif
     if (!e->transport) MOE_CHECK(moe_comm_create_mpi(e->serve_comm, &e->transport), fail);
+    MOE_CHECK(moe_comm_set_watch(e->transport, e->options.watch), fail);
+    if (e->meta_transport) MOE_CHECK(moe_comm_set_watch(e->meta_transport, e->options.watch), fail);
     (void)c;
 fail:
     return status;
@@ -196,7 +201,8 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
             MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail,
                      "--reference runs one rank; it has no schedule, re-balancing or timeline");
         moe_elastic_args_t args = {.schedule = e->options.schedule, .timeline = e->options.timeline,
-                                   .events = e->options.events, .plans_dir = e->options.plans_dir};
+                                   .events = e->options.events, .plans_dir = e->options.plans_dir,
+                                   .watch = e->options.watch};
         MOE_CHECK(moe_elastic_create(c, &args, e->comm, &e->elastic), fail);
         e->serving = moe_elastic_initial_size(e->elastic);
     }
@@ -244,7 +250,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     if (c->run.backend == MOE_BACKEND_CUDA) e->backend = &moe_backend_cuda;
 #endif
     MOE_CHECK(serving_build(e), fail);
-    MOE_CHECK(moe_metrics_create(c, e->comm, &e->metrics), fail);
+    MOE_CHECK(moe_metrics_create(c, e->comm, e->options.watch, &e->metrics), fail);
     if (c->outputs.stats[0]) MOE_CHECK(moe_stats_create(L, c->model.experts, k, &e->stats), fail);
 
     if (c->outputs.output[0]) {
@@ -275,15 +281,19 @@ static moe_status_t engine_write_output(moe_engine_h e, int n)
     moe_status_t status = MOE_STATUS_OK;
     const int d = e->config.model.d_model;
     int count = n * d;
-    MOE_CHECK_MPI(MPI_Gather(&count, 1, MPI_INT, e->gather_counts, 1, MPI_INT, 0, e->comm), fail);
+    MPI_Request request;
+    MOE_CHECK_MPI(MPI_Igather(&count, 1, MPI_INT, e->gather_counts, 1, MPI_INT, 0, e->comm, &request),
+                  fail);
+    MOE_CHECK(moe_watch_wait(e->options.watch, -1, NULL, "the output gather", 1, &request), fail);
     int total = 0;
     if (e->rank == 0)
         for (int p = 0; p < e->size; p++) {
             e->gather_displs[p] = total;
             total += e->gather_counts[p];
         }
-    MOE_CHECK_MPI(MPI_Gatherv(e->x, count, MPI_FLOAT, e->gathered, e->gather_counts, e->gather_displs,
-                              MPI_FLOAT, 0, e->comm), fail);
+    MOE_CHECK_MPI(MPI_Igatherv(e->x, count, MPI_FLOAT, e->gathered, e->gather_counts, e->gather_displs,
+                               MPI_FLOAT, 0, e->comm, &request), fail);
+    MOE_CHECK(moe_watch_wait(e->options.watch, -1, NULL, "the output gather", 1, &request), fail);
     if (e->rank == 0) MOE_CHECK(moe_npy_writer_append(&e->output, e->gathered, total / d), fail);
 fail:
     return status;
@@ -399,23 +409,32 @@ fail:
 }
 
 /* Elastic runs: every rank meets the others after the batch. Ranks outside the serving set wait
- * here sleeping between polls, rather than spinning in the next collective for a whole batch on
- * cores the serving ranks may share; the polls also move their incoming experts on. */
-static moe_status_t engine_wait_batch(moe_engine_h e, bool serves)
+ * here for a whole batch, backing off (comm.h) rather than spinning on cores the serving ranks may
+ * share; their polls also move incoming experts on. */
+typedef struct {
+    moe_engine_h e;
+    MPI_Request request;
+} batch_wait_t;
+
+static moe_status_t batch_done(void *arg, bool *done)
+{
+    batch_wait_t *b = arg;
+    int flag = 0;
+    if (MPI_Test(&b->request, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+        moe_error("MPI_Test of the batch's end failed");
+        return MOE_STATUS_MPI_ERROR;
+    }
+    moe_elastic_progress(b->e->elastic);
+    *done = flag != 0;
+    return MOE_STATUS_OK;
+}
+
+static moe_status_t engine_wait_batch(moe_engine_h e)
 {
     moe_status_t status = MOE_STATUS_OK;
-    MPI_Request request;
-    MOE_CHECK_MPI(MPI_Ibarrier(e->comm, &request), fail);
-    if (serves) {
-        MOE_CHECK_MPI(MPI_Wait(&request, MPI_STATUS_IGNORE), fail);
-        return MOE_STATUS_OK;
-    }
-    for (int done = 0;;) {
-        MOE_CHECK_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE), fail);
-        if (done) break;
-        moe_elastic_progress(e->elastic);
-        nanosleep(&(struct timespec){.tv_sec = 0, .tv_nsec = 200000}, NULL);
-    }
+    batch_wait_t b = {.e = e};
+    MOE_CHECK_MPI(MPI_Ibarrier(e->comm, &b.request), fail);
+    status = moe_watch_until(e->options.watch, -1, NULL, "the batch's end", batch_done, &b);
 fail:
     return status;
 }
@@ -435,6 +454,7 @@ moe_status_t moe_engine_run(moe_engine_h e)
     const bool progress = c->outputs.progress && e->rank == 0 && isatty(STDOUT_FILENO);
     double t_start = moe_now();
     for (int b = 0; engine_more(e, b); b++) {
+        moe_watch_step(e->options.watch, e->elastic ? moe_elastic_phase(e->elastic) : "serve", b, -1);
         if (e->elastic) {
             moe_elastic_switch_t sw;
             bool busy = e->next.weights && !atomic_load(&e->next.done);
@@ -442,6 +462,7 @@ moe_status_t moe_engine_run(moe_engine_h e)
                       fail);
             if (sw.prepare_now) MOE_CHECK(engine_prepare(e, &sw), fail);
             if (sw.switch_now) MOE_CHECK(engine_switch(e), fail);
+            moe_watch_step(e->options.watch, moe_elastic_phase(e->elastic), b, -1);
         }
         const int64_t per_batch = (int64_t)tpr * e->serving;
         const int64_t g_batch = e->g_next;
@@ -455,13 +476,16 @@ moe_status_t moe_engine_run(moe_engine_h e)
 
         /* batches start together, so that times compare; ranks outside the serving set (busy with
          * incoming experts, maybe) are not waited for */
-        if (serves) MOE_CHECK_MPI(MPI_Barrier(e->serve_comm), fail);
+        if (serves)
+            MOE_CHECK(moe_watch_barrier(e->options.watch, e->serve_comm, e->serving, NULL,
+                                        "the batch's start"), fail);
         double t0 = moe_now();
         if (e->options.reference) {
             MOE_CHECK(moe_reference_forward(c, e->weights, &e->sources, g0, n, e->x, e->ids), fail);
         } else if (serves) {
             MOE_CHECK(e->backend->load(e->backend_state, e->x, n), fail);
             for (int l = 0; l < L; l++) {
+                moe_watch_step(e->options.watch, e->elastic ? moe_elastic_phase(e->elastic) : "serve", b, l);
                 MOE_CHECK(moe_scheduler_layer(e->sched, l, g0, n,
                                               l > 0 ? e->ids + (size_t)(l - 1) * n * k : NULL,
                                               e->ids + (size_t)l * n * k, e->weights_buf,
@@ -469,9 +493,10 @@ moe_status_t moe_engine_run(moe_engine_h e)
                 moe_elastic_progress(e->elastic); /* expert transfers move on */
             }
             MOE_CHECK(e->backend->store(e->backend_state, e->x, n), fail);
+            moe_watch_step(e->options.watch, e->elastic ? moe_elastic_phase(e->elastic) : "serve", b, -1);
         }
         double batch_time = moe_now() - t0;
-        if (e->elastic) MOE_CHECK(engine_wait_batch(e, serves), fail);
+        if (e->elastic) MOE_CHECK(engine_wait_batch(e), fail);
         e->g_next += batch_tokens;
 
         if (e->stats) moe_stats_add(e->stats, e->ids, n);
@@ -511,12 +536,17 @@ static moe_status_t engine_reduce_stats(moe_engine_h e)
         for (size_t off = 0; off < parts[i].n; off += 1 << 28) { /* stay within int counts */
             int n = (int)(parts[i].n - off < (1u << 28) ? parts[i].n - off : (1u << 28));
             void *buf = parts[i].data + off;
-            MOE_CHECK_MPI(MPI_Reduce(e->rank == 0 ? MPI_IN_PLACE : buf, buf, n, MPI_INT64_T, MPI_SUM, 0,
-                                     e->comm), fail);
+            MPI_Request request;
+            MOE_CHECK_MPI(MPI_Ireduce(e->rank == 0 ? MPI_IN_PLACE : buf, buf, n, MPI_INT64_T, MPI_SUM, 0,
+                                      e->comm, &request), fail);
+            MOE_CHECK(moe_watch_wait(e->options.watch, -1, NULL, "the statistics reduction", 1, &request),
+                      fail);
         }
     }
     int64_t tokens = moe_stats_tokens(s), sum = 0;
-    MOE_CHECK_MPI(MPI_Reduce(&tokens, &sum, 1, MPI_INT64_T, MPI_SUM, 0, e->comm), fail);
+    MPI_Request request;
+    MOE_CHECK_MPI(MPI_Ireduce(&tokens, &sum, 1, MPI_INT64_T, MPI_SUM, 0, e->comm, &request), fail);
+    MOE_CHECK(moe_watch_wait(e->options.watch, -1, NULL, "the statistics reduction", 1, &request), fail);
     if (e->rank == 0) moe_stats_set_tokens(s, sum);
 fail:
     return status;
@@ -528,9 +558,12 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
     const moe_config_t *c = &e->config;
     if (c->weights.kind == MOE_WEIGHTS_CHECKPOINT) { /* checkpoint bytes each rank read, to rank 0 */
         int64_t mine[2] = {e->weights->read_bytes, e->weights->read_expert_bytes};
-        MOE_CHECK_MPI(MPI_Gather(mine, 2, MPI_INT64_T, moe_metrics_read_bytes(e->metrics), 2, MPI_INT64_T,
-                                 0, e->comm), fail);
+        MPI_Request request;
+        MOE_CHECK_MPI(MPI_Igather(mine, 2, MPI_INT64_T, moe_metrics_read_bytes(e->metrics), 2, MPI_INT64_T,
+                                  0, e->comm, &request), fail);
+        MOE_CHECK(moe_watch_wait(e->options.watch, -1, NULL, "the checkpoint figures", 1, &request), fail);
     }
+    moe_watch_step(e->options.watch, "finalize", -1, -1);
     if (e->elastic) MOE_CHECK(moe_elastic_finish(e->elastic), fail);
     if (e->stats) {
         MOE_CHECK(engine_reduce_stats(e), fail);

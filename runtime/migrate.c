@@ -190,12 +190,11 @@ fail:
     return status;
 }
 
-moe_status_t moe_migration_wait(moe_migration_h m)
+static moe_status_t migration_done(void *arg, bool *done) { return moe_migration_test(arg, done); }
+
+moe_status_t moe_migration_wait(moe_migration_h m, moe_watch_h watch)
 {
-    moe_status_t status = MOE_STATUS_OK;
-    for (bool done = false; !done;) MOE_CHECK(moe_migration_test(m, &done), fail);
-fail:
-    return status;
+    return moe_watch_until(watch, -1, NULL, "the expert transfers", migration_done, m);
 }
 
 int64_t moe_migration_bytes_pending(const moe_migration_h m)

@@ -167,7 +167,8 @@ typedef struct {
 
 typedef struct moe_metrics_s *moe_metrics_h;
 
-moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_metrics_h *out);
+moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_watch_h watch,
+                                moe_metrics_h *out);
 void moe_metrics_destroy(moe_metrics_h metrics);
 moe_layer_metrics_t *moe_metrics_layer(moe_metrics_h metrics, int layer);
 /* Collective: reduce this batch's layer metrics to rank 0, write its JSON lines, accumulate. The
@@ -235,7 +236,7 @@ moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h ol
                                  moe_migration_h *out);
 /* Progress; *done once this rank's sends and receives have completed. */
 moe_status_t moe_migration_test(moe_migration_h migration, bool *done);
-moe_status_t moe_migration_wait(moe_migration_h migration);
+moe_status_t moe_migration_wait(moe_migration_h migration, moe_watch_h watch);
 int64_t moe_migration_bytes_pending(const moe_migration_h migration); /* receives not yet arrived */
 int64_t moe_migration_bytes_in(const moe_migration_h migration);      /* all this rank receives */
 double moe_migration_seconds(const moe_migration_h migration);        /* from start to done */
@@ -248,6 +249,7 @@ typedef struct moe_elastic_s *moe_elastic_h;
 typedef struct {
     const char *schedule;  /* NULL: the world serves throughout (re-balancing only) */
     const char *timeline, *events, *plans_dir; /* outputs, NULL or "" for none */
+    moe_watch_h watch;     /* its waits' deadline (comm.h); borrowed, may be NULL */
 } moe_elastic_args_t;
 
 /* Checks the schedule against the world size (the same answer on every rank) and makes the plans
@@ -274,6 +276,9 @@ moe_status_t moe_elastic_boundary(moe_elastic_h elastic, int batch, const moe_pl
                                   moe_elastic_switch_t *sw);
 /* The engine has switched, in `seconds`. */
 void moe_elastic_switched(moe_elastic_h elastic, double seconds);
+/* What the serving set is doing in this batch: serve, plan, move, prepare or switch (the
+ * timeline's phase column). */
+const char *moe_elastic_phase(const moe_elastic_h elastic);
 /* Between layers: lets transfers progress. NULL-safe. */
 void moe_elastic_progress(moe_elastic_h elastic);
 /* After each batch: this rank's routing ids [L][n][k] for the statistics window; rank 0 also

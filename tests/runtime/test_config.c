@@ -158,7 +158,7 @@ static void test_settings_table(void)
         CHECK_STATUS(moe_config_set(c, assignment), MOE_STATUS_OK);
         CHECK_EQ_INT(c->line[n], -1);
     }
-    CHECK_EQ_INT(n, 43); /* every field of moe_config_t but source_path and line */
+    CHECK_EQ_INT(n, 44); /* every field of moe_config_t but source_path and line */
     CHECK(n <= MOE_CONFIG_SETTINGS_MAX);
     CHECK(same_settings(c, d));
     free(c);
