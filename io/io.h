@@ -3,8 +3,10 @@
  * - .npy (NumPy format 1.0/2.0/3.0, C order, little-endian): traces, inputs, outputs;
  * - safetensors (an 8-byte header length, a JSON header parsed with jansson, raw tensors): statistics
  *   and checkpoints; files are memory-mapped and every offset in the header is checked against the file;
- * - atomic files: written to PATH.tmp.<pid> and renamed over PATH on commit, so a crash or an error
- *   never leaves a half-written file under the real name.
+ * - atomic files: written to a temporary beside PATH (random name, created exclusively: a planted
+ *   symlink cannot redirect it) and renamed over PATH on commit, so a crash or an error never leaves
+ *   a half-written file under the real name; temporaries are removed on every error path and on
+ *   SIGINT, SIGTERM and SIGHUP.
  * Every error names the file (and the tensor or header field) and returns a status; nothing exits. */
 #ifndef MOE_IO_H
 #define MOE_IO_H
@@ -69,11 +71,16 @@ typedef struct {
     char tmp_path[4200];
 } moe_atomic_file_t;
 
+/* A path that is a directory, or whose folder is missing, is an error naming it. */
 moe_status_t moe_atomic_file_open(const char *path, moe_atomic_file_t *out);
+/* Whether path can be written: open and abort, for outputs written only at the end of a run. */
+moe_status_t moe_atomic_file_check(const char *path);
 /* Flush, fsync, close and rename onto the real path. On failure the temporary is removed. */
 moe_status_t moe_atomic_file_commit(moe_atomic_file_t *file);
 /* Close and remove the temporary; the real path is untouched. Safe to call after commit. */
 void moe_atomic_file_abort(moe_atomic_file_t *file);
+/* Remove every temporary still open (before MPI_Abort or exit on an error; async-signal-safe). */
+void moe_atomic_file_remove_all(void);
 
 /* ---------------------------------------------------------------- npy */
 

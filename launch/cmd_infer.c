@@ -14,6 +14,7 @@
 #include "launch/commands.h"
 #include "launch/launcher.h"
 #include "comm/comm.h"
+#include "io/io.h"
 #include "runtime/runtime.h"
 
 static void infer_usage(FILE *out, bool elastic)
@@ -104,6 +105,7 @@ static int any_failed(moe_watch_h watch, int failed)
 /* The job cannot end cleanly (a rank failed alone, or stopped answering): end every rank. */
 static void abort_job(int size)
 {
+    moe_atomic_file_remove_all(); /* MPI_Abort ends this process too: no temporary left behind */
     fflush(stderr);
     if (size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
 }

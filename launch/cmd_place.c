@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/io.h"
 #include "launch/commands.h"
 #include "placement/placement.h"
 
@@ -440,6 +441,7 @@ int moe_cmd_place(int argc, char **argv)
     moe_workload_h src[MAX_SOURCES] = {0}, scored[MAX_SOURCES] = {0};
     moe_plan_h plan = NULL, current = NULL;
     char *extra = NULL;
+    if (moe_atomic_file_check(output) != MOE_STATUS_OK) goto done; /* before the solve, not after */
     for (int i = 0; i < n_src; i++) {
         moe_status_t s;
         if (!strcmp(kinds[i], "--stats"))

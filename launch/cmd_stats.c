@@ -51,6 +51,7 @@ int moe_cmd_stats(int argc, char **argv)
     int32_t *ids = NULL;
     moe_stats_h stats = NULL;
     int rc = 1;
+    if (moe_atomic_file_check(output) != MOE_STATUS_OK) goto done; /* before the work, not after */
     if (moe_npy_read(trace, &a) != MOE_STATUS_OK) goto done;
     if (a.ndim != 3 || !moe_dtype_is_integer(a.dtype) || a.shape[0] < 1 || a.shape[2] < 1) {
         fprintf(stderr, "moerun stats: %s: expected integer ids [layers, tokens, top_k]\n", trace);

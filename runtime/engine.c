@@ -266,6 +266,11 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
             e->output_open = true;
         }
     }
+    /* Outputs written only at the end: a typo in their folder fails now, not after the run. Rank 0
+     * alone, after the last collective of create (the launcher agrees on the verdict). */
+    const char *late[] = {c->outputs.stats, o->timeline, o->events};
+    for (int i = 0; i < 3 && e->rank == 0; i++)
+        if (late[i] && late[i][0]) MOE_CHECK(moe_atomic_file_check(late[i]), fail);
     moe_info("rank %d: %zu bytes of weights, %lld tokens in %d batches, %d of %d ranks serving",
              e->rank, e->weights->bytes, (long long)e->total_tokens, e->batches, e->serving, e->size);
     *out = e;
@@ -564,6 +569,10 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
         MOE_CHECK(moe_watch_wait(e->options.watch, -1, NULL, "the checkpoint figures", 1, &request), fail);
     }
     moe_watch_step(e->options.watch, "finalize", -1, -1);
+    if (e->output_open) { /* first: a failure below must not cost the run's output */
+        e->output_open = false;
+        MOE_CHECK(moe_npy_writer_commit(&e->output), fail);
+    }
     if (e->elastic) MOE_CHECK(moe_elastic_finish(e->elastic), fail);
     if (e->stats) {
         MOE_CHECK(engine_reduce_stats(e), fail);
@@ -571,10 +580,6 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
     }
     if (e->rank == 0) {
         MOE_CHECK(moe_metrics_commit(e->metrics), fail);
-        if (e->output_open) {
-            e->output_open = false;
-            MOE_CHECK(moe_npy_writer_commit(&e->output), fail);
-        }
         moe_metrics_print_summary(e->metrics, stdout);
         if (e->elastic) moe_elastic_print(e->elastic, stdout);
         fflush(stdout);

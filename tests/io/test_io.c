@@ -611,6 +611,27 @@ static void test_atomic(void)
     CHECK_EQ_INT(count_temporaries(), 0);
 
     CHECK_STATUS(moe_atomic_file_open(tmp_path("no_such_dir/x"), &f), MOE_STATUS_IO_ERROR);
+    CHECK_STATUS(moe_atomic_file_check(tmp_path("no_such_dir/x")), MOE_STATUS_IO_ERROR);
+    CHECK_STATUS(moe_atomic_file_open(tmp_path(""), &f), MOE_STATUS_IO_ERROR); /* the folder itself */
+    CHECK_STATUS(moe_atomic_file_check(path), MOE_STATUS_OK);
+    CHECK_EQ_INT(count_temporaries(), 0);
+
+    /* the temporary's name is not the pid's, and it gets a plain file's mode (0666 less umask) */
+    char pid_name[4200];
+    snprintf(pid_name, sizeof pid_name, "%s.tmp.%ld", path, (long)getpid());
+    mode_t mask = umask(022);
+    CHECK_STATUS(moe_atomic_file_open(path, &f), MOE_STATUS_OK);
+    CHECK(strcmp(f.tmp_path, pid_name) != 0);
+    struct stat st;
+    CHECK(stat(f.tmp_path, &st) == 0 && (st.st_mode & 0777) == 0644);
+    umask(mask);
+    /* remove_all (the abort and signal path) removes what is open */
+    char open_tmp[4200];
+    snprintf(open_tmp, sizeof open_tmp, "%s", f.tmp_path);
+    moe_atomic_file_remove_all();
+    CHECK(!file_exists(open_tmp));
+    moe_atomic_file_abort(&f);
+    CHECK_EQ_INT(count_temporaries(), 0);
 }
 
 /* ---------------------------------------------------------------- safetensors */

@@ -3,7 +3,8 @@
 #   1. `infer` at 4 ranks, rank 2 stopped in the middle of the batches;
 #   2. `elastic` at 4 ranks, rank 3 stopped during a scale event 2 -> 4 (after its decision).
 # Each time the job must exit non-zero within run.timeout + 10 s of the stop, with a message naming
-# the stopped rank and the step, and the other ranks must use little CPU while they wait.
+# the stopped rank and the step, and the other ranks must use little CPU while they wait; the
+# aborted job leaves no temporary output behind.
 #   3. a long, unbalanced batch is not a hang: ranks wait longer than run.timeout for a busy one
 #      in every layer, and the run still ends well.
 # Runs about 30 s.
@@ -93,7 +94,10 @@ case_run() {
 }
 
 tiny="$src/configs/tiny.yaml"
-STOP_DELAY=1 case_run infer-sigstop 2 "rank 3: .* bytes of weights" infer -c "$tiny" --set run.batches=1000000
+STOP_DELAY=1 case_run infer-sigstop 2 "rank 3: .* bytes of weights" infer -c "$tiny" --set run.batches=1000000 \
+    --output "$dir/out.npy"
+left=$(find "$dir" -name 'out.npy*')
+[ -z "$left" ] || fail "infer-sigstop: the aborted job left $left"
 grep -qE "rank 2 has not answered .* while this rank was waiting in .*batch [0-9]+" "$dir/msg" ||
     fail "infer-sigstop: the message does not name the batch"
 
