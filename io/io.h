@@ -3,6 +3,7 @@
  * - .npy (NumPy format 1.0/2.0/3.0, C order, little-endian): traces, inputs, outputs;
  * - safetensors (an 8-byte header length, a JSON header parsed with jansson, raw tensors): statistics
  *   and checkpoints; files are memory-mapped and every offset in the header is checked against the file;
+ * - YAML documents loaded within bounds on size, depth and alias expansion, keys unique;
  * - atomic files: written to a temporary beside PATH (random name, created exclusively: a planted
  *   symlink cannot redirect it) and renamed over PATH on commit, so a crash or an error never leaves
  *   a half-written file under the real name; temporaries are removed on every error path and on
@@ -110,6 +111,25 @@ moe_status_t moe_npy_writer_open(const char *path, moe_dtype_t dtype, int ndim, 
 moe_status_t moe_npy_writer_append(moe_npy_writer_t *writer, const void *rows, int64_t n_rows);
 moe_status_t moe_npy_writer_commit(moe_npy_writer_t *writer);
 void moe_npy_writer_abort(moe_npy_writer_t *writer);
+
+/* ---------------------------------------------------------------- YAML (yaml.c) */
+
+struct yaml_document_s; /* libyaml's yaml_document_t */
+
+typedef struct {
+    size_t max_bytes; /* the file's size */
+    int max_depth;    /* nesting of sequences and mappings */
+    bool unique_keys; /* a mapping that repeats a key is an error (else the caller checks) */
+} moe_yaml_limits_t;
+#define MOE_YAML_LIMITS_INIT {.max_bytes = 1u << 20, .max_depth = 32, .unique_keys = true}
+
+/* Load the one document of a YAML file within limits: its size, its depth, and aliases, which may
+ * make the document stand for at most twice the nodes it writes (a reader walking it visits each
+ * alias's whole subtree). A directory, a second document, a syntax error or a repeated key are errors
+ * naming file:line. An empty file gives a document without a root. Delete it with
+ * yaml_document_delete. */
+moe_status_t moe_yaml_load(const char *path, const moe_yaml_limits_t *limits,
+                           struct yaml_document_s *out);
 
 /* ---------------------------------------------------------------- safetensors */
 

@@ -241,9 +241,9 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     e->x = moe_calloc((size_t)tpr * d, sizeof(float));
     e->ids = moe_calloc((size_t)L * tpr * k, sizeof(int32_t));
     e->weights_buf = moe_calloc((size_t)tpr * k, sizeof(float));
-    MOE_CHECK_ALLOC(e->x, fail);
-    MOE_CHECK_ALLOC(e->ids, fail);
-    MOE_CHECK_ALLOC(e->weights_buf, fail);
+    if (!e->x || !e->ids || !e->weights_buf)
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "out of memory for a batch: run.tokens_per_rank (%d) x "
+                 "model.d_model (%d), and x model.layers (%d) x model.top_k (%d)", tpr, d, L, k);
 
     e->backend = &moe_backend_cpu;
 #if MOE_HAVE_CUDA
@@ -258,9 +258,9 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
             e->gathered = moe_calloc((size_t)e->size * tpr * d, sizeof(float));
             e->gather_counts = calloc((size_t)e->size, sizeof(int));
             e->gather_displs = calloc((size_t)e->size, sizeof(int));
-            MOE_CHECK_ALLOC(e->gathered, fail);
-            MOE_CHECK_ALLOC(e->gather_counts, fail);
-            MOE_CHECK_ALLOC(e->gather_displs, fail);
+            if (!e->gathered || !e->gather_counts || !e->gather_displs)
+                MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "outputs.output: out of memory to gather %d ranks x "
+                         "run.tokens_per_rank (%d) x model.d_model (%d) floats on rank 0", e->size, tpr, d);
             int64_t shape[2] = {e->total_tokens, d}; /* -1: declared at commit */
             MOE_CHECK(moe_npy_writer_open(c->outputs.output, MOE_DTYPE_F32, 2, shape, &e->output), fail);
             e->output_open = true;

@@ -8,6 +8,7 @@
 #include "tests/check.h"
 
 #include <dirent.h>
+#include <yaml.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -855,6 +856,53 @@ static void test_safetensors_corrupt(void)
                            16);
 }
 
+/* ---------------------------------------------------------------- YAML */
+
+static moe_status_t yaml_text(const char *name, const char *text, const moe_yaml_limits_t *lim,
+                              int *nodes)
+{
+    const char *path = tmp_path(name);
+    write_bytes(path, text, strlen(text));
+    yaml_document_t doc;
+    moe_status_t s = moe_yaml_load(path, lim, &doc);
+    if (s == MOE_STATUS_OK) {
+        *nodes = (int)(doc.nodes.top - doc.nodes.start);
+        yaml_document_delete(&doc);
+    }
+    return s;
+}
+
+static void test_yaml(void)
+{
+    moe_yaml_limits_t lim = MOE_YAML_LIMITS_INIT;
+    int nodes = -1;
+    CHECK_STATUS(yaml_text("ok.yaml", "a: 1\nb: [1, 2, {c: 3}]\n", &lim, &nodes), MOE_STATUS_OK);
+    CHECK_EQ_INT(nodes, 10); /* the root, 3 keys, 3 scalars, the list and its mapping */
+    CHECK_STATUS(yaml_text("empty.yaml", "", &lim, &nodes), MOE_STATUS_OK);
+    CHECK_EQ_INT(nodes, 0);
+    /* an alias or two is fine; what they stand for is bounded */
+    CHECK_STATUS(yaml_text("alias.yaml", "a: &x [1, 2]\nb: *x\nc: *x\n", &lim, &nodes), MOE_STATUS_OK);
+    CHECK_STATUS(yaml_text("laughs.yaml",
+                           "a: &a [1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+                           "c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c]\n",
+                           &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    CHECK_STATUS(yaml_text("dup.yaml", "a: 1\nb: 2\na: 3\n", &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    CHECK_STATUS(yaml_text("dup_inner.yaml", "a: {x: 1, y: 2, x: 3}\n", &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    moe_yaml_limits_t lax = lim;
+    lax.unique_keys = false;
+    CHECK_STATUS(yaml_text("dup2.yaml", "a: 1\na: 3\n", &lax, &nodes), MOE_STATUS_OK);
+    CHECK_STATUS(yaml_text("two.yaml", "a: 1\n---\nb: 2\n", &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    CHECK_STATUS(yaml_text("syntax.yaml", "a: [1, 2\n", &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    lim.max_depth = 3;
+    CHECK_STATUS(yaml_text("depth3.yaml", "a: [[1]]\n", &lim, &nodes), MOE_STATUS_OK);
+    CHECK_STATUS(yaml_text("depth4.yaml", "a: [[[1]]]\n", &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    lim.max_bytes = 8;
+    CHECK_STATUS(yaml_text("big.yaml", "a: 123456789\n", &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    yaml_document_t doc;
+    CHECK_STATUS(moe_yaml_load(tmp_path("absent.yaml"), &lim, &doc), MOE_STATUS_IO_ERROR);
+    CHECK_STATUS(moe_yaml_load(tmp_dir, &lim, &doc), MOE_STATUS_IO_ERROR); /* a directory */
+}
+
 int main(void)
 {
     snprintf(tmp_dir, sizeof tmp_dir, "/tmp/moe_test_io_XXXXXX");
@@ -864,6 +912,7 @@ int main(void)
     }
     /* The error paths log by design; keep them visible (meson shows them with -v). */
     test_dtypes();
+    test_yaml();
     test_f16();
     test_bf16();
     test_array_convert();

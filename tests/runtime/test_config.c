@@ -384,7 +384,7 @@ static void test_good_snippets(void)
     moe_status_t s = moe_config_load("test_config_two_docs.yaml", c);
     const char *text = capture_end();
     CHECK_STATUS(s, MOE_STATUS_INVALID_ARGUMENT);
-    CHECK_HAS(text, "test_config_two_docs.yaml:4: a second YAML document");
+    CHECK_HAS(text, "test_config_two_docs.yaml:3: a second YAML document"); /* the "---" */
     remove("test_config_two_docs.yaml");
     free(c);
     free(def);
