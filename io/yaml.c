@@ -193,6 +193,7 @@ static moe_status_t check_keys(const char *path, yaml_document_t *doc)
             if (key && key->type == YAML_SCALAR_NODE)
                 keys[k++] = (key_t_){(const char *)key->data.scalar.value, (int)key->start_mark.line + 1};
         }
+        if (k < 2) continue; /* nothing to repeat (and keys may be NULL: an empty mapping) */
         qsort(keys, k, sizeof *keys, cmp_key);
         for (size_t i = 1; i < k; i++)
             if (strcmp(keys[i].key, keys[i - 1].key) == 0)

@@ -513,7 +513,8 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
             break;
         }
         MOE_CHECK(moe_migration_start(c, plan, weights, el->new_plan, el->rank,
-                                      c->rebalance.transfer_window, el->comm, &el->new_weights,
+                                      c->rebalance.transfer_window, el->comm, el->args.watch,
+                                      &el->new_weights,
                                       &el->migration),
                   fail);
         el->state = STATE_MOVING;

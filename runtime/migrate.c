@@ -83,7 +83,8 @@ fail:
 
 moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h old_plan,
                                  const moe_weights_t *from, const moe_plan_h new_plan, int rank,
-                                 int window, MPI_Comm comm, moe_weights_t *to, moe_migration_h *out)
+                                 int window, MPI_Comm comm, moe_watch_h watch, moe_weights_t *to,
+                                 moe_migration_h *out)
 {
     moe_status_t status = MOE_STATUS_OK;
     const int L = config->model.layers, E = config->model.experts;
@@ -101,7 +102,9 @@ moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h ol
     m->expert_floats[1] = n_down;
     m->expert_bytes = (int64_t)(sizeof(float) * (n_gate_up + n_down));
     m->window = window > 0 ? window : 1;
-    MOE_CHECK_MPI(MPI_Comm_dup(comm, &m->comm), fail);
+    MPI_Request dup;
+    MOE_CHECK_MPI(MPI_Comm_idup(comm, &m->comm, &dup), fail);
+    MOE_CHECK(moe_watch_wait(watch, -1, NULL, "the migration's start", 1, &dup), fail);
     MOE_CHECK(moe_weights_layout(config, new_plan, rank, from, to), fail);
     to->read_bytes = from->read_bytes;
     to->read_expert_bytes = from->read_expert_bytes;
@@ -166,6 +169,7 @@ fail:
     /* A failure after requests were posted ends the job (the caller aborts): nothing is freed under
      * a request in flight before that. */
     free(given);
+    if (status == MOE_STATUS_TIMEOUT) return status; /* the job ends; the duplicate may be in flight */
     if (m && m->n_sends == 0 && m->posted == 0) {
         moe_weights_destroy(to);
         moe_migration_destroy(m);

@@ -232,7 +232,7 @@ typedef struct moe_migration_s *moe_migration_h;
  * flight. `from` stays alive until every rank is done. */
 moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h old_plan,
                                  const moe_weights_t *from, const moe_plan_h new_plan, int rank,
-                                 int window, MPI_Comm comm, moe_weights_t *to,
+                                 int window, MPI_Comm comm, moe_watch_h watch, moe_weights_t *to,
                                  moe_migration_h *out);
 /* Progress; *done once this rank's sends and receives have completed. */
 moe_status_t moe_migration_test(moe_migration_h migration, bool *done);

@@ -880,6 +880,8 @@ static void test_yaml(void)
     CHECK_EQ_INT(nodes, 10); /* the root, 3 keys, 3 scalars, the list and its mapping */
     CHECK_STATUS(yaml_text("empty.yaml", "", &lim, &nodes), MOE_STATUS_OK);
     CHECK_EQ_INT(nodes, 0);
+    CHECK_STATUS(yaml_text("empty_map.yaml", "{ }", &lim, &nodes), MOE_STATUS_OK); /* found by fuzz_plan */
+    CHECK_EQ_INT(nodes, 1);
     /* an alias or two is fine; what they stand for is bounded */
     CHECK_STATUS(yaml_text("alias.yaml", "a: &x [1, 2]\nb: *x\nc: *x\n", &lim, &nodes), MOE_STATUS_OK);
     CHECK_STATUS(yaml_text("laughs.yaml",
