@@ -1,18 +1,21 @@
 /* io/atomic_file.c: crash-safe writing (see io.h).
  *
- * A file is written to a temporary PATH.tmp.XXXXXX beside PATH and only renamed onto PATH after its
- * data reached the disk (fflush, fsync, fclose), so PATH holds either the old contents or the
- * complete new ones. rename() is atomic within one file system, which the temporary shares with PATH
- * by living beside it. The temporary is made by mkostemp: a random name created with O_EXCL, which
- * never follows a symlink, so nobody can redirect the write by planting links in the folder; it then
- * gets the mode a plain open would have given (0666 less the umask). rename() replaces PATH itself,
- * even when PATH is a symlink, never what it points to.
+ * A file is written where nobody sees it and only put in place, by rename(), after its data reached
+ * the disk (fflush, fsync), so PATH holds either the old contents or the complete new ones. rename()
+ * is atomic within one file system, which the temporary shares with PATH by living in its folder.
  *
- * Temporaries that are open are listed in a small table (the only global state of io/, because a
- * signal handler cannot be given arguments): SIGINT, SIGTERM and SIGHUP remove them before the
- * process dies of the signal, and moe_atomic_file_remove_all() does the same on an abort path. After
- * commit or abort the struct is inert (fp NULL, no temporary), so abort is safe to call on any path
- * out of a writer. */
+ * Where the file system has them (ext4, xfs, btrfs, tmpfs), the temporary is an unnamed file made
+ * with O_TMPFILE: a process that dies, even of SIGKILL, leaves nothing behind, and at commit it gets
+ * a random name with linkat() (which fails rather than follow anything planted there) just before
+ * the rename. Elsewhere it is PATH.tmp.XXXXXX made by mkostemp, O_EXCL: a random name that never
+ * follows a symlink, removed on every error path and on SIGINT, SIGTERM and SIGHUP. Either way it
+ * gets the mode a plain open would have given (0666 less the umask), and rename() replaces PATH
+ * itself, even when PATH is a symlink, never what it points to.
+ *
+ * Named temporaries are listed in a small table (the only global state of io/, because a signal
+ * handler cannot be given arguments) so that the handler and moe_atomic_file_remove_all() find
+ * them. After commit or abort the struct is inert (fp NULL, no temporary), so abort is safe to call
+ * on any path out of a writer. */
 #include "io/io.h"
 
 #include <errno.h>
@@ -22,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -108,6 +112,20 @@ static moe_status_t check_target(const char *path)
     return MOE_STATUS_OK;
 }
 
+/* An unnamed file in path's folder, or -1 where the file system has none (errno set). */
+static int open_anonymous(const char *path)
+{
+#ifdef O_TMPFILE
+    char dir[sizeof(((moe_atomic_file_t *)0)->path)];
+    snprintf(dir, sizeof dir, "%s", path);
+    return open(dirname(dir), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0666);
+#else
+    (void)path;
+    errno = EOPNOTSUPP;
+    return -1;
+#endif
+}
+
 moe_status_t moe_atomic_file_open(const char *path, moe_atomic_file_t *out)
 {
     moe_atomic_file_t file;
@@ -123,32 +141,62 @@ moe_status_t moe_atomic_file_open(const char *path, moe_atomic_file_t *out)
     moe_status_t status = check_target(path);
     if (status != MOE_STATUS_OK) return status;
     strcpy(file.path, path);
-    snprintf(file.tmp_path, sizeof file.tmp_path, "%s.tmp.XXXXXX", path);
-    int fd = mkostemp(file.tmp_path, O_CLOEXEC);
-    if (fd < 0) {
-        moe_error("%s: cannot create a file beside it: %s", path, strerror(errno));
-        return MOE_STATUS_IO_ERROR;
+    int fd = open_anonymous(path);
+    if (fd < 0) { /* a named one */
+        snprintf(file.tmp_path, sizeof file.tmp_path, "%s.tmp.XXXXXX", path);
+        fd = mkostemp(file.tmp_path, O_CLOEXEC);
+        if (fd < 0) {
+            moe_error("%s: cannot create a file beside it: %s", path, strerror(errno));
+            return MOE_STATUS_IO_ERROR;
+        }
+        if (pending_add(file.tmp_path) < 0) {
+            unlink(file.tmp_path);
+            close(fd);
+            moe_error("%s: more than %d files open for writing at once", path, PENDING_MAX);
+            return MOE_STATUS_INTERNAL;
+        }
+        mode_t mask = umask(0);
+        umask(mask);
+        (void)fchmod(fd, 0666 & ~mask);
     }
-    if (pending_add(file.tmp_path) < 0) {
-        unlink(file.tmp_path);
-        close(fd);
-        moe_error("%s: more than %d files open for writing at once", path, PENDING_MAX);
-        return MOE_STATUS_INTERNAL;
-    }
-    mode_t mask = umask(0);
-    umask(mask);
-    (void)fchmod(fd, 0666 & ~mask);
     file.fp = fdopen(fd, "wb");
     if (file.fp == NULL) {
         int err = errno;
         close(fd);
-        unlink(file.tmp_path);
-        pending_remove(file.tmp_path);
-        moe_error("%s: cannot open %s: %s", path, file.tmp_path, strerror(err));
+        if (file.tmp_path[0]) {
+            unlink(file.tmp_path);
+            pending_remove(file.tmp_path);
+        }
+        moe_error("%s: cannot open a file beside it: %s", path, strerror(err));
         return MOE_STATUS_IO_ERROR;
     }
     *out = file;
     return MOE_STATUS_OK;
+}
+
+/* An unnamed file gets a random name beside path (registered, for the signal handler). */
+static moe_status_t link_anonymous(moe_atomic_file_t *file, int fd)
+{
+    char from[64];
+    snprintf(from, sizeof from, "/proc/self/fd/%d", fd);
+    for (int attempt = 0; attempt < 64; attempt++) {
+        uint64_t r = moe_hash((uint64_t)getpid(), (uint64_t)(moe_now() * 1e9), (uint64_t)fd,
+                              (uint64_t)attempt, (uintptr_t)file);
+        snprintf(file->tmp_path, sizeof file->tmp_path, "%s.tmp.%012llx", file->path,
+                 (unsigned long long)(r & 0xffffffffffffULL));
+        if (pending_add(file->tmp_path) < 0) break;
+        if (linkat(AT_FDCWD, from, AT_FDCWD, file->tmp_path, AT_SYMLINK_FOLLOW) == 0) return MOE_STATUS_OK;
+        int err = errno;
+        pending_remove(file->tmp_path);
+        if (err != EEXIST) {
+            moe_error("%s: cannot name the file written: %s", file->path, strerror(err));
+            file->tmp_path[0] = '\0';
+            return MOE_STATUS_IO_ERROR;
+        }
+    }
+    moe_error("%s: cannot name the file written", file->path);
+    file->tmp_path[0] = '\0';
+    return MOE_STATUS_IO_ERROR;
 }
 
 moe_status_t moe_atomic_file_check(const char *path)
@@ -184,6 +232,7 @@ moe_status_t moe_atomic_file_commit(moe_atomic_file_t *file)
         MOE_FAIL(MOE_STATUS_IO_ERROR, close_fp, "%s: write failed: %s", file->path, strerror(errno));
     if (fsync(fileno(fp)) != 0)
         MOE_FAIL(MOE_STATUS_IO_ERROR, close_fp, "%s: fsync failed: %s", file->path, strerror(errno));
+    if (file->tmp_path[0] == '\0') MOE_CHECK(link_anonymous(file, fileno(fp)), close_fp);
     if (fclose(fp) != 0)
         MOE_FAIL(MOE_STATUS_IO_ERROR, remove_tmp, "%s: close failed: %s", file->path, strerror(errno));
     if (rename(file->tmp_path, file->path) != 0)
@@ -197,9 +246,11 @@ moe_status_t moe_atomic_file_commit(moe_atomic_file_t *file)
 close_fp:
     fclose(fp);
 remove_tmp:
-    unlink(file->tmp_path);
-    pending_remove(file->tmp_path);
-    file->tmp_path[0] = '\0';
+    if (file->tmp_path[0] != '\0') {
+        unlink(file->tmp_path);
+        pending_remove(file->tmp_path);
+        file->tmp_path[0] = '\0';
+    }
     return status;
 }
 
@@ -207,7 +258,7 @@ void moe_atomic_file_abort(moe_atomic_file_t *file)
 {
     if (file == NULL) return;
     if (file->fp != NULL) {
-        fclose(file->fp);
+        fclose(file->fp); /* an unnamed file goes with its last descriptor */
         file->fp = NULL;
     }
     if (file->tmp_path[0] != '\0') {

@@ -4,10 +4,10 @@
  * - safetensors (an 8-byte header length, a JSON header parsed with jansson, raw tensors): statistics
  *   and checkpoints; files are memory-mapped and every offset in the header is checked against the file;
  * - YAML documents loaded within bounds on size, depth and alias expansion, keys unique;
- * - atomic files: written to a temporary beside PATH (random name, created exclusively: a planted
- *   symlink cannot redirect it) and renamed over PATH on commit, so a crash or an error never leaves
- *   a half-written file under the real name; temporaries are removed on every error path and on
- *   SIGINT, SIGTERM and SIGHUP.
+ * - atomic files: written to an unnamed file in PATH's folder (O_TMPFILE; where the file system has
+ *   none, a random name created exclusively, removed on errors and on SIGINT, SIGTERM and SIGHUP) and
+ *   renamed over PATH on commit, so a crash or an error never leaves a half-written file under the
+ *   real name, nor a temporary, and a planted symlink cannot redirect the write.
  * Every error names the file (and the tensor or header field) and returns a status; nothing exits. */
 #ifndef MOE_IO_H
 #define MOE_IO_H
@@ -69,7 +69,7 @@ moe_status_t moe_array_to_i32(const moe_array_t *array, const char *what, int32_
 typedef struct {
     FILE *fp;
     char path[4096];
-    char tmp_path[4200];
+    char tmp_path[4200]; /* the temporary's name, "" while it has none (an unnamed file) */
 } moe_atomic_file_t;
 
 /* A path that is a directory, or whose folder is missing, is an error naming it. */

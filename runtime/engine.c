@@ -236,7 +236,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     }
     e->weights = calloc(1, sizeof *e->weights);
     MOE_CHECK_ALLOC(e->weights, fail);
-    MOE_CHECK(moe_weights_create(c, e->plan, e->rank, e->weights), fail);
+    MOE_CHECK(moe_weights_create(c, e->plan, e->rank, e->options.watch, e->weights), fail);
 
     e->x = moe_calloc((size_t)tpr * d, sizeof(float));
     e->ids = moe_calloc((size_t)L * tpr * k, sizeof(int32_t));

@@ -113,7 +113,7 @@ oom:
 }
 
 moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h plan, int rank,
-                                moe_weights_t *out)
+                                moe_watch_h watch, moe_weights_t *out)
 {
     const moe_model_config_t *m = &config->model;
     const uint64_t seed = config->run.seed;
@@ -126,7 +126,7 @@ moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h pla
     const bool n_bias = m->score_bias, n_gate = m->shared_gate && fs;
 
     if (config->weights.kind == MOE_WEIGHTS_CHECKPOINT) {
-        moe_status_t status = moe_checkpoint_load(config, plan, rank, &w);
+        moe_status_t status = moe_checkpoint_load(config, plan, rank, watch, &w);
         if (status != MOE_STATUS_OK) {
             moe_weights_destroy(&w);
             return status;
@@ -152,6 +152,7 @@ moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h pla
         const int *experts;
         int n = moe_plan_local_experts(plan, li, rank, &experts);
         for (int s = 0; s < n; s++) {
+            moe_watch_poll(watch); /* seeding a shard takes a while: answer ranks that wait */
             size_t slot = (size_t)w.local_offset[l] + (size_t)s;
             fill_tensor(w.gate_up[slot], 2 * f * d, seed, li, experts[s],
                         TENSOR_GATE_UP, (int)d, scale);

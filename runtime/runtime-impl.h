@@ -51,9 +51,10 @@ float moe_model_weight(uint64_t seed, int layer, int expert, int tensor, size_t 
                        float scale);
 
 /* The weights of `rank` under plan, filled (seeded or read from the checkpoint). A rank beyond the
- * plan's ranks (standby in an elastic run) gets the dense part only. */
+ * plan's ranks (standby in an elastic run) gets the dense part only. Polls watch (may be NULL)
+ * between experts, so that ranks waiting meanwhile hear from this one. */
 moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h plan, int rank,
-                                moe_weights_t *out);
+                                moe_watch_h watch, moe_weights_t *out);
 /* The same layout, unfilled. With share_dense, the dense part (norms, routers, shared experts:
  * the same under every plan) is share_dense's, not copied, and no expert is allocated (the
  * migration hands kept ones over and allocates received ones); without, everything is allocated
@@ -105,7 +106,7 @@ const char *moe_hf_family_name(moe_hf_family_t family);
  * those tensors (an expert's slice of a fused per-layer tensor). Checks the model settings against
  * config.json and every tensor's name, shape and dtype; errors name the file and tensor. */
 moe_status_t moe_checkpoint_load(const moe_config_t *config, const moe_plan_h plan, int rank,
-                                 moe_weights_t *w);
+                                 moe_watch_h watch, moe_weights_t *w);
 
 /* Inputs and routing that do not come from the model itself. */
 typedef struct {
