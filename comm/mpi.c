@@ -28,6 +28,8 @@ struct moe_comm_s {
     int n_types;
     moe_comm_op_h in_flight[COMM_MAX_OPS]; /* for moe_comm_progress */
     moe_comm_nccl_t *nccl;                 /* rows over NCCL, or NULL */
+    moe_watch_h watch;                     /* borrowed; NULL: waits without a deadline */
+    int *watch_ranks;                      /* [size]: our ranks as ranks of the watch's communicator */
 };
 
 moe_status_t moe_comm_create_mpi(MPI_Comm mpi, moe_comm_h *out)
@@ -83,25 +85,62 @@ void moe_comm_destroy(moe_comm_h comm)
 #endif
     for (int i = 0; i < comm->n_types; i++) MPI_Type_free(&comm->types[i]);
     if (comm->mpi != MPI_COMM_NULL) MPI_Comm_free(&comm->mpi);
+    free(comm->watch_ranks);
     free(comm);
 }
 
 int moe_comm_rank(const moe_comm_h comm) { return comm->rank; }
 int moe_comm_size(const moe_comm_h comm) { return comm->size; }
 
+moe_status_t moe_comm_set_watch(moe_comm_h comm, moe_watch_h watch)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MPI_Group mine = MPI_GROUP_NULL, theirs = MPI_GROUP_NULL;
+    free(comm->watch_ranks);
+    comm->watch_ranks = NULL;
+    comm->watch = watch;
+    if (!watch) return MOE_STATUS_OK;
+    int *ranks = malloc(sizeof(int) * 2 * (size_t)comm->size);
+    MOE_CHECK_ALLOC(ranks, fail);
+    for (int p = 0; p < comm->size; p++) ranks[p] = p;
+    MPI_Comm watch_comm = moe_watch_comm(watch);
+    MOE_CHECK_MPI(MPI_Comm_group(comm->mpi, &mine), fail);
+    MOE_CHECK_MPI(MPI_Comm_group(watch_comm, &theirs), fail);
+    MOE_CHECK_MPI(MPI_Group_translate_ranks(mine, comm->size, ranks, theirs, ranks + comm->size), fail);
+    memmove(ranks, ranks + comm->size, sizeof(int) * (size_t)comm->size);
+    comm->watch_ranks = ranks;
+    ranks = NULL;
+fail:
+    free(ranks);
+    if (mine != MPI_GROUP_NULL) MPI_Group_free(&mine);
+    if (theirs != MPI_GROUP_NULL) MPI_Group_free(&theirs);
+    if (status != MOE_STATUS_OK) comm->watch = NULL;
+    return status;
+}
+
+moe_watch_h moe_comm_watch(const moe_comm_h comm) { return comm->watch; }
+
+/* Wait for this communicator's requests under its watch. */
+static moe_status_t comm_wait(moe_comm_h comm, const char *what, int n, MPI_Request *requests)
+{
+    return moe_watch_wait(comm->watch, comm->size, comm->watch_ranks, what, n, requests);
+}
+
 moe_status_t moe_comm_exchange_ints(moe_comm_h comm, const int *send, const int *send_count, int *recv,
                                     const int *recv_count)
 {
     moe_status_t status = MOE_STATUS_OK;
     const int P = comm->size;
+    MPI_Request request;
     int *displs = malloc(sizeof(int) * 2 * (size_t)P);
     MOE_CHECK_ALLOC(displs, fail);
     for (int p = 0, s = 0, r = 0; p < P; p++) {
         displs[p] = s, displs[P + p] = r;
         s += send_count[p], r += recv_count[p];
     }
-    MOE_CHECK_MPI(MPI_Alltoallv(send, send_count, displs, MPI_INT, recv, recv_count, displs + P, MPI_INT, comm->mpi),
-                  fail);
+    MOE_CHECK_MPI(MPI_Ialltoallv(send, send_count, displs, MPI_INT, recv, recv_count, displs + P, MPI_INT,
+                                 comm->mpi, &request), fail);
+    status = comm_wait(comm, "counts exchange", 1, &request);
 fail:
     free(displs);
     return status;
@@ -231,8 +270,10 @@ moe_status_t moe_comm_op_wait(moe_comm_op_h op)
         return status;
     }
 #endif
-    if (!op->done) MOE_CHECK_MPI(MPI_Wait(&op->request, MPI_STATUS_IGNORE), fail);
-fail:
+    if (!op->done) status = comm_wait(op->comm, "all-to-all-v", 1, &op->request);
+    /* A wait that timed out leaves the request in flight: the job is ending, and MPI may still
+     * write through it, so nothing it uses is freed. */
+    if (status == MOE_STATUS_TIMEOUT) return status;
     comm_track(op->comm, op, false);
     free(op->counts);
     free(op);
@@ -241,6 +282,7 @@ fail:
 
 void moe_comm_progress(moe_comm_h comm)
 {
+    moe_watch_poll(comm->watch);
     for (int i = 0; i < COMM_MAX_OPS; i++) {
         moe_comm_op_h op = comm->in_flight[i];
         if (op && !op->done) {

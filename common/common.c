@@ -23,6 +23,7 @@ const char *moe_status_string(moe_status_t status)
     case MOE_STATUS_UNSUPPORTED: return "unsupported";
     case MOE_STATUS_INTERNAL: return "internal error";
     case MOE_STATUS_REMOTE_ERROR: return "another rank failed";
+    case MOE_STATUS_TIMEOUT: return "a rank stopped answering (run.timeout)";
     }
     return "unknown status";
 }

@@ -37,6 +37,7 @@ typedef enum {
     MOE_STATUS_UNSUPPORTED,      /* not built in (e.g. cuda backend without CUDA) */
     MOE_STATUS_INTERNAL,         /* a broken invariant: a bug */
     MOE_STATUS_REMOTE_ERROR,     /* another rank failed; this one stops cleanly */
+    MOE_STATUS_TIMEOUT,          /* a rank stopped answering (comm.h, liveness): end the job */
 } moe_status_t;
 
 const char *moe_status_string(moe_status_t status);
@@ -88,9 +89,11 @@ void moe_print0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
         goto label;                                                                               \
     } while (0)
 
+/* For internal buffers; where the size comes from an input, say which (file, key) instead. */
 #define MOE_CHECK_ALLOC(ptr, label)                                                               \
     do {                                                                                          \
-        if ((ptr) == NULL) MOE_FAIL(MOE_STATUS_NO_MEMORY, label, "out of memory: %s", #ptr);      \
+        if ((ptr) == NULL)                                                                        \
+            MOE_FAIL(MOE_STATUS_NO_MEMORY, label, "out of memory (at %s:%d)", __FILE__, __LINE__); \
     } while (0)
 
 /* MPI calls: translated via MPI_Error_string (needs <mpi.h> where used). */
@@ -128,6 +131,22 @@ void moe_print0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
             MOE_FAIL(MOE_STATUS_NCCL_ERROR, label, "%s failed: %s", #call,                        \
                      ncclGetErrorString(moe_check_nr_));                                          \
     } while (0)
+
+/* ---------------------------------------------------------------- limits
+ * The largest shapes moerun accepts from any input (configs, plans, traces, statistics, CSVs),
+ * checked before anything is allocated from them: far beyond today's models (DeepSeek-V3: 61 layers,
+ * 256 experts, top-8), small enough that ids, indices and counts stay well inside int. */
+#define MOE_MAX_LAYERS 4096
+#define MOE_MAX_EXPERTS 65536
+#define MOE_MAX_TOP_K 64
+#define MOE_MAX_RANKS 65536
+
+/* What moerun may allocate from a shape it infers from an input of input_bytes (the largest id of
+ * a trace, say) rather than one it is given: 256 MiB, or 64 times the input. */
+static inline double moe_inferred_budget(double input_bytes)
+{
+    return input_bytes * 64 > 268435456.0 ? input_bytes * 64 : 268435456.0;
+}
 
 /* ---------------------------------------------------------------- allocation */
 

@@ -3,8 +3,11 @@
  * - .npy (NumPy format 1.0/2.0/3.0, C order, little-endian): traces, inputs, outputs;
  * - safetensors (an 8-byte header length, a JSON header parsed with jansson, raw tensors): statistics
  *   and checkpoints; files are memory-mapped and every offset in the header is checked against the file;
- * - atomic files: written to PATH.tmp.<pid> and renamed over PATH on commit, so a crash or an error
- *   never leaves a half-written file under the real name.
+ * - YAML documents loaded within bounds on size, depth and alias expansion, keys unique;
+ * - atomic files: written to an unnamed file in PATH's folder (O_TMPFILE; where the file system has
+ *   none, a random name created exclusively, removed on errors and on SIGINT, SIGTERM and SIGHUP) and
+ *   renamed over PATH on commit, so a crash or an error never leaves a half-written file under the
+ *   real name, nor a temporary, and a planted symlink cannot redirect the write.
  * Every error names the file (and the tensor or header field) and returns a status; nothing exits. */
 #ifndef MOE_IO_H
 #define MOE_IO_H
@@ -68,14 +71,19 @@ moe_status_t moe_array_to_i32(const moe_array_t *array, const char *what, int32_
 typedef struct {
     FILE *fp;
     char path[4096];
-    char tmp_path[4200];
+    char tmp_path[4200]; /* the temporary's name, "" while it has none (an unnamed file) */
 } moe_atomic_file_t;
 
+/* A path that is a directory, or whose folder is missing, is an error naming it. */
 moe_status_t moe_atomic_file_open(const char *path, moe_atomic_file_t *out);
+/* Whether path can be written: open and abort, for outputs written only at the end of a run. */
+moe_status_t moe_atomic_file_check(const char *path);
 /* Flush, fsync, close and rename onto the real path. On failure the temporary is removed. */
 moe_status_t moe_atomic_file_commit(moe_atomic_file_t *file);
 /* Close and remove the temporary; the real path is untouched. Safe to call after commit. */
 void moe_atomic_file_abort(moe_atomic_file_t *file);
+/* Remove every temporary still open (before MPI_Abort or exit on an error; async-signal-safe). */
+void moe_atomic_file_remove_all(void);
 
 /* ---------------------------------------------------------------- npy */
 
@@ -105,6 +113,25 @@ moe_status_t moe_npy_writer_open(const char *path, moe_dtype_t dtype, int ndim, 
 moe_status_t moe_npy_writer_append(moe_npy_writer_t *writer, const void *rows, int64_t n_rows);
 moe_status_t moe_npy_writer_commit(moe_npy_writer_t *writer);
 void moe_npy_writer_abort(moe_npy_writer_t *writer);
+
+/* ---------------------------------------------------------------- YAML (yaml.c) */
+
+struct yaml_document_s; /* libyaml's yaml_document_t */
+
+typedef struct {
+    size_t max_bytes; /* the file's size */
+    int max_depth;    /* nesting of sequences and mappings */
+    bool unique_keys; /* a mapping that repeats a key is an error (else the caller checks) */
+} moe_yaml_limits_t;
+#define MOE_YAML_LIMITS_INIT {.max_bytes = 1u << 20, .max_depth = 32, .unique_keys = true}
+
+/* Load the one document of a YAML file within limits: its size, its depth, and aliases, which may
+ * make the document stand for at most twice the nodes it writes (a reader walking it visits each
+ * alias's whole subtree). A directory, a second document, a syntax error or a repeated key are errors
+ * naming file:line. An empty file gives a document without a root. Delete it with
+ * yaml_document_delete. */
+moe_status_t moe_yaml_load(const char *path, const moe_yaml_limits_t *limits,
+                           struct yaml_document_s *out);
 
 /* ---------------------------------------------------------------- safetensors */
 

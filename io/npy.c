@@ -261,6 +261,9 @@ moe_status_t moe_npy_read(const char *path, moe_array_t *out)
     }
     if (fstat(fileno(fp), &st) != 0)
         MOE_FAIL(MOE_STATUS_IO_ERROR, close_fp, "%s: cannot stat: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode))
+        MOE_FAIL(MOE_STATUS_IO_ERROR, close_fp, "%s: is a directory, not a .npy file", path);
+    if (st.st_size == 0) MOE_FAIL(MOE_STATUS_FORMAT_ERROR, close_fp, "%s: empty file, not a .npy file", path);
 
     if (fread(prefix, 1, 8, fp) != 8 || memcmp(prefix, NPY_MAGIC, NPY_MAGIC_LEN) != 0)
         MOE_FAIL(MOE_STATUS_FORMAT_ERROR, close_fp, "%s: not a .npy file (bad magic)", path);

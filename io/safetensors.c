@@ -248,6 +248,8 @@ moe_status_t moe_safetensors_open(const char *path, moe_safetensors_h *out)
     if (fd < 0) MOE_FAIL(MOE_STATUS_IO_ERROR, free_file, "%s: cannot open: %s", path, strerror(errno));
     if (fstat(fd, &st) != 0)
         MOE_FAIL(MOE_STATUS_IO_ERROR, close_fd, "%s: cannot stat: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode))
+        MOE_FAIL(MOE_STATUS_IO_ERROR, close_fd, "%s: is a directory, not a safetensors file", path);
     if (st.st_size < 8)
         MOE_FAIL(MOE_STATUS_FORMAT_ERROR, close_fd,
                  "%s: %lld bytes, shorter than the 8-byte safetensors header length", path,

@@ -6,6 +6,8 @@
 #include <cblas.h>
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void moe_rmsnorm_cpu(const float *x, const float *weight, int n, int d, float eps, float *out)
@@ -42,8 +44,18 @@ void moe_router_topk_cpu(const float *logits, int n, const moe_router_params_t *
 {
     const int E = p->experts, k = p->top_k;
     const int groups = p->groups > 1 ? p->groups : 1, per_group = E / groups;
-    float scores[E], choice[E], group_score[groups];
-    bool allowed[E], group_allowed[groups];
+    /* per-expert scratch on the heap: E may be large enough to overflow a thread's stack */
+    float *scores = malloc(sizeof(float) * ((size_t)2 * E + groups));
+    bool *allowed = malloc((size_t)E + 2 * (size_t)groups);
+    if (!scores || !allowed) {
+        free(scores);
+        free(allowed);
+        fprintf(stderr, "moerun: router: out of memory for the scores of %d experts\n", E);
+        for (size_t i = 0; i < (size_t)n * k; i++) ids[i] = -1, weights[i] = 0.0f;
+        return;
+    }
+    float *choice = scores + E, *group_score = choice + E;
+    bool *group_allowed = allowed + E, *kept = group_allowed + groups;
 
     for (int t = 0; t < n; t++) {
         const float *lg = logits + (size_t)t * E;
@@ -73,8 +85,7 @@ void moe_router_topk_cpu(const float *logits, int n, const moe_router_params_t *
                 group_score[g] = p->scoring == MOE_ROUTER_SIGMOID && per_group > 1 ? best + second : best;
                 group_allowed[g] = true;
             }
-            bool kept[groups];
-            memset(kept, 0, sizeof kept);
+            memset(kept, 0, sizeof(bool) * (size_t)groups);
             for (int i = 0; i < p->groups_kept; i++) {
                 int g = argmax_allowed(group_score, group_allowed, groups);
                 kept[g] = true;
@@ -95,6 +106,8 @@ void moe_router_topk_cpu(const float *logits, int n, const moe_router_params_t *
         float norm = p->renormalize ? (float)(1.0 / (wsum + 1e-20)) : 1.0f;
         for (int i = 0; i < k; i++) w[i] = w[i] * norm * p->scaling;
     }
+    free(scores);
+    free(allowed);
 }
 
 void moe_gather_rows_cpu(const float *src, int d, const int32_t *rows, int n, float *dst)

@@ -3,7 +3,9 @@
  *
  * Failure policy: a configuration error is seen by every rank alike, so each returns and the job
  * ends cleanly with one message from rank 0; any other error may be one rank's alone, so that rank
- * calls MPI_Abort, which ends every rank rather than leaving them waiting in a collective. */
+ * calls MPI_Abort, which ends every rank rather than leaving them waiting in a collective. A rank
+ * that stops answering is found by the watch (comm.h, run.timeout) of the ranks waiting for it, and
+ * they end the job the same way. */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +13,8 @@
 
 #include "launch/commands.h"
 #include "launch/launcher.h"
+#include "comm/comm.h"
+#include "io/io.h"
 #include "runtime/runtime.h"
 
 static void infer_usage(FILE *out, bool elastic)
@@ -75,6 +79,40 @@ static moe_status_t set_path(moe_config_t *config, const char *key, const char *
     return moe_config_set(config, buf);
 }
 
+/* Rank 0 reads the configuration (file, flags, checks) and broadcasts its verdict and the result:
+ * the other ranks neither read the file nor print, so a bad config costs one parse and gives one
+ * message. The broadcast is waited under the watch, with the default timeout. */
+static int share_config(int rank, moe_watch_h watch, int *rc, moe_config_t *config)
+{
+    MPI_Request requests[2];
+    if (MPI_Ibcast(rc, 1, MPI_INT, 0, MPI_COMM_WORLD, &requests[0]) != MPI_SUCCESS ||
+        MPI_Ibcast(config, (int)sizeof *config, MPI_BYTE, 0, MPI_COMM_WORLD, &requests[1]) != MPI_SUCCESS)
+        return -1;
+    if (moe_watch_wait(watch, -1, NULL, "the configuration broadcast", 2, requests) != MOE_STATUS_OK)
+        return -1;
+    (void)rank;
+    return 0;
+}
+
+/* Whether any rank failed (an all-reduce under the watch); -1 if that itself failed. */
+static int any_failed(moe_watch_h watch, int failed)
+{
+    int any = failed;
+    MPI_Request request;
+    if (MPI_Iallreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD, &request) != MPI_SUCCESS ||
+        moe_watch_wait(watch, -1, NULL, "the start of the run", 1, &request) != MOE_STATUS_OK)
+        return -1;
+    return any;
+}
+
+/* The job cannot end cleanly (a rank failed alone, or stopped answering): end every rank. */
+static void abort_job(int size)
+{
+    moe_atomic_file_remove_all(); /* MPI_Abort ends this process too: no temporary left behind */
+    fflush(stderr);
+    if (size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
 static int run_command(int argc, char **argv, bool elastic)
 {
     const char *name = elastic ? "elastic" : "infer";
@@ -96,44 +134,38 @@ static int run_command(int argc, char **argv, bool elastic)
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     moe_launch_info_t launch;
     moe_launch_info(&launch);
-    /* Until the configuration is known good, only rank 0 speaks: every rank reads the same file. */
+    /* Until the configuration is known good, only rank 0 speaks: it alone reads the file. */
     moe_log_init(launch.rank, launch.rank == 0 ? level : MOE_LOG_SILENT);
 
-    moe_config_t config;
-    moe_config_defaults(&config);
+    moe_config_t *config = malloc(sizeof *config);
+    moe_watch_h watch = NULL;
+    moe_engine_h engine = NULL;
     int rc = 0;
     moe_status_t status = MOE_STATUS_OK;
-    /* First pass: the config file, so that flags override it whatever their order. */
-    for (int i = 1; i < argc; i++) {
-        if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc)
-            config_path = argv[++i];
-        else if (!strcmp(argv[i], "--log-level") && i + 1 < argc) {
-            if (parse_level(argv[++i], &level) != 0) {
-                if (launch.rank == 0)
-                    fprintf(stderr, "moerun %s: --log-level: unknown level '%s'\n", name, argv[i]);
-                rc = 2;
-                goto done;
-            }
-        }
-    }
-    if (!config_path) {
-        if (launch.rank == 0) {
-            fprintf(stderr, "moerun %s: missing -c CONFIG\n\n", name);
-            infer_usage(stderr, elastic);
-        }
-        rc = 2;
+    if (!config) {
+        fprintf(stderr, "moerun[%d]: out of memory\n", launch.rank);
+        abort_job(launch.size);
+        rc = 1;
         goto done;
     }
-    moe_log_init(launch.rank, launch.rank == 0 ? level : MOE_LOG_SILENT);
-    status = moe_config_load(config_path, &config);
-    for (int i = 1; i < argc && status == MOE_STATUS_OK; i++) {
+    moe_config_defaults(config);
+    if (moe_watch_create(MPI_COMM_WORLD, config->run.timeout, &watch) != MOE_STATUS_OK) {
+        abort_job(launch.size);
+        rc = 1;
+        goto done;
+    }
+    /* Flags every rank needs; the config file and --set are rank 0's alone. */
+    for (int i = 1; i < argc && rc == 0; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-c") || !strcmp(a, "--config") || !strcmp(a, "--log-level")) i++;
-        else if (!strcmp(a, "--set") && v) status = moe_config_set(&config, v), i++;
-        else if (!strcmp(a, "--plan") && v) status = set_path(&config, "placement.plan", v), i++;
-        else if (!strcmp(a, "--output") && v) status = set_path(&config, "outputs.output", v), i++;
-        else if (!strcmp(a, "--metrics") && v) status = set_path(&config, "outputs.metrics", v), i++;
-        else if (!strcmp(a, "--stats") && v) status = set_path(&config, "outputs.stats", v), i++;
+        if ((!strcmp(a, "-c") || !strcmp(a, "--config")) && v) config_path = v, i++;
+        else if (!strcmp(a, "--log-level") && v) {
+            if (parse_level(v, &level) != 0) {
+                if (launch.rank == 0) fprintf(stderr, "moerun %s: --log-level: unknown level '%s'\n", name, v);
+                rc = 2;
+            }
+            i++;
+        } else if ((!strcmp(a, "--set") || !strcmp(a, "--plan") || !strcmp(a, "--output") ||
+                    !strcmp(a, "--metrics") || !strcmp(a, "--stats")) && v) i++;
         else if (!strcmp(a, "--schedule") && v && elastic) schedule = v, i++;
         else if (!strcmp(a, "--timeline") && v) timeline = v, i++;
         else if (!strcmp(a, "--events") && v) events = v, i++;
@@ -155,23 +187,49 @@ static int run_command(int argc, char **argv, bool elastic)
             if (launch.rank == 0)
                 fprintf(stderr, "moerun %s: unknown or incomplete option '%s' (see --help)\n", name, a);
             rc = 2;
-            goto done;
         }
     }
-    if (status == MOE_STATUS_OK && elastic && !schedule) {
+    if (rc == 0 && !config_path) {
+        if (launch.rank == 0) {
+            fprintf(stderr, "moerun %s: missing -c CONFIG\n\n", name);
+            infer_usage(stderr, elastic);
+        }
+        rc = 2;
+    }
+    if (rc == 0 && elastic && !schedule) {
         if (launch.rank == 0) fprintf(stderr, "moerun elastic: missing --schedule SPEC (see --help)\n");
         rc = 2;
-        goto done;
     }
-    if (status == MOE_STATUS_OK && schedule) status = moe_schedule_check(schedule, launch.size);
-    /* an elastic run's experts are split over the schedule's first size; the engine checks that */
-    if (status == MOE_STATUS_OK) status = moe_config_validate(&config, schedule ? 0 : launch.size);
-    if (status != MOE_STATUS_OK) {
+    if (rc != 0) goto done;
+    moe_log_init(launch.rank, launch.rank == 0 ? level : MOE_LOG_SILENT);
+    if (launch.rank == 0) {
+        status = moe_config_load(config_path, config);
+        for (int i = 1; i < argc && status == MOE_STATUS_OK; i++) {
+            const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+            if (!v) break;
+            if (!strcmp(a, "--set")) status = moe_config_set(config, v), i++;
+            else if (!strcmp(a, "--plan")) status = set_path(config, "placement.plan", v), i++;
+            else if (!strcmp(a, "--output")) status = set_path(config, "outputs.output", v), i++;
+            else if (!strcmp(a, "--metrics")) status = set_path(config, "outputs.metrics", v), i++;
+            else if (!strcmp(a, "--stats")) status = set_path(config, "outputs.stats", v), i++;
+            else if (!strcmp(a, "-c") || !strcmp(a, "--config") || !strcmp(a, "--log-level") ||
+                     !strcmp(a, "--schedule") || !strcmp(a, "--timeline") || !strcmp(a, "--events") ||
+                     !strcmp(a, "--plans")) i++;
+        }
+        if (status == MOE_STATUS_OK && schedule) status = moe_schedule_check(schedule, launch.size);
+        /* an elastic run's experts are split over the schedule's first size; the engine checks that */
+        if (status == MOE_STATUS_OK) status = moe_config_validate(config, schedule ? 0 : launch.size);
+        if (status != MOE_STATUS_OK) rc = 1;
+    }
+    if (share_config(launch.rank, watch, &rc, config) != 0) {
+        abort_job(launch.size);
         rc = 1;
         goto done;
     }
+    if (rc != 0) goto done;
+    moe_watch_set_timeout(watch, config->run.timeout);
     if (print_config) {
-        if (launch.rank == 0) moe_config_print(&config, stdout);
+        if (launch.rank == 0) moe_config_print(config, stdout);
         goto done;
     }
 
@@ -185,30 +243,40 @@ static int run_command(int argc, char **argv, bool elastic)
     options.plans_dir = plans;
     options.trace_events = trace_events;
     options.trace_batch = trace_batch;
-    moe_engine_h engine = NULL;
-    status = moe_engine_create(&config, &options, MPI_COMM_WORLD, &engine);
-    /* Bad input files fail create on every rank alike: agree, and end cleanly without an abort. */
-    int failed = status != MOE_STATUS_OK, any_failed = failed;
-    MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    if (any_failed) {
+    options.watch = watch;
+    status = moe_engine_create(config, &options, MPI_COMM_WORLD, &engine);
+    /* Bad input files fail create on every rank alike: agree, and end cleanly without an abort. A
+     * rank that stopped answering ends the job at once. */
+    int failed = status != MOE_STATUS_OK;
+    int any = status == MOE_STATUS_TIMEOUT ? -1 : any_failed(watch, failed);
+    if (any < 0) {
+        fprintf(stderr, "moerun[%d]: %s could not start: %s; ending the job\n", launch.rank, name,
+                moe_status_string(status == MOE_STATUS_OK ? MOE_STATUS_TIMEOUT : status));
+        abort_job(launch.size);
+        rc = 1;
+        goto done;
+    }
+    if (any) {
         if (launch.rank == 0 || failed)
             fprintf(stderr, "moerun[%d]: %s could not start: %s\n", launch.rank, name,
                     failed ? moe_status_string(status) : "another rank failed");
-        moe_engine_destroy(engine);
         rc = 1;
         goto done;
     }
     status = moe_engine_run(engine);
     if (status == MOE_STATUS_OK) status = moe_engine_finalize(engine);
+    /* the last wait: no rank leaves (MPI_Finalize waits for all) while another may hang */
+    if (status == MOE_STATUS_OK) status = moe_watch_barrier(watch, MPI_COMM_WORLD, -1, NULL, "the end of the run");
     if (status != MOE_STATUS_OK) {
         fprintf(stderr, "moerun[%d]: %s failed: %s; ending the job\n", launch.rank, name,
                 moe_status_string(status));
-        fflush(stderr);
-        if (launch.size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+        abort_job(launch.size);
         rc = 1;
     }
-    moe_engine_destroy(engine);
 done:
+    moe_engine_destroy(engine);
+    moe_watch_destroy(watch);
+    free(config);
     MPI_Finalize();
     return rc;
 }

@@ -9,11 +9,14 @@
  * solver's weights across the sources first and prints the table.
  * Output: a short table for people, or one JSON object with --json. Exit status: 0 done, 1 error,
  * 2 usage. */
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/io.h"
 #include "launch/commands.h"
 #include "placement/placement.h"
 
@@ -216,8 +219,12 @@ static char *predicted_yaml(const char *solver, moe_plan_h plan, moe_workload_h 
     APPEND("solver: %s\nsources:\n", solver);
     for (int i = 0; i < n_src; i++) {
         APPEND("  - \"");
-        for (const char *s = moe_workload_name(src[i]); *s; s++)
-            APPEND("%s%c", (*s == '"' || *s == '\\') ? "\\" : "", *s);
+        for (const char *s = moe_workload_name(src[i]); *s; s++) {
+            if ((unsigned char)*s < 0x20 || *s == 0x7f)
+                APPEND("\\x%02x", (unsigned char)*s); /* a newline must not end the value */
+            else
+                APPEND("%s%c", (*s == '"' || *s == '\\') ? "\\" : "", *s);
+        }
         APPEND("\"\n");
     }
     /* no solve time here: the same input gives the same file */
@@ -360,11 +367,13 @@ static bool parse_double(const char *s, double *out)
     return true;
 }
 
+/* A whole number that fits an int (every option it reads is one): 4294967298 is not 2. */
 static bool parse_long(const char *s, long *out)
 {
     char *end = NULL;
+    errno = 0;
     long v = strtol(s, &end, 10);
-    if (end == s || *end) return false;
+    if (end == s || *end || errno || v < INT_MIN || v > INT_MAX) return false;
     *out = v;
     return true;
 }
@@ -440,11 +449,11 @@ int moe_cmd_place(int argc, char **argv)
         } else if (!strcmp(a, "--tokens"))
             ok = parse_double(v, &tokens) && tokens > 0, i++;
         else if (!strcmp(a, "--ranks"))
-            ok = parse_long(v, &ranks) && ranks > 0, i++;
+            ok = parse_long(v, &ranks) && ranks > 0 && ranks <= MOE_MAX_RANKS, i++;
         else if (!strcmp(a, "--ranks-per-node"))
             ok = parse_long(v, &rpn) && rpn > 0, i++;
         else if (!strcmp(a, "--experts"))
-            ok = parse_long(v, &experts) && experts > 0, i++;
+            ok = parse_long(v, &experts) && experts > 0 && experts <= MOE_MAX_EXPERTS, i++;
         else if (!strcmp(a, "--replicas"))
             ok = parse_long(v, &lv) && lv >= 0, o.replicas = (int)lv, i++;
         else if (!strcmp(a, "--slots-per-rank"))
@@ -488,6 +497,11 @@ int moe_cmd_place(int argc, char **argv)
             }
             traces[nt++] = specs[i];
         }
+        if (n_src + n_scores > MAX_SOURCES) { /* traces[] and cmd_evaluate's workloads hold this many */
+            fprintf(stderr, "moerun place --evaluate: at most %d traces (--trace and --score)\n",
+                    MAX_SOURCES);
+            return 2;
+        }
         for (int i = 0; i < n_scores; i++) traces[nt++] = scores[i];
         if (!plan_path || nt == 0) {
             fprintf(stderr, "moerun place --evaluate: needs --plan and --trace\n\n");
@@ -515,6 +529,7 @@ int moe_cmd_place(int argc, char **argv)
     moe_workload_h src[MAX_SOURCES] = {0}, scored[MAX_SOURCES] = {0};
     moe_plan_h plan = NULL, current = NULL;
     char *extra = NULL;
+    if (moe_atomic_file_check(output) != MOE_STATUS_OK) goto done; /* before the solve, not after */
     for (int i = 0; i < n_src; i++) {
         moe_status_t s;
         if (!strcmp(kinds[i], "--stats"))

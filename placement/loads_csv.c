@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "io/io.h"
 #include "placement/place-impl.h"
@@ -230,6 +231,9 @@ moe_status_t moe_workload_load_trace(const char *spec, int experts, moe_workload
                  "dtype %s",
                  path, arr.ndim, moe_dtype_name(arr.dtype));
     int64_t L = arr.shape[0], T = arr.shape[1], K = arr.shape[2];
+    if (L < 1 || L > MOE_MAX_LAYERS || K < 1 || K > MOE_MAX_TOP_K)
+        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s: %lld layers and top_k %lld; moerun handles 1 to %d "
+                 "and 1 to %d", path, (long long)L, (long long)K, MOE_MAX_LAYERS, MOE_MAX_TOP_K);
     if (end < 0) end = T;
     if (start >= T || end > T)
         MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, done, "%s: token range %lld:%lld outside 0:%lld",
@@ -247,13 +251,21 @@ moe_status_t moe_workload_load_trace(const char *spec, int experts, moe_workload
             if (slice[l * n * K + i] > max_id) max_id = slice[l * n * K + i];
     }
     if (max_id < 0) MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s: no valid expert id", path);
+    if (max_id >= (experts > 0 ? experts : MOE_MAX_EXPERTS))
+        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s: expert id %d, but the model has %d experts%s", path,
+                 max_id, experts > 0 ? experts : MOE_MAX_EXPERTS,
+                 experts > 0 ? "" : " at most (the most moerun handles)");
     /* The trace does not say how many experts the model has: unless told, the largest id + 1
      * rounded up to a multiple of 8 (real models have 8, 64, 128, 256 ...). */
-    if (experts <= 0)
+    if (experts <= 0) {
         experts = (max_id + 8) / 8 * 8;
-    else if (max_id >= experts)
-        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s: expert id %d, but the model has %d experts",
-                 path, max_id, experts);
+        /* the pair counts are L x E x E doubles, twice: not from a few bytes of ids */
+        double bytes = 16.0 * (double)L * experts * experts;
+        if (bytes > moe_inferred_budget((double)arr.nbytes))
+            MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s: its largest expert id, %d, implies %d experts, "
+                     "whose statistics would take %.1f GB from %zu bytes of ids; give --experts if the "
+                     "model has that many", path, max_id, experts, bytes / 1e9, arr.nbytes);
+    }
     MOE_CHECK(moe_workload_from_ids(slice, (int)L, n, (int)K, experts, spec, out), done);
 done:
     moe_free(slice);
@@ -347,6 +359,9 @@ moe_status_t moe_workload_load_csv(const char *spec, double tokens, moe_workload
     path[len] = '\0';
     fp = fopen(path, "r");
     if (!fp) MOE_FAIL(MOE_STATUS_IO_ERROR, done, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(fp), &st) == 0 && S_ISDIR(st.st_mode))
+        MOE_FAIL(MOE_STATUS_IO_ERROR, done, "%s: is a directory, not a CSV file", path);
     if (getline(&line, &cap, fp) < 0)
         MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:1: empty file (expected a header)", path);
     int max_fields = 2;
@@ -358,6 +373,9 @@ moe_status_t moe_workload_load_csv(const char *spec, double tokens, moe_workload
     if (E < 1 || strcmp(fields[0], "Layer") != 0)
         MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
                  "%s:1: header must be Layer,<label>,Expert_0,...,Expert_{E-1}", path);
+    if (E > MOE_MAX_EXPERTS)
+        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:1: %d expert columns; moerun handles at most %d",
+                 path, E, MOE_MAX_EXPERTS);
     for (int e = 0; e < E; e++) {
         char want[32];
         snprintf(want, sizeof(want), "Expert_%d", e);
@@ -365,7 +383,14 @@ moe_status_t moe_workload_load_csv(const char *spec, double tokens, moe_workload
             MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:1: column %d is '%s', expected '%s'", path,
                      3 + e, fields[2 + e], want);
     }
-    int max_layers = 4096;
+    /* Rows per layer are kept as read: as many layers as the file has rows at most, so the table
+     * stays within a few times the file's size. */
+    long data_at = ftell(fp), data_lines = 0;
+    for (int c; (c = fgetc(fp)) != EOF;) data_lines += c == '\n';
+    data_lines++; /* a last line without its newline */
+    if (data_at < 0 || fseek(fp, data_at, SEEK_SET) != 0)
+        MOE_FAIL(MOE_STATUS_IO_ERROR, done, "%s: cannot read it twice: %s", path, strerror(errno));
+    int max_layers = data_lines < MOE_MAX_LAYERS ? (int)data_lines : MOE_MAX_LAYERS;
     rows = calloc((size_t)max_layers * E, sizeof(double));
     seen = calloc((size_t)max_layers, sizeof(int));
     MOE_CHECK_ALLOC(rows, done);
@@ -383,8 +408,8 @@ moe_status_t moe_workload_load_csv(const char *spec, double tokens, moe_workload
         char *end = NULL;
         long layer = strtol(fields[0], &end, 10);
         if (end == fields[0] || *end || layer < 0 || layer >= max_layers)
-            MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: column Layer: '%s' is not a layer",
-                     path, lineno, fields[0]);
+            MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: column Layer: '%s' is not a layer (0 to %d: "
+                     "no more layers than the file has rows)", path, lineno, fields[0], max_layers - 1);
         if (label && strcmp(fields[1], label) != 0) continue;
         if ((size_t)nrows == each_cap) {
             size_t nc = each_cap ? 2 * each_cap : 64;

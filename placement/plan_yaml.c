@@ -22,7 +22,9 @@
  * so hand-written plans need not spell them out. Shares of one expert must sum to 1, every expert
  * of every layer must be hosted, a rank may list an expert once. Unknown keys are errors (a typo
  * must not silently change a plan). Every error names file:line and the key. Shares are written
- * with 6 significant digits (a plan reads back within 1e-6). Saving is atomic. */
+ * with 6 significant digits (a plan reads back within 1e-6). Saving is atomic, the model name quoted
+ * and escaped. Loading is bounded (io.h, moe_yaml_load: size, depth, aliases; a key given twice is an
+ * error), and the tables are sized only once the document is known to be able to fill them. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -33,6 +35,7 @@
 #include "placement/place-impl.h"
 
 #define PLAN_FORMAT 1
+#define PLAN_TABLE_BYTES 2147483648.0 /* plan.c's tables: 16 bytes per (layer, expert, rank) */
 
 typedef struct {
     const char *path;
@@ -142,10 +145,10 @@ static moe_status_t parse_plan(ctx_t *c, char *model, size_t model_size, moe_pla
                  "%s:%d: format: %ld is not supported (this moerun "
                  "reads format %d)",
                  c->path, node_line(map_get(c, root, "format")), format, PLAN_FORMAT);
-    MOE_CHECK(get_int(c, root, "layers", 1, 100000, &L), done);
-    MOE_CHECK(get_int(c, root, "experts", 1, 1 << 20, &E), done);
-    MOE_CHECK(get_int(c, root, "ranks", 1, 1 << 20, &R), done);
-    MOE_CHECK(get_int(c, root, "ranks_per_node", 1, 1 << 20, &G), done);
+    MOE_CHECK(get_int(c, root, "layers", 1, MOE_MAX_LAYERS, &L), done);
+    MOE_CHECK(get_int(c, root, "experts", 1, MOE_MAX_EXPERTS, &E), done);
+    MOE_CHECK(get_int(c, root, "ranks", 1, MOE_MAX_RANKS, &R), done);
+    MOE_CHECK(get_int(c, root, "ranks_per_node", 1, MOE_MAX_RANKS, &G), done);
     if (R % G != 0)
         MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
                  "%s:%d: ranks (%ld) is not a multiple of "
@@ -164,6 +167,19 @@ static moe_status_t parse_plan(ctx_t *c, char *model, size_t model_size, moe_pla
     if (pl->type != YAML_SEQUENCE_NODE)
         MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done, "%s:%d: placement: expected a list of layers",
                  c->path, node_line(pl));
+    /* Before the tables are allocated: every expert of every layer must be listed, so the document
+     * holds at least layers x experts values; and the tables (four of layers x experts x ranks) stay
+     * within PLAN_TABLE_BYTES. */
+    long values = (long)(c->doc->nodes.top - c->doc->nodes.start);
+    if (L * E > values)
+        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
+                 "%s:%d: layers x experts (%ld x %ld) cannot all be placed by the %ld values the file holds",
+                 c->path, node_line(map_get(c, root, "experts")), L, E, values);
+    if ((double)L * E * R * 16 > PLAN_TABLE_BYTES)
+        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, done,
+                 "%s:%d: a plan of %ld layers x %ld experts on %ld ranks needs %.1f GB of tables, more "
+                 "than the %.1f GB moerun allows", c->path, node_line(map_get(c, root, "ranks")), L, E,
+                 R, (double)L * E * R * 16 / 1e9, PLAN_TABLE_BYTES / 1e9);
     MOE_CHECK(moe_plan_create_empty((int)L, (int)E, (int)R, (int)G, &plan), done);
     layer_seen = calloc((size_t)L, sizeof(int));
     count = calloc((size_t)E, sizeof(int));
@@ -270,32 +286,14 @@ done:
 moe_status_t moe_plan_load_annotated(const char *path, char *model, size_t model_size,
                                      moe_plan_h *out)
 {
-    moe_status_t status = MOE_STATUS_OK;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        moe_error("%s: cannot open plan: %s", path, strerror(errno));
-        return MOE_STATUS_IO_ERROR;
-    }
-    yaml_parser_t parser;
     yaml_document_t doc;
-    if (!yaml_parser_initialize(&parser)) {
-        fclose(fp);
-        moe_error("%s: cannot initialise the YAML parser", path);
-        return MOE_STATUS_NO_MEMORY;
-    }
-    yaml_parser_set_input_file(&parser, fp);
-    if (!yaml_parser_load(&parser, &doc)) {
-        moe_error("%s:%zu: YAML error: %s %s", path, parser.problem_mark.line + 1,
-                  parser.problem ? parser.problem : "", parser.context ? parser.context : "");
-        status = MOE_STATUS_FORMAT_ERROR;
-        goto fail_parser;
-    }
+    /* a plan of DeepSeek-V3 on 1024 ranks is about 200 KB, six levels deep */
+    moe_yaml_limits_t limits = {.max_bytes = 64u << 20, .max_depth = 16, .unique_keys = true};
+    moe_status_t status = moe_yaml_load(path, &limits, &doc);
+    if (status != MOE_STATUS_OK) return status;
     ctx_t c = {.path = path, .doc = &doc};
     status = parse_plan(&c, model, model_size, out);
     yaml_document_delete(&doc);
-fail_parser:
-    yaml_parser_delete(&parser);
-    fclose(fp);
     return status;
 }
 
@@ -311,19 +309,54 @@ static void format_share(float s, char *buf, size_t size)
     snprintf(buf, size, "%.6g", (double)s);
 }
 
+/* Whether s is valid UTF-8 (YAML text must be). */
+static bool utf8_valid(const unsigned char *s)
+{
+    while (*s) {
+        int n = *s < 0x80 ? 0 : (*s & 0xe0) == 0xc0 ? 1 : (*s & 0xf0) == 0xe0 ? 2 : (*s & 0xf8) == 0xf0 ? 3 : -1;
+        if (n < 0 || (n == 1 && *s < 0xc2)) return false;
+        s++;
+        for (int i = 0; i < n; i++, s++)
+            if ((*s & 0xc0) != 0x80) return false;
+    }
+    return true;
+}
+
+/* A YAML double-quoted scalar: quotes, backslashes and control characters escaped, so that no
+ * value can end the line or the string and add keys. */
+static void put_quoted(FILE *fp, const char *s)
+{
+    fputc('"', fp);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(fp, "\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7f)
+            fprintf(fp, "\\x%02x", *p);
+        else
+            fputc(*p, fp);
+    }
+    fputc('"', fp);
+}
+
 moe_status_t moe_plan_save_annotated(const moe_plan_h plan, const char *path, const char *model,
                                      const char *extra_yaml)
 {
     moe_status_t status = MOE_STATUS_OK;
     moe_atomic_file_t f;
     MOE_CHECK(moe_plan_check(plan, path), fail);
+    if (model && !utf8_valid((const unsigned char *)model))
+        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "%s: the model name is not valid UTF-8", path);
     MOE_CHECK(moe_atomic_file_open(path, &f), fail);
     int L = moe_plan_layers(plan), R = moe_plan_ranks(plan);
     FILE *fp = f.fp;
     fprintf(fp, "# moerun placement plan: per layer, the experts each rank hosts and the share of\n"
                 "# each expert's tokens that replica takes (format in placement/plan_yaml.c).\n");
     fprintf(fp, "format: %d\n", PLAN_FORMAT);
-    if (model && model[0]) fprintf(fp, "model: \"%s\"\n", model);
+    if (model && model[0]) {
+        fputs("model: ", fp);
+        put_quoted(fp, model);
+        fputc('\n', fp);
+    }
     fprintf(fp, "layers: %d\nexperts: %d\nranks: %d\nranks_per_node: %d\n", L,
             moe_plan_experts(plan), R, moe_plan_ranks_per_node(plan));
     if (extra_yaml && extra_yaml[0]) {

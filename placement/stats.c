@@ -141,9 +141,10 @@ static moe_status_t stats_meta_int(moe_safetensors_h f, const char *key, long lo
     return MOE_STATUS_OK;
 }
 
-/* Copy tensor `name` into dst after checking dtype I64 and the expected shape. */
-static moe_status_t stats_read_tensor(moe_safetensors_h f, const char *name, int ndim,
-                                      const int64_t *shape, int64_t *dst)
+/* Tensor `name`, checked to be I64 of the shape the metadata implies (before anything is
+ * allocated from that metadata: the tensors' sizes are bounded by the file's). */
+static moe_status_t stats_find_tensor(moe_safetensors_h f, const char *name, int ndim,
+                                      const int64_t *shape, moe_tensor_view_t *out)
 {
     moe_tensor_view_t v;
     moe_status_t status = moe_safetensors_find(f, name, &v);
@@ -151,12 +152,18 @@ static moe_status_t stats_read_tensor(moe_safetensors_h f, const char *name, int
     bool ok = v.dtype == MOE_DTYPE_I64 && v.ndim == ndim;
     for (int i = 0; ok && i < ndim; i++) ok = v.shape[i] == shape[i];
     if (!ok) {
-        moe_error("%s: tensor %s must be I64 of shape [%lld, %lld%s%lld], as the metadata says",
-                  moe_safetensors_path(f), name, (long long)shape[0], (long long)shape[1],
-                  ndim == 3 ? ", " : "", ndim == 3 ? (long long)shape[2] : 0LL);
+        char want[96], got[96];
+        int n = 0, m = 0;
+        for (int i = 0; i < ndim; i++)
+            n += snprintf(want + n, sizeof want - (size_t)n, "%s%lld", i ? ", " : "", (long long)shape[i]);
+        for (int i = 0; i < v.ndim && m < (int)sizeof got; i++)
+            m += snprintf(got + m, sizeof got - (size_t)m, "%s%lld", i ? ", " : "", (long long)v.shape[i]);
+        got[m < (int)sizeof got ? m : (int)sizeof got - 1] = '\0';
+        moe_error("%s: tensor %s must be I64 of shape [%s], as the metadata says; it is %s [%s]",
+                  moe_safetensors_path(f), name, want, moe_dtype_name(v.dtype), got);
         return MOE_STATUS_FORMAT_ERROR;
     }
-    memcpy(dst, v.data, v.nbytes);
+    *out = v;
     return MOE_STATUS_OK;
 }
 
@@ -171,14 +178,19 @@ moe_status_t moe_stats_load(const char *path, moe_stats_h *out)
     MOE_CHECK(stats_meta_int(f, "experts", &E), fail);
     MOE_CHECK(stats_meta_int(f, "top_k", &k), fail);
     MOE_CHECK(stats_meta_int(f, "tokens", &tokens), fail);
-    if (L < 1 || E < 1 || k < 1 || k > E || L > 100000 || E > 100000)
+    if (L < 1 || E < 1 || k < 1 || k > E || L > MOE_MAX_LAYERS || E > MOE_MAX_EXPERTS)
         MOE_FAIL(MOE_STATUS_FORMAT_ERROR, fail, "%s: metadata gives an impossible shape (%lld "
-                 "layers, %lld experts, top_k %lld)", path, L, E, k);
-    MOE_CHECK(moe_stats_create((int)L, (int)E, (int)k, &s), fail);
+                 "layers, %lld experts, top_k %lld; at most %d layers and %d experts)", path, L, E, k,
+                 MOE_MAX_LAYERS, MOE_MAX_EXPERTS);
     int64_t shape_le[2] = {L, E}, shape_lee[3] = {L, E, E}, shape_tee[3] = {L - 1, E, E};
-    MOE_CHECK(stats_read_tensor(f, "loads", 2, shape_le, s->loads), fail);
-    MOE_CHECK(stats_read_tensor(f, "coactivation", 3, shape_lee, s->coactivation), fail);
-    MOE_CHECK(stats_read_tensor(f, "transitions", 3, shape_tee, s->transitions), fail);
+    moe_tensor_view_t loads, co, tr;
+    MOE_CHECK(stats_find_tensor(f, "loads", 2, shape_le, &loads), fail);
+    MOE_CHECK(stats_find_tensor(f, "coactivation", 3, shape_lee, &co), fail);
+    MOE_CHECK(stats_find_tensor(f, "transitions", 3, shape_tee, &tr), fail);
+    MOE_CHECK(moe_stats_create((int)L, (int)E, (int)k, &s), fail);
+    memcpy(s->loads, loads.data, loads.nbytes);
+    memcpy(s->coactivation, co.data, co.nbytes);
+    memcpy(s->transitions, tr.data, tr.nbytes);
     s->tokens = tokens;
     moe_safetensors_close(f);
     *out = s;

@@ -282,7 +282,7 @@ static moe_status_t open_index(ckpt_t *c)
 }
 
 moe_status_t moe_checkpoint_load(const moe_config_t *config, const moe_plan_h plan, int rank,
-                                 moe_weights_t *w)
+                                 moe_watch_h watch, moe_weights_t *w)
 {
     moe_status_t status = MOE_STATUS_OK;
     const moe_model_config_t *m = &config->model;
@@ -349,6 +349,7 @@ moe_status_t moe_checkpoint_load(const moe_config_t *config, const moe_plan_h pl
         bool fused = ckpt_has(&c, fused_gu);
         const bool mixtral_names = hf->family == MOE_HF_MIXTRAL && strstr(base, "block_sparse_moe");
         for (int s = 0; s < n; s++) {
+            moe_watch_poll(watch); /* reading a shard takes a while: answer ranks that wait */
             const int e = experts[s];
             void *slot = moe_weights_slot(w, l, s);
             if (fused) {

@@ -21,6 +21,8 @@
  * so two configurations with the same settings compare equal with memcmp (padding included). */
 #include "runtime/runtime.h"
 
+#include "io/io.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <float.h>
@@ -77,24 +79,26 @@ _Static_assert(sizeof(moe_switch_t) == sizeof(int), "enum size");
 #define AT_LEAST(n) (double)(n), (double)INT_MAX
 #define FLOAT_MIN(n) (double)(n), (double)FLT_MAX
 #define BETWEEN(a, b) (double)(a), (double)(b)
+#define MOE_MAX_WIDTH (1 << 20) /* d_model, d_ff: a million, 50x today's widest */
 
 /* X(kind, name, field, C type of the field, enum words, default, limits (min, max), range, meaning).
  * Rows of one section stay together: the printer writes a section header where the section changes. */
 #define SETTINGS(X)                                                                                    \
     X(STRING, "model.name", model.name, char *, NULL, "tiny", NOLIM, RANGE_GE,                        \
       "shown in reports and statistics metadata")                                                      \
-    X(INT, "model.layers", model.layers, int, NULL, "4", AT_LEAST(1), RANGE_GE,                       \
+    X(INT, "model.layers", model.layers, int, NULL, "4", BETWEEN(1, MOE_MAX_LAYERS), RANGE_GE,        \
       "MoE blocks in the stack")                                                                       \
-    X(INT, "model.d_model", model.d_model, int, NULL, "64", AT_LEAST(1), RANGE_GE, "hidden size d")   \
-    X(INT, "model.d_ff", model.d_ff, int, NULL, "128", AT_LEAST(1), RANGE_GE,                         \
+    X(INT, "model.d_model", model.d_model, int, NULL, "64", BETWEEN(1, MOE_MAX_WIDTH), RANGE_GE,      \
+      "hidden size d")                                                                                 \
+    X(INT, "model.d_ff", model.d_ff, int, NULL, "128", BETWEEN(1, MOE_MAX_WIDTH), RANGE_GE,           \
       "routed expert width f")                                                                         \
-    X(INT, "model.experts", model.experts, int, NULL, "8", AT_LEAST(1), RANGE_GE,                     \
+    X(INT, "model.experts", model.experts, int, NULL, "8", BETWEEN(1, MOE_MAX_EXPERTS), RANGE_GE,     \
       "routed experts E per layer")                                                                    \
-    X(INT, "model.top_k", model.top_k, int, NULL, "2", AT_LEAST(1), RANGE_GE,                         \
+    X(INT, "model.top_k", model.top_k, int, NULL, "2", BETWEEN(1, MOE_MAX_TOP_K), RANGE_GE,           \
       "experts each token is routed to")                                                               \
-    X(INT, "model.shared_experts", model.shared_experts, int, NULL, "0", AT_LEAST(0), RANGE_GE,       \
+    X(INT, "model.shared_experts", model.shared_experts, int, NULL, "0", BETWEEN(0, 64), RANGE_GE,    \
       "shared experts applied to every token (0 = none)")                                              \
-    X(INT, "model.shared_d_ff", model.shared_d_ff, int, NULL, "0", AT_LEAST(0), RANGE_GE,             \
+    X(INT, "model.shared_d_ff", model.shared_d_ff, int, NULL, "0", BETWEEN(0, MOE_MAX_WIDTH), RANGE_GE, \
       "width of each shared expert")                                                                   \
     X(ENUM, "model.scoring", model.scoring, moe_scoring_t, scoring_words, "softmax", NOLIM, RANGE_GE, \
       "router scores: softmax | sigmoid")                                                              \
@@ -134,6 +138,8 @@ _Static_assert(sizeof(moe_switch_t) == sizeof(int), "enum size");
       "seed of weights, inputs and synthetic routing")                                                 \
     X(INT, "run.warmup_batches", run.warmup_batches, int, NULL, "0", AT_LEAST(0), RANGE_GE,           \
       "first batches left out of tokens/s")                                                            \
+    X(FLOAT, "run.timeout", run.timeout, float, NULL, "300", FLOAT_MIN(0), RANGE_GE,                  \
+      "seconds a rank may go unheard while others wait for it; then the job ends (0 = never)")       \
     X(ENUM, "routing.source", routing.source, moe_routing_source_t, source_words, "router", NOLIM,    \
       RANGE_GE, "where routing comes from: router | trace | synthetic")                                \
     X(PATH, "routing.trace_ids", routing.trace_ids, char *, NULL, "", NOLIM, RANGE_GE,                \
@@ -326,11 +332,12 @@ static bool setting_parse(int i, const char *text, bool is_null, const char *bas
             snprintf(why, why_size, "integer overflow: %s does not fit in 32 bits", text);
             return false;
         }
-        if ((double)v < s->min || (double)v > s->max) {
-            if (s->max == (double)INT_MAX)
-                snprintf(why, why_size, "must be >= %.0f, got %lld", s->min, v);
-            else
-                snprintf(why, why_size, "must be between %.0f and %.0f, got %lld", s->min, s->max, v);
+        if ((double)v < s->min) {
+            snprintf(why, why_size, "must be >= %.0f, got %lld", s->min, v);
+            return false;
+        }
+        if ((double)v > s->max) {
+            snprintf(why, why_size, "must be <= %.0f, got %lld", s->max, v);
             return false;
         }
         int iv = (int)v;
@@ -599,24 +606,6 @@ static void load_root(loader_t *ld, const yaml_node_t *root)
     }
 }
 
-/* Logs a libyaml error as FILE:LINE. */
-static void log_yaml_error(const char *path, const yaml_parser_t *parser)
-{
-    if (parser->error == YAML_READER_ERROR) {
-        moe_error("%s: YAML error: %s at byte %zu", path, parser->problem ? parser->problem : "unreadable",
-                  parser->problem_offset);
-    } else if (parser->error == YAML_MEMORY_ERROR) {
-        moe_error("%s: out of memory while parsing YAML", path);
-    } else if (parser->context) {
-        moe_error("%s:%zu: YAML syntax error: %s (%s on line %zu)", path, parser->problem_mark.line + 1,
-                  parser->problem ? parser->problem : "unknown problem", parser->context,
-                  parser->context_mark.line + 1);
-    } else {
-        moe_error("%s:%zu: YAML syntax error: %s", path, parser->problem_mark.line + 1,
-                  parser->problem ? parser->problem : "unknown problem");
-    }
-}
-
 /* weights.checkpoint given and weights.kind left at its default: the checkpoint is the weights. */
 static void apply_implied(moe_config_t *config)
 {
@@ -629,11 +618,8 @@ moe_status_t moe_config_load(const char *path, moe_config_t *config)
 {
     moe_status_t status = MOE_STATUS_OK;
     loader_t ld = {.path = path};
-    yaml_parser_t parser;
-    yaml_document_t doc, extra;
-    bool parser_ready = false, doc_ready = false;
+    yaml_document_t doc;
     moe_config_t *tmp = NULL;
-    FILE *file = NULL;
 
     if (strlen(path) >= MOE_PATH_MAX) MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, out, "%s: path too long", path);
     const char *slash = strrchr(path, '/');
@@ -645,41 +631,22 @@ moe_status_t moe_config_load(const char *path, moe_config_t *config)
     snprintf(tmp->source_path, sizeof tmp->source_path, "%s", path);
     ld.config = tmp;
 
-    file = fopen(path, "rb");
-    if (file == NULL) MOE_FAIL(MOE_STATUS_IO_ERROR, free_tmp, "%s: cannot open: %s", path, strerror(errno));
-    if (!yaml_parser_initialize(&parser)) MOE_FAIL(MOE_STATUS_NO_MEMORY, close_file, "%s: out of memory", path);
-    parser_ready = true;
-    yaml_parser_set_input_file(&parser, file);
-    if (!yaml_parser_load(&parser, &doc)) {
-        if (parser.error == YAML_READER_ERROR && ferror(file))
-            MOE_FAIL(MOE_STATUS_IO_ERROR, close_file, "%s: cannot read: %s", path, strerror(errno));
-        log_yaml_error(path, &parser);
-        status = MOE_STATUS_INVALID_ARGUMENT;
-        goto close_file;
+    /* A config is two levels deep and small; the loader names repeated keys itself (with the
+     * dotted key and the line of the first). */
+    moe_yaml_limits_t limits = {.max_bytes = 1u << 20, .max_depth = 8, .unique_keys = false};
+    status = moe_yaml_load(path, &limits, &doc);
+    if (status != MOE_STATUS_OK) {
+        if (status != MOE_STATUS_IO_ERROR && status != MOE_STATUS_NO_MEMORY) status = MOE_STATUS_INVALID_ARGUMENT;
+        goto free_tmp;
     }
-    doc_ready = true;
     ld.doc = &doc;
-
     yaml_node_t *root = yaml_document_get_root_node(&doc);
-    if (root == NULL) goto close_file; /* an empty file: the defaults */
-    load_root(&ld, root);
-    apply_implied(tmp);
-
-    /* One document per file: a second one would be silently ignored otherwise. */
-    if (!yaml_parser_load(&parser, &extra)) {
-        log_yaml_error(path, &parser);
-        ld.errors++;
-    } else {
-        yaml_node_t *extra_root = yaml_document_get_root_node(&extra);
-        if (extra_root) loader_error(&ld, node_line(extra_root), "a second YAML document; a config is one");
-        yaml_document_delete(&extra);
+    if (root != NULL) { /* an empty file: the defaults */
+        load_root(&ld, root);
+        apply_implied(tmp);
     }
+    yaml_document_delete(&doc);
     if (ld.errors) status = MOE_STATUS_INVALID_ARGUMENT;
-
-close_file:
-    if (doc_ready) yaml_document_delete(&doc);
-    if (parser_ready) yaml_parser_delete(&parser);
-    fclose(file);
     if (status == MOE_STATUS_OK) memcpy(config, tmp, sizeof *config);
 free_tmp:
     free(tmp);
@@ -764,8 +731,10 @@ moe_status_t moe_config_validate(const moe_config_t *config, int world_size)
         if (s->kind == KIND_INT) {
             int v;
             memcpy(&v, field, sizeof v);
-            if ((double)v < s->min || (double)v > s->max)
+            if ((double)v < s->min)
                 errors += report(config, name, "must be >= %.0f, got %d", s->min, v);
+            else if ((double)v > s->max)
+                errors += report(config, name, "must be <= %.0f, got %d", s->max, v);
         } else if (s->kind == KIND_FLOAT) {
             float v;
             memcpy(&v, field, sizeof v);
@@ -808,6 +777,22 @@ moe_status_t moe_config_validate(const moe_config_t *config, int world_size)
     if (m->top_k > MOE_DISPATCH_TOP_K_MAX)
         errors += report(config, "model.top_k", "%d is above the %d a token may choose", m->top_k,
                          MOE_DISPATCH_TOP_K_MAX);
+    /* Products that become one allocation or one 32-bit count (MPI counts, kernel indices). */
+    const int64_t d = m->d_model, tpr = config->run.tokens_per_rank;
+    if (2 * (int64_t)m->d_ff * d > INT_MAX)
+        errors += report(config, "model.d_ff", "%d x model.d_model (%d) x 2: an expert's gate and up "
+                         "projections exceed 2^31 values", m->d_ff, m->d_model);
+    if (2 * (int64_t)m->shared_experts * m->shared_d_ff * d > INT_MAX)
+        errors += report(config, "model.shared_d_ff", "%d x model.shared_experts (%d) x model.d_model "
+                         "(%d) x 2 exceeds 2^31 values", m->shared_d_ff, m->shared_experts, m->d_model);
+    if (tpr * d > INT_MAX || tpr * m->top_k > INT_MAX)
+        errors += report(config, "run.tokens_per_rank", "%lld x model.d_model (%d) or x model.top_k "
+                         "(%d) exceeds 2^31 values", (long long)tpr, m->d_model, m->top_k);
+    if (world_size > 0 && config->outputs.output[0] && (int64_t)world_size * tpr * d > INT_MAX)
+        errors += report(config, "outputs.output", "a batch of %d ranks x run.tokens_per_rank (%lld) x "
+                         "model.d_model (%d) exceeds 2^31 values, gathered at once on rank 0",
+                         world_size, (long long)tpr, m->d_model);
+
     const moe_run_config_t *r = &config->run;
     if (r->transport == MOE_TRANSPORT_NCCL && r->backend != MOE_BACKEND_CUDA)
         errors += report(config, "run.transport", "nccl needs run.backend: cuda");

@@ -106,6 +106,13 @@ struct moe_elastic_s {
     int plans_saved;
 };
 
+/* Every collective here is non-blocking and waited under the run's watch (comm.h), so that a rank
+ * that stops answering in an event ends the job instead of hanging it. */
+static moe_status_t el_wait(const struct moe_elastic_s *el, const char *what, int n, MPI_Request *requests)
+{
+    return moe_watch_wait(el->args.watch, -1, NULL, what, n, requests);
+}
+
 /* ---------------------------------------------------------------- the schedule */
 
 static moe_status_t parse_schedule(struct moe_elastic_s *el, const char *spec)
@@ -232,7 +239,9 @@ moe_status_t moe_elastic_create(const moe_config_t *config, const moe_elastic_ar
             moe_error("--plans %s: cannot create the directory: %s", args->plans_dir, strerror(errno));
             made = 0;
         }
-        MOE_CHECK_MPI(MPI_Bcast(&made, 1, MPI_INT, 0, comm), fail);
+        MPI_Request request;
+        MOE_CHECK_MPI(MPI_Ibcast(&made, 1, MPI_INT, 0, comm, &request), fail);
+        MOE_CHECK(el_wait(el, "the plans folder check", 1, &request), fail);
         if (!made) {
             status = MOE_STATUS_IO_ERROR;
             goto fail;
@@ -329,9 +338,12 @@ static moe_status_t start_solver(struct moe_elastic_s *el, const moe_plan_h curr
             for (size_t i = 0; i < LE; i++) sum[i] += el->window_loads[(size_t)w * LE + i];
             sum[LE] += el->window_tokens[w];
         }
-        MOE_CHECK_MPI(MPI_Reduce(el->rank == 0 ? MPI_IN_PLACE : sum, sum, (int)LE + 1, MPI_INT64_T,
-                                 MPI_SUM, 0, el->comm),
-                      fail);
+        MPI_Request request;
+        MOE_CHECK_MPI(MPI_Ireduce(el->rank == 0 ? MPI_IN_PLACE : sum, sum, (int)LE + 1, MPI_INT64_T, MPI_SUM,
+                                  0, el->comm, &request), fail);
+        status = el_wait(el, "the routing window's reduction", 1, &request);
+        if (status == MOE_STATUS_TIMEOUT) return status; /* the request may still write into sum */
+        if (status != MOE_STATUS_OK) goto fail;
     }
     if (el->rank == 0) {
         solver_t *s = &el->solver;
@@ -373,7 +385,9 @@ static moe_status_t broadcast_plan(struct moe_elastic_s *el, int size, moe_plan_
         for (int l = 0; total >= 0 && l < L; l++)
             for (int e = 0; e < E; e++) total += moe_plan_replicas(s->plan, l, e, NULL, NULL);
     }
-    MOE_CHECK_MPI(MPI_Bcast(&total, 1, MPI_INT64_T, 0, el->comm), fail);
+    MPI_Request requests[3];
+    MOE_CHECK_MPI(MPI_Ibcast(&total, 1, MPI_INT64_T, 0, el->comm, &requests[0]), fail);
+    MOE_CHECK(el_wait(el, "the plan broadcast", 1, &requests[0]), fail);
     if (total < 0) MOE_FAIL(MOE_STATUS_INTERNAL, fail, "elastic: the placement solver failed");
     int *counts = malloc(sizeof(int) * ((size_t)L * E + (size_t)total));
     float *shares = malloc(sizeof(float) * ((size_t)total + 1));
@@ -397,10 +411,12 @@ static moe_status_t broadcast_plan(struct moe_elastic_s *el, int size, moe_plan_
                 q += (size_t)n;
             }
     }
-    int rc = MPI_Bcast(counts, (int)((size_t)L * E + (size_t)total), MPI_INT, 0, el->comm);
-    if (rc == MPI_SUCCESS) rc = MPI_Bcast(shares, (int)total, MPI_FLOAT, 0, el->comm);
-    if (rc == MPI_SUCCESS) rc = MPI_Bcast(&plan_s, 1, MPI_DOUBLE, 0, el->comm);
-    if (rc == MPI_SUCCESS) {
+    int rc = MPI_Ibcast(counts, (int)((size_t)L * E + (size_t)total), MPI_INT, 0, el->comm, &requests[0]);
+    if (rc == MPI_SUCCESS) rc = MPI_Ibcast(shares, (int)total, MPI_FLOAT, 0, el->comm, &requests[1]);
+    if (rc == MPI_SUCCESS) rc = MPI_Ibcast(&plan_s, 1, MPI_DOUBLE, 0, el->comm, &requests[2]);
+    if (rc == MPI_SUCCESS) status = el_wait(el, "the plan broadcast", 3, requests);
+    if (status == MOE_STATUS_TIMEOUT) return status; /* the requests may still write into the buffers */
+    if (rc == MPI_SUCCESS && status == MOE_STATUS_OK) {
         status = moe_plan_create_empty(L, E, size, moe_ranks_per_node(el->config, size), out);
         size_t q = 0;
         for (int l = 0; l < L && status == MOE_STATUS_OK; l++)
@@ -655,7 +671,9 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
         ctl[3] = due;
         ctl[4] = el->state == STATE_PLANNING && atomic_load(&el->solver.done);
     }
-    MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, ctl, 5, MPI_INT64_T, MPI_SUM, el->comm), fail);
+    MPI_Request request;
+    MOE_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, ctl, 5, MPI_INT64_T, MPI_SUM, el->comm, &request), fail);
+    MOE_CHECK(el_wait(el, "the elastic control exchange", 1, &request), fail);
     el->pending_bytes = ctl[0];
     event_t *ev = current_event(el);
 
@@ -681,7 +699,8 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
             break;
         }
         MOE_CHECK(moe_migration_start(c, plan, weights, el->new_plan, el->rank,
-                                      c->rebalance.transfer_window, el->comm, el->device_comm, &el->new_weights,
+                                      c->rebalance.transfer_window, el->comm, el->device_comm, el->args.watch,
+                                      &el->new_weights,
                                       &el->migration),
                   fail);
         el->state = STATE_MOVING;
@@ -692,8 +711,12 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
         /* every rank's transfers are done: the figures; the engine prepares the new state */
         double seconds = moe_migration_seconds(el->migration);
         int64_t bytes = moe_migration_bytes_in(el->migration);
-        MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &seconds, 1, MPI_DOUBLE, MPI_MAX, el->comm), fail);
-        MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &bytes, 1, MPI_INT64_T, MPI_SUM, el->comm), fail);
+        MPI_Request figures[2];
+        MOE_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, &seconds, 1, MPI_DOUBLE, MPI_MAX, el->comm, &figures[0]),
+                      fail);
+        MOE_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, &bytes, 1, MPI_INT64_T, MPI_SUM, el->comm, &figures[1]),
+                      fail);
+        MOE_CHECK(el_wait(el, "the transfer figures", 2, figures), fail);
         ev->transfer_s = seconds;
         ev->bytes_moved = bytes;
         moe_migration_destroy(el->migration);
@@ -735,6 +758,8 @@ void moe_elastic_switched(moe_elastic_h el, double seconds)
 }
 
 void moe_elastic_set_device_comm(moe_elastic_h el, moe_comm_h comm) { el->device_comm = comm; }
+
+const char *moe_elastic_phase(const moe_elastic_h el) { return el->phase; }
 
 void moe_elastic_progress(moe_elastic_h el)
 {
@@ -829,7 +854,7 @@ moe_status_t moe_elastic_finish(moe_elastic_h el)
     moe_status_t status = MOE_STATUS_OK;
     /* an event the run outlived: its transfers complete (every rank posted its side), then go */
     if (el->migration) {
-        MOE_CHECK(moe_migration_wait(el->migration), fail);
+        MOE_CHECK(moe_migration_wait(el->migration, el->args.watch), fail);
         moe_migration_destroy(el->migration);
         el->migration = NULL;
         moe_weights_destroy(&el->new_weights);

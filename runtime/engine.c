@@ -103,6 +103,9 @@ static moe_status_t serving_set_make(moe_engine_h e, int P)
     if (set->made) return MOE_STATUS_OK;
     set->made = true;
     const bool member = e->rank < P;
+    /* MPI_Comm_split has no deadline: meet under the watch first, so a rank stopped before it is
+     * found rather than waited for */
+    MOE_CHECK(moe_watch_barrier(e->options.watch, e->comm, -1, NULL, "the serving set's start"), fail);
     MOE_CHECK_MPI(MPI_Comm_split(e->comm, member ? 0 : MPI_UNDEFINED, e->rank, &set->mpi), fail);
     if (e->world_transport) {
         if (P == e->size)
@@ -114,6 +117,8 @@ static moe_status_t serving_set_make(moe_engine_h e, int P)
     } else if (member) {
         MOE_CHECK(moe_comm_create_mpi(set->mpi, &set->transport), fail);
     }
+    if (set->transport) MOE_CHECK(moe_comm_set_watch(set->transport, e->options.watch), fail);
+    if (set->meta) MOE_CHECK(moe_comm_set_watch(set->meta, e->options.watch), fail);
 fail:
     return status;
 }
@@ -265,7 +270,8 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
             MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail,
                      "--reference runs one rank; it has no schedule, re-balancing or timeline");
         moe_elastic_args_t args = {.schedule = e->options.schedule, .timeline = e->options.timeline,
-                                   .events = e->options.events, .plans_dir = e->options.plans_dir};
+                                   .events = e->options.events, .plans_dir = e->options.plans_dir,
+                                   .watch = e->options.watch};
         MOE_CHECK(moe_elastic_create(c, &args, e->comm, &e->elastic), fail);
         e->serving = moe_elastic_initial_size(e->elastic);
     }
@@ -327,17 +333,17 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     }
     e->weights = calloc(1, sizeof *e->weights);
     MOE_CHECK_ALLOC(e->weights, fail);
-    MOE_CHECK(moe_weights_create(c, e->plan, e->rank, e->store_ops, e->store, e->weights), fail);
+    MOE_CHECK(moe_weights_create(c, e->plan, e->rank, e->store_ops, e->store, e->options.watch, e->weights), fail);
 
     e->x = moe_calloc((size_t)tpr * d, sizeof(float));
     e->ids = moe_calloc((size_t)L * tpr * k, sizeof(int32_t));
     e->weights_buf = moe_calloc((size_t)tpr * k, sizeof(float));
-    MOE_CHECK_ALLOC(e->x, fail);
-    MOE_CHECK_ALLOC(e->ids, fail);
-    MOE_CHECK_ALLOC(e->weights_buf, fail);
+    if (!e->x || !e->ids || !e->weights_buf)
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "out of memory for a batch: run.tokens_per_rank (%d) x "
+                 "model.d_model (%d), and x model.layers (%d) x model.top_k (%d)", tpr, d, L, k);
 
     MOE_CHECK(serving_build(e), fail);
-    MOE_CHECK(moe_metrics_create(c, e->comm, &e->metrics), fail);
+    MOE_CHECK(moe_metrics_create(c, e->comm, e->options.watch, &e->metrics), fail);
     if (c->outputs.stats[0]) MOE_CHECK(moe_stats_create(L, c->model.experts, k, &e->stats), fail);
 
     if (c->outputs.output[0]) {
@@ -345,14 +351,19 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
             e->gathered = moe_calloc((size_t)e->size * tpr * d, sizeof(float));
             e->gather_counts = calloc((size_t)e->size, sizeof(int));
             e->gather_displs = calloc((size_t)e->size, sizeof(int));
-            MOE_CHECK_ALLOC(e->gathered, fail);
-            MOE_CHECK_ALLOC(e->gather_counts, fail);
-            MOE_CHECK_ALLOC(e->gather_displs, fail);
+            if (!e->gathered || !e->gather_counts || !e->gather_displs)
+                MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "outputs.output: out of memory to gather %d ranks x "
+                         "run.tokens_per_rank (%d) x model.d_model (%d) floats on rank 0", e->size, tpr, d);
             int64_t shape[2] = {e->total_tokens, d}; /* -1: declared at commit */
             MOE_CHECK(moe_npy_writer_open(c->outputs.output, MOE_DTYPE_F32, 2, shape, &e->output), fail);
             e->output_open = true;
         }
     }
+    /* Outputs written only at the end: a typo in their folder fails now, not after the run. Rank 0
+     * alone, after the last collective of create (the launcher agrees on the verdict). */
+    const char *late[] = {c->outputs.stats, o->timeline, o->events};
+    for (int i = 0; i < 3 && e->rank == 0; i++)
+        if (late[i] && late[i][0]) MOE_CHECK(moe_atomic_file_check(late[i]), fail);
     moe_metrics_set_startup(e->metrics, moe_now() - t_create);
     if (e->options.trace_events && e->options.trace_events[0])
         MOE_CHECK(moe_trace_create(e->options.trace_events, e->options.trace_batch >= 0 ? e->options.trace_batch
@@ -375,15 +386,19 @@ static moe_status_t engine_write_output(moe_engine_h e, int n)
     moe_status_t status = MOE_STATUS_OK;
     const int d = e->config.model.d_model;
     int count = n * d;
-    MOE_CHECK_MPI(MPI_Gather(&count, 1, MPI_INT, e->gather_counts, 1, MPI_INT, 0, e->comm), fail);
+    MPI_Request request;
+    MOE_CHECK_MPI(MPI_Igather(&count, 1, MPI_INT, e->gather_counts, 1, MPI_INT, 0, e->comm, &request),
+                  fail);
+    MOE_CHECK(moe_watch_wait(e->options.watch, -1, NULL, "the output gather", 1, &request), fail);
     int total = 0;
     if (e->rank == 0)
         for (int p = 0; p < e->size; p++) {
             e->gather_displs[p] = total;
             total += e->gather_counts[p];
         }
-    MOE_CHECK_MPI(MPI_Gatherv(e->x, count, MPI_FLOAT, e->gathered, e->gather_counts, e->gather_displs,
-                              MPI_FLOAT, 0, e->comm), fail);
+    MOE_CHECK_MPI(MPI_Igatherv(e->x, count, MPI_FLOAT, e->gathered, e->gather_counts, e->gather_displs,
+                               MPI_FLOAT, 0, e->comm, &request), fail);
+    MOE_CHECK(moe_watch_wait(e->options.watch, -1, NULL, "the output gather", 1, &request), fail);
     if (e->rank == 0) MOE_CHECK(moe_npy_writer_append(&e->output, e->gathered, total / d), fail);
 fail:
     return status;
@@ -466,23 +481,32 @@ fail:
 }
 
 /* Elastic runs: every rank meets the others after the batch. Ranks outside the serving set wait
- * here sleeping between polls, rather than spinning in the next collective for a whole batch on
- * cores the serving ranks may share; the polls also move their incoming experts on. */
-static moe_status_t engine_wait_batch(moe_engine_h e, bool serves)
+ * here for a whole batch, backing off (comm.h) rather than spinning on cores the serving ranks may
+ * share; their polls also move incoming experts on. */
+typedef struct {
+    moe_engine_h e;
+    MPI_Request request;
+} batch_wait_t;
+
+static moe_status_t batch_done(void *arg, bool *done)
+{
+    batch_wait_t *b = arg;
+    int flag = 0;
+    if (MPI_Test(&b->request, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+        moe_error("MPI_Test of the batch's end failed");
+        return MOE_STATUS_MPI_ERROR;
+    }
+    moe_elastic_progress(b->e->elastic);
+    *done = flag != 0;
+    return MOE_STATUS_OK;
+}
+
+static moe_status_t engine_wait_batch(moe_engine_h e)
 {
     moe_status_t status = MOE_STATUS_OK;
-    MPI_Request request;
-    MOE_CHECK_MPI(MPI_Ibarrier(e->comm, &request), fail);
-    if (serves) {
-        MOE_CHECK_MPI(MPI_Wait(&request, MPI_STATUS_IGNORE), fail);
-        return MOE_STATUS_OK;
-    }
-    for (int done = 0;;) {
-        MOE_CHECK_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE), fail);
-        if (done) break;
-        moe_elastic_progress(e->elastic);
-        nanosleep(&(struct timespec){.tv_sec = 0, .tv_nsec = 200000}, NULL);
-    }
+    batch_wait_t b = {.e = e};
+    MOE_CHECK_MPI(MPI_Ibarrier(e->comm, &b.request), fail);
+    status = moe_watch_until(e->options.watch, -1, NULL, "the batch's end", batch_done, &b);
 fail:
     return status;
 }
@@ -502,6 +526,7 @@ moe_status_t moe_engine_run(moe_engine_h e)
     const bool progress = c->outputs.progress && e->rank == 0 && isatty(STDOUT_FILENO);
     double t_start = moe_now();
     for (int b = 0; engine_more(e, b); b++) {
+        moe_watch_step(e->options.watch, e->elastic ? moe_elastic_phase(e->elastic) : "serve", b, -1);
         if (e->elastic) {
             moe_elastic_switch_t sw;
             bool busy = e->next.weights && !atomic_load(&e->next.done);
@@ -509,6 +534,7 @@ moe_status_t moe_engine_run(moe_engine_h e)
                       fail);
             if (sw.prepare_now) MOE_CHECK(engine_prepare(e, &sw), fail);
             if (sw.switch_now) MOE_CHECK(engine_switch(e), fail);
+            moe_watch_step(e->options.watch, moe_elastic_phase(e->elastic), b, -1);
         }
         const int64_t per_batch = (int64_t)tpr * e->serving;
         const int64_t g_batch = e->g_next;
@@ -522,7 +548,9 @@ moe_status_t moe_engine_run(moe_engine_h e)
 
         /* batches start together, so that times compare; ranks outside the serving set (busy with
          * incoming experts, maybe) are not waited for */
-        if (serves) MOE_CHECK_MPI(MPI_Barrier(e->serve_comm), fail);
+        if (serves)
+            MOE_CHECK(moe_watch_barrier(e->options.watch, e->serve_comm, e->serving, NULL,
+                                        "the batch's start"), fail);
         double t0 = moe_now();
         if (e->options.reference) {
             MOE_CHECK(moe_reference_forward(c, e->weights, &e->sources, g0, n, e->x, e->ids), fail);
@@ -530,6 +558,7 @@ moe_status_t moe_engine_run(moe_engine_h e)
             const moe_backend_t *bk = e->backend;
             MOE_CHECK(bk->load(e->backend_state, e->x, n), fail);
             for (int l = 0; l < L; l++) {
+                moe_watch_step(e->options.watch, e->elastic ? moe_elastic_phase(e->elastic) : "serve", b, l);
                 MOE_CHECK(moe_scheduler_layer(e->sched, l, g0, n,
                                               l > 0 ? e->ids + (size_t)(l - 1) * n * k : NULL,
                                               e->ids + (size_t)l * n * k, e->weights_buf,
@@ -540,9 +569,10 @@ moe_status_t moe_engine_run(moe_engine_h e)
             if (c->routing.source == MOE_ROUTING_ROUTER) MOE_CHECK(bk->routes(e->backend_state, n, e->ids), fail);
             MOE_CHECK(bk->timeline(e->backend_state, n, moe_metrics_layer(e->metrics, 0),
                                    e->trace && moe_trace_batch(e->trace) == b ? e->trace : NULL), fail);
+            moe_watch_step(e->options.watch, e->elastic ? moe_elastic_phase(e->elastic) : "serve", b, -1);
         }
         double batch_time = moe_now() - t0;
-        if (e->elastic) MOE_CHECK(engine_wait_batch(e, serves), fail);
+        if (e->elastic) MOE_CHECK(engine_wait_batch(e), fail);
         e->g_next += batch_tokens;
 
         if (e->stats) moe_stats_add(e->stats, e->ids, n);
@@ -582,12 +612,17 @@ static moe_status_t engine_reduce_stats(moe_engine_h e)
         for (size_t off = 0; off < parts[i].n; off += 1 << 28) { /* stay within int counts */
             int n = (int)(parts[i].n - off < (1u << 28) ? parts[i].n - off : (1u << 28));
             void *buf = parts[i].data + off;
-            MOE_CHECK_MPI(MPI_Reduce(e->rank == 0 ? MPI_IN_PLACE : buf, buf, n, MPI_INT64_T, MPI_SUM, 0,
-                                     e->comm), fail);
+            MPI_Request request;
+            MOE_CHECK_MPI(MPI_Ireduce(e->rank == 0 ? MPI_IN_PLACE : buf, buf, n, MPI_INT64_T, MPI_SUM, 0,
+                                      e->comm, &request), fail);
+            MOE_CHECK(moe_watch_wait(e->options.watch, -1, NULL, "the statistics reduction", 1, &request),
+                      fail);
         }
     }
     int64_t tokens = moe_stats_tokens(s), sum = 0;
-    MOE_CHECK_MPI(MPI_Reduce(&tokens, &sum, 1, MPI_INT64_T, MPI_SUM, 0, e->comm), fail);
+    MPI_Request request;
+    MOE_CHECK_MPI(MPI_Ireduce(&tokens, &sum, 1, MPI_INT64_T, MPI_SUM, 0, e->comm, &request), fail);
+    MOE_CHECK(moe_watch_wait(e->options.watch, -1, NULL, "the statistics reduction", 1, &request), fail);
     if (e->rank == 0) moe_stats_set_tokens(s, sum);
 fail:
     return status;
@@ -599,8 +634,15 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
     const moe_config_t *c = &e->config;
     if (c->weights.kind == MOE_WEIGHTS_CHECKPOINT) { /* checkpoint bytes each rank read, to rank 0 */
         int64_t mine[2] = {e->weights->read_bytes, e->weights->read_expert_bytes};
-        MOE_CHECK_MPI(MPI_Gather(mine, 2, MPI_INT64_T, moe_metrics_read_bytes(e->metrics), 2, MPI_INT64_T,
-                                 0, e->comm), fail);
+        MPI_Request request;
+        MOE_CHECK_MPI(MPI_Igather(mine, 2, MPI_INT64_T, moe_metrics_read_bytes(e->metrics), 2, MPI_INT64_T,
+                                  0, e->comm, &request), fail);
+        MOE_CHECK(moe_watch_wait(e->options.watch, -1, NULL, "the checkpoint figures", 1, &request), fail);
+    }
+    moe_watch_step(e->options.watch, "finalize", -1, -1);
+    if (e->output_open) { /* first: a failure below must not cost the run's output */
+        e->output_open = false;
+        MOE_CHECK(moe_npy_writer_commit(&e->output), fail);
     }
     { /* each rank's memory, to rank 0 */
         int64_t mine[3] = {moe_host_rss_peak(), (int64_t)moe_weights_bytes(e->weights), 0};
@@ -618,10 +660,6 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
     }
     if (e->rank == 0) {
         MOE_CHECK(moe_metrics_commit(e->metrics), fail);
-        if (e->output_open) {
-            e->output_open = false;
-            MOE_CHECK(moe_npy_writer_commit(&e->output), fail);
-        }
         moe_metrics_print_summary(e->metrics, stdout);
         if (e->elastic) moe_elastic_print(e->elastic, stdout);
         fflush(stdout);

@@ -18,6 +18,7 @@
 struct moe_metrics_s {
     const moe_config_t *config;
     MPI_Comm comm;
+    moe_watch_h watch;
     int rank, size, layers;
     moe_layer_metrics_t *layer;     /* [L] this batch, this rank */
     double *reduce_buf;             /* [L][STAGE_COUNT + 1] */
@@ -44,13 +45,15 @@ static const char *stage_names[MOE_STAGE_COUNT] = {"route", "plan", "permute", "
 
 const char *moe_stage_name(moe_stage_t stage) { return stage_names[stage]; }
 
-moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_metrics_h *out)
+moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_watch_h watch,
+                                moe_metrics_h *out)
 {
     moe_status_t status = MOE_STATUS_OK;
     struct moe_metrics_s *m = calloc(1, sizeof *m);
     MOE_CHECK_ALLOC(m, fail);
     m->config = config;
     m->comm = comm;
+    m->watch = watch;
     MPI_Comm_rank(comm, &m->rank);
     MPI_Comm_size(comm, &m->size);
     m->layers = config->model.layers;
@@ -111,13 +114,18 @@ moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tok
         m->send_buf[l * 4 + 3] = m->layer[l].tokens;
     }
     double batch_time_max = batch_time;
-    int rc = MPI_Reduce(local, m->reduce_buf, L * (S + 1), MPI_DOUBLE, MPI_MAX, 0, m->comm);
+    MPI_Request requests[3];
+    int rc = MPI_Ireduce(local, m->reduce_buf, L * (S + 1), MPI_DOUBLE, MPI_MAX, 0, m->comm, &requests[0]);
     if (rc == MPI_SUCCESS)
-        rc = MPI_Gather(m->send_buf, L * 4, MPI_INT64_T, m->gather_buf, L * 4, MPI_INT64_T, 0, m->comm);
+        rc = MPI_Igather(m->send_buf, L * 4, MPI_INT64_T, m->gather_buf, L * 4, MPI_INT64_T, 0, m->comm,
+                         &requests[1]);
     if (rc == MPI_SUCCESS)
-        rc = MPI_Reduce(&batch_time, &batch_time_max, 1, MPI_DOUBLE, MPI_MAX, 0, m->comm);
-    free(local);
+        rc = MPI_Ireduce(&batch_time, &batch_time_max, 1, MPI_DOUBLE, MPI_MAX, 0, m->comm, &requests[2]);
+    if (rc == MPI_SUCCESS) status = moe_watch_wait(m->watch, -1, NULL, "the metrics reduction", 3, requests);
+    /* after a timeout the requests may still write into local: the job is ending, keep it */
+    if (status != MOE_STATUS_TIMEOUT) free(local);
     MOE_CHECK_MPI(rc, fail);
+    if (status != MOE_STATUS_OK) goto fail;
     memset(m->layer, 0, sizeof(moe_layer_metrics_t) * (size_t)L);
     if (m->rank != 0) return MOE_STATUS_OK;
 

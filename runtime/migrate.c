@@ -163,8 +163,8 @@ fail:
 
 moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h old_plan,
                                  const moe_weights_t *from, const moe_plan_h new_plan, int rank,
-                                 int window, MPI_Comm comm, moe_comm_h device_comm, moe_weights_t *to,
-                                 moe_migration_h *out)
+                                 int window, MPI_Comm comm, moe_comm_h device_comm, moe_watch_h watch,
+                                 moe_weights_t *to, moe_migration_h *out)
 {
     moe_status_t status = MOE_STATUS_OK;
     const int L = config->model.layers, E = config->model.experts;
@@ -184,7 +184,9 @@ moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h ol
     m->staged = !from->ops->host_memory;
     m->device_comm = m->staged && device_comm && moe_comm_is_device(device_comm) ? device_comm : NULL;
     m->window = window > 0 ? window : 1;
-    MOE_CHECK_MPI(MPI_Comm_dup(comm, &m->comm), fail);
+    MPI_Request dup;
+    MOE_CHECK_MPI(MPI_Comm_idup(comm, &m->comm, &dup), fail);
+    MOE_CHECK(moe_watch_wait(watch, -1, NULL, "the migration's start", 1, &dup), fail);
     if (m->expert_bytes > (size_t)INT32_MAX)
         MOE_FAIL(MOE_STATUS_UNSUPPORTED, fail, "migration: an expert of %zu bytes is over 2 GB", m->expert_bytes);
     MOE_CHECK_MPI(MPI_Type_contiguous((int)m->expert_bytes, MPI_BYTE, &m->type), fail);
@@ -244,6 +246,7 @@ fail:
     /* A failure after requests were posted ends the job (the caller aborts): nothing is freed under
      * a request in flight before that. */
     free(given);
+    if (status == MOE_STATUS_TIMEOUT) return status; /* the job ends; the duplicate may be in flight */
     if (m && m->send_posted == 0 && m->recv_posted == 0 && m->n_groups == 0) {
         moe_weights_destroy(to);
         moe_migration_destroy(m);
@@ -283,12 +286,11 @@ fail:
     return status;
 }
 
-moe_status_t moe_migration_wait(moe_migration_h m)
+static moe_status_t migration_done(void *arg, bool *done) { return moe_migration_test(arg, done); }
+
+moe_status_t moe_migration_wait(moe_migration_h m, moe_watch_h watch)
 {
-    moe_status_t status = MOE_STATUS_OK;
-    for (bool done = false; !done;) MOE_CHECK(moe_migration_test(m, &done), fail);
-fail:
-    return status;
+    return moe_watch_until(watch, -1, NULL, "the expert transfers", migration_done, m);
 }
 
 int64_t moe_migration_bytes_pending(const moe_migration_h m)

@@ -43,19 +43,38 @@ moe_router_params_t moe_model_router_params(const moe_config_t *config, const mo
 
 /* ---------------------------------------------------------------- sources */
 
+/* "[2, 3]": an array's shape, for messages. */
+static void shape_text(const moe_array_t *a, char *buf, size_t size)
+{
+    int n = snprintf(buf, size, "[");
+    for (int i = 0; i < a->ndim && n > 0 && (size_t)n < size; i++)
+        n += snprintf(buf + n, size - (size_t)n, "%s%lld", i ? ", " : "", (long long)a->shape[i]);
+    if (n > 0 && (size_t)n < size) snprintf(buf + n, size - (size_t)n, "]");
+}
+
 static moe_status_t load_input(const moe_config_t *c, moe_sources_t *s)
 {
     moe_status_t status = MOE_STATUS_OK;
     moe_array_t a = {0};
     MOE_CHECK(moe_npy_read(c->input.path, &a), fail);
-    if (a.ndim != 2 || a.shape[1] != c->model.d_model || !moe_dtype_is_float(a.dtype))
+    if (a.ndim != 2 || a.shape[1] != c->model.d_model || !moe_dtype_is_float(a.dtype)) {
+        char shape[128];
+        shape_text(&a, shape, sizeof shape);
         MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "input.path: %s must be a float array [T, %d] "
-                 "(model.d_model), got %s with %d dimensions", c->input.path, c->model.d_model,
-                 moe_dtype_name(a.dtype), a.ndim);
+                 "(model.d_model), got %s %s", c->input.path, c->model.d_model,
+                 moe_dtype_name(a.dtype), shape);
+    }
     s->input_tokens = a.shape[0];
     s->input = moe_calloc((size_t)moe_array_numel(&a), sizeof(float));
-    MOE_CHECK_ALLOC(s->input, fail);
+    if (!s->input)
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "input.path: %s: out of memory for %lld x %d floats",
+                 c->input.path, (long long)a.shape[0], c->model.d_model);
     MOE_CHECK(moe_array_to_f32(&a, c->input.path, s->input), fail);
+    const size_t d = (size_t)c->model.d_model;
+    for (size_t i = 0; i < (size_t)moe_array_numel(&a); i++)
+        if (!isfinite(s->input[i]))
+            MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "input.path: %s: token %zu, element %zu is %g, "
+                     "not a finite number", c->input.path, i / d, i % d, (double)s->input[i]);
 fail:
     moe_array_free(&a);
     return status;
@@ -78,7 +97,9 @@ static moe_status_t load_trace(const moe_config_t *c, moe_sources_t *s)
                  (long long)ids.shape[0], (long long)ids.shape[2], L, k);
     s->trace_tokens = ids.shape[1];
     s->trace_ids = moe_calloc((size_t)moe_array_numel(&ids), sizeof(int32_t));
-    MOE_CHECK_ALLOC(s->trace_ids, fail);
+    if (!s->trace_ids)
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "routing.trace_ids: %s: out of memory for %lld ids", path,
+                 (long long)moe_array_numel(&ids));
     MOE_CHECK(moe_array_to_i32(&ids, path, s->trace_ids), fail);
     for (int64_t l = 0; l < L; l++)
         for (int64_t t = 0; t < s->trace_tokens; t++) {
@@ -103,8 +124,16 @@ static moe_status_t load_trace(const moe_config_t *c, moe_sources_t *s)
             MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "routing.trace_weights: %s must be a float "
                      "array of the ids' shape [%d, %lld, %d]", wpath, L, (long long)s->trace_tokens, k);
         s->trace_weights = moe_calloc((size_t)moe_array_numel(&w), sizeof(float));
-        MOE_CHECK_ALLOC(s->trace_weights, fail);
+        if (!s->trace_weights)
+            MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "routing.trace_weights: %s: out of memory for %lld "
+                     "weights", wpath, (long long)moe_array_numel(&w));
         MOE_CHECK(moe_array_to_f32(&w, wpath, s->trace_weights), fail);
+        const size_t per_layer = (size_t)s->trace_tokens * k;
+        for (size_t i = 0; i < (size_t)moe_array_numel(&w); i++)
+            if (!isfinite(s->trace_weights[i]) || s->trace_weights[i] < 0)
+                MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "routing.trace_weights: %s: layer %zu, "
+                         "token %zu, choice %zu: weight %g is not a finite number >= 0", wpath,
+                         i / per_layer, i % per_layer / k, i % k, (double)s->trace_weights[i]);
     }
 fail:
     moe_array_free(&ids);

@@ -40,9 +40,11 @@ enum {
 /* ---------------------------------------------------------------- weights (weights.c) */
 
 /* The weights of `rank` under plan in `store` (the backend's), filled (seeded, or read from the
- * checkpoint). A rank beyond the plan's ranks (standby in an elastic run) gets the dense part only. */
+ * checkpoint). A rank beyond the plan's ranks (standby in an elastic run) gets the dense part only.
+ * Polls watch (may be NULL) between experts, so that ranks waiting meanwhile hear from this one. */
 moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h plan, int rank,
-                                const moe_store_ops_t *ops, moe_store_t *store, moe_weights_t *out);
+                                const moe_store_ops_t *ops, moe_store_t *store, moe_watch_h watch,
+                                moe_weights_t *out);
 /* The same layout, unfilled. With share_dense, the dense part (the same under every plan) is
  * share_dense's, not copied, and no expert is allocated (the migration hands kept ones over and
  * allocates received ones); without, everything is allocated, uninitialised. */
@@ -90,7 +92,7 @@ const char *moe_hf_family_name(moe_hf_family_t family);
  * Checks the model settings against config.json and every tensor's name, shape and dtype (F32, BF16,
  * F16, and FP8 e4m3 with block scales as DeepSeek-V3 publishes); errors name the file and tensor. */
 moe_status_t moe_checkpoint_load(const moe_config_t *config, const moe_plan_h plan, int rank,
-                                 moe_weights_t *w);
+                                 moe_watch_h watch, moe_weights_t *w);
 
 /* Inputs and routing that do not come from the model itself. */
 typedef struct {
@@ -152,7 +154,8 @@ typedef struct moe_layer_metrics_s {
 
 typedef struct moe_metrics_s *moe_metrics_h;
 
-moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_metrics_h *out);
+moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_watch_h watch,
+                                moe_metrics_h *out);
 void moe_metrics_destroy(moe_metrics_h metrics);
 moe_layer_metrics_t *moe_metrics_layer(moe_metrics_h metrics, int layer);
 /* Collective: reduce this batch's layer metrics to rank 0, write its JSON lines, accumulate. The
@@ -248,11 +251,12 @@ typedef struct moe_migration_s *moe_migration_h;
  * memory go GPU to GPU, all posted at once. */
 moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h old_plan,
                                  const moe_weights_t *from, const moe_plan_h new_plan, int rank,
-                                 int window, MPI_Comm comm, moe_comm_h device_comm, moe_weights_t *to,
+                                 int window, MPI_Comm comm, moe_comm_h device_comm, moe_watch_h watch,
+                                 moe_weights_t *to,
                                  moe_migration_h *out);
 /* Progress; *done once this rank's sends and receives have completed. */
 moe_status_t moe_migration_test(moe_migration_h migration, bool *done);
-moe_status_t moe_migration_wait(moe_migration_h migration);
+moe_status_t moe_migration_wait(moe_migration_h migration, moe_watch_h watch);
 int64_t moe_migration_bytes_pending(const moe_migration_h migration); /* receives not yet arrived */
 int64_t moe_migration_bytes_in(const moe_migration_h migration);      /* all this rank receives */
 double moe_migration_seconds(const moe_migration_h migration);        /* from start to done (GPU to GPU: on the device) */
@@ -265,6 +269,7 @@ typedef struct moe_elastic_s *moe_elastic_h;
 typedef struct {
     const char *schedule;  /* NULL: the world serves throughout (re-balancing only) */
     const char *timeline, *events, *plans_dir; /* outputs, NULL or "" for none */
+    moe_watch_h watch;     /* its waits' deadline (comm.h); borrowed, may be NULL */
 } moe_elastic_args_t;
 
 /* Checks the schedule against the world size (the same answer on every rank) and makes the plans
@@ -296,6 +301,9 @@ void moe_elastic_switched(moe_elastic_h elastic, double seconds);
 /* Expert moves between device stores go over comm (NCCL, the world's ranks in order, a communicator
  * of the moves' own, borrowed), not through host memory over MPI. */
 void moe_elastic_set_device_comm(moe_elastic_h elastic, moe_comm_h comm);
+/* What the serving set is doing in this batch: serve, plan, move, prepare or switch (the
+ * timeline's phase column). */
+const char *moe_elastic_phase(const moe_elastic_h elastic);
 /* Between layers: lets transfers progress. NULL-safe. */
 void moe_elastic_progress(moe_elastic_h elastic);
 /* After each batch: this rank's routing ids [L][n][k] for the statistics window; rank 0 also

@@ -66,6 +66,7 @@ typedef struct {
     int batches;                    /* run.batches: 0 = as many as the trace or input holds */
     uint64_t seed;                  /* run.seed: weights, inputs, synthetic routing */
     int warmup_batches;             /* run.warmup_batches: excluded from tokens/s */
+    float timeout;                  /* run.timeout: seconds a rank may go unheard (comm.h, liveness) */
 } moe_run_config_t;
 
 typedef struct {
@@ -157,6 +158,7 @@ const moe_config_setting_info_t *moe_config_settings(void);
 /* ---------------------------------------------------------------- engine */
 
 typedef struct moe_engine_s *moe_engine_h;
+typedef struct moe_watch_s *moe_watch_h; /* comm.h: liveness of the job's ranks */
 
 typedef struct {
     bool reference;   /* run the single-process dense reference instead (world size must be 1) */
@@ -172,6 +174,9 @@ typedef struct {
      * measured one. */
     const char *trace_events;
     int trace_batch;
+    /* Every blocking wait of the run goes through it (comm.h, liveness); borrowed, over the same
+     * ranks as the engine's communicator. NULL: waits without a deadline. */
+    moe_watch_h watch;
 } moe_engine_options_t;
 #define MOE_ENGINE_OPTIONS_INIT {.reference = false, .trace_batch = -1}
 

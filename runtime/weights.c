@@ -82,7 +82,8 @@ static moe_status_t fill(const moe_weights_t *w, void *dst, moe_elem_t elem, siz
 }
 
 moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h plan, int rank,
-                                const moe_store_ops_t *ops, moe_store_t *store, moe_weights_t *out)
+                                const moe_store_ops_t *ops, moe_store_t *store, moe_watch_h watch,
+                                moe_weights_t *out)
 {
     moe_status_t status = MOE_STATUS_OK;
     const uint64_t seed = config->run.seed;
@@ -93,7 +94,7 @@ moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h pla
     const moe_elem_t F32 = MOE_ELEM_F32, M = ops->matrix_elem;
 
     if (config->weights.kind == MOE_WEIGHTS_CHECKPOINT) {
-        MOE_CHECK(moe_checkpoint_load(config, plan, rank, &w), fail_destroy);
+        MOE_CHECK(moe_checkpoint_load(config, plan, rank, watch, &w), fail_destroy);
     } else {
         for (size_t l = 0; l < L; l++) {
             const int li = (int)l;
@@ -115,6 +116,7 @@ moe_status_t moe_weights_create(const moe_config_t *config, const moe_plan_h pla
             const int *experts;
             const int n = moe_plan_local_experts(plan, li, rank, &experts);
             for (int s = 0; s < n; s++) {
+                moe_watch_poll(watch); /* seeding a shard takes a while: answer ranks that wait */
                 void *slot = moe_weights_slot(&w, li, s);
                 MOE_CHECK(fill(&w, slot, M, 0, 2 * f * d, seed, li, experts[s], MOE_TENSOR_GATE_UP, (int)d, scale,
                                0.0f, 1.0f), fail_destroy);

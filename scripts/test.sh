@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # test.sh: set up, build and run the whole test suite; then again built with AddressSanitizer and
-# UndefinedBehaviorSanitizer (cpu and mpi suites). Ends with the line `N passed, N failed`.
-#   scripts/test.sh [--no-sanitizers]
+# UndefinedBehaviorSanitizer (cpu and mpi suites); then the readers under libFuzzer for
+# MOE_FUZZ_SECONDS each (default 60; scripts/fuzz.sh, installs clang). Ends with the line
+# `N passed, N failed`.
+#   scripts/test.sh [--no-sanitizers]   (skips the sanitizer build and the fuzzers)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -29,6 +31,14 @@ if [ "${1:-}" != "--no-sanitizers" ]; then
     else
         failed=$((failed + 1))
     fi
+fi
+# The readers under libFuzzer, about a minute each (MOE_FUZZ_SECONDS; 0 skips them).
+if [ "${1:-}" != "--no-sanitizers" ] && [ "${MOE_FUZZ_SECONDS:-60}" != 0 ]; then
+    scripts/fuzz.sh | tee build-fuzz-output.txt | grep -E "^(ok|FAIL)"
+    fuzz_ok=$(awk '/^fuzz: /{print $2}' build-fuzz-output.txt); fuzz_fail=$(awk '/^fuzz: /{print $4}' build-fuzz-output.txt)
+    if [ -z "$fuzz_ok" ]; then echo "test.sh: fuzz: no summary"; failed=$((failed + 1))
+    else passed=$((passed + fuzz_ok)); failed=$((failed + fuzz_fail)); fi
+    rm -f build-fuzz-output.txt
 fi
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -8,6 +8,9 @@
 #include "tests/check.h"
 
 #include <dirent.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <yaml.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -506,7 +509,7 @@ static void test_npy_writer(void)
     const char *path = tmp_path("stream_short.npy");
     CHECK_STATUS(moe_npy_writer_open(path, MOE_DTYPE_F32, 2, shape, &w), MOE_STATUS_OK);
     CHECK_EQ_INT(w.row_bytes, 12);
-    CHECK_EQ_INT(count_temporaries(), 1);
+    CHECK_EQ_INT(count_temporaries(), w.file.tmp_path[0] ? 1 : 0); /* an unnamed file shows nothing */
     CHECK_STATUS(moe_npy_writer_append(&w, rows, 2), MOE_STATUS_OK);
     CHECK_STATUS(moe_npy_writer_append(&w, rows + 6, 1), MOE_STATUS_OK);
     CHECK_STATUS(moe_npy_writer_commit(&w), MOE_STATUS_INVALID_ARGUMENT);
@@ -587,7 +590,9 @@ static void test_atomic(void)
     write_bytes(path, "old", 3);
     moe_atomic_file_t f;
     CHECK_STATUS(moe_atomic_file_open(path, &f), MOE_STATUS_OK);
-    CHECK(strstr(f.tmp_path, ".tmp.") != NULL && file_exists(f.tmp_path));
+    /* an unnamed file where the file system has them; else a named temporary beside the path */
+    const bool unnamed = f.tmp_path[0] == '\0';
+    CHECK(unnamed ? count_temporaries() == 0 : strstr(f.tmp_path, ".tmp.") && file_exists(f.tmp_path));
     fputs("new contents", f.fp);
     moe_atomic_file_abort(&f);
     moe_atomic_file_abort(&f); /* twice is fine */
@@ -611,6 +616,54 @@ static void test_atomic(void)
     CHECK_EQ_INT(count_temporaries(), 0);
 
     CHECK_STATUS(moe_atomic_file_open(tmp_path("no_such_dir/x"), &f), MOE_STATUS_IO_ERROR);
+    CHECK_STATUS(moe_atomic_file_check(tmp_path("no_such_dir/x")), MOE_STATUS_IO_ERROR);
+    CHECK_STATUS(moe_atomic_file_open(tmp_path(""), &f), MOE_STATUS_IO_ERROR); /* the folder itself */
+    CHECK_STATUS(moe_atomic_file_check(path), MOE_STATUS_OK);
+    CHECK_EQ_INT(count_temporaries(), 0);
+
+    /* a temporary is never named after the pid, and gets a plain file's mode (0666 less umask) */
+    char pid_name[4200];
+    snprintf(pid_name, sizeof pid_name, "%s.tmp.%ld", path, (long)getpid());
+    mode_t mask = umask(022);
+    CHECK_STATUS(moe_atomic_file_open(path, &f), MOE_STATUS_OK);
+    CHECK(strcmp(f.tmp_path, pid_name) != 0 && !file_exists(pid_name));
+    struct stat st;
+    CHECK(fstat(fileno(f.fp), &st) == 0 && (st.st_mode & 0777) == 0644);
+    umask(mask);
+    /* remove_all (the abort and signal path) removes what is open */
+    char open_tmp[4200];
+    snprintf(open_tmp, sizeof open_tmp, "%s", f.tmp_path);
+    moe_atomic_file_remove_all();
+    CHECK(open_tmp[0] == '\0' || !file_exists(open_tmp));
+    moe_atomic_file_abort(&f);
+    CHECK_EQ_INT(count_temporaries(), 0);
+    /* committed, the file has that mode too */
+    umask(022);
+    CHECK_STATUS(moe_atomic_file_open(path, &f), MOE_STATUS_OK);
+    fputs("x", f.fp);
+    CHECK_STATUS(moe_atomic_file_commit(&f), MOE_STATUS_OK);
+    umask(mask);
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0644);
+
+    /* a writer killed (SIGKILL: no handler runs) leaves no temporary where files can be unnamed */
+    pid_t child = fork();
+    if (child == 0) {
+        moe_atomic_file_t g;
+        if (moe_atomic_file_open(path, &g) != MOE_STATUS_OK) _exit(3);
+        fputs("half written", g.fp);
+        fflush(g.fp);
+        raise(SIGKILL);
+        _exit(4);
+    }
+    int wstatus = 0;
+    CHECK(child > 0 && waitpid(child, &wstatus, 0) == child);
+    CHECK(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL);
+    if (unnamed) CHECK_EQ_INT(count_temporaries(), 0);
+    b = read_bytes(path, &n);
+    CHECK(b && n == 1 && b[0] == 'x'); /* untouched */
+    free(b);
+    if (!unnamed) /* the named fallback: SIGTERM removes it */
+        printf("test_io: this file system has no O_TMPFILE; the SIGKILL case is not checked\n");
 }
 
 /* ---------------------------------------------------------------- safetensors */
@@ -834,6 +887,55 @@ static void test_safetensors_corrupt(void)
                            16);
 }
 
+/* ---------------------------------------------------------------- YAML */
+
+static moe_status_t yaml_text(const char *name, const char *text, const moe_yaml_limits_t *lim,
+                              int *nodes)
+{
+    const char *path = tmp_path(name);
+    write_bytes(path, text, strlen(text));
+    yaml_document_t doc;
+    moe_status_t s = moe_yaml_load(path, lim, &doc);
+    if (s == MOE_STATUS_OK) {
+        *nodes = (int)(doc.nodes.top - doc.nodes.start);
+        yaml_document_delete(&doc);
+    }
+    return s;
+}
+
+static void test_yaml(void)
+{
+    moe_yaml_limits_t lim = MOE_YAML_LIMITS_INIT;
+    int nodes = -1;
+    CHECK_STATUS(yaml_text("ok.yaml", "a: 1\nb: [1, 2, {c: 3}]\n", &lim, &nodes), MOE_STATUS_OK);
+    CHECK_EQ_INT(nodes, 10); /* the root, 3 keys, 3 scalars, the list and its mapping */
+    CHECK_STATUS(yaml_text("empty.yaml", "", &lim, &nodes), MOE_STATUS_OK);
+    CHECK_EQ_INT(nodes, 0);
+    CHECK_STATUS(yaml_text("empty_map.yaml", "{ }", &lim, &nodes), MOE_STATUS_OK); /* found by fuzz_plan */
+    CHECK_EQ_INT(nodes, 1);
+    /* an alias or two is fine; what they stand for is bounded */
+    CHECK_STATUS(yaml_text("alias.yaml", "a: &x [1, 2]\nb: *x\nc: *x\n", &lim, &nodes), MOE_STATUS_OK);
+    CHECK_STATUS(yaml_text("laughs.yaml",
+                           "a: &a [1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+                           "c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c]\n",
+                           &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    CHECK_STATUS(yaml_text("dup.yaml", "a: 1\nb: 2\na: 3\n", &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    CHECK_STATUS(yaml_text("dup_inner.yaml", "a: {x: 1, y: 2, x: 3}\n", &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    moe_yaml_limits_t lax = lim;
+    lax.unique_keys = false;
+    CHECK_STATUS(yaml_text("dup2.yaml", "a: 1\na: 3\n", &lax, &nodes), MOE_STATUS_OK);
+    CHECK_STATUS(yaml_text("two.yaml", "a: 1\n---\nb: 2\n", &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    CHECK_STATUS(yaml_text("syntax.yaml", "a: [1, 2\n", &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    lim.max_depth = 3;
+    CHECK_STATUS(yaml_text("depth3.yaml", "a: [[1]]\n", &lim, &nodes), MOE_STATUS_OK);
+    CHECK_STATUS(yaml_text("depth4.yaml", "a: [[[1]]]\n", &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    lim.max_bytes = 8;
+    CHECK_STATUS(yaml_text("big.yaml", "a: 123456789\n", &lim, &nodes), MOE_STATUS_FORMAT_ERROR);
+    yaml_document_t doc;
+    CHECK_STATUS(moe_yaml_load(tmp_path("absent.yaml"), &lim, &doc), MOE_STATUS_IO_ERROR);
+    CHECK_STATUS(moe_yaml_load(tmp_dir, &lim, &doc), MOE_STATUS_IO_ERROR); /* a directory */
+}
+
 int main(void)
 {
     snprintf(tmp_dir, sizeof tmp_dir, "/tmp/moe_test_io_XXXXXX");
@@ -843,6 +945,7 @@ int main(void)
     }
     /* The error paths log by design; keep them visible (meson shows them with -v). */
     test_dtypes();
+    test_yaml();
     test_f16();
     test_bf16();
     test_array_convert();
