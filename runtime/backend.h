@@ -187,6 +187,9 @@ typedef struct moe_backend_s {
      * when the host does not know them). */
     moe_status_t (*experts)(moe_backend_state_t *state, int layer, int chunk, int recv_first, int n_recv,
                             const int *slot_rows);
+    /* Optional (host backends): progress(arg) is called between experts, so that transfers in flight
+     * advance and waiting ranks are answered (comm.h) while the host computes. */
+    void (*set_progress)(moe_backend_state_t *state, void (*progress)(void *arg), void *arg);
     /* out[t] += shared experts(h[t]) for t < n. */
     moe_status_t (*shared)(moe_backend_state_t *state, int layer, int n);
     /* out[t] += its returned rows, for the tokens of chunk c (of n). */

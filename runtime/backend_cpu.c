@@ -126,7 +126,13 @@ typedef struct {
     double start, end; /* seconds from the batch's start */
 } span_t;
 
+/* An expert's rows go through its FFN in blocks of at most this many: the scratch stays small (rows x
+ * 3 d_ff floats) and transfers progress between blocks. */
+#define CPU_EXPERT_ROWS 512
+
 struct moe_backend_state_s {
+    void (*progress)(void *arg); /* between experts (set_progress), or NULL */
+    void *progress_arg;
     const moe_config_t *config;
     const moe_weights_t *w;
     int rank, P, d, k, L, E, chunks, capacity, max_tokens;
@@ -362,7 +368,7 @@ static moe_status_t cpu_experts(moe_backend_state_t *s, int layer, int chunk, in
         moe_free(s->x_e), moe_free(s->y_e), moe_free(s->scratch);
         s->x_e = moe_malloc((size_t)c * d, sizeof(float));
         s->y_e = moe_malloc((size_t)c * d, sizeof(float));
-        s->scratch = moe_malloc((size_t)c * 3 * f, sizeof(float));
+        s->scratch = moe_malloc((size_t)(c < CPU_EXPERT_ROWS ? c : CPU_EXPERT_ROWS) * 3 * f, sizeof(float));
         s->cap_entries = c;
         if (!s->x_e || !s->y_e || !s->scratch) {
             s->cap_entries = 0;
@@ -382,13 +388,13 @@ static moe_status_t cpu_experts(moe_backend_state_t *s, int layer, int chunk, in
     int *offset = s->group_offset;
     MOE_CHECK(moe_expert_group_cpu(recv, n_recv, s->row_bytes, s->meta_offset, k, s->table[layer].local_slot, s->E,
                                    slots, d, offset, s->entry_pos, s->x_e), fail);
-    for (int e = 0; e < slots; e++) {
-        const int rows = offset[e + 1] - offset[e];
-        if (rows == 0) continue;
-        moe_expert_ffn_cpu(s->x_e + (size_t)offset[e] * d, moe_weights_expert_gate_up(w, layer, e),
-                           moe_weights_expert_down(w, layer, e), rows, d, f, s->scratch,
-                           s->y_e + (size_t)offset[e] * d);
-    }
+    for (int e = 0; e < slots; e++)
+        for (int r = offset[e]; r < offset[e + 1]; r += CPU_EXPERT_ROWS) {
+            const int rows = offset[e + 1] - r < CPU_EXPERT_ROWS ? offset[e + 1] - r : CPU_EXPERT_ROWS;
+            moe_expert_ffn_cpu(s->x_e + (size_t)r * d, moe_weights_expert_gate_up(w, layer, e),
+                               moe_weights_expert_down(w, layer, e), rows, d, f, s->scratch, s->y_e + (size_t)r * d);
+            if (s->progress) s->progress(s->progress_arg);
+        }
     moe_expert_combine_cpu(s->y_e, s->entry_pos, recv, n_recv, s->row_bytes, s->meta_offset, k, d, partial);
     if (s->capacity > 0) {
         int used = 0;
@@ -456,6 +462,12 @@ static moe_status_t cpu_routes(moe_backend_state_t *s, int n, int32_t *ids)
     return MOE_STATUS_OK;
 }
 
+static void cpu_set_progress(moe_backend_state_t *s, void (*progress)(void *arg), void *arg)
+{
+    s->progress = progress;
+    s->progress_arg = arg;
+}
+
 const moe_backend_t moe_backend_cpu = {
     .name = "cpu",
     .memory = &host_store,
@@ -467,6 +479,7 @@ const moe_backend_t moe_backend_cpu = {
     .counts = cpu_counts,
     .buffers = cpu_buffers,
     .experts = cpu_experts,
+    .set_progress = cpu_set_progress,
     .shared = cpu_shared,
     .unpermute = cpu_unpermute,
     .residual = cpu_residual,

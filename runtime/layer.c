@@ -105,6 +105,15 @@ static moe_status_t table_build(moe_scheduler_h s, int layer, layer_table_t *t)
     return MOE_STATUS_OK;
 }
 
+/* Between experts on host backends: transfers in flight advance (MPI progresses non-blocking
+ * collectives only inside MPI calls) and waiting ranks are answered. */
+static void progress(void *arg)
+{
+    moe_scheduler_h s = arg;
+    moe_comm_progress(s->comm);
+    if (s->meta_comm != s->comm) moe_comm_progress(s->meta_comm);
+}
+
 moe_status_t moe_scheduler_create(const moe_scheduler_args_t *a, moe_scheduler_h *out)
 {
     moe_status_t status = MOE_STATUS_OK;
@@ -125,6 +134,7 @@ moe_status_t moe_scheduler_create(const moe_scheduler_args_t *a, moe_scheduler_h
     s->max_tokens = a->max_tokens;
     s->capacity = a->capacity;
     s->graphs = a->graphs && a->capacity > 0 && a->backend->graph;
+    if (s->backend->set_progress) s->backend->set_progress(s->state, progress, s);
     const int P = s->P, C = s->chunks;
     s->table = calloc((size_t)s->L, sizeof(layer_table_t));
     MOE_CHECK_ALLOC(s->table, fail_free);

@@ -9,8 +9,10 @@ shift || true
 
 # python3-scipy: HiGHS, the independent MILP that tests/placement/exact_vs_milp.py checks
 # `moerun place --exact` against (the test is skipped without it)
+# curl, ca-certificates, python3: scripts/fetch_cutlass.sh (CUTLASS's headers for the cuda backend)
 packages=(build-essential pkg-config meson ninja-build openmpi-bin libopenmpi-dev libyaml-dev
-          libhwloc-dev libopenblas-dev libglpk-dev libjansson-dev python3-numpy python3-scipy)
+          libhwloc-dev libopenblas-dev libglpk-dev libjansson-dev python3-numpy python3-scipy
+          curl ca-certificates python3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +22,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Where CUDA is (nvcc), the cuda backend builds, and its grouped GEMMs need CUTLASS's headers: the
+# pinned wheel, fetched once into third_party/. Without them the backend builds its fallback paths.
+if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
+    scripts/fetch_cutlass.sh >/dev/null ||
+        echo "setup: warning: could not fetch CUTLASS (scripts/fetch_cutlass.sh); the cuda backend builds without it" >&2
 fi
 
 if [ -d "$build" ]; then

@@ -2,7 +2,7 @@
 # limits.sh MOERUN SRCDIR: hostile inputs (tests/data/hostile, made by scripts/make_hostile_inputs.py,
 # and large text files made here) are refused with a message naming the file and what is wrong,
 # quickly and within a memory bound (1 GiB of address space, where the build allows one: sanitizer
-# builds reserve more than that up front); numbers out of range are refused, not wrapped; wrong
+# builds and CUDA builds reserve more than that up front); numbers out of range are refused, not wrapped; wrong
 # values that used to run (NaN weights, repeated keys) are refused; the expert router takes 65536
 # experts on a 256 KB stack; an injected model name cannot add keys to a plan.
 set -uo pipefail
@@ -13,7 +13,8 @@ dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 failures=0 cases=0
 memory=1048576 # KiB
-if ! (ulimit -v $memory && "$moerun" stats --help > /dev/null 2>&1); then
+# (a CUDA build's libraries spin at start-up without their address space: the probe has a timeout)
+if ! (ulimit -v $memory && timeout 10 "$moerun" stats --help > /dev/null 2>&1); then
     memory=unlimited
     echo "note: this build cannot run under a 1 GiB address-space limit; checking without it"
 fi
