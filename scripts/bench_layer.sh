@@ -36,7 +36,7 @@ moe() { # label np config tokens [sets...]
     timeout 150 mpirun --oversubscribe -np "$np" "$M" infer -c "$ROOT/configs/$config.yaml" --set model.layers=1 \
         --set run.tokens_per_rank="$tokens" --set run.backend=cuda --set run.transport=nccl \
         --set run.batches="$BATCHES" --set run.warmup_batches=4 --set outputs.progress=false \
-        --metrics "$OUT/$label.jsonl" "$@" >"$OUT/$label.log" 2>&1 || echo "$label: exit $?" >&2
+        --log-level info --metrics "$OUT/$label.jsonl" "$@" >"$OUT/$label.log" 2>&1 || echo "$label: exit $?" >&2
 }
 peer() { # label np config tokens [flags...]
     local label=$1 np=$2 config=$3 tokens=$4
