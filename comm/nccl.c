@@ -251,20 +251,23 @@ moe_status_t moe_comm_nccl_warm_up(moe_comm_nccl_t *c)
 {
     moe_status_t status = MOE_STATUS_OK;
     const size_t bytes = (size_t)1 << 20;
-    void *buf = NULL;
+    void *buf = NULL, *start = NULL, *done = NULL;
+    moe_comm_p2p_t *list = malloc(sizeof *list * 2 * (size_t)c->size);
+    MOE_CHECK_ALLOC(list, fail);
     MOE_CHECK_CUDA(cudaMalloc(&buf, 2 * bytes * (size_t)c->size), fail);
-    MOE_CHECK_NCCL(ncclGroupStart(), fail);
-    ncclResult_t rc = ncclSuccess;
-    for (int p = 0; p < c->size && rc == ncclSuccess; p++) {
+    int n = 0;
+    for (int p = 0; p < c->size; p++) {
         if (p == c->rank) continue;
-        rc = ncclSend((char *)buf + 2 * bytes * (size_t)p, bytes, ncclUint8, p, c->nccl, c->stream);
-        if (rc == ncclSuccess) rc = ncclRecv((char *)buf + 2 * bytes * (size_t)p + bytes, bytes, ncclUint8, p, c->nccl, c->stream);
+        char *mine = (char *)buf + 2 * bytes * (size_t)p;
+        list[n++] = (moe_comm_p2p_t){.buf = mine, .bytes = bytes, .peer = p, .send = true};
+        list[n++] = (moe_comm_p2p_t){.buf = mine + bytes, .bytes = bytes, .peer = p, .send = false};
     }
-    ncclResult_t end = ncclGroupEnd();
-    MOE_CHECK_NCCL(rc, fail);
-    MOE_CHECK_NCCL(end, fail);
-    MOE_CHECK_CUDA(cudaStreamSynchronize(c->stream), fail);
+    MOE_CHECK(moe_comm_nccl_p2p(c, list, n, &start, &done), fail);
+    MOE_CHECK_CUDA(cudaEventSynchronize((cudaEvent_t)done), fail);
 fail:
+    moe_comm_nccl_event_free(start);
+    moe_comm_nccl_event_free(done);
     if (buf) cudaFree(buf);
+    free(list);
     return status;
 }

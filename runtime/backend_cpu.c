@@ -46,30 +46,14 @@ static moe_status_t host_write(moe_store_t *s, void *dst, moe_elem_t elem, size_
                                moe_dtype_t dtype, size_t n)
 {
     (void)s, (void)elem; /* host elements are always F32 */
-    float *d = (float *)dst + first;
-    const unsigned char *p = src;
-    switch (dtype) {
-    case MOE_DTYPE_F32:
-        memcpy(d, src, n * sizeof(float));
-        return MOE_STATUS_OK;
-    case MOE_DTYPE_BF16:
-        for (size_t i = 0; i < n; i++) {
-            uint16_t b;
-            memcpy(&b, p + 2 * i, 2);
-            d[i] = moe_bf16_to_f32(b);
-        }
-        return MOE_STATUS_OK;
-    case MOE_DTYPE_F16:
-        for (size_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, p + 2 * i, 2);
-            d[i] = moe_f16_to_f32(h);
-        }
-        return MOE_STATUS_OK;
-    default:
+    /* the weight dtypes the device store takes too (checkpoint.c reads no others) */
+    if (dtype != MOE_DTYPE_F32 && dtype != MOE_DTYPE_BF16 && dtype != MOE_DTYPE_F16) {
         moe_error("weights: cannot convert %s to float32", moe_dtype_name(dtype));
         return MOE_STATUS_UNSUPPORTED;
     }
+    const moe_array_t view = {.dtype = dtype, .ndim = 1, .shape = {(int64_t)n}, .data = (void *)src,
+                              .nbytes = n * moe_dtype_size(dtype)};
+    return moe_array_to_f32(&view, "weights", (float *)dst + first);
 }
 
 static moe_status_t host_write_fp8(moe_store_t *s, void *dst, moe_elem_t elem, size_t first,

@@ -67,7 +67,7 @@ static moe_status_t time_p2p(MPI_Comm world, moe_comm_h comm, cudaStream_t strea
 {
     moe_status_t status = MOE_STATUS_OK;
     void *buf = NULL;
-    double t[5];
+    float t[5];
     moe_comm_p2p_t list[P2P_SLOTS];
     if (rank <= 1) {
         MOE_CHECK_CUDA(cudaMalloc(&buf, P2P_SLOTS * P2P_SLOT_BYTES), done);
@@ -86,13 +86,9 @@ static moe_status_t time_p2p(MPI_Comm world, moe_comm_h comm, cudaStream_t strea
         }
         double el = moe_now() - t0;
         MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &el, 1, MPI_DOUBLE, MPI_MAX, world), done);
-        if (i >= 0) t[i] = el;
+        if (i >= 0) t[i] = (float)el;
     }
-    for (int i = 1; i < 5; i++) /* sort: insertion */
-        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
-            double x = t[j];
-            t[j] = t[j - 1], t[j - 1] = x;
-        }
+    qsort(t, 5, sizeof(float), cmp_float);
     if (rank == 0)
         fprintf(out, "# p2p rank 0 -> 1: %d slots of %zu bytes in one NCCL group: %.2f ms, %.1f GB/s\n", P2P_SLOTS,
                 P2P_SLOT_BYTES, 1e3 * t[2], P2P_SLOTS * (double)P2P_SLOT_BYTES / t[2] / 1e9);

@@ -112,8 +112,10 @@ static moe_status_t serving_set_make(moe_engine_h e, int P)
             set->transport = e->world_transport;
         else
             MOE_CHECK(moe_comm_split(e->world_transport, member, &set->transport), fail);
-        if (member) MOE_CHECK(moe_comm_create_mpi(set->mpi, &set->meta), fail);
-        if (member) MOE_CHECK(moe_comm_warm_up(set->transport), fail);
+        if (member) {
+            MOE_CHECK(moe_comm_create_mpi(set->mpi, &set->meta), fail);
+            MOE_CHECK(moe_comm_warm_up(set->transport), fail);
+        }
     } else if (member) {
         MOE_CHECK(moe_comm_create_mpi(set->mpi, &set->transport), fail);
     }
@@ -151,6 +153,17 @@ fail:
     return status;
 }
 
+/* Local: this rank's backend state on `weights` under `plan`, in a serving set of `ranks`. */
+static moe_status_t backend_create(moe_engine_h e, const moe_weights_t *weights, const moe_plan_h plan, int ranks,
+                                   moe_backend_state_t **out)
+{
+    const moe_config_t *c = &e->config;
+    const moe_backend_args_t args = {.config = c, .weights = weights, .plan = plan, .rank = e->rank, .ranks = ranks,
+                                     .max_tokens = c->run.tokens_per_rank, .chunks = c->run.chunks,
+                                     .capacity = e->capacity, .device = e->device};
+    return e->backend->create(&args, out);
+}
+
 /* Local: on a serving rank, the backend state on this rank's weights and the scheduler on the plan. */
 static moe_status_t serving_build(moe_engine_h e)
 {
@@ -158,12 +171,8 @@ static moe_status_t serving_build(moe_engine_h e)
     const moe_config_t *c = &e->config;
     if (e->rank >= e->serving) return MOE_STATUS_OK;
     const int tpr = c->run.tokens_per_rank;
-    if (!e->backend_state) { /* not prepared ahead (engine_prepare) */
-        const moe_backend_args_t bargs = {.config = c, .weights = e->weights, .plan = e->plan, .rank = e->rank,
-                                          .ranks = e->serving, .max_tokens = tpr, .chunks = c->run.chunks,
-                                          .capacity = e->capacity, .device = e->device};
-        MOE_CHECK(e->backend->create(&bargs, &e->backend_state), fail);
-    }
+    if (!e->backend_state) /* not prepared ahead (engine_prepare) */
+        MOE_CHECK(backend_create(e, e->weights, e->plan, e->serving, &e->backend_state), fail);
 #if MOE_HAVE_CUDA
     if (e->backend == &moe_backend_cuda)
         moe_comm_set_stream(e->transport, moe_backend_cuda_stream(e->backend_state));
@@ -407,14 +416,10 @@ fail:
 static void *prepare_main(void *arg)
 {
     moe_engine_h e = arg;
-    const moe_config_t *c = &e->config;
 #if MOE_HAVE_CUDA
     if (e->backend == &moe_backend_cuda) moe_cuda_use_device(e->device); /* per thread */
 #endif
-    const moe_backend_args_t bargs = {.config = c, .weights = e->next.weights, .plan = e->next.plan,
-                                      .rank = e->rank, .ranks = e->next.size, .max_tokens = c->run.tokens_per_rank,
-                                      .chunks = c->run.chunks, .capacity = e->capacity, .device = e->device};
-    e->next.status = e->backend->create(&bargs, &e->next.backend_state);
+    e->next.status = backend_create(e, e->next.weights, e->next.plan, e->next.size, &e->next.backend_state);
     atomic_store(&e->next.done, 1);
     return NULL;
 }
