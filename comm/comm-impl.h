@@ -32,7 +32,16 @@ moe_status_t moe_comm_nccl_warm_up(moe_comm_nccl_t *nccl);
 /* ncclAlltoAll (or, where NCCL lacks it, a group of equal sends and receives) of `bytes` per peer on the
  * communicator's stream, ordered after the producer stream and before what it queues next. */
 moe_status_t moe_comm_nccl_alltoall(moe_comm_nccl_t *nccl, const void *send, void *recv, size_t bytes);
-/* Orders the producer stream after the event (or blocks, without one), then releases the event. */
+/* Orders the producer stream after the event (or, without one, the host waits as below), then
+ * releases the event. */
 moe_status_t moe_comm_nccl_wait(moe_comm_nccl_t *nccl, void *event);
+/* The watch and the communicator's ranks in it (borrowed) for the host waits below. */
+void moe_comm_nccl_set_watch(moe_comm_nccl_t *nccl, moe_watch_h watch, int n_peers, const int *peers);
+/* The host waits for a CUDA event, polled under watch, with NCCL's asynchronous error of nccl (may
+ * be NULL) checked meanwhile; on a timeout or an error, nccl is aborted. */
+moe_status_t moe_comm_nccl_wait_event(moe_comm_nccl_t *nccl, moe_watch_h watch, int n_peers, const int *peers,
+                                      void *event, const char *what);
+/* ncclCommAbort, once; afterwards destroy only frees. NULL-safe. */
+void moe_comm_nccl_abort(moe_comm_nccl_t *nccl);
 
 #endif

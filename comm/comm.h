@@ -64,7 +64,16 @@ bool moe_comm_is_device(const moe_comm_h comm);
  * for the transfer (the host does not block), and its test polls. No-op for MPI. */
 void moe_comm_set_stream(moe_comm_h comm, void *stream);
 
-/* Collective: frees the duplicate. NULL-safe. Operations must have completed. */
+/* The host waits for a CUDA event (a cudaEvent_t) that may depend on this communicator's transfers
+ * (comm may be NULL: no watch, no NCCL): polled under the communicator's watch, never blocking in
+ * CUDA, with NCCL's asynchronous error checked meanwhile. On a timeout or an NCCL error the NCCL
+ * half is aborted (moe_comm_abort) and the wait fails. Builds with CUDA only. */
+moe_status_t moe_comm_wait_event(moe_comm_h comm, void *event, const char *what);
+/* Emergency exit: aborts the NCCL half (ncclCommAbort; its transfers stop), once. The communicator
+ * must still be destroyed, which then frees without synchronising. No-op for MPI; NULL-safe. */
+void moe_comm_abort(moe_comm_h comm);
+
+/* Collective: frees the duplicate. NULL-safe. Operations must have completed (or been aborted). */
 void moe_comm_destroy(moe_comm_h comm);
 
 int moe_comm_rank(const moe_comm_h comm);

@@ -89,6 +89,28 @@ void moe_comm_destroy(moe_comm_h comm)
     free(comm);
 }
 
+moe_status_t moe_comm_wait_event(moe_comm_h comm, void *event, const char *what)
+{
+#if MOE_HAVE_CUDA
+    if (!comm) return moe_comm_nccl_wait_event(NULL, NULL, -1, NULL, event, what);
+    return moe_comm_nccl_wait_event(comm->nccl, comm->watch, comm->watch ? comm->size : -1, comm->watch_ranks, event,
+                                    what);
+#else
+    (void)comm, (void)event;
+    moe_error("comm: %s: CUDA is not available in this build", what);
+    return MOE_STATUS_UNSUPPORTED;
+#endif
+}
+
+void moe_comm_abort(moe_comm_h comm)
+{
+#if MOE_HAVE_CUDA
+    if (comm) moe_comm_nccl_abort(comm->nccl);
+#else
+    (void)comm;
+#endif
+}
+
 int moe_comm_rank(const moe_comm_h comm) { return comm->rank; }
 int moe_comm_size(const moe_comm_h comm) { return comm->size; }
 
@@ -99,6 +121,9 @@ moe_status_t moe_comm_set_watch(moe_comm_h comm, moe_watch_h watch)
     free(comm->watch_ranks);
     comm->watch_ranks = NULL;
     comm->watch = watch;
+#if MOE_HAVE_CUDA
+    if (comm->nccl) moe_comm_nccl_set_watch(comm->nccl, NULL, 0, NULL);
+#endif
     if (!watch) return MOE_STATUS_OK;
     int *ranks = malloc(sizeof(int) * 2 * (size_t)comm->size);
     MOE_CHECK_ALLOC(ranks, fail);
@@ -110,6 +135,9 @@ moe_status_t moe_comm_set_watch(moe_comm_h comm, moe_watch_h watch)
     memmove(ranks, ranks + comm->size, sizeof(int) * (size_t)comm->size);
     comm->watch_ranks = ranks;
     ranks = NULL;
+#if MOE_HAVE_CUDA
+    if (comm->nccl) moe_comm_nccl_set_watch(comm->nccl, watch, comm->size, comm->watch_ranks);
+#endif
 fail:
     free(ranks);
     if (mine != MPI_GROUP_NULL) MPI_Group_free(&mine);

@@ -7,7 +7,14 @@
  * stream. A wait makes the backend's stream wait for `done`: the host never blocks, and kernels
  * queued afterwards see the data. Without a backend stream, wait blocks the host. Operations are
  * posted in the same order on every rank (comm.h), as NCCL requires. Events come from a small free
- * list, so that a layer creates none. */
+ * list, so that a layer creates none.
+ *
+ * Liveness. A transfer whose peer stopped never ends on the device, so the host never blocks in CUDA
+ * for one: every host wait here (and the backend's, through moe_comm_wait_event) polls its event under
+ * the communicator's watch (comm.h), and asks NCCL for an asynchronous error (a failed network, a
+ * peer's abort) while it does. When either ends the wait, the communicator is aborted (ncclCommAbort:
+ * its kernels stop, nothing of it stays in flight) and later teardown neither synchronises nor
+ * destroys it. */
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 #include <stdlib.h>
@@ -24,6 +31,10 @@ struct moe_comm_nccl_s {
     cudaStream_t producer; /* the backend's stream, or NULL */
     cudaEvent_t free_events[NCCL_EVENT_POOL];
     int n_free;
+    moe_watch_h watch;       /* borrowed, may be NULL */
+    int n_peers;             /* the communicator's ranks as ranks of the watch's */
+    const int *peers;
+    bool aborted;
 };
 
 moe_status_t moe_comm_nccl_create(MPI_Comm mpi, int rank, int size, int device, moe_comm_nccl_t **out)
@@ -53,14 +64,82 @@ fail:
 void moe_comm_nccl_destroy(moe_comm_nccl_t *c)
 {
     if (!c) return;
-    if (c->stream) cudaStreamSynchronize(c->stream);
-    if (c->nccl) ncclCommDestroy(c->nccl);
+    if (!c->aborted && c->stream) cudaStreamSynchronize(c->stream);
+    if (c->nccl && !c->aborted) ncclCommDestroy(c->nccl);
     for (int i = 0; i < c->n_free; i++) cudaEventDestroy(c->free_events[i]);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);
 }
 
 void moe_comm_nccl_set_stream(moe_comm_nccl_t *c, void *stream) { c->producer = (cudaStream_t)stream; }
+
+void moe_comm_nccl_set_watch(moe_comm_nccl_t *c, moe_watch_h watch, int n_peers, const int *peers)
+{
+    c->watch = watch;
+    c->n_peers = n_peers;
+    c->peers = peers;
+}
+
+/* ---------------------------------------------------------------- liveness */
+
+void moe_comm_nccl_abort(moe_comm_nccl_t *c)
+{
+    if (!c || c->aborted) return;
+    c->aborted = true;
+    ncclResult_t r = c->nccl ? ncclCommAbort(c->nccl) : ncclSuccess;
+    moe_warn("NCCL: rank %d's communicator of %d ranks aborted%s%s", c->rank, c->size,
+             r == ncclSuccess ? "" : ": ", r == ncclSuccess ? "" : ncclGetErrorString(r));
+}
+
+/* NCCL's asynchronous error of the communicator, as a status (logged once). */
+static moe_status_t async_error(moe_comm_nccl_t *c)
+{
+    ncclResult_t r = ncclSuccess;
+    if (!c || !c->nccl || c->aborted) return MOE_STATUS_OK;
+    ncclResult_t q = ncclCommGetAsyncError(c->nccl, &r);
+    if (q != ncclSuccess) r = q;
+    if (r == ncclSuccess || r == ncclInProgress) return MOE_STATUS_OK;
+    moe_error("NCCL: asynchronous error on rank %d's communicator of %d ranks: %s (%s)", c->rank, c->size,
+              ncclGetErrorString(r), ncclGetLastError(c->nccl));
+    return MOE_STATUS_NCCL_ERROR;
+}
+
+typedef struct {
+    moe_comm_nccl_t *c;
+    cudaEvent_t event;
+} event_wait_t;
+
+static moe_status_t event_done(void *arg, bool *done)
+{
+    event_wait_t *w = arg;
+    cudaError_t err = cudaEventQuery(w->event);
+    if (err == cudaErrorNotReady) {
+        *done = false;
+        return async_error(w->c);
+    }
+    if (err != cudaSuccess) {
+        cudaGetLastError(); /* not sticky unless the context is lost */
+        moe_error("cudaEventQuery failed: %s", cudaGetErrorString(err));
+        return MOE_STATUS_CUDA_ERROR;
+    }
+    *done = true;
+    return MOE_STATUS_OK;
+}
+
+moe_status_t moe_comm_nccl_wait_event(moe_comm_nccl_t *c, moe_watch_h watch, int n_peers, const int *peers,
+                                      void *event, const char *what)
+{
+    event_wait_t w = {.c = c, .event = (cudaEvent_t)event};
+    moe_status_t status = moe_watch_until(watch, n_peers, peers, what, event_done, &w);
+    if (status != MOE_STATUS_OK) moe_comm_nccl_abort(c);
+    return status;
+}
+
+/* The host waits for one of our events: polled under the communicator's watch. */
+static moe_status_t host_wait(moe_comm_nccl_t *c, cudaEvent_t event, const char *what)
+{
+    return moe_comm_nccl_wait_event(c, c->watch, c->watch ? c->n_peers : -1, c->peers, event, what);
+}
 
 static moe_status_t event_get(moe_comm_nccl_t *c, cudaEvent_t *out)
 {
@@ -126,7 +205,8 @@ moe_status_t moe_comm_nccl_test(moe_comm_nccl_t *c, void *event, bool *done)
     cudaError_t err = cudaEventQuery((cudaEvent_t)event);
     if (err == cudaErrorNotReady) {
         *done = false;
-        return MOE_STATUS_OK;
+        if ((status = async_error(c)) != MOE_STATUS_OK) moe_comm_nccl_abort(c);
+        return status;
     }
     MOE_CHECK_CUDA(err, fail);
     *done = true;
@@ -141,7 +221,7 @@ moe_status_t moe_comm_nccl_wait(moe_comm_nccl_t *c, void *event)
     if (c->producer)
         MOE_CHECK_CUDA(cudaStreamWaitEvent(c->producer, ev, 0), fail);
     else
-        MOE_CHECK_CUDA(cudaEventSynchronize(ev), fail);
+        MOE_CHECK(host_wait(c, ev, "an NCCL all-to-all-v"), fail);
     event_put(c, ev);
     return MOE_STATUS_OK;
 fail:
@@ -176,7 +256,7 @@ moe_status_t moe_comm_nccl_alltoall(moe_comm_nccl_t *c, const void *send, void *
     if (c->producer)
         MOE_CHECK_CUDA(cudaStreamWaitEvent(c->producer, done, 0), fail);
     else
-        MOE_CHECK_CUDA(cudaEventSynchronize(done), fail);
+        MOE_CHECK(host_wait(c, done, "ncclAlltoAll"), fail);
 fail:
     if (ready) event_put(c, ready);
     if (done) event_put(c, done);
@@ -263,7 +343,7 @@ moe_status_t moe_comm_nccl_warm_up(moe_comm_nccl_t *c)
         list[n++] = (moe_comm_p2p_t){.buf = mine + bytes, .bytes = bytes, .peer = p, .send = false};
     }
     MOE_CHECK(moe_comm_nccl_p2p(c, list, n, &start, &done), fail);
-    MOE_CHECK_CUDA(cudaEventSynchronize((cudaEvent_t)done), fail);
+    MOE_CHECK(host_wait(c, (cudaEvent_t)done, "NCCL's warm-up exchange"), fail);
 fail:
     moe_comm_nccl_event_free(start);
     moe_comm_nccl_event_free(done);

@@ -270,6 +270,7 @@ static int run_command(int argc, char **argv, bool elastic)
     if (status != MOE_STATUS_OK) {
         fprintf(stderr, "moerun[%d]: %s failed: %s; ending the job\n", launch.rank, name,
                 moe_status_string(status));
+        moe_engine_abort(engine);
         abort_job(launch.size);
         rc = 1;
     }

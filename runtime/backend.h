@@ -30,6 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm/comm.h"
 #include "common/common.h"
 #include "io/io.h"
 #include "kernels/kernels.h"
@@ -153,6 +154,8 @@ typedef struct {
     int max_tokens, chunks; /* per batch on this rank; pipeline depth */
     int capacity;           /* > 0: fixed-capacity buffers, rows per (chunk, peer); 0: counted */
     int device;             /* cuda: the GPU (made current by the caller) */
+    moe_comm_h comm;        /* the serving set's transport, borrowed: cuda's host waits go through its
+                             * watch (moe_comm_wait_event), since they may wait on its transfers */
 } moe_backend_args_t;
 
 typedef struct moe_backend_state_s moe_backend_state_t; /* each backend's own */
@@ -238,6 +241,15 @@ moe_status_t moe_backend_cuda_share_tuning(MPI_Comm comm);
  * there) made current, and the process bound to the cores near it when each rank has a GPU of its
  * own. Call before creating the NCCL transport and the backend. */
 moe_status_t moe_cuda_select_device(MPI_Comm comm, int *device);
+/* A state about to serve for the first time on a rank that is not serving (an elastic scale-up),
+ * on the thread that prepared it: one layer's stages run locally on made-up routing and the GEMM
+ * paths timed for the row counts its batches will bring, so that its first batch loads no CUDA
+ * module and times nothing. x: the engine's rows buffer [max_tokens][d] (read, and pinned as a batch
+ * pins it). Waits without the watch: local work only. */
+moe_status_t moe_backend_cuda_warm_up(moe_backend_state_t *state, const float *x);
+/* Page-lock host memory for the run (a batch's rows), so that states find it pinned; and release it. */
+moe_status_t moe_cuda_pin(void *host, size_t bytes);
+void moe_cuda_unpin(void *host);
 /* Make `device` current on the calling thread (a thread that creates a backend state). */
 moe_status_t moe_cuda_use_device(int device);
 /* Bytes of device memory this process holds (cudaMemGetInfo's used, less what was in use at start). */

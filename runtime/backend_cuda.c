@@ -50,6 +50,16 @@ size_t moe_cuda_device_bytes(void)
     return used > device_bytes_at_start ? used - device_bytes_at_start : 0;
 }
 
+moe_status_t moe_cuda_pin(void *host, size_t bytes)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MOE_CHECK_CUDA(cudaHostRegister(host, bytes, cudaHostRegisterDefault), fail);
+fail:
+    return status;
+}
+
+void moe_cuda_unpin(void *host) { cudaHostUnregister(host); }
+
 moe_status_t moe_cuda_select_device(MPI_Comm comm, int *device)
 {
     moe_status_t status = MOE_STATUS_OK;
@@ -309,6 +319,9 @@ struct moe_backend_state_s {
     moe_bf16_t *x_e, *gate_up, *act, *y_e;
     int *host_offset;    /* [slots + 1] the cuBLAS path's */
     cudaEvent_t tune_a, tune_b; /* pick_path's timing */
+    moe_comm_h comm;            /* borrowed: the transport whose watch the host waits go through */
+    cudaEvent_t host_sync;      /* stream_wait's */
+    bool local_waits;           /* warming up on a thread of its own: plain CUDA waits, no watch */
     /* CUDA graphs of whole layers (fixed capacity) */
     cudaGraphExec_t *graph; /* [L] */
     int *graph_n;           /* [L] tokens it was captured for */
@@ -330,6 +343,27 @@ static void free_rows(moe_backend_state_t *s, void *p)
         cudaFreeHost(p);
     else
         cudaFree(p);
+}
+
+/* The host waits for the compute stream's work so far, which may wait on transfers: polled under the
+ * transport's watch (comm.h), so that a stopped peer ends the job rather than hanging this rank in
+ * CUDA, and NCCL's asynchronous errors are seen. */
+static moe_status_t event_wait(moe_backend_state_t *s, cudaEvent_t event, const char *what)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    if (!s->local_waits) return moe_comm_wait_event(s->comm, event, what);
+    MOE_CHECK_CUDA(cudaEventSynchronize(event), fail); /* local work only (cuda_warm_up) */
+fail:
+    return status;
+}
+
+static moe_status_t stream_wait(moe_backend_state_t *s, const char *what)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MOE_CHECK_CUDA(cudaEventRecord(s->host_sync, s->stream), fail);
+    status = event_wait(s, s->host_sync, what);
+fail:
+    return status;
 }
 
 static void cuda_destroy(moe_backend_state_t *s)
@@ -358,6 +392,7 @@ static void cuda_destroy(moe_backend_state_t *s)
     if (s->counts_ready) cudaEventDestroy(s->counts_ready);
     if (s->tune_a) cudaEventDestroy(s->tune_a);
     if (s->tune_b) cudaEventDestroy(s->tune_b);
+    if (s->host_sync) cudaEventDestroy(s->host_sync);
     moe_ggemm_destroy(s->gg);
     moe_gemm_destroy(s->gemm);
     if (s->stream) cudaStreamDestroy(s->stream);
@@ -442,7 +477,7 @@ static moe_status_t grow_experts(moe_backend_state_t *s, int rows, int entries)
     int cr = s->cap_rows > 0 ? s->cap_rows : 64, ce = s->cap_entries > 0 ? s->cap_entries : 64;
     while (cr < rows) cr *= 2;
     while (ce < entries) ce *= 2;
-    if (s->eblock) MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail); /* the old may be in use */
+    if (s->eblock) MOE_CHECK(stream_wait(s, "the GPU, before its expert scratch grows"), fail); /* the old may be in use */
     cudaFree(s->eblock);
     s->eblock = NULL;
     s->cap_rows = s->cap_entries = 0;
@@ -484,6 +519,8 @@ static moe_status_t cuda_create(const moe_backend_args_t *a, moe_backend_state_t
     MOE_CHECK_CUDA(cudaEventCreate(&s->batch_start), fail_free);
     MOE_CHECK_CUDA(cudaEventCreate(&s->tune_a), fail_free);
     MOE_CHECK_CUDA(cudaEventCreate(&s->tune_b), fail_free);
+    MOE_CHECK_CUDA(cudaEventCreateWithFlags(&s->host_sync, cudaEventDisableTiming), fail_free);
+    s->comm = a->comm;
 
     const size_t T = (size_t)a->max_tokens, d = (size_t)s->d, k = (size_t)s->k, E = (size_t)s->E, L = (size_t)s->L;
     const size_t C = (size_t)s->chunks, P = (size_t)s->P, R = (size_t)s->max_replicas, fs = (size_t)s->fs;
@@ -738,7 +775,7 @@ static moe_status_t cuda_plan(moe_backend_state_t *s, int layer, int64_t g0, int
     MOE_CHECK(moe_dispatch_pack_cuda(s->h, s->ids + at, s->weights + at, s->rep, n, s->k, s->d, t, C, s->offset, s->fill,
                                      s->send, s->row_bytes, s->meta_offset, s->token_row, s->stream), fail);
     cuda_mark(s, MOE_STAGE_PERMUTE, layer, 0, false);
-    if (s->host_rows) MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail); /* MPI sends from the host */
+    if (s->host_rows) MOE_CHECK(stream_wait(s, "the rows MPI sends"), fail); /* MPI sends from the host */
 fail:
     return status;
 }
@@ -746,7 +783,7 @@ fail:
 static moe_status_t cuda_counts(moe_backend_state_t *s, const int **rows, const int **entries)
 {
     moe_status_t status = MOE_STATUS_OK;
-    MOE_CHECK_CUDA(cudaEventSynchronize(s->counts_ready), fail);
+    MOE_CHECK(event_wait(s, s->counts_ready, "the layer's counts on the GPU"), fail);
     *rows = s->counts_host;
     *entries = s->counts_host + s->chunks * s->P;
 fail:
@@ -759,8 +796,9 @@ static moe_status_t cuda_buffers(moe_backend_state_t *s, int n_recv, moe_wire_t 
     if (n_recv > s->cap_recv) {
         int cap = s->cap_recv > 0 ? s->cap_recv : 64;
         while (cap < n_recv) cap *= 2;
-        /* the old buffers may still be read by the previous layer's transfers or kernels */
-        MOE_CHECK_CUDA(cudaDeviceSynchronize(), fail);
+        /* the old buffers may still be read by the previous layer's kernels, or its transfers, which
+         * the compute stream has waited for */
+        MOE_CHECK(stream_wait(s, "the GPU, before its buffers grow"), fail);
         free_rows(s, s->recv), free_rows(s, s->partial);
         s->recv = s->partial = NULL;
         s->cap_recv = 0;
@@ -815,7 +853,7 @@ static moe_status_t pick_path(moe_backend_state_t *s, const moe_expert_weights_t
                                           entries, s->gate_up, s->act, s->y_e), fail);
             MOE_CHECK_CUDA(cudaEventRecord(s->tune_b, s->stream), fail);
         }
-        MOE_CHECK_CUDA(cudaEventSynchronize(s->tune_b), fail);
+        MOE_CHECK(event_wait(s, s->tune_b, "the GEMM paths' timing"), fail);
         MOE_CHECK_CUDA(cudaEventElapsedTime(&ms, s->tune_a, s->tune_b), fail);
         if (*tuned == MOE_GEMM_PATH_AUTO || ms < best_ms) *tuned = (moe_gemm_path_t)p, best_ms = ms;
     }
@@ -863,7 +901,7 @@ static moe_status_t cuda_experts(moe_backend_state_t *s, int layer, int chunk, i
                                       s->act, s->y_e), fail);
     MOE_CHECK(moe_expert_combine_cuda(s->y_e, s->entry_pos, recv, n_recv, s->row_bytes, s->meta_offset, s->k, s->d,
                                       (moe_bf16_t *)((char *)s->partial + (size_t)first * s->back_bytes), s->stream), fail);
-    if (s->host_rows) MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail); /* MPI sends from the host */
+    if (s->host_rows) MOE_CHECK(stream_wait(s, "the rows MPI sends"), fail); /* MPI sends from the host */
 fail:
     return status;
 }
@@ -909,7 +947,7 @@ static moe_status_t cuda_store(moe_backend_state_t *s, float *x, int n)
     if (s->capacity > 0)
         MOE_CHECK_CUDA(cudaMemcpyAsync(s->fixed_counts_host, s->fixed_counts, sizeof(int) * 3 * s->L,
                                        cudaMemcpyDeviceToHost, s->stream), fail);
-    MOE_CHECK_CUDA(cudaStreamSynchronize(s->stream), fail);
+    MOE_CHECK(stream_wait(s, "the batch on the GPU"), fail);
     if (*s->bad_host)
         MOE_FAIL(MOE_STATUS_INTERNAL, fail, "cuda backend: a received row named an expert this rank does not host");
 fail:
@@ -973,6 +1011,98 @@ static moe_status_t cuda_graph(moe_backend_state_t *s, moe_graph_op_t op, int la
         MOE_CHECK_CUDA(cudaGraphLaunch(s->graph[layer], s->stream), fail);
         break;
     }
+fail:
+    return status;
+}
+
+/* ---------------------------------------------------------------- warm-up */
+
+/* The GEMM paths for slots of `per` rows each, timed now (pick_path) on zero rows. */
+static moe_status_t warm_tune(moe_backend_state_t *s, const moe_expert_weights_t *w, int per, bool host_knows)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const int slots = w->slots;
+    if (slots == 0 || per < 1) return MOE_STATUS_OK;
+    if ((int64_t)per * slots > s->cap_entries) per = s->cap_entries / slots; /* no larger scratch for it */
+    if (per < 1) return MOE_STATUS_OK;
+    const int entries = per * slots;
+    for (int e = 0; e <= slots; e++) s->host_offset[e] = e * per;
+    MOE_CHECK_CUDA(cudaMemcpyAsync(s->group_offset, s->host_offset, sizeof(int) * (size_t)(slots + 1),
+                                   cudaMemcpyHostToDevice, s->stream), fail);
+    MOE_CHECK_CUDA(cudaMemsetAsync(s->x_e, 0, sizeof(moe_bf16_t) * (size_t)entries * s->d, s->stream), fail);
+    moe_gemm_path_t path;
+    MOE_CHECK(pick_path(s, w, entries, per, host_knows, &path), fail);
+    MOE_CHECK(moe_expert_ffn_cuda(s->gemm, s->gg, path, w, s->x_e, s->group_offset, s->host_offset, entries, s->gate_up,
+                                  s->act, s->y_e), fail);
+    MOE_CHECK(stream_wait(s, "the warm-up"), fail); /* host_offset is read by the copy above */
+fail:
+    return status;
+}
+
+/* One layer's stages on made-up routing, locally: the rows this rank would send itself stand in for
+ * the received ones; nothing is transferred. Then the GEMM paths for the row counts a batch will bring
+ * (about the mean per slot, and twice and half of it, for skew). */
+static moe_status_t cuda_warm_up(moe_backend_state_t *s, const float *x)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const int n = s->max_tokens, k = s->k, C = s->chunks, P = s->P, batches = s->batches;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n * k);
+    float *weights = malloc(sizeof(float) * (size_t)n * k);
+    MOE_CHECK_ALLOC(ids, fail);
+    MOE_CHECK_ALLOC(weights, fail);
+    for (int t = 0; t < n; t++) /* k different experts per token, spread over all of them */
+        for (int j = 0; j < k; j++) {
+            ids[(size_t)t * k + j] = (int32_t)(((int64_t)t * k + j) % s->E);
+            weights[(size_t)t * k + j] = 1.0f / (float)k;
+        }
+    s->local_waits = true;
+    MOE_CHECK(cuda_load(s, x, n), fail);
+    if (s->router) MOE_CHECK(cuda_route(s, 0, n, NULL, NULL), fail); /* the router's own kernels */
+    MOE_CHECK(cuda_route(s, 0, n, ids, weights), fail);
+    MOE_CHECK(cuda_plan(s, 0, 0, n), fail);
+    const int *rows = NULL, *entries = NULL;
+    if (s->capacity == 0) MOE_CHECK(cuda_counts(s, &rows, &entries), fail);
+    MOE_CHECK(cuda_shared(s, 0, n), fail);
+    int at = 0;
+    for (int c = 0; c < C; c++) {
+        int first = 0, count = s->capacity;
+        if (s->capacity > 0) {
+            first = (c * P + s->rank) * s->capacity;
+        } else {
+            for (int i = 0; i < c * P + s->rank; i++) first += rows[i];
+            count = rows[c * P + s->rank];
+        }
+        moe_wire_t wire;
+        MOE_CHECK(cuda_buffers(s, at + count, &wire), fail);
+        MOE_CHECK_CUDA(cudaMemcpyAsync((char *)s->recv + (size_t)at * s->row_bytes,
+                                       (const char *)s->send + (size_t)first * s->row_bytes,
+                                       (size_t)count * s->row_bytes, cudaMemcpyDefault, s->stream), fail);
+        MOE_CHECK(cuda_experts(s, 0, c, at, count, NULL), fail);
+        at += count;
+    }
+    for (int c = 0; c < C; c++) MOE_CHECK(cuda_unpermute(s, c, n), fail);
+    MOE_CHECK(cuda_residual(s, n), fail);
+    MOE_CHECK(stream_wait(s, "the warm-up"), fail);
+    /* the row counts of real batches: each slot gets about its share of every rank's tokens */
+    const double mean = s->capacity > 0 ? (double)P * s->capacity * k / s->E : (double)n / C * P * k / s->E;
+    int most = 0; /* paths are kept per row count, not per layer: the layer with the most slots */
+    for (int l = 1; l < s->L; l++) most = s->experts[l].slots > s->experts[most].slots ? l : most;
+    for (double f = 0.5; f <= 2.0; f *= 2)
+        MOE_CHECK(warm_tune(s, &s->experts[most], (int)(mean * f + 0.5), s->capacity == 0), fail);
+fail:
+    s->local_waits = false;
+    s->batches = batches; /* not a batch: CUDA graphs still wait for a real one */
+    free(ids);
+    free(weights);
+    return status;
+}
+
+moe_status_t moe_backend_cuda_warm_up(moe_backend_state_t *state, const float *x)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const double t0 = moe_now();
+    MOE_CHECK(cuda_warm_up(state, x), fail);
+    moe_info("cuda backend: warmed up in %.3f s (rank %d of %d)", moe_now() - t0, state->rank, state->P);
 fail:
     return status;
 }

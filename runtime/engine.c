@@ -55,6 +55,7 @@ struct moe_engine_s {
         moe_backend_state_t *backend_state;
         pthread_t thread;
         bool running;
+        bool warm_up; /* a rank that is not serving yet: run the state once before it serves */
         atomic_int done;
         moe_status_t status;
     } next;
@@ -74,6 +75,7 @@ struct moe_engine_s {
     int64_t total_tokens; /* -1: not known up front (an elastic run of run.batches batches) */
     int batches;          /* -1: until the data ends */
     float *x;           /* [tpr][d] this rank's tokens */
+    bool x_pinned;      /* x is page-locked (cuda) */
     int32_t *ids;       /* [L][n][k] this batch's routing */
     float *weights_buf; /* [tpr][k] */
     float *gathered;    /* rank 0: [P*tpr][d] for the output */
@@ -140,6 +142,14 @@ static void serving_sets_destroy(moe_engine_h e)
     e->move_transport = e->world_transport = NULL;
 }
 
+void moe_engine_abort(moe_engine_h e)
+{
+    if (!e) return;
+    for (int P = 1; e->sets && P <= e->size; P++) moe_comm_abort(e->sets[P].transport);
+    moe_comm_abort(e->move_transport);
+    moe_comm_abort(e->world_transport);
+}
+
 /* Collective over the world: serve with the set of ranks 0..serving-1 (made now if not ahead). */
 static moe_status_t serving_connect(moe_engine_h e)
 {
@@ -160,7 +170,7 @@ static moe_status_t backend_create(moe_engine_h e, const moe_weights_t *weights,
     const moe_config_t *c = &e->config;
     const moe_backend_args_t args = {.config = c, .weights = weights, .plan = plan, .rank = e->rank, .ranks = ranks,
                                      .max_tokens = c->run.tokens_per_rank, .chunks = c->run.chunks,
-                                     .capacity = e->capacity, .device = e->device};
+                                     .capacity = e->capacity, .device = e->device, .comm = e->sets[ranks].transport};
     return e->backend->create(&args, out);
 }
 
@@ -214,6 +224,9 @@ void moe_engine_destroy(moe_engine_h e)
     if (e->store_ops) e->store_ops->destroy(e->store);
     moe_trace_destroy(e->trace);
     moe_plan_destroy(e->plan);
+#if MOE_HAVE_CUDA
+    if (e->x_pinned) moe_cuda_unpin(e->x);
+#endif
     moe_free(e->x);
     moe_free(e->ids);
     moe_free(e->weights_buf);
@@ -302,8 +315,10 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
         MOE_CHECK(moe_cuda_select_device(e->comm, &e->device), fail);
     if (c->run.backend == MOE_BACKEND_CUDA && c->run.transport == MOE_TRANSPORT_NCCL) {
         MOE_CHECK(moe_comm_create_nccl(e->comm, e->device, &e->world_transport), fail);
+        MOE_CHECK(moe_comm_set_watch(e->world_transport, e->options.watch), fail);
         if (e->elastic) {
             MOE_CHECK(moe_comm_split(e->world_transport, true, &e->move_transport), fail);
+            MOE_CHECK(moe_comm_set_watch(e->move_transport, e->options.watch), fail);
             MOE_CHECK(moe_comm_warm_up(e->move_transport), fail);
             moe_elastic_set_device_comm(e->elastic, e->move_transport);
         }
@@ -350,6 +365,14 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     if (!e->x || !e->ids || !e->weights_buf)
         MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "out of memory for a batch: run.tokens_per_rank (%d) x "
                  "model.d_model (%d), and x model.layers (%d) x model.top_k (%d)", tpr, d, L, k);
+#if MOE_HAVE_CUDA
+    /* pinned once for the run: a serving state made by an elastic switch finds it so, rather than
+     * pinning it (tens of ms for a large batch) in its first batch */
+    if (e->backend == &moe_backend_cuda && !e->options.reference) {
+        MOE_CHECK(moe_cuda_pin(e->x, sizeof(float) * (size_t)tpr * d), fail);
+        e->x_pinned = true;
+    }
+#endif
 
     MOE_CHECK(serving_build(e), fail);
     MOE_CHECK(moe_metrics_create(c, e->comm, e->options.watch, &e->metrics), fail);
@@ -420,6 +443,10 @@ static void *prepare_main(void *arg)
     if (e->backend == &moe_backend_cuda) moe_cuda_use_device(e->device); /* per thread */
 #endif
     e->next.status = backend_create(e, e->next.weights, e->next.plan, e->next.size, &e->next.backend_state);
+#if MOE_HAVE_CUDA
+    if (e->next.status == MOE_STATUS_OK && e->next.warm_up && e->backend == &moe_backend_cuda)
+        e->next.status = moe_backend_cuda_warm_up(e->next.backend_state, e->x);
+#endif
     atomic_store(&e->next.done, 1);
     return NULL;
 }
@@ -443,7 +470,11 @@ static moe_status_t engine_prepare(moe_engine_h e, moe_elastic_switch_t *sw)
     atomic_store(&e->next.done, 1);
     MOE_CHECK(made, fail);
     if (e->rank >= sw->size || e->options.reference) return MOE_STATUS_OK;
-    if (e->config.run.transport == MOE_TRANSPORT_NCCL) {
+    /* A rank that joins has no transfers of its own in flight (its experts have arrived) and serves no
+     * batch meanwhile: its state is built and run once on the thread, so that its first batch is like
+     * any other (no CUDA module to load, no GEMM path to time) and nobody waits for it. */
+    e->next.warm_up = e->rank >= e->serving;
+    if (e->config.run.transport == MOE_TRANSPORT_NCCL && !e->next.warm_up) {
         /* not beside NCCL kernels in flight: cudaMalloc/cudaFree on another thread can hang them */
         prepare_main(e);
         return MOE_STATUS_OK;

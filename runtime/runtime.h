@@ -195,6 +195,10 @@ moe_status_t moe_engine_run(moe_engine_h engine);
 /* Collective: reduces statistics and metrics, writes the outputs, prints the summary on rank 0. */
 moe_status_t moe_engine_finalize(moe_engine_h engine);
 
+/* The emergency exit, before the job is ended after a failure: every NCCL communicator is aborted
+ * (ncclCommAbort), so that no transfer of this rank keeps a kernel waiting here or at a peer. Local,
+ * NULL-safe; destroy still follows. */
+void moe_engine_abort(moe_engine_h engine);
 void moe_engine_destroy(moe_engine_h engine); /* NULL-safe, local */
 
 /* ---------------------------------------------------------------- benchmarks (bench.c) */

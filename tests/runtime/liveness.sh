@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# liveness.sh MOERUN SRCDIR: a rank stopped with SIGSTOP does not hang the job (comm.h, liveness).
+# liveness.sh MOERUN SRCDIR [gpu]: a rank stopped with SIGSTOP does not hang the job (comm.h, liveness).
 #   1. `infer` at 4 ranks, rank 2 stopped in the middle of the batches;
 #   2. `elastic` at 4 ranks, rank 3 stopped during a scale event 2 -> 4 (after its decision).
 # Each time the job must exit non-zero within run.timeout + 10 s of the stop, with a message naming
@@ -8,8 +8,19 @@
 #   3. a long, unbalanced batch is not a hang: ranks wait longer than run.timeout for a busy one
 #      in every layer, and the run still ends well.
 # Runs about 30 s; about 1 GB of memory for the third case.
+# With `gpu` (the gpu suite; exits 77 with fewer than two GPUs) instead: `infer` at 2 ranks on the cuda
+# backend over NCCL, rank 1 stopped between batches. Its peer's GPU then waits for a transfer that
+# never comes; its host, polling under the watch rather than blocking in CUDA, must end the job the
+# same way, having aborted its NCCL communicator.
 set -uo pipefail
-moerun=$(realpath "$1") src=$(realpath "$2")
+moerun=$(realpath "$1") src=$(realpath "$2") mode=${3:-cpu}
+np=4
+if [ "$mode" = gpu ]; then
+    gpus=$(nvidia-smi -L 2>/dev/null | grep -c GPU || true)
+    if [ "${gpus:-0}" -lt 2 ]; then echo "fewer than two GPUs: skipped"; exit 77; fi
+    np=2
+    export NCCL_NVLS_ENABLE=0
+fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 dir=$(mktemp -d)
 timeout_s=6
@@ -41,7 +52,7 @@ case_run() {
     shift 3
     local out="$dir/$name.out"
     : > "$out"
-    mpirun --oversubscribe -np 4 "$moerun" "$@" --set run.timeout=$timeout_s --set outputs.progress=false \
+    mpirun --oversubscribe -np $np "$moerun" "$@" --set run.timeout=$timeout_s --set outputs.progress=false \
         --log-level info > "$out" 2>&1 &
     job=$!
     local t=0
@@ -58,7 +69,7 @@ case_run() {
     kill -STOP "$pid"
     local t_stop others=() o
     t_stop=$(now_ms)
-    for r in 0 1 2 3; do [ "$r" = "$stopped" ] || others+=("$(rank_pid "$r")"); done
+    for r in $(seq 0 $((np - 1))); do [ "$r" = "$stopped" ] || others+=("$(rank_pid "$r")"); done
     # CPU of the others while they wait, from 1 s after the stop to 1 s before the deadline
     sleep 1
     local before=() after=() i
@@ -94,6 +105,19 @@ case_run() {
 }
 
 tiny="$src/configs/tiny.yaml"
+if [ "$mode" = gpu ]; then
+    # batches long on the GPU (layers of 2048 x 4096 experts, 16384 tokens a rank), so that the stop
+    # most likely finds rank 0's host waiting for its GPU, which waits for rank 1's transfers
+    STOP_DELAY=3 case_run gpu-infer-sigstop 1 "rank 1: .* bytes of weights" infer -c "$tiny" --set run.batches=1000000 \
+        --set run.backend=cuda --set run.transport=nccl --set run.tokens_per_rank=16384 --set model.d_model=2048 \
+        --set model.d_ff=4096 --output "$dir/out.npy"
+    grep -qE "NCCL: rank 0's communicator of 2 ranks aborted" "$dir/gpu-infer-sigstop.out" ||
+        fail "gpu-infer-sigstop: rank 0 did not abort its NCCL communicator"
+    grep -E "NCCL: rank 0's|timeout: rank 1" "$dir/gpu-infer-sigstop.out" | cut -c1-200
+    echo "liveness: $failures failures"
+    [ $failures -eq 0 ]
+    exit
+fi
 STOP_DELAY=1 case_run infer-sigstop 2 "rank 3: .* bytes of weights" infer -c "$tiny" --set run.batches=1000000 \
     --output "$dir/out.npy"
 left=$(find "$dir" -name 'out.npy*')
