@@ -27,7 +27,7 @@
 
 #define WATCH_TAG 7
 #define WATCH_SPIN 5e-4        /* seconds of plain polling before the first sleep */
-#define WATCH_MAX_SLEEP 5e-3
+#define WATCH_MAX_SLEEP 1e-3
 #define WATCH_POLL_EVERY 1e-3  /* moe_watch_poll looks for asks at most this often */
 
 typedef enum { BEAT_ASK = 1, BEAT_ANSWER = 2 } beat_kind_t;

@@ -8,6 +8,8 @@
 #     GPUS     the GPU counts to run (default: 1, and 2 where there are two)
 #     BATCHES  per run (default 10, the first 4 warm-up)
 #     CHUNKS   the chunk counts on two GPUs (default "1 2 4")
+#     ONLY     an extended regular expression: only the cases whose label matches (e.g. '^(peer-)?dsv3-np2'
+#              or 'a2a'); default all
 #
 # Cases (shapes from configs/, one layer, seeded weights, routing by the router):
 #   dsv3       DeepSeek-V3, 4096 tokens per GPU, with the shared expert, and without it (the peer's
@@ -29,9 +31,11 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABL
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c GPU)
 GPUS=${GPUS:-1 $([ "$ngpu" -ge 2 ] && echo 2)}
 
+wanted() { [[ -z "${ONLY:-}" || "$1" =~ $ONLY ]]; }
 moe() { # label np config tokens [sets...]
     local label=$1 np=$2 config=$3 tokens=$4
     shift 4
+    wanted "$label" || return 0
     echo "== $label" >&2
     timeout 150 mpirun --oversubscribe -np "$np" "$M" infer -c "$ROOT/configs/$config.yaml" --set model.layers=1 \
         --set run.tokens_per_rank="$tokens" --set run.backend=cuda --set run.transport=nccl \
@@ -41,6 +45,7 @@ moe() { # label np config tokens [sets...]
 peer() { # label np config tokens [flags...]
     local label=$1 np=$2 config=$3 tokens=$4
     shift 4
+    wanted "$label" || return 0
     echo "== $label" >&2
     timeout 150 python3 -m torch.distributed.run --standalone --nproc-per-node="$np" "$ROOT/scripts/bench_peers_ep.py" \
         --config "$ROOT/configs/$config.yaml" --tokens "$tokens" "$@" >"$OUT/$label.log" 2>&1 || echo "$label: exit $?" >&2
@@ -72,7 +77,7 @@ for np in $GPUS; do
     peer "peer-mixtral-np$np" "$np" mixtral-8x7b 8192
     [ "$np" -ge 2 ] && peer "peer-dsv3-narrow-np$np" "$np" deepseek-v3 4096 --d-ff 128 --no-shared
 done
-if [ "$ngpu" -ge 2 ]; then
+if [ "$ngpu" -ge 2 ] && wanted a2a; then
     echo "== a2a" >&2
     timeout 300 mpirun --oversubscribe -np 2 "$M" bench a2a --rows 128,512,1024,2048,4096,8192 \
         >"$OUT/a2a.log" 2>&1 || echo "a2a: exit $?" >&2

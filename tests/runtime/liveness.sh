@@ -106,11 +106,12 @@ case_run() {
 
 tiny="$src/configs/tiny.yaml"
 if [ "$mode" = gpu ]; then
-    # batches long on the GPU (layers of 2048 x 4096 experts, 16384 tokens a rank), so that the stop
-    # most likely finds rank 0's host waiting for its GPU, which waits for rank 1's transfers
+    # 16 layers of 1024 x 4096 experts at 8192 tokens a rank: the host waits for its GPU in every layer
+    # (the counts), so that the stop may find rank 0 there, its GPU waiting for rank 1's transfers; the
+    # message says which wait it was
     STOP_DELAY=3 case_run gpu-infer-sigstop 1 "rank 1: .* bytes of weights" infer -c "$tiny" --set run.batches=1000000 \
-        --set run.backend=cuda --set run.transport=nccl --set run.tokens_per_rank=16384 --set model.d_model=2048 \
-        --set model.d_ff=4096 --output "$dir/out.npy"
+        --set run.backend=cuda --set run.transport=nccl --set run.tokens_per_rank=8192 --set model.d_model=1024 \
+        --set model.d_ff=4096 --set model.layers=16
     grep -qE "NCCL: rank 0's communicator of 2 ranks aborted" "$dir/gpu-infer-sigstop.out" ||
         fail "gpu-infer-sigstop: rank 0 did not abort its NCCL communicator"
     grep -E "NCCL: rank 0's|timeout: rank 1" "$dir/gpu-infer-sigstop.out" | cut -c1-200
