@@ -587,9 +587,13 @@ moe_status_t moe_engine_run(moe_engine_h e)
 
         /* batches start together, so that times compare; ranks outside the serving set (busy with
          * incoming experts, maybe) are not waited for */
-        if (serves)
+        if (serves) {
             MOE_CHECK(moe_watch_barrier(e->options.watch, e->serve_comm, e->serving, NULL,
                                         "the batch's start"), fail);
+            /* leave together: the polled barrier lets a rank that came early sleep through the
+             * others' arrival (up to a ms), and the first counts exchange would wait for it */
+            MOE_CHECK_MPI(MPI_Barrier(e->serve_comm), fail);
+        }
         double t0 = moe_now();
         if (e->options.reference) {
             MOE_CHECK(moe_reference_forward(c, e->weights, &e->sources, g0, n, e->x, e->ids), fail);
