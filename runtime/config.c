@@ -808,9 +808,8 @@ moe_status_t moe_config_validate(const moe_config_t *config, int world_size)
         (r->backend != MOE_BACKEND_CUDA || r->transport != MOE_TRANSPORT_NCCL || r->buffers == MOE_BUFFERS_COUNTED))
         errors += report(config, "run.graphs", "on needs run.backend: cuda, run.transport: nccl and fixed buffers "
                          "(run.buffers: fixed or auto)");
-    if (r->dispatch == MOE_DISPATCH_HIERARCHICAL && r->backend != MOE_BACKEND_CPU)
-        errors += report(config, "run.dispatch", "hierarchical runs on the cpu backend only so far (the cuda "
-                         "backend dispatches flat: set run.dispatch: flat or auto)");
+    if (r->dispatch == MOE_DISPATCH_HIERARCHICAL && r->graphs == MOE_SWITCH_ON)
+        errors += report(config, "run.dispatch", "hierarchical has no CUDA graphs (run.graphs: off or auto)");
     if (r->dispatch == MOE_DISPATCH_HIERARCHICAL && r->buffers == MOE_BUFFERS_FIXED)
         errors += report(config, "run.dispatch", "hierarchical needs counted buffers (run.buffers: counted or auto)");
     if (world_size > 0 && r->ranks_per_node > world_size)

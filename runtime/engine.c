@@ -241,8 +241,7 @@ static int engine_capacity(const moe_config_t *c)
 }
 
 /* run.dispatch resolved on the node map: hierarchical when asked, or (auto) when the ranks span more
- * than one node and the run can (a static run on the cpu backend with counted buffers, nodes of
- * equal size). The same verdict on every rank: the map and the config are the same everywhere. */
+ * than one node and the run can (a static run with counted buffers, nodes of equal size). The same verdict on every rank: the map and the config are the same everywhere. */
 static moe_status_t engine_dispatch(moe_engine_h e)
 {
     moe_status_t status = MOE_STATUS_OK;
@@ -255,8 +254,6 @@ static moe_status_t engine_dispatch(moe_engine_h e)
     }
     if (e->elastic)
         why = "elastic and re-balancing runs dispatch flat";
-    else if (c->run.backend != MOE_BACKEND_CPU)
-        why = "the cuda backend dispatches flat";
     else if (e->capacity > 0)
         why = "fixed-capacity buffers (run.buffers) dispatch flat";
     else if (nd->per_node <= 0)

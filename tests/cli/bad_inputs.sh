@@ -42,8 +42,8 @@ expect_failure "bad --set" "--set model.top_k" run3 -c "$src/configs/tiny.yaml" 
 expect_failure "bad run.dispatch" "run.dispatch|nodal" run3 -c "$src/configs/tiny.yaml" --set run.dispatch=nodal
 expect_failure "ranks_per_node not dividing" "run.ranks_per_node|does not divide" run3 -c "$src/configs/tiny.yaml" \
     --set run.ranks_per_node=2 --set model.experts=6
-expect_failure "hierarchical on cuda" "run.dispatch|cpu backend only" run3 -c "$src/configs/tiny.yaml" \
-    --set run.dispatch=hierarchical --set run.backend=cuda
+expect_failure "hierarchical with CUDA graphs" "run.dispatch|CUDA graphs" run3 -c "$src/configs/tiny.yaml" \
+    --set run.dispatch=hierarchical --set run.graphs=on
 expect_failure "hierarchical with fixed buffers" "run.dispatch|counted buffers" run3 -c "$src/configs/tiny.yaml" \
     --set run.dispatch=hierarchical --set run.buffers=fixed
 expect_failure "hierarchical in an elastic run" "run.dispatch|elastic" run2 -c "$src/configs/tiny.yaml" \

@@ -12,6 +12,7 @@
 # no iproute2, no CAP_SYS_ADMIN / CAP_NET_ADMIN in a container).
 set -uo pipefail
 moerun=$(readlink -f "$1") compare=$(readlink -f "$2") config=$(readlink -f "$3") trace=$(readlink -f "$4")
+multinode=$(readlink -f "$(dirname "$0")/../../scripts/run_multinode.sh")
 skip() { echo "skipped: $*"; exit 77; }
 [ "$(id -u)" = 0 ] || skip "making network namespaces needs root"
 command -v ip >/dev/null || skip "no iproute2 (the ip command)"
@@ -70,13 +71,12 @@ timeout 300 mpirun --oversubscribe -np $np "$moerun" "${common[@]}" --set run.di
     --output "$dir/single.npy" >/dev/null
 # two hosts x 2 ranks over TCP on the veth link; the nodes and the dispatch are found, not set
 set +e
+# (through scripts/run_multinode.sh, as a user would launch it: hostfile, 2 ranks per node, MOE_NET)
 timeout 300 ip netns exec "$ns1" unshare --uts /bin/sh -c 'hostname "$0" && exec "$@"' "$ns1" \
-    mpirun -np $np --hostfile "$dir/hostfile" --map-by ppr:2:node --bind-to none \
-    --mca plm_rsh_agent "$dir/agent.sh" --mca plm_rsh_no_tree_spawn 1 \
-    --mca btl tcp,vader,self --mca btl_tcp_if_include "$net.0/24" --mca oob_tcp_if_include "$net.0/24" \
-    --mca pml ob1 \
-    "$moerun" "${common[@]}" --log-level info --output "$dir/multi.npy" --metrics "$dir/multi.jsonl" \
-    >"$dir/multi.log" 2>&1
+    env MOERUN="$moerun" MOE_NET="$net.0/24" \
+    MPIRUN_ARGS="--mca plm_rsh_agent $dir/agent.sh --mca plm_rsh_no_tree_spawn 1" \
+    "$multinode" "$dir/hostfile" 2 "${common[@]:2}" --log-level info --output "$dir/multi.npy" \
+    --metrics "$dir/multi.jsonl" >"$dir/multi.log" 2>&1
 rc=$?
 set -e
 grep -E "node [0-9]+ of|dispatch" "$dir/multi.log" | sort | uniq | head -8 || true
