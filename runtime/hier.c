@@ -202,7 +202,7 @@ static moe_status_t finish_chunk(moe_hier_h h, int layer, int c, int n)
 static moe_status_t relay_chunk(moe_hier_h h, int layer, int c, const moe_wire_t *w, const moe_wire_t *rw)
 {
     moe_status_t status = MOE_STATUS_OK;
-    const int P = h->P, C = h->C;
+    const int P = h->P;
     const moe_backend_t *b = h->b;
     const moe_slot_table_t *t = &h->table[layer];
     const int n1 = h->recv1_first[c + 1] - h->recv1_first[c], n2 = h->recv2_first[c + 1] - h->recv2_first[c];
@@ -237,7 +237,6 @@ static moe_status_t relay_chunk(moe_hier_h h, int layer, int c, const moe_wire_t
     b->mark(h->state, MOE_STAGE_UNPERMUTE, layer, c, false);
     MOE_CHECK(post(h, c, rw->partial, h->recv1_first, h->recv1, w->back, h->send1_first, h->send1, w->back_bytes,
                    &h->op1[c]), fail);
-    (void)C;
 fail:
     return status;
 }
@@ -269,8 +268,7 @@ moe_status_t moe_hier_layer(moe_hier_h h, int layer, int n, moe_layer_metrics_t 
     }
     MOE_CHECK(finish_chunk(h, layer, C - 1, n), fail);
 
-    const moe_comm_nodes_t *nd = h->nodes;
-    for (int c = 0; c < C; c++)
+    for (int c = 0; c < C; c++) /* first-hop rows cross nodes, second-hop rows stay inside one */
         for (int p = 0; p < P; p++) {
             const int i = c * P + p;
             m->rows_sent += h->send1[i] + h->send2[i];
@@ -278,7 +276,6 @@ moe_status_t moe_hier_layer(moe_hier_h h, int layer, int n, moe_layer_metrics_t 
             if (p == h->rank) continue;
             m->copies_inter += h->send1[i];
             m->copies_intra += h->send2[i];
-            (void)nd;
         }
     for (int i = 0; i < C * t->slots; i++) m->load += h->slot_rows[i];
 fail:
