@@ -132,7 +132,7 @@ _Static_assert(sizeof(moe_switch_t) == sizeof(int), "enum size");
     X(ENUM, "run.dispatch", run.dispatch, moe_dispatch_t, dispatch_words, "auto", NOLIM, RANGE_GE,     \
       "flat (a token goes once to each destination rank) | hierarchical (once to each remote node, "   \
       "to the rank of its own local index there, then forwarded inside the node) | auto "              \
-      "(hierarchical when the ranks span more than one node)")                                         \
+      "(hierarchical when the ranks span more than one node; flat on the cuda backend for now)")      \
     X(INT, "run.ranks_per_node", run.ranks_per_node, int, NULL, "0", AT_LEAST(0), RANGE_GE,           \
       "simulate nodes of N consecutive ranks on one host (0: nodes as the launcher placed the ranks)") \
     X(ENUM, "run.graphs", run.graphs, moe_switch_t, switch_words, "auto", NOLIM, RANGE_GE,             \
