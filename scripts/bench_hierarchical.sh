@@ -6,7 +6,8 @@
 # widths of configs/deepseek-v2-lite-trace.yaml, nodes simulated with run.ranks_per_node), each run
 # on the intent trace (the plans' source) and on law (held out), 8192 tokens, one batch. Reports the
 # inter-node copies per token and layer, flat vs hierarchical, as `moerun place --evaluate` predicts them and
-# as the runtime counts them, and the intra-node copies hierarchical dispatch adds; OUTDIR/report.md.
+# as the runtime counts them (and fails unless they agree in every layer), and the intra-node copies
+# hierarchical dispatch adds; OUTDIR/report.md.
 # Env: TIME_LIMIT (ilp seconds, default 60), RANKS (default "16 32").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,12 @@ def summary(d):
     return [json.loads(l) for l in open(f"{out}/run-{solver}-{np}-{trace}-{d}.jsonl") if '"summary"' in l][0]
 flat, hier = summary("flat"), summary("hierarchical")
 assert flat["dispatch"] == "flat" and hier["dispatch"] == "hierarchical"
+for d, run in (("", flat), ("_hier", hier)):  # the replay predicts every layer's count exactly
+    for kind in ("inter", "intra"):
+        counted = run[f"copies_{kind}_per_layer_all_batches"]
+        predicted = [round(x) for x in ev[f"per_layer_{kind}{d}"]]
+        if counted != predicted:
+            sys.exit(f"{solver} {np} {trace}: {kind}{d} copies counted {counted} != replayed {predicted}")
 cf, ch = flat["copies_inter"], hier["copies_inter"]
 per = tokens * len(ev["per_layer_inter"])  # copies per token and layer
 print(f"| {np} = {np // 8} x 8 | {solver} | {trace}{' (source)' if trace == 'intent' else ' (held out)'} "
