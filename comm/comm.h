@@ -116,6 +116,26 @@ void moe_comm_progress(moe_comm_h comm);
 moe_status_t moe_comm_set_watch(moe_comm_h comm, moe_watch_h watch);
 moe_watch_h moe_comm_watch(const moe_comm_h comm);
 
+/* ---------------------------------------------------------------- nodes (nodes.c) */
+
+/* Where the ranks of a communicator run: node[r] (0 .. nodes-1, numbered by their lowest rank) and
+ * local[r], r's index among its node's ranks (in rank order). */
+typedef struct {
+    int ranks, nodes;
+    int per_node;       /* ranks on every node when all nodes have as many, else 0 */
+    int *node, *local;  /* [ranks] */
+    int *rank_at;       /* [nodes][per_node]: the rank of (node, local index); NULL unless per_node > 0 */
+    const char *source; /* where the map came from (a static string) */
+} moe_comm_nodes_t;
+
+/* Collective over comm (waits under watch, may be NULL). simulate > 0: nodes of `simulate`
+ * consecutive ranks (no communication). Else node_hint when every rank has one (>= 0: the
+ * launcher's node number, Slurm's SLURM_NODEID), else MPI's shared-memory split (the host the
+ * launcher started the rank on), else the processor name. Free with moe_comm_nodes_destroy. */
+moe_status_t moe_comm_nodes_create(MPI_Comm comm, int simulate, int node_hint, moe_watch_h watch,
+                                   moe_comm_nodes_t **out);
+void moe_comm_nodes_destroy(moe_comm_nodes_t *nodes); /* NULL-safe */
+
 /* ---------------------------------------------------------------- liveness (watch.c)
  * One watch per job, over the whole job's communicator. A wait names the ranks it waits on as ranks
  * of that communicator: `peers` (n_peers of them), or, with peers NULL, ranks 0..n_peers-1, or, with

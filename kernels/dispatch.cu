@@ -85,7 +85,7 @@ __global__ void k_dispatch_count(const int32_t *ids, int n, int k, const int64_t
             if (e >= 0 && e < t.experts)
                 r = moe_rules_pick(t.layer, e, g0 + tok, t.first[e], t.first[e + 1] - t.first[e], t.share);
             rep[(size_t)tok * k + j] = r;
-            seen[j] = r >= 0 ? t.rank[r] : -1;
+            seen[j] = r >= 0 ? (t.hop ? t.hop[r] : t.rank[r]) : -1; /* the first hop (hierarchical: the rail) */
             if (r < 0) continue;
             atomicAdd(&entry_count[c * R + r], 1);
             bool first = true;
@@ -155,7 +155,7 @@ __global__ void k_dispatch_pack(const bf16 *h, const int32_t *ids, const float *
         const int c = moe_rules_chunk(tok, n, chunks);
         for (int j = 0; j < k; j++) {
             const int32_t r = rep[(size_t)tok * k + j];
-            const int p = r >= 0 ? t.rank[r] : -1;
+            const int p = r >= 0 ? (t.hop ? t.hop[r] : t.rank[r]) : -1;
             bool first = p >= 0;
             for (int i = 0; i < j; i++) first &= rank_of[i] != p;
             rank_of[j] = p;
@@ -172,7 +172,8 @@ __global__ void k_dispatch_pack(const bf16 *h, const int32_t *ids, const float *
         copy_row(h + (size_t)tok * d, (bf16 *)dst, d);
         for (int i = threadIdx.x; i < k; i += blockDim.x) {
             const bool here = rank_of[i] == rank_of[j];
-            ((int32_t *)(dst + meta_offset))[i] = here ? ids[(size_t)tok * k + i] : -1;
+            const int32_t code = here && t.code ? t.experts * t.code[rep[(size_t)tok * k + i]] : 0;
+            ((int32_t *)(dst + meta_offset))[i] = here ? ids[(size_t)tok * k + i] + code : -1;
             ((float *)(dst + meta_offset))[k + i] = here ? weights[(size_t)tok * k + i] : 0.0f;
         }
     }
@@ -187,6 +188,102 @@ extern "C" moe_status_t moe_dispatch_pack_cuda(const moe_bf16_t *h, const int32_
     k_dispatch_pack<<<n, 128, 0, s>>>((const bf16 *)h, ids, weights, rep, n, k, d, *t, chunks, offset, fill,
                                       (char *)send, row_bytes, meta_offset, token_row);
     return launched("dispatch pack");
+}
+
+/* ---------------------------------------------------------------- hierarchical dispatch (hier.c) */
+
+/* One thread per token: rows [C][P] that each final rank gets (moe_dispatch_final_rows_cpu). */
+__global__ void k_final_rows(const int32_t *rep, int n, int k, moe_dispatch_table_t t, int chunks, int *rows)
+{
+    const int tok = blockIdx.x * blockDim.x + threadIdx.x;
+    if (tok >= n) return;
+    const int c = moe_rules_chunk(tok, n, chunks);
+    int seen[MOE_DISPATCH_MAX_K];
+    for (int j = 0; j < k; j++) {
+        const int32_t r = rep[(size_t)tok * k + j];
+        seen[j] = r >= 0 ? t.rank[r] : -1;
+        if (r < 0) continue;
+        bool first = true;
+        for (int i = 0; i < j; i++) first &= seen[i] != seen[j];
+        if (first) atomicAdd(&rows[c * t.ranks + seen[j]], 1);
+    }
+}
+
+extern "C" moe_status_t moe_dispatch_final_rows_cuda(const int32_t *rep, int n, int k, const moe_dispatch_table_t *t,
+                                                     int chunks, int *rows, cudaStream_t s)
+{
+    if (cudaMemsetAsync(rows, 0, sizeof(int) * (size_t)chunks * t->ranks, s) != cudaSuccess)
+        return launched("final rows: clearing the counts");
+    if (n == 0) return MOE_STATUS_OK;
+    k_final_rows<<<(n + 255) / 256, 256, 0, s>>>(rep, n, k, *t, chunks, rows);
+    return launched("final rows");
+}
+
+/* One block per first-hop row: thread 0 takes a send row for each distinct local index among its
+ * choices (next[rank] by atomics: the order varies, the rows do not), then the block copies the row
+ * and writes each copy's metadata with plain expert ids. */
+__global__ void k_relay_pack(const char *recv, size_t row_bytes, size_t meta_offset, int k, int d, int experts,
+                             const int *node_rank, int *next, char *send, int32_t *relay_row)
+{
+    __shared__ int row_of[MOE_DISPATCH_MAX_K], g_of[MOE_DISPATCH_MAX_K];
+    const int r = blockIdx.x;
+    const char *row = recv + (size_t)r * row_bytes;
+    const int32_t *id = (const int32_t *)(row + meta_offset);
+    if (threadIdx.x == 0)
+        for (int j = 0; j < k; j++) {
+            const int g = id[j] >= 0 ? id[j] / experts : -1;
+            bool first = g >= 0;
+            for (int i = 0; i < j; i++) first &= g_of[i] != g;
+            g_of[j] = g;
+            row_of[j] = first ? atomicAdd(&next[node_rank[g]], 1) : -1;
+            relay_row[(size_t)r * k + j] = row_of[j];
+        }
+    __syncthreads();
+    const float *w = (const float *)(row + meta_offset) + k;
+    for (int j = 0; j < k; j++) {
+        if (row_of[j] < 0) continue;
+        char *dst = send + (size_t)row_of[j] * row_bytes;
+        copy_row((const bf16 *)row, (bf16 *)dst, d);
+        for (int i = threadIdx.x; i < k; i += blockDim.x) {
+            const bool here = g_of[i] == g_of[j];
+            ((int32_t *)(dst + meta_offset))[i] = here ? id[i] % experts : -1;
+            ((float *)(dst + meta_offset))[k + i] = here ? w[i] : 0.0f;
+        }
+    }
+}
+
+extern "C" moe_status_t moe_relay_pack_cuda(const void *recv, int n_rows, size_t row_bytes, size_t meta_offset, int k,
+                                            int d, int experts, const int *node_rank, int *next, void *send,
+                                            int32_t *relay_row, cudaStream_t s)
+{
+    if (n_rows == 0) return MOE_STATUS_OK;
+    k_relay_pack<<<n_rows, 128, 0, s>>>((const char *)recv, row_bytes, meta_offset, k, d, experts, node_rank, next,
+                                        (char *)send, relay_row);
+    return launched("relay pack");
+}
+
+/* One block per first-hop row: partial[r] = the sum of its second-hop rows in back, in fp32, in choice
+ * order, rounded to bf16 once. */
+__global__ void k_relay_sum(const bf16 *back, const int32_t *relay_row, int k, int d, bf16 *partial)
+{
+    __shared__ int row_of[MOE_DISPATCH_MAX_K];
+    const int r = blockIdx.x;
+    for (int j = threadIdx.x; j < k; j += blockDim.x) row_of[j] = relay_row[(size_t)r * k + j];
+    __syncthreads();
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < k; j++)
+            if (row_of[j] >= 0) acc += __bfloat162float(back[(size_t)row_of[j] * d + c]);
+        partial[(size_t)r * d + c] = __float2bfloat16(acc);
+    }
+}
+
+extern "C" moe_status_t moe_relay_sum_cuda(const moe_bf16_t *back, const int32_t *relay_row, int n_rows, int k, int d,
+                                           moe_bf16_t *partial, cudaStream_t s)
+{
+    if (n_rows == 0) return MOE_STATUS_OK;
+    k_relay_sum<<<n_rows, 128, 0, s>>>((const bf16 *)back, relay_row, k, d, (bf16 *)partial);
+    return launched("relay sum");
 }
 
 __global__ void k_clear_meta(char *rows, int n_rows, size_t row_bytes, size_t meta_offset, int k)

@@ -24,6 +24,9 @@ void moe_grouped_gemm_cpu(const float *x, const float *const *w, size_t w_offset
     }
 }
 
+/* The rank a replica's row goes to first: the rail with hierarchical dispatch, else its host. */
+static inline int first_hop(const moe_dispatch_table_t *t, int r) { return t->hop ? t->hop[r] : t->rank[r]; }
+
 void moe_dispatch_count_cpu(const int32_t *ids, int n, int k, int64_t g0, const moe_dispatch_table_t *t,
                             int chunks, int32_t *rep, int *rows, int *entries)
 {
@@ -43,9 +46,27 @@ void moe_dispatch_count_cpu(const int32_t *ids, int n, int k, int64_t g0, const 
             bool first = true;
             for (int i = 0; i < j; i++) {
                 const int ri = rep[(size_t)tok * k + i];
-                first &= ri < 0 || t->rank[ri] != t->rank[r];
+                first &= ri < 0 || first_hop(t, ri) != first_hop(t, r);
             }
-            if (first) rows[(size_t)c * P + t->rank[r]]++;
+            if (first) rows[(size_t)c * P + first_hop(t, r)]++;
+        }
+    }
+}
+
+void moe_dispatch_final_rows_cpu(const int32_t *rep, int n, int k, const moe_dispatch_table_t *t, int chunks,
+                                 int *rows)
+{
+    memset(rows, 0, sizeof(int) * (size_t)chunks * t->ranks);
+    for (int tok = 0; tok < n; tok++) {
+        const int c = moe_rules_chunk(tok, n, chunks);
+        for (int j = 0; j < k; j++) {
+            const int32_t r = rep[(size_t)tok * k + j];
+            bool first = r >= 0;
+            for (int i = 0; first && i < j; i++) {
+                const int32_t ri = rep[(size_t)tok * k + i];
+                first = ri < 0 || t->rank[ri] != t->rank[r];
+            }
+            if (first) rows[(size_t)c * t->ranks + t->rank[r]]++;
         }
     }
 }
@@ -66,8 +87,8 @@ static void write_meta(char *meta, const int32_t *ids, const float *weights, con
 {
     for (int i = 0; i < k; i++) {
         const int32_t r = rep[(size_t)tok * k + i];
-        const bool here = r >= 0 && t->rank[r] == rank;
-        const int32_t e = here ? ids[(size_t)tok * k + i] : -1;
+        const bool here = r >= 0 && first_hop(t, r) == rank;
+        const int32_t e = here ? ids[(size_t)tok * k + i] + (t->code ? t->experts * t->code[r] : 0) : -1;
         const float w = here ? weights[(size_t)tok * k + i] : 0.0f;
         memcpy(meta + 4 * (size_t)i, &e, 4);
         memcpy(meta + 4 * ((size_t)k + i), &w, 4);
@@ -89,10 +110,10 @@ void moe_dispatch_pack_cpu(const float *h, const int32_t *ids, const float *weig
             bool first = r >= 0;
             for (int i = 0; first && i < j; i++) {
                 const int32_t ri = rep[(size_t)tok * k + i];
-                first = ri < 0 || t->rank[ri] != t->rank[r];
+                first = ri < 0 || first_hop(t, ri) != first_hop(t, r);
             }
             if (first) {
-                const int p = t->rank[r];
+                const int p = first_hop(t, r);
                 row = offset[c * P + p] + fill[c * P + p]++;
                 char *dst = (char *)send + (size_t)row * row_bytes;
                 memcpy(dst, h + (size_t)tok * d, sizeof(float) * (size_t)d);
@@ -101,6 +122,43 @@ void moe_dispatch_pack_cpu(const float *h, const int32_t *ids, const float *weig
             token_row[(size_t)tok * k + j] = row;
         }
     }
+}
+
+moe_status_t moe_relay_pack_cpu(const void *recv, int n_rows, size_t row_bytes, size_t meta_offset, int k,
+                                int experts, const int *node_rank, int per_node, int *next, void *send,
+                                int32_t *relay_row)
+{
+    for (int r = 0; r < n_rows; r++) {
+        const char *row = (const char *)recv + (size_t)r * row_bytes;
+        int32_t id[MOE_DISPATCH_MAX_K];
+        memcpy(id, row + meta_offset, 4 * (size_t)k);
+        for (int j = 0; j < k; j++) {
+            relay_row[(size_t)r * k + j] = -1;
+            if (id[j] < 0) continue;
+            if (id[j] / experts >= per_node) {
+                moe_error("relay: a first-hop row names local index %d of a node of %d ranks", id[j] / experts,
+                          per_node);
+                return MOE_STATUS_INTERNAL;
+            }
+            bool first = true;
+            for (int i = 0; first && i < j; i++) first = id[i] < 0 || id[i] / experts != id[j] / experts;
+            if (!first) continue;
+            const int g = id[j] / experts, p = node_rank[g];
+            const int at = next[p]++;
+            char *dst = (char *)send + (size_t)at * row_bytes;
+            memcpy(dst, row, meta_offset);
+            for (int i = 0; i < k; i++) { /* the choices served by rank p, the others -1 */
+                const bool here = id[i] >= 0 && id[i] / experts == g;
+                const int32_t e = here ? id[i] % experts : -1;
+                float w = 0.0f;
+                if (here) memcpy(&w, row + meta_offset + 4 * ((size_t)k + i), 4);
+                memcpy(dst + meta_offset + 4 * (size_t)i, &e, 4);
+                memcpy(dst + meta_offset + 4 * ((size_t)k + i), &w, 4);
+            }
+            relay_row[(size_t)r * k + j] = at;
+        }
+    }
+    return MOE_STATUS_OK;
 }
 
 void moe_dispatch_clear_meta_cpu(void *rows, int n_rows, size_t row_bytes, size_t meta_offset, int k)

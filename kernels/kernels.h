@@ -120,6 +120,12 @@ typedef struct {
     const int *rank;       /* [R] the rank of each replica */
     const float *share;    /* [R] its share of the expert's tokens */
     const int *local_slot; /* [E] this rank's slot of expert e, or -1 */
+    /* Hierarchical dispatch (NULL for flat dispatch; device arrays for the GPU kernels): the
+     * first-hop rank of each replica (the rail: the rank with this rank's local index on the
+     * replica's node), which gets the row in place of rank[]; and the replica's local index in its
+     * node, written into the row's expert ids as e + experts * code so that the rail can forward. */
+    const int *hop;        /* [R] or NULL */
+    const int *code;       /* [R] or NULL */
 } moe_dispatch_table_t;
 
 /* rep[t][j]: the replica of choice j of token t (global token g0 + t), -1 for an id outside
@@ -134,6 +140,19 @@ void moe_dispatch_offsets_cpu(const int *rows, int chunks, int ranks, int capaci
 void moe_dispatch_pack_cpu(const float *h, const int32_t *ids, const float *weights, const int32_t *rep, int n,
                            int k, int d, const moe_dispatch_table_t *table, int chunks, const int *offset,
                            void *send, size_t row_bytes, size_t meta_offset, int32_t *token_row);
+/* Hierarchical dispatch (runtime/hier.c), host only. rows [C][P]: per chunk, the rows each final
+ * rank (table->rank) gets, a token once per distinct rank among its choices, whatever its first hop;
+ * counted from count's rep. */
+void moe_dispatch_final_rows_cpu(const int32_t *rep, int n, int k, const moe_dispatch_table_t *table, int chunks,
+                                 int *rows);
+/* At the rail rank: n_rows first-hop rows (ids e + experts * g, g the local index of the rank of this
+ * node that serves the choice, node_rank[g] that rank, g < per_node) each copied once to every
+ * distinct rank among its choices, with those choices' expert ids and weights and -1 elsewhere, at
+ * row next[rank] of send (next advanced); relay_row[r][j]: the send row of choice j when it is the
+ * first of row r for its rank, else -1. MOE_STATUS_INTERNAL (logged) for an id out of range. */
+moe_status_t moe_relay_pack_cpu(const void *recv, int n_rows, size_t row_bytes, size_t meta_offset, int k,
+                                int experts, const int *node_rank, int per_node, int *next, void *send,
+                                int32_t *relay_row);
 /* Expert ids of n_rows rows set to -1: rows of a fixed-capacity buffer that pack leaves unused. */
 void moe_dispatch_clear_meta_cpu(void *rows, int n_rows, size_t row_bytes, size_t meta_offset, int k);
 /* Group n_rows received rows by local slot (local_slot [experts]: this rank's table): offset
@@ -215,6 +234,17 @@ moe_status_t moe_expert_combine_cuda(const moe_bf16_t *y_e, const int32_t *entry
                                      cudaStream_t stream);
 moe_status_t moe_unpermute_tokens_cuda(const moe_bf16_t *back, const int32_t *token_row, int t_begin, int t_end,
                                        int k, int d, float *out, cudaStream_t stream);
+/* Hierarchical dispatch: moe_dispatch_final_rows_cpu and moe_relay_pack_cpu on the device (node_rank
+ * and next device arrays; rows placed by atomics), and the relay's sum: partial[r] = the sum over j of
+ * back[relay_row[r][j]] for relay_row >= 0 (fp32, rounded to bf16 once; the cpu backend's is
+ * moe_unpermute_tokens_cpu into zeroed rows). */
+moe_status_t moe_dispatch_final_rows_cuda(const int32_t *rep, int n, int k, const moe_dispatch_table_t *table,
+                                          int chunks, int *rows, cudaStream_t stream);
+moe_status_t moe_relay_pack_cuda(const void *recv, int n_rows, size_t row_bytes, size_t meta_offset, int k, int d,
+                                 int experts, const int *node_rank, int *next, void *send, int32_t *relay_row,
+                                 cudaStream_t stream);
+moe_status_t moe_relay_sum_cuda(const moe_bf16_t *back, const int32_t *relay_row, int n_rows, int k, int d,
+                                moe_bf16_t *partial, cudaStream_t stream);
 /* Counts kept on the device where the host does not read them (fixed capacity): *dst += the sum of
  * n values; and for a grouping, dst[1] += received rows with a local choice, dst[2] += *entries. */
 moe_status_t moe_count_add_cuda(const int *values, int n, int *dst, cudaStream_t stream);

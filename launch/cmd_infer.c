@@ -244,6 +244,7 @@ static int run_command(int argc, char **argv, bool elastic)
     options.trace_events = trace_events;
     options.trace_batch = trace_batch;
     options.watch = watch;
+    options.node_hint = launch.node_id;
     status = moe_engine_create(config, &options, MPI_COMM_WORLD, &engine);
     /* Bad input files fail create on every rank alike: agree, and end cleanly without an abort. A
      * rank that stopped answering ends the job at once. */

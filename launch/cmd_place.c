@@ -64,7 +64,9 @@ static void place_usage(FILE *out)
         "  --verbose             per-layer progress of the solver\n"
         "  --copy-cost X         intra-node copy vs one token-expert FFN (default 1)\n"
         "  --inter-factor X      inter-node vs intra-node copy (default 3.2)\n"
-        "  --hierarchical        model hierarchical dispatch in the objective\n"
+        "  --hierarchical        model hierarchical dispatch in the objective (run.dispatch:\n"
+        "                        hierarchical); --evaluate replays both dispatches' copies, per\n"
+        "                        layer with --json (the runtime's metrics count the same)\n"
         "  --residency home|stay tokens go home between layers (the runtime), or stay on the rank "
         "of\n"
         "                        their last expert (modelled, --solver ilp: transitions count);\n"
@@ -129,18 +131,24 @@ static void json_figures(FILE *f, const moe_place_figures_t *g)
         if (l) fputs(", ", f);
         json_num(f, g->imbalance[l]);
     }
-    fprintf(f, "], \"per_layer_inter\": [");
-    for (int l = 0; l < g->layers; l++) {
-        if (l) fputs(", ", f);
-        json_num(f, g->inter[l]);
+    /* per layer: flat and hierarchical copies (the runtime's metrics count the same, per layer) */
+    const char *layer_names[] = {"per_layer_inter", "per_layer_intra", "per_layer_inter_hier",
+                                 "per_layer_intra_hier"};
+    const double *layer_vals[] = {g->inter, g->intra, g->inter_hier, g->intra_hier};
+    for (int i = 0; i < 4; i++) {
+        fprintf(f, "], \"%s\": [", layer_names[i]);
+        for (int l = 0; l < g->layers; l++) {
+            if (l) fputs(", ", f);
+            json_num(f, layer_vals[i][l]);
+        }
     }
     fprintf(f, "]}");
 }
 
 static void table_header(void)
 {
-    printf("%-12s %-40s %-8s %9s %9s %12s %12s %12s\n", "plan", "workload", "figures", "max/mean",
-           "worst", "inter", "intra", "inter(hier)");
+    printf("%-12s %-40s %-8s %9s %9s %12s %12s %12s %12s\n", "plan", "workload", "figures", "max/mean",
+           "worst", "inter", "intra", "inter(hier)", "intra(hier)");
 }
 
 static void table_row(const char *plan, const char *workload, const moe_place_figures_t *g)
@@ -148,9 +156,9 @@ static void table_row(const char *plan, const char *workload, const moe_place_fi
     const char *w = workload;
     size_t n = strlen(w);
     if (n > 40) w += n - 40;
-    printf("%-12s %-40s %-8s %9.3f %9.3f %12.0f %12.0f %12.0f\n", plan, w,
+    printf("%-12s %-40s %-8s %9.3f %9.3f %12.0f %12.0f %12.0f %12.0f\n", plan, w,
            g->replayed ? "replay" : "model", g->mean_imbalance, g->worst_imbalance, g->inter_total,
-           g->intra_total, g->inter_hier_total);
+           g->intra_total, g->inter_hier_total, g->intra_hier_total);
 }
 
 /* Figures of a plan on every source (modelled, and replayed where there are routes) and on every

@@ -20,13 +20,14 @@ int moe_launch_info(moe_launch_info_t *out)
 {
     MPI_Comm_rank(MPI_COMM_WORLD, &out->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &out->size);
+    if (!env_int("SLURM_NODEID", &out->node_id)) out->node_id = -1;
     if (env_int("OMPI_COMM_WORLD_LOCAL_RANK", &out->local_rank) &&
         env_int("OMPI_COMM_WORLD_LOCAL_SIZE", &out->local_size)) {
         out->local_source = "OMPI_COMM_WORLD_LOCAL_RANK";
         return 0;
     }
     if (env_int("SLURM_LOCALID", &out->local_rank) &&
-        env_int("SLURM_NTASKS_PER_NODE", &out->local_size)) {
+        (env_int("SLURM_NTASKS_PER_NODE", &out->local_size) || env_int("SLURM_TASKS_PER_NODE", &out->local_size))) {
         out->local_source = "SLURM_LOCALID";
         return 0;
     }

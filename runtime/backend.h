@@ -156,6 +156,9 @@ typedef struct {
     int device;             /* cuda: the GPU (made current by the caller) */
     moe_comm_h comm;        /* the serving set's transport, borrowed: cuda's host waits go through its
                              * watch (moe_comm_wait_event), since they may wait on its transfers */
+    /* Hierarchical dispatch over these nodes (runtime/hier.c; equal nodes, per_node > 0), or NULL:
+     * flat. Borrowed for the state's life. */
+    const moe_comm_nodes_t *nodes;
 } moe_backend_args_t;
 
 typedef struct moe_backend_state_s moe_backend_state_t; /* each backend's own */
@@ -214,6 +217,23 @@ typedef struct moe_backend_s {
                              moe_trace_h trace);
     /* Events for a transport to record around its next transfer (cuda; NULL elsewhere). */
     void (*transfer_events)(moe_backend_state_t *state, int stage, int layer, int chunk, void **start, void **done);
+
+    /* Hierarchical dispatch (runtime/hier.c; NULL where a backend dispatches flat only). A state
+     * created with args.nodes plans first-hop rows: one per token and node its choices touch, to
+     * the rail rank there (itself for its own node), carrying the choices that node serves. Counted
+     * buffers only.
+     *   final_rows     after plan: rows [C][P] that each final rank gets from this rank's tokens
+     *                  (host; a token once per distinct rank of its choices);
+     *   relay_buffers  the rail's buffers: recv, the first-hop rows it receives (n_recv1); send, the
+     *                  second-hop rows it forwards (n_send2); back, what comes back for them (the same
+     *                  rows); partial, the sums it returns for its first-hop rows (n_recv1);
+     *   relay_pack     first-hop rows recv1_first .. + n1 repacked for the ranks of this node into
+     *                  send, the rows for rank p from row next[p] on (next advanced);
+     *   relay_sum      partial rows recv1_first .. + n1 = the sum of their second-hop rows in back. */
+    moe_status_t (*final_rows)(moe_backend_state_t *state, const int **rows);
+    moe_status_t (*relay_buffers)(moe_backend_state_t *state, int n_recv1, int n_send2, moe_wire_t *out);
+    moe_status_t (*relay_pack)(moe_backend_state_t *state, int layer, int recv1_first, int n1, int *next);
+    moe_status_t (*relay_sum)(moe_backend_state_t *state, int recv1_first, int n1);
 
     /* CUDA graphs of whole layers at fixed capacity (NULL where not supported). While a layer's graph
      * is captured its stages only queue work; a replay runs it all, after `stage` has put the batch's

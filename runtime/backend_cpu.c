@@ -146,6 +146,14 @@ struct moe_backend_state_s {
     span_t *spans;
     int n_spans, cap_spans;
     int64_t *fixed_counts; /* [L][3] rows sent, rows received, entries (fixed capacity) */
+    /* hierarchical dispatch (args.nodes), else unused */
+    const moe_comm_nodes_t *nodes;
+    int *hop_block;        /* [L][2][R]: first hop and code of each replica */
+    int *final_rows;       /* [C][P] */
+    int cap_recv1, cap_send2;
+    char *recv1, *send2;   /* first-hop rows received, second-hop rows forwarded */
+    float *partial1, *back2;
+    int32_t *relay_row;    /* [cap_recv1][k] */
 };
 
 static void cpu_destroy(moe_backend_state_t *s)
@@ -162,7 +170,42 @@ static void cpu_destroy(moe_backend_state_t *s)
     moe_free(s->shared_y), moe_free(s->shared_scratch);
     free(s->spans);
     free(s->fixed_counts);
+    free(s->hop_block), free(s->final_rows);
+    moe_free(s->recv1), moe_free(s->send2), moe_free(s->partial1), moe_free(s->back2), moe_free(s->relay_row);
     free(s);
+}
+
+/* Hierarchical dispatch: each replica's first hop (the rank with this rank's local index on the
+ * replica's node) and its local index there, into every layer's table. */
+static moe_status_t hop_tables(moe_backend_state_t *s, const moe_comm_nodes_t *nodes)
+{
+    if (nodes->per_node <= 0 || nodes->ranks != s->P) {
+        moe_error("cpu backend: hierarchical dispatch needs nodes of equal size over the %d ranks", s->P);
+        return MOE_STATUS_INVALID_ARGUMENT;
+    }
+    size_t R = 0;
+    for (int l = 0; l < s->L; l++) R += (size_t)s->table[l].replicas;
+    s->nodes = nodes;
+    s->hop_block = malloc(sizeof(int) * (2 * R + 1));
+    s->final_rows = calloc((size_t)s->chunks * s->P, sizeof(int));
+    if (!s->hop_block || !s->final_rows) {
+        moe_error("cpu backend: out of memory for the hierarchical dispatch tables");
+        return MOE_STATUS_NO_MEMORY;
+    }
+    const int G = nodes->per_node, mine = nodes->local[s->rank];
+    int *at = s->hop_block;
+    for (int l = 0; l < s->L; l++) {
+        moe_dispatch_table_t *t = &s->table[l];
+        int *hop = at, *code = at + t->replicas;
+        for (int r = 0; r < t->replicas; r++) {
+            const int host = t->rank[r];
+            hop[r] = nodes->rank_at[nodes->node[host] * G + mine];
+            code[r] = nodes->local[host];
+        }
+        t->hop = hop, t->code = code;
+        at += 2 * t->replicas;
+    }
+    return MOE_STATUS_OK;
 }
 
 static moe_status_t cpu_create(const moe_backend_args_t *a, moe_backend_state_t **out)
@@ -210,6 +253,7 @@ static moe_status_t cpu_create(const moe_backend_args_t *a, moe_backend_state_t 
         MOE_CHECK_ALLOC(s->shared_y, fail_free);
         MOE_CHECK_ALLOC(s->shared_scratch, fail_free);
     }
+    if (a->nodes) MOE_CHECK(hop_tables(s, a->nodes), fail_free);
     if (!s->x || !s->h || !s->out || !s->logits || !s->ids || !s->weights || !s->rep || !s->token_row ||
         !s->rows || !s->entries || !s->offset || !s->send || !s->back || !s->group_offset || !s->fixed_counts)
         MOE_FAIL(MOE_STATUS_NO_MEMORY, fail_free, "cpu backend: out of memory for %d tokens", a->max_tokens);
@@ -298,6 +342,7 @@ static moe_status_t cpu_plan(moe_backend_state_t *s, int layer, int64_t g0, int 
     cpu_mark(s, MOE_STAGE_PLAN, layer, 0, true);
     moe_dispatch_count_cpu(s->ids + at, n, s->k, g0, t, s->chunks, s->rep, s->rows, s->entries);
     moe_dispatch_offsets_cpu(s->rows, s->chunks, s->P, s->capacity, s->offset);
+    if (s->nodes) moe_dispatch_final_rows_cpu(s->rep, n, s->k, t, s->chunks, s->final_rows);
     cpu_mark(s, MOE_STAGE_PLAN, layer, 0, false);
     cpu_mark(s, MOE_STAGE_PERMUTE, layer, 0, true);
     if (s->capacity > 0) {
@@ -335,6 +380,72 @@ static moe_status_t cpu_buffers(moe_backend_state_t *s, int n_recv, moe_wire_t *
     *out = (moe_wire_t){.send = s->send, .recv = s->recv, .partial = s->partial, .back = s->back,
                         .row_bytes = s->row_bytes, .meta_offset = s->meta_offset,
                         .back_bytes = sizeof(float) * (size_t)s->d};
+    return MOE_STATUS_OK;
+}
+
+/* ---------------------------------------------------------------- hierarchical dispatch: the relay */
+
+static moe_status_t cpu_final_rows(moe_backend_state_t *s, const int **rows)
+{
+    if (!s->nodes) {
+        moe_error("cpu backend: final_rows without hierarchical dispatch");
+        return MOE_STATUS_INTERNAL;
+    }
+    *rows = s->final_rows;
+    return MOE_STATUS_OK;
+}
+
+static moe_status_t cpu_relay_buffers(moe_backend_state_t *s, int n_recv1, int n_send2, moe_wire_t *out)
+{
+    const size_t d = (size_t)s->d, k = (size_t)s->k;
+    if (n_recv1 > s->cap_recv1 || !s->recv1) {
+        int cap = s->cap_recv1 > 0 ? s->cap_recv1 : 64;
+        while (cap < n_recv1) cap *= 2;
+        moe_free(s->recv1), moe_free(s->partial1), moe_free(s->relay_row);
+        s->recv1 = moe_malloc((size_t)cap, s->row_bytes);
+        s->partial1 = moe_malloc((size_t)cap * d, sizeof(float));
+        s->relay_row = moe_malloc((size_t)cap * k, sizeof(int32_t));
+        s->cap_recv1 = cap;
+        if (!s->recv1 || !s->partial1 || !s->relay_row) {
+            s->cap_recv1 = 0;
+            moe_error("cpu backend: out of memory for %d first-hop rows", cap);
+            return MOE_STATUS_NO_MEMORY;
+        }
+    }
+    if (n_send2 > s->cap_send2 || !s->send2) {
+        int cap = s->cap_send2 > 0 ? s->cap_send2 : 64;
+        while (cap < n_send2) cap *= 2;
+        moe_free(s->send2), moe_free(s->back2);
+        s->send2 = moe_malloc((size_t)cap, s->row_bytes);
+        s->back2 = moe_malloc((size_t)cap * d, sizeof(float));
+        s->cap_send2 = cap;
+        if (!s->send2 || !s->back2) {
+            s->cap_send2 = 0;
+            moe_error("cpu backend: out of memory for %d second-hop rows", cap);
+            return MOE_STATUS_NO_MEMORY;
+        }
+    }
+    *out = (moe_wire_t){.send = s->send2, .recv = s->recv1, .partial = s->partial1, .back = s->back2,
+                        .row_bytes = s->row_bytes, .meta_offset = s->meta_offset,
+                        .back_bytes = sizeof(float) * d};
+    return MOE_STATUS_OK;
+}
+
+static moe_status_t cpu_relay_pack(moe_backend_state_t *s, int layer, int recv1_first, int n1, int *next)
+{
+    (void)layer;
+    const moe_comm_nodes_t *nd = s->nodes;
+    const int G = nd->per_node;
+    return moe_relay_pack_cpu(s->recv1 + (size_t)recv1_first * s->row_bytes, n1, s->row_bytes, s->meta_offset, s->k,
+                              s->E, nd->rank_at + (size_t)nd->node[s->rank] * G, G, next, s->send2,
+                              s->relay_row + (size_t)recv1_first * s->k);
+}
+
+static moe_status_t cpu_relay_sum(moe_backend_state_t *s, int recv1_first, int n1)
+{
+    float *partial = s->partial1 + (size_t)recv1_first * s->d;
+    memset(partial, 0, sizeof(float) * (size_t)n1 * s->d);
+    moe_unpermute_tokens_cpu(s->back2, s->relay_row + (size_t)recv1_first * s->k, 0, n1, s->k, s->d, partial);
     return MOE_STATUS_OK;
 }
 
@@ -472,4 +583,8 @@ const moe_backend_t moe_backend_cpu = {
     .mark = cpu_mark,
     .timeline = cpu_timeline,
     .transfer_events = NULL,
+    .final_rows = cpu_final_rows,
+    .relay_buffers = cpu_relay_buffers,
+    .relay_pack = cpu_relay_pack,
+    .relay_sum = cpu_relay_sum,
 };

@@ -334,6 +334,16 @@ struct moe_backend_state_s {
     span_t *spans;
     int n_spans, cap_spans;
     span_t open[MOE_STAGE_COUNT + 1];
+    /* hierarchical dispatch (args.nodes; hier.c), else unused */
+    const moe_comm_nodes_t *nodes;
+    int *hop_dev;           /* [L][2][R]: first hop and code of each replica (the tables point into it) */
+    int *node_rank_dev;     /* [per_node]: the ranks of this rank's node */
+    int *final_rows_dev;    /* [C][P] */
+    int *next_dev;          /* [P] relay_pack's cursors */
+    int *final_rows_host;   /* [C][P] + [P] next, pinned */
+    int cap_recv1, cap_send2;
+    void *recv1, *partial1, *send2, *back2; /* wire rows (alloc_rows) */
+    int32_t *relay_row;     /* [cap_recv1][k], device */
 };
 
 static void free_rows(moe_backend_state_t *s, void *p)
@@ -371,6 +381,10 @@ static void cuda_destroy(moe_backend_state_t *s)
     if (!s) return;
     if (s->stream) cudaStreamSynchronize(s->stream);
     free_rows(s, s->send), free_rows(s, s->back), free_rows(s, s->recv), free_rows(s, s->partial);
+    free_rows(s, s->recv1), free_rows(s, s->partial1), free_rows(s, s->send2), free_rows(s, s->back2);
+    cudaFree(s->relay_row), cudaFree(s->hop_dev), cudaFree(s->node_rank_dev), cudaFree(s->final_rows_dev);
+    cudaFree(s->next_dev);
+    if (s->final_rows_host) cudaFreeHost(s->final_rows_host);
     cudaFree(s->eblock);
     cudaFree(s->ablock);
     cudaFree(s->table_dev);
@@ -497,6 +511,56 @@ fail:
     return status;
 }
 
+/* Hierarchical dispatch: each replica's first hop (the rank with this rank's local index on the
+ * replica's node) and its local index there, on the device, into every layer's table; the ranks of
+ * this node; the counts and cursors the relay needs. */
+static moe_status_t upload_hops(moe_backend_state_t *s, moe_plan_h plan, const moe_comm_nodes_t *nodes)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    int *host = NULL;
+    if (nodes->per_node <= 0 || nodes->ranks != s->P)
+        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "cuda backend: hierarchical dispatch needs nodes of equal size "
+                 "over the %d ranks", s->P);
+    const int G = nodes->per_node, mine = nodes->local[s->rank], E = s->E;
+    size_t total = 0;
+    for (int l = 0; l < s->L; l++) total += 2 * (size_t)s->table[l].replicas;
+    host = malloc(sizeof(int) * (total + 1));
+    MOE_CHECK_ALLOC(host, fail);
+    size_t at = 0;
+    for (int l = 0; l < s->L; l++) { /* replicas in the order of moe_dispatch_tables: expert-major */
+        const int R = s->table[l].replicas;
+        for (int e = 0, r = 0; e < E; e++) {
+            const int *ranks;
+            const int n = moe_plan_replicas(plan, l, e, &ranks, NULL);
+            for (int i = 0; i < n; i++, r++) {
+                host[at + r] = nodes->rank_at[nodes->node[ranks[i]] * G + mine];
+                host[at + R + r] = nodes->local[ranks[i]];
+            }
+        }
+        at += 2 * (size_t)R;
+    }
+    MOE_CHECK_CUDA(cudaMalloc((void **)&s->hop_dev, sizeof(int) * (total + 1)), fail);
+    MOE_CHECK_CUDA(cudaMemcpy(s->hop_dev, host, sizeof(int) * total, cudaMemcpyHostToDevice), fail);
+    at = 0;
+    for (int l = 0; l < s->L; l++) {
+        s->table[l].hop = s->hop_dev + at;
+        s->table[l].code = s->hop_dev + at + s->table[l].replicas;
+        at += 2 * (size_t)s->table[l].replicas;
+    }
+    const size_t CP = (size_t)s->chunks * s->P;
+    MOE_CHECK_CUDA(cudaMalloc((void **)&s->node_rank_dev, sizeof(int) * (size_t)G), fail);
+    MOE_CHECK_CUDA(cudaMemcpy(s->node_rank_dev, nodes->rank_at + (size_t)nodes->node[s->rank] * G, sizeof(int) * G,
+                              cudaMemcpyHostToDevice), fail);
+    MOE_CHECK_CUDA(cudaMalloc((void **)&s->final_rows_dev, sizeof(int) * CP), fail);
+    MOE_CHECK_CUDA(cudaMalloc((void **)&s->next_dev, sizeof(int) * (size_t)s->P), fail);
+    MOE_CHECK_CUDA(cudaHostAlloc((void **)&s->final_rows_host, sizeof(int) * (CP + (size_t)s->P), cudaHostAllocDefault),
+                   fail);
+    s->nodes = nodes;
+fail:
+    free(host);
+    return status;
+}
+
 static moe_status_t cuda_create(const moe_backend_args_t *a, moe_backend_state_t **out)
 {
     moe_status_t status = MOE_STATUS_OK;
@@ -514,6 +578,7 @@ static moe_status_t cuda_create(const moe_backend_args_t *a, moe_backend_state_t
     MOE_CHECK_CUDA(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), fail_free);
     MOE_CHECK(moe_gemm_create(s->stream, &s->gemm), fail_free);
     MOE_CHECK(upload_plan(s, a->plan), fail_free);
+    if (a->nodes) MOE_CHECK(upload_hops(s, a->plan, a->nodes), fail_free);
     MOE_CHECK(moe_ggemm_create(s->max_slots > 0 ? s->max_slots : 1, &s->gg), fail_free);
     MOE_CHECK_CUDA(cudaEventCreateWithFlags(&s->counts_ready, cudaEventDisableTiming), fail_free);
     MOE_CHECK_CUDA(cudaEventCreate(&s->batch_start), fail_free);
@@ -764,6 +829,11 @@ static moe_status_t cuda_plan(moe_backend_state_t *s, int layer, int64_t g0, int
                                        s->stream), fail);
         MOE_CHECK_CUDA(cudaMemcpyAsync(s->counts_host + C * P, s->entries, sizeof(int) * (size_t)C * t->replicas,
                                        cudaMemcpyDeviceToHost, s->stream), fail);
+        if (s->nodes) { /* hierarchical: the rows each final rank gets, too */
+            MOE_CHECK(moe_dispatch_final_rows_cuda(s->rep, n, s->k, t, C, s->final_rows_dev, s->stream), fail);
+            MOE_CHECK_CUDA(cudaMemcpyAsync(s->final_rows_host, s->final_rows_dev, sizeof(int) * (size_t)C * P,
+                                           cudaMemcpyDeviceToHost, s->stream), fail);
+        }
         MOE_CHECK_CUDA(cudaEventRecord(s->counts_ready, s->stream), fail);
     } else {
         MOE_CHECK(moe_count_add_cuda(s->rows, C * P, s->fixed_counts + 3 * layer, s->stream), fail);
@@ -808,6 +878,86 @@ static moe_status_t cuda_buffers(moe_backend_state_t *s, int n_recv, moe_wire_t 
     }
     *out = (moe_wire_t){.send = s->send, .recv = s->recv, .partial = s->partial, .back = s->back,
                         .row_bytes = s->row_bytes, .meta_offset = s->meta_offset, .back_bytes = s->back_bytes};
+fail:
+    return status;
+}
+
+/* ---------------------------------------------------------------- hierarchical dispatch: the relay */
+
+static moe_status_t cuda_final_rows(moe_backend_state_t *s, const int **rows)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    if (!s->nodes) MOE_FAIL(MOE_STATUS_INTERNAL, fail, "cuda backend: final_rows without hierarchical dispatch");
+    MOE_CHECK(event_wait(s, s->counts_ready, "the relay's counts on the GPU"), fail);
+    *rows = s->final_rows_host;
+fail:
+    return status;
+}
+
+static moe_status_t cuda_relay_buffers(moe_backend_state_t *s, int n_recv1, int n_send2, moe_wire_t *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    if (n_recv1 > s->cap_recv1 || !s->recv1 || n_send2 > s->cap_send2 || !s->send2)
+        /* the old buffers may still be read by the previous layer's kernels, or its transfers, which
+         * the compute stream has waited for */
+        MOE_CHECK(stream_wait(s, "the GPU, before the relay's buffers grow"), fail);
+    if (n_recv1 > s->cap_recv1 || !s->recv1) {
+        int cap = s->cap_recv1 > 0 ? s->cap_recv1 : 64;
+        while (cap < n_recv1) cap *= 2;
+        free_rows(s, s->recv1), free_rows(s, s->partial1);
+        cudaFree(s->relay_row);
+        s->recv1 = s->partial1 = NULL;
+        s->relay_row = NULL;
+        s->cap_recv1 = 0;
+        MOE_CHECK(alloc_rows(s, &s->recv1, s->row_bytes * (size_t)cap), fail);
+        MOE_CHECK(alloc_rows(s, &s->partial1, s->back_bytes * (size_t)cap), fail);
+        MOE_CHECK_CUDA(cudaMalloc((void **)&s->relay_row, sizeof(int32_t) * (size_t)cap * s->k), fail);
+        s->cap_recv1 = cap;
+    }
+    if (n_send2 > s->cap_send2 || !s->send2) {
+        int cap = s->cap_send2 > 0 ? s->cap_send2 : 64;
+        while (cap < n_send2) cap *= 2;
+        free_rows(s, s->send2), free_rows(s, s->back2);
+        s->send2 = s->back2 = NULL;
+        s->cap_send2 = 0;
+        MOE_CHECK(alloc_rows(s, &s->send2, s->row_bytes * (size_t)cap), fail);
+        MOE_CHECK(alloc_rows(s, &s->back2, s->back_bytes * (size_t)cap), fail);
+        s->cap_send2 = cap;
+    }
+    *out = (moe_wire_t){.send = s->send2, .recv = s->recv1, .partial = s->partial1, .back = s->back2,
+                        .row_bytes = s->row_bytes, .meta_offset = s->meta_offset, .back_bytes = s->back_bytes};
+fail:
+    return status;
+}
+
+/* The cursors go to the device and come back advanced: the host checks them against the counts
+ * (hier.c), so this waits for the kernel (with the MPI transport it would anyway: MPI sends from the
+ * host). */
+static moe_status_t cuda_relay_pack(moe_backend_state_t *s, int layer, int recv1_first, int n1, int *next)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    (void)layer;
+    const size_t P = (size_t)s->P;
+    int *next_host = s->final_rows_host + (size_t)s->chunks * P;
+    memcpy(next_host, next, sizeof(int) * P);
+    MOE_CHECK_CUDA(cudaMemcpyAsync(s->next_dev, next_host, sizeof(int) * P, cudaMemcpyHostToDevice, s->stream), fail);
+    MOE_CHECK(moe_relay_pack_cuda((const char *)s->recv1 + (size_t)recv1_first * s->row_bytes, n1, s->row_bytes,
+                                  s->meta_offset, s->k, s->d, s->E, s->node_rank_dev, s->next_dev, s->send2,
+                                  s->relay_row + (size_t)recv1_first * s->k, s->stream), fail);
+    MOE_CHECK_CUDA(cudaMemcpyAsync(next_host, s->next_dev, sizeof(int) * P, cudaMemcpyDeviceToHost, s->stream), fail);
+    MOE_CHECK(stream_wait(s, "the relay's packing on the GPU"), fail);
+    memcpy(next, next_host, sizeof(int) * P);
+fail:
+    return status;
+}
+
+static moe_status_t cuda_relay_sum(moe_backend_state_t *s, int recv1_first, int n1)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MOE_CHECK(moe_relay_sum_cuda(s->back2, s->relay_row + (size_t)recv1_first * s->k, n1, s->k, s->d,
+                                 (moe_bf16_t *)((char *)s->partial1 + (size_t)recv1_first * s->back_bytes), s->stream),
+              fail);
+    if (s->host_rows) MOE_CHECK(stream_wait(s, "the rows MPI sends"), fail); /* MPI sends from the host */
 fail:
     return status;
 }
@@ -1147,6 +1297,10 @@ const moe_backend_t moe_backend_cuda = {
     .mark = cuda_mark,
     .timeline = cuda_timeline,
     .transfer_events = cuda_transfer_events,
+    .final_rows = cuda_final_rows,
+    .relay_buffers = cuda_relay_buffers,
+    .relay_pack = cuda_relay_pack,
+    .relay_sum = cuda_relay_sum,
     .graph = cuda_graph,
     .stage = cuda_stage,
 };

@@ -57,6 +57,7 @@ static const char *const source_words[] = {"router", "trace", "synthetic", NULL}
 static const char *const input_words[] = {"synthetic", "npy", NULL};
 static const char *const weights_words[] = {"random", "checkpoint", NULL};
 static const char *const buffers_words[] = {"auto", "counted", "fixed", NULL};
+static const char *const dispatch_words[] = {"auto", "flat", "hierarchical", NULL};
 static const char *const switch_words[] = {"auto", "on", "off", NULL};
 /* kernels.h's moe_gemm_path_t, in its order (moe_gemm_path_name) */
 static const char *const gemm_words[] = {"auto", "cutlass_128x128", "cutlass_128x256", "cutlass_128x256_c2",
@@ -72,6 +73,7 @@ _Static_assert(sizeof(moe_routing_source_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(moe_input_kind_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(moe_weights_kind_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(moe_buffers_t) == sizeof(int), "enum size");
+_Static_assert(sizeof(moe_dispatch_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(moe_switch_t) == sizeof(int), "enum size");
 
 #define NOLIM 0, 0
@@ -127,6 +129,12 @@ _Static_assert(sizeof(moe_switch_t) == sizeof(int), "enum size");
     X(ENUM, "run.buffers", run.buffers, moe_buffers_t, buffers_words, "auto", NOLIM, RANGE_GE,         \
       "counted (rows sized by a counts exchange) | fixed (every peer's block full size: no host wait) "  \
       "| auto (fixed for cuda+nccl at <= 256 tokens per rank, one chunk)")                             \
+    X(ENUM, "run.dispatch", run.dispatch, moe_dispatch_t, dispatch_words, "auto", NOLIM, RANGE_GE,     \
+      "flat (a token goes once to each destination rank) | hierarchical (once to each remote node, "   \
+      "to the rank of its own local index there, then forwarded inside the node) | auto "              \
+      "(hierarchical when the ranks span more than one node; flat on the cuda backend for now)")      \
+    X(INT, "run.ranks_per_node", run.ranks_per_node, int, NULL, "0", AT_LEAST(0), RANGE_GE,           \
+      "simulate nodes of N consecutive ranks on one host (0: nodes as the launcher placed the ranks)") \
     X(ENUM, "run.graphs", run.graphs, moe_switch_t, switch_words, "auto", NOLIM, RANGE_GE,             \
       "CUDA graphs of whole layers (cuda+nccl, fixed buffers): on | off | auto (on when fixed)")       \
     X(ENUM, "run.gemm", run.gemm, int, gemm_words, "auto", NOLIM, RANGE_GE,                            \
@@ -800,6 +808,16 @@ moe_status_t moe_config_validate(const moe_config_t *config, int world_size)
         (r->backend != MOE_BACKEND_CUDA || r->transport != MOE_TRANSPORT_NCCL || r->buffers == MOE_BUFFERS_COUNTED))
         errors += report(config, "run.graphs", "on needs run.backend: cuda, run.transport: nccl and fixed buffers "
                          "(run.buffers: fixed or auto)");
+    if (r->dispatch == MOE_DISPATCH_HIERARCHICAL && r->graphs == MOE_SWITCH_ON)
+        errors += report(config, "run.dispatch", "hierarchical has no CUDA graphs (run.graphs: off or auto)");
+    if (r->dispatch == MOE_DISPATCH_HIERARCHICAL && r->buffers == MOE_BUFFERS_FIXED)
+        errors += report(config, "run.dispatch", "hierarchical needs counted buffers (run.buffers: counted or auto)");
+    if (world_size > 0 && r->ranks_per_node > world_size)
+        errors += report(config, "run.ranks_per_node", "%d exceeds the %d ranks of the run", r->ranks_per_node,
+                         world_size);
+    if (world_size > 0 && r->ranks_per_node > 0 && world_size % r->ranks_per_node)
+        errors += report(config, "run.ranks_per_node", "%d does not divide the %d ranks of the run (simulated "
+                         "nodes are of equal size)", r->ranks_per_node, world_size);
     if (r->batches > 0 && r->warmup_batches >= r->batches)
         errors += report(config, "run.warmup_batches", "%d leaves no measured batch of run.batches (%d)",
                          r->warmup_batches, r->batches);

@@ -43,6 +43,8 @@ struct moe_engine_s {
     moe_comm_h world_transport; /* NCCL over the world, or NULL */
     moe_comm_h move_transport;  /* NCCL over the world for expert moves (elastic runs), or NULL */
     int device;               /* cuda: this rank's GPU */
+    moe_comm_nodes_t *nodes;  /* where the world's ranks run */
+    bool hierarchical;        /* run.dispatch resolved (static runs on the cpu backend) */
     moe_elastic_h elastic;    /* NULL for a static run */
     int64_t g_next;           /* first global token of the next batch */
     moe_plan_h plan;
@@ -170,7 +172,8 @@ static moe_status_t backend_create(moe_engine_h e, const moe_weights_t *weights,
     const moe_config_t *c = &e->config;
     const moe_backend_args_t args = {.config = c, .weights = weights, .plan = plan, .rank = e->rank, .ranks = ranks,
                                      .max_tokens = c->run.tokens_per_rank, .chunks = c->run.chunks,
-                                     .capacity = e->capacity, .device = e->device, .comm = e->sets[ranks].transport};
+                                     .capacity = e->capacity, .device = e->device, .comm = e->sets[ranks].transport,
+                                     .nodes = e->hierarchical ? e->nodes : NULL};
     return e->backend->create(&args, out);
 }
 
@@ -190,7 +193,8 @@ static moe_status_t serving_build(moe_engine_h e)
     moe_scheduler_args_t args = {.config = c, .plan = e->plan, .sources = &e->sources,
                                  .backend = e->backend, .backend_state = e->backend_state,
                                  .comm = e->transport, .meta_comm = e->meta_transport,
-                                 .max_tokens = tpr, .capacity = e->capacity, .graphs = e->graphs};
+                                 .max_tokens = tpr, .capacity = e->capacity, .graphs = e->graphs,
+                                 .nodes = e->nodes, .hierarchical = e->hierarchical};
     MOE_CHECK(moe_scheduler_create(&args, &e->sched), fail);
 fail:
     return status;
@@ -227,6 +231,7 @@ void moe_engine_destroy(moe_engine_h e)
 #if MOE_HAVE_CUDA
     if (e->x_pinned) moe_cuda_unpin(e->x);
 #endif
+    moe_comm_nodes_destroy(e->nodes);
     moe_free(e->x);
     moe_free(e->ids);
     moe_free(e->weights_buf);
@@ -246,6 +251,36 @@ static int engine_capacity(const moe_config_t *c)
         fixed = c->run.backend == MOE_BACKEND_CUDA && c->run.transport == MOE_TRANSPORT_NCCL &&
                 c->run.tokens_per_rank <= MOE_LOW_LATENCY_TOKENS;
     return fixed ? (c->run.tokens_per_rank + c->run.chunks - 1) / c->run.chunks : 0;
+}
+
+/* run.dispatch resolved on the node map: hierarchical when asked, or (auto) when the ranks span more
+ * than one node and the run can (a static run with counted buffers, nodes of equal size). The same verdict on every rank: the map and the config are the same everywhere. */
+static moe_status_t engine_dispatch(moe_engine_h e)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    const moe_config_t *c = &e->config;
+    const moe_comm_nodes_t *nd = e->nodes;
+    const char *why = NULL;
+    if (e->options.reference) { /* one rank, no dispatch */
+        e->hierarchical = false;
+        return MOE_STATUS_OK;
+    }
+    if (e->elastic)
+        why = "elastic and re-balancing runs dispatch flat";
+    else if (e->capacity > 0)
+        why = "fixed-capacity buffers (run.buffers) dispatch flat";
+    else if (nd->per_node <= 0)
+        why = "the nodes have different numbers of ranks";
+    if (c->run.dispatch == MOE_DISPATCH_HIERARCHICAL && why)
+        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "run.dispatch: hierarchical is not possible here: %s", why);
+    /* auto stays flat on the cuda backend until its hierarchical path has run on GPUs (docs/multinode.md) */
+    e->hierarchical = c->run.dispatch == MOE_DISPATCH_HIERARCHICAL ||
+                      (c->run.dispatch == MOE_DISPATCH_AUTO && !why && nd->nodes > 1 &&
+                       c->run.backend == MOE_BACKEND_CPU);
+    moe_info("rank %d: node %d of %d, local index %d (nodes from %s); %s dispatch", e->rank, nd->node[e->rank],
+             nd->nodes, nd->local[e->rank], nd->source, e->hierarchical ? "hierarchical" : "flat");
+fail:
+    return status;
 }
 
 static moe_status_t engine_plan(moe_engine_h e)
@@ -327,6 +362,8 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     for (int i = 0; e->elastic && moe_elastic_schedule_size(e->elastic, i) > 0; i++)
         MOE_CHECK(serving_set_make(e, moe_elastic_schedule_size(e->elastic, i)), fail);
     MOE_CHECK(serving_connect(e), fail);
+    MOE_CHECK(moe_comm_nodes_create(e->comm, c->run.ranks_per_node, e->options.node_hint, e->options.watch,
+                                    &e->nodes), fail);
 
     MOE_CHECK(engine_plan(e), fail);
     MOE_CHECK(moe_sources_create(c, &e->sources), fail);
@@ -355,6 +392,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
         else
             e->batches = -1;
     }
+    MOE_CHECK(engine_dispatch(e), fail);
     e->weights = calloc(1, sizeof *e->weights);
     MOE_CHECK_ALLOC(e->weights, fail);
     MOE_CHECK(moe_weights_create(c, e->plan, e->rank, e->store_ops, e->store, e->options.watch, e->weights), fail);
@@ -376,6 +414,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
 
     MOE_CHECK(serving_build(e), fail);
     MOE_CHECK(moe_metrics_create(c, e->comm, e->options.watch, &e->metrics), fail);
+    moe_metrics_set_dispatch(e->metrics, e->hierarchical);
     if (c->outputs.stats[0]) MOE_CHECK(moe_stats_create(L, c->model.experts, k, &e->stats), fail);
 
     if (c->outputs.output[0]) {

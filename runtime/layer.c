@@ -22,14 +22,6 @@
 
 #include "runtime/runtime-impl.h"
 
-/* One layer's plan, cached: the first replica of each expert, and for each peer the replica that
- * each of its slots is, in slot order (what the counts exchange sends it). */
-typedef struct {
-    int replicas;
-    int *peer_first; /* [P + 1] into peer_rep */
-    int *peer_rep;   /* [R] */
-    int slots;       /* this rank's */
-} layer_table_t;
 
 struct moe_scheduler_s {
     const moe_config_t *config;
@@ -40,7 +32,7 @@ struct moe_scheduler_s {
     moe_comm_h comm, meta_comm;
     int rank, P, k, L, chunks, max_tokens, capacity;
     bool graphs;
-    layer_table_t *table;  /* [L] */
+    moe_slot_table_t *table;  /* [L] */
     /* counts of the current layer, host */
     int *send_rows;        /* [C][P] */
     int *recv_rows;        /* [C][P] */
@@ -50,6 +42,8 @@ struct moe_scheduler_s {
     int *msg_send, *msg_recv, *msg_send_count, *msg_recv_count; /* counts exchange */
     int max_slots, max_msg;
     moe_comm_op_h *op_rows; /* [C] in flight */
+    const moe_comm_nodes_t *nodes; /* borrowed: the copies' intra/inter split */
+    moe_hier_h hier;        /* hierarchical dispatch (hier.c), or NULL: flat */
 };
 
 void moe_scheduler_destroy(moe_scheduler_h s)
@@ -70,16 +64,17 @@ void moe_scheduler_destroy(moe_scheduler_h s)
     free(s->msg_send_count);
     free(s->msg_recv_count);
     free(s->op_rows);
+    moe_hier_destroy(s->hier);
     free(s);
 }
 
-static moe_status_t table_build(moe_scheduler_h s, int layer, layer_table_t *t)
+moe_status_t moe_slot_table_build(const moe_plan_h plan, int layer, int rank, moe_slot_table_t *t)
 {
-    const int E = s->config->model.experts, P = s->P;
+    const int E = moe_plan_experts(plan), P = moe_plan_ranks(plan);
     int *first = malloc(sizeof(int) * ((size_t)E + 1));
     if (!first) return MOE_STATUS_NO_MEMORY;
     first[0] = 0;
-    for (int e = 0; e < E; e++) first[e + 1] = first[e] + moe_plan_replicas(s->plan, layer, e, NULL, NULL);
+    for (int e = 0; e < E; e++) first[e + 1] = first[e] + moe_plan_replicas(plan, layer, e, NULL, NULL);
     t->replicas = first[E];
     t->peer_first = malloc(sizeof(int) * ((size_t)P + 1));
     t->peer_rep = malloc(sizeof(int) * ((size_t)t->replicas + 1));
@@ -90,17 +85,17 @@ static moe_status_t table_build(moe_scheduler_h s, int layer, layer_table_t *t)
     t->peer_first[0] = 0;
     for (int p = 0; p < P; p++) {
         const int *experts;
-        const int n = moe_plan_local_experts(s->plan, layer, p, &experts);
+        const int n = moe_plan_local_experts(plan, layer, p, &experts);
         for (int i = 0; i < n; i++) {
             const int *ranks;
-            const int e = experts[i], nr = moe_plan_replicas(s->plan, layer, e, &ranks, NULL);
+            const int e = experts[i], nr = moe_plan_replicas(plan, layer, e, &ranks, NULL);
             int r = 0;
             while (r < nr && ranks[r] != p) r++;
             t->peer_rep[t->peer_first[p] + i] = first[e] + r;
         }
         t->peer_first[p + 1] = t->peer_first[p] + n;
     }
-    t->slots = t->peer_first[s->rank + 1] - t->peer_first[s->rank];
+    t->slots = t->peer_first[rank + 1] - t->peer_first[rank];
     free(first);
     return MOE_STATUS_OK;
 }
@@ -136,10 +131,10 @@ moe_status_t moe_scheduler_create(const moe_scheduler_args_t *a, moe_scheduler_h
     s->graphs = a->graphs && a->capacity > 0 && a->backend->graph;
     if (s->backend->set_progress) s->backend->set_progress(s->state, progress, s);
     const int P = s->P, C = s->chunks;
-    s->table = calloc((size_t)s->L, sizeof(layer_table_t));
+    s->table = calloc((size_t)s->L, sizeof(moe_slot_table_t));
     MOE_CHECK_ALLOC(s->table, fail_free);
     for (int l = 0; l < s->L; l++) {
-        MOE_CHECK(table_build(s, l, &s->table[l]), fail_free);
+        MOE_CHECK(moe_slot_table_build(s->plan, l, s->rank, &s->table[l]), fail_free);
         if (s->table[l].slots > s->max_slots) s->max_slots = s->table[l].slots;
         for (int p = 0; p < P; p++) {
             const int n = s->table[l].peer_first[p + 1] - s->table[l].peer_first[p];
@@ -159,6 +154,8 @@ moe_status_t moe_scheduler_create(const moe_scheduler_args_t *a, moe_scheduler_h
     if (!s->send_rows || !s->recv_rows || !s->send_first || !s->recv_first || !s->slot_rows || !s->msg_send ||
         !s->msg_recv || !s->msg_send_count || !s->msg_recv_count || !s->op_rows)
         MOE_FAIL(MOE_STATUS_NO_MEMORY, fail_free, "scheduler: out of memory for %d ranks and %d chunks", P, C);
+    s->nodes = a->nodes;
+    if (a->hierarchical) MOE_CHECK(moe_hier_create(a, s->table, &s->hier), fail_free);
     *out = s;
     return MOE_STATUS_OK;
 fail_free:
@@ -174,7 +171,7 @@ static moe_status_t exchange_counts(moe_scheduler_h s, int layer)
 {
     moe_status_t status = MOE_STATUS_OK;
     const int P = s->P, C = s->chunks;
-    const layer_table_t *t = &s->table[layer];
+    const moe_slot_table_t *t = &s->table[layer];
     const int *rows, *entries;
     MOE_CHECK(s->backend->counts(s->state, &rows, &entries), fail);
     memcpy(s->send_rows, rows, sizeof(int) * (size_t)C * P);
@@ -287,7 +284,7 @@ moe_status_t moe_scheduler_layer(moe_scheduler_h s, int layer, int64_t g0, int n
     const int C = s->chunks, P = s->P;
     const moe_backend_t *b = s->backend;
     const bool use_router = s->config->routing.source == MOE_ROUTING_ROUTER;
-    const layer_table_t *t = &s->table[layer];
+    const moe_slot_table_t *t = &s->table[layer];
     bool capturing = false;
 
     b->mark(s->state, MOE_STAGE_COUNT, layer, 0, true);
@@ -306,6 +303,13 @@ moe_status_t moe_scheduler_layer(moe_scheduler_h s, int layer, int64_t g0, int n
     MOE_CHECK(b->route(s->state, layer, n, use_router ? NULL : ids, use_router ? NULL : weights), fail);
     b->mark(s->state, MOE_STAGE_ROUTE, layer, 0, false);
     MOE_CHECK(b->plan(s->state, layer, g0, n), fail);
+    if (s->hier) { /* both hops, the experts and the combines (hier.c) */
+        MOE_CHECK(moe_hier_layer(s->hier, layer, n, m), fail);
+        MOE_CHECK(b->residual(s->state, n), fail);
+        b->mark(s->state, MOE_STAGE_COUNT, layer, 0, false);
+        m->tokens += n;
+        return MOE_STATUS_OK;
+    }
     /* the shared experts run while the counts come back and the first chunk is dispatched (queued
      * after the dispatch, as tried in run 10, the GPU idled through the counts' round trip: the
      * DeepSeek-V3 layer on two H200s took 9.9 ms instead of 7.5) */
@@ -346,6 +350,14 @@ moe_status_t moe_scheduler_layer(moe_scheduler_h s, int layer, int64_t g0, int n
     m->tokens += n;
     if (s->capacity == 0) { /* counted: the host knows what moved; at fixed capacity the backend tells */
         for (int i = 0; i < C * P; i++) m->rows_sent += s->send_rows[i], m->rows_received += s->recv_rows[i];
+        for (int i = 0; s->nodes && i < C * P; i++) {
+            const int p = i % P;
+            if (p == s->rank) continue;
+            if (s->nodes->node[p] == s->nodes->node[s->rank])
+                m->copies_intra += s->send_rows[i];
+            else
+                m->copies_inter += s->send_rows[i];
+        }
         for (int i = 0; i < C * t->slots; i++) m->load += s->slot_rows[i];
     }
 fail:

@@ -22,8 +22,8 @@ struct moe_metrics_s {
     int rank, size, layers;
     moe_layer_metrics_t *layer;     /* [L] this batch, this rank */
     double *reduce_buf;             /* [L][STAGE_COUNT + 1] */
-    int64_t *gather_buf;            /* [P][L][4] on rank 0 */
-    int64_t *send_buf;              /* [L][4] */
+    int64_t *gather_buf;            /* [P][L][NV] on rank 0 */
+    int64_t *send_buf;              /* [L][NV] */
     moe_atomic_file_t jsonl;
     bool jsonl_open;
     /* summary (rank 0), over measured batches */
@@ -33,12 +33,19 @@ struct moe_metrics_s {
     double imbalance_sum, imbalance_worst;
     int imbalance_n;
     int64_t rows_sent;
+    int64_t copies[2];              /* intra, inter: over measured batches */
+    int64_t *layer_copies;          /* [L][2] intra, inter: over every batch, warm-up included */
     int64_t *read_bytes;            /* [P][2] checkpoint bytes read (all, experts) */
     bool have_read_bytes;
     int64_t *memory;                /* [P][3] host RSS peak, weight bytes in the store, GPU bytes used */
     bool have_memory, weights_on_device;
     double startup;                 /* this rank's engine creation, s (reduced to the max at commit) */
+    const char *dispatch;           /* "flat" or "hierarchical" (moe_metrics_set_dispatch) */
 };
+
+/* Values per layer each rank sends rank 0: load, rows sent, rows received, tokens, copies intra-node,
+ * copies inter-node. */
+#define NV 6
 
 static const char *stage_names[MOE_STAGE_COUNT] = {"route", "plan", "permute", "dispatch",
                                                     "experts", "shared", "combine", "unpermute"};
@@ -57,14 +64,17 @@ moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_w
     MPI_Comm_rank(comm, &m->rank);
     MPI_Comm_size(comm, &m->size);
     m->layers = config->model.layers;
+    m->dispatch = "flat";
     m->layer = calloc((size_t)m->layers, sizeof(moe_layer_metrics_t));
     m->reduce_buf = calloc((size_t)m->layers * (MOE_STAGE_COUNT + 1), sizeof(double));
-    m->send_buf = calloc((size_t)m->layers * 4, sizeof(int64_t));
-    m->gather_buf = calloc((size_t)m->size * m->layers * 4, sizeof(int64_t));
+    m->send_buf = calloc((size_t)m->layers * NV, sizeof(int64_t));
+    m->gather_buf = calloc((size_t)m->size * m->layers * NV, sizeof(int64_t));
+    m->layer_copies = calloc((size_t)m->layers * 2, sizeof(int64_t));
     m->read_bytes = calloc((size_t)m->size * 2, sizeof(int64_t));
     m->memory = calloc((size_t)m->size * 3, sizeof(int64_t));
     m->weights_on_device = config->run.backend == MOE_BACKEND_CUDA;
-    if (!m->layer || !m->reduce_buf || !m->send_buf || !m->gather_buf || !m->read_bytes || !m->memory) {
+    if (!m->layer || !m->reduce_buf || !m->send_buf || !m->gather_buf || !m->read_bytes || !m->memory ||
+        !m->layer_copies) {
         moe_metrics_destroy(m);
         MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "metrics: out of memory");
     }
@@ -91,6 +101,7 @@ void moe_metrics_destroy(moe_metrics_h m)
     free(m->gather_buf);
     free(m->read_bytes);
     free(m->memory);
+    free(m->layer_copies);
     free(m);
 }
 
@@ -108,16 +119,19 @@ moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tok
     for (int l = 0; l < L; l++) {
         memcpy(local + (size_t)l * (S + 1), m->layer[l].time, sizeof(double) * S);
         local[(size_t)l * (S + 1) + S] = m->layer[l].layer_time;
-        m->send_buf[l * 4 + 0] = m->layer[l].load;
-        m->send_buf[l * 4 + 1] = m->layer[l].rows_sent;
-        m->send_buf[l * 4 + 2] = m->layer[l].rows_received;
-        m->send_buf[l * 4 + 3] = m->layer[l].tokens;
+        int64_t *v = m->send_buf + (size_t)l * NV;
+        v[0] = m->layer[l].load;
+        v[1] = m->layer[l].rows_sent;
+        v[2] = m->layer[l].rows_received;
+        v[3] = m->layer[l].tokens;
+        v[4] = m->layer[l].copies_intra;
+        v[5] = m->layer[l].copies_inter;
     }
     double batch_time_max = batch_time;
     MPI_Request requests[3];
     int rc = MPI_Ireduce(local, m->reduce_buf, L * (S + 1), MPI_DOUBLE, MPI_MAX, 0, m->comm, &requests[0]);
     if (rc == MPI_SUCCESS)
-        rc = MPI_Igather(m->send_buf, L * 4, MPI_INT64_T, m->gather_buf, L * 4, MPI_INT64_T, 0, m->comm,
+        rc = MPI_Igather(m->send_buf, L * NV, MPI_INT64_T, m->gather_buf, L * NV, MPI_INT64_T, 0, m->comm,
                          &requests[1]);
     if (rc == MPI_SUCCESS)
         rc = MPI_Ireduce(&batch_time, &batch_time_max, 1, MPI_DOUBLE, MPI_MAX, 0, m->comm, &requests[2]);
@@ -137,13 +151,16 @@ moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tok
     }
     for (int l = 0; l < L; l++) {
         const double *t = m->reduce_buf + (size_t)l * (S + 1);
-        int64_t total = 0, max = 0, sent = 0;
+        int64_t total = 0, max = 0, sent = 0, copies[2] = {0, 0};
         for (int p = 0; p < serving; p++) {
-            int64_t load = m->gather_buf[((size_t)p * L + l) * 4];
-            total += load;
-            if (load > max) max = load;
-            sent += m->gather_buf[((size_t)p * L + l) * 4 + 1];
+            const int64_t *v = m->gather_buf + ((size_t)p * L + l) * NV;
+            total += v[0];
+            if (v[0] > max) max = v[0];
+            sent += v[1];
+            copies[0] += v[4], copies[1] += v[5];
         }
+        m->layer_copies[2 * l] += copies[0];
+        m->layer_copies[2 * l + 1] += copies[1];
         double mean = (double)total / serving;
         double imbalance = mean > 0 ? (double)max / mean : 1.0;
         imbalance_batch += imbalance / L;
@@ -154,6 +171,7 @@ moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tok
             m->imbalance_n++;
             if (imbalance > m->imbalance_worst) m->imbalance_worst = imbalance;
             m->rows_sent += sent;
+            m->copies[0] += copies[0], m->copies[1] += copies[1];
         }
         if (m->jsonl_open) {
             FILE *fp = m->jsonl.fp;
@@ -162,17 +180,18 @@ moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tok
             for (int s = 0; s < S; s++) fprintf(fp, "\"%s\":%.9g,", stage_names[s], t[s]);
             fprintf(fp, "\"layer\":%.9g},\"load\":[", t[S]);
             for (int p = 0; p < serving; p++)
-                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 4]);
+                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * NV]);
             fprintf(fp, "],\"tokens_per_rank\":[");
             for (int p = 0; p < serving; p++)
-                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 4 + 3]);
+                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * NV + 3]);
             fprintf(fp, "],\"rows_sent\":[");
             for (int p = 0; p < serving; p++)
-                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 4 + 1]);
+                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * NV + 1]);
             fprintf(fp, "],\"rows_received\":[");
             for (int p = 0; p < serving; p++)
-                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * 4 + 2]);
-            fprintf(fp, "],\"load_max_mean\":%.6g}\n", imbalance);
+                fprintf(fp, "%s%lld", p ? "," : "", (long long)m->gather_buf[((size_t)p * L + l) * NV + 2]);
+            fprintf(fp, "],\"copies_intra\":%lld,\"copies_inter\":%lld,\"load_max_mean\":%.6g}\n",
+                    (long long)copies[0], (long long)copies[1], imbalance);
         }
     }
     if (load_max_mean) *load_max_mean = imbalance_batch;
@@ -187,6 +206,8 @@ int64_t *moe_metrics_read_bytes(moe_metrics_h m)
 }
 
 void moe_metrics_set_startup(moe_metrics_h m, double seconds) { m->startup = seconds; }
+
+void moe_metrics_set_dispatch(moe_metrics_h m, bool hierarchical) { m->dispatch = hierarchical ? "hierarchical" : "flat"; }
 
 int64_t *moe_metrics_memory(moe_metrics_h m)
 {
@@ -206,9 +227,9 @@ void moe_metrics_print_summary(moe_metrics_h m, FILE *out)
 {
     if (m->rank != 0) return;
     const moe_config_t *c = m->config;
-    fprintf(out, "\nmoerun infer: %s, %d ranks, backend %s, transport %s, chunks %d\n", c->model.name,
+    fprintf(out, "\nmoerun infer: %s, %d ranks, backend %s, transport %s, chunks %d, %s dispatch\n", c->model.name,
             m->size, c->run.backend == MOE_BACKEND_CPU ? "cpu" : "cuda",
-            c->run.transport == MOE_TRANSPORT_MPI ? "mpi" : "nccl", c->run.chunks);
+            c->run.transport == MOE_TRANSPORT_MPI ? "mpi" : "nccl", c->run.chunks, m->dispatch);
     fprintf(out, "  tokens     %lld in %d measured batches (%d warm-up)\n", (long long)m->tokens,
             m->measured, m->batches - m->measured);
     fprintf(out, "  time       %.4f s\n", m->time);
@@ -221,7 +242,9 @@ void moe_metrics_print_summary(moe_metrics_h m, FILE *out)
         fprintf(out, "  %-10s %8.3f\n", "layers", 1e3 * m->layer_time / m->measured);
         fprintf(out, "  load max/mean over ranks: mean %.3f, worst %.3f (over layers and batches)\n",
                 m->imbalance_n ? m->imbalance_sum / m->imbalance_n : 0.0, m->imbalance_worst);
-        fprintf(out, "  token copies sent per batch: %.1f\n", (double)m->rows_sent / m->measured);
+        fprintf(out, "  token copies sent per batch: %.1f (rows; to other ranks: %.1f intra-node, %.1f inter-node)\n",
+                (double)m->rows_sent / m->measured, (double)m->copies[0] / m->measured,
+                (double)m->copies[1] / m->measured);
     }
     fprintf(out, "  start-up   %.2f s (engine creation on rank 0: weights, buffers, communicators)\n", m->startup);
     if (m->have_memory)
@@ -251,6 +274,15 @@ moe_status_t moe_metrics_commit(moe_metrics_h m)
                 fprintf(m->jsonl.fp, "%s%lld", p ? "," : "", (long long)m->read_bytes[2 * p + i]);
             fprintf(m->jsonl.fp, "],");
         }
+    fprintf(m->jsonl.fp, "\"dispatch\":\"%s\",\"copies_intra\":%lld,\"copies_inter\":%lld,", m->dispatch,
+            (long long)m->copies[0], (long long)m->copies[1]);
+    /* per layer over every batch, warm-up included: what `moerun place --evaluate` replays */
+    for (int i = 0; i < 2; i++) {
+        fprintf(m->jsonl.fp, "\"copies_%s_per_layer_all_batches\":[", i ? "inter" : "intra");
+        for (int l = 0; l < m->layers; l++)
+            fprintf(m->jsonl.fp, "%s%lld", l ? "," : "", (long long)m->layer_copies[2 * l + i]);
+        fprintf(m->jsonl.fp, "],");
+    }
     fprintf(m->jsonl.fp, "\"startup_s\":%.6g,", m->startup);
     if (m->have_memory) {
         static const char *const keys[3] = {"host_rss_peak_bytes", "weight_bytes", "gpu_bytes_used"};

@@ -150,6 +150,10 @@ typedef struct moe_layer_metrics_s {
     int64_t tokens;                   /* tokens this rank owns */
     int64_t rows_sent, rows_received; /* token copies, this rank's out and in */
     int64_t load;                     /* (token, expert) pairs computed here */
+    /* token copies this rank sent to another rank of its node, or of another node (a row to itself
+     * is no copy); with hierarchical dispatch inter-node copies are first-hop rows to rails and
+     * intra-node ones the rows the rails forward (docs/multinode.md) */
+    int64_t copies_intra, copies_inter;
 } moe_layer_metrics_t;
 
 typedef struct moe_metrics_s *moe_metrics_h;
@@ -170,6 +174,8 @@ int64_t *moe_metrics_read_bytes(moe_metrics_h metrics);
 /* Where rank 0 gathers each rank's memory, [P][3]: host RSS peak, weight bytes in its backend's store,
  * GPU bytes used (0 without one); once asked for, the summary reports them. */
 int64_t *moe_metrics_memory(moe_metrics_h metrics);
+/* Which dispatch the run uses, for the summary and the JSON. */
+void moe_metrics_set_dispatch(moe_metrics_h metrics, bool hierarchical);
 /* This rank's start-up: the engine's creation (weights made or read, buffers, communicators), in s. */
 void moe_metrics_set_startup(moe_metrics_h metrics, double seconds);
 /* Rank 0: the summary table. */
@@ -206,7 +212,30 @@ typedef struct {
     int max_tokens;           /* per rank per batch */
     int capacity;             /* > 0: fixed-capacity buffers (rows per chunk and peer); 0: counted */
     bool graphs;              /* layers as CUDA graphs (fixed capacity, a backend with graph support) */
+    /* Where the ranks run (the copies' intra/inter split); the serving set's ranks are its first
+     * ranks. Borrowed. */
+    const moe_comm_nodes_t *nodes;
+    bool hierarchical;        /* hierarchical dispatch (hier.c): the backend state was made with nodes */
 } moe_scheduler_args_t;
+
+/* One layer's plan as the counts exchange needs it: for each peer the replica that each of its
+ * slots is, in slot order (what the counts exchange sends it). */
+typedef struct {
+    int replicas;
+    int *peer_first; /* [P + 1] into peer_rep */
+    int *peer_rep;   /* [R] */
+    int slots;       /* rank's */
+} moe_slot_table_t;
+/* Fills t for `rank` (free peer_first and peer_rep). */
+moe_status_t moe_slot_table_build(const moe_plan_h plan, int layer, int rank, moe_slot_table_t *t);
+
+/* hier.c: a layer with hierarchical dispatch, for the scheduler: after the backend planned the
+ * layer's first-hop rows, the counts exchange, both hops and their combines, chunk by chunk, the
+ * shared experts meanwhile, and the un-permute; metrics counted into m. */
+typedef struct moe_hier_s *moe_hier_h;
+moe_status_t moe_hier_create(const moe_scheduler_args_t *args, const moe_slot_table_t *tables, moe_hier_h *out);
+void moe_hier_destroy(moe_hier_h hier);
+moe_status_t moe_hier_layer(moe_hier_h hier, int layer, int n, moe_layer_metrics_t *m);
 
 moe_status_t moe_scheduler_create(const moe_scheduler_args_t *args, moe_scheduler_h *out);
 void moe_scheduler_destroy(moe_scheduler_h sched);

@@ -24,6 +24,8 @@ typedef enum { MOE_TRANSPORT_MPI = 0, MOE_TRANSPORT_NCCL } moe_transport_kind_t;
 typedef enum { MOE_INPUT_SYNTHETIC = 0, MOE_INPUT_NPY } moe_input_kind_t;
 typedef enum { MOE_WEIGHTS_RANDOM = 0, MOE_WEIGHTS_CHECKPOINT } moe_weights_kind_t;
 typedef enum { MOE_BUFFERS_AUTO = 0, MOE_BUFFERS_COUNTED, MOE_BUFFERS_FIXED } moe_buffers_t;
+/* run.dispatch: auto = hierarchical when the world spans more than one node (docs/multinode.md) */
+typedef enum { MOE_DISPATCH_AUTO = 0, MOE_DISPATCH_FLAT, MOE_DISPATCH_HIERARCHICAL } moe_dispatch_t;
 typedef enum { MOE_SWITCH_AUTO = 0, MOE_SWITCH_ON, MOE_SWITCH_OFF } moe_switch_t;
 
 /* Batches of at most this many tokens per rank are decode-sized: run.buffers auto makes them fixed
@@ -61,6 +63,8 @@ typedef struct {
     int chunks;                     /* run.chunks: pipeline chunks C (1 = no overlap) */
     int tokens_per_rank;            /* run.tokens_per_rank: tokens each rank owns per batch */
     moe_buffers_t buffers;          /* run.buffers: auto | counted | fixed */
+    moe_dispatch_t dispatch;        /* run.dispatch: auto | flat | hierarchical */
+    int ranks_per_node;             /* run.ranks_per_node: simulated nodes of N consecutive ranks (0: the launcher's) */
     moe_switch_t graphs;            /* run.graphs: CUDA graphs auto | on | off */
     int gemm;                       /* run.gemm: the expert GEMM path, 0 = auto (kernels.h moe_gemm_path_t) */
     int batches;                    /* run.batches: 0 = as many as the trace or input holds */
@@ -177,8 +181,11 @@ typedef struct {
     /* Every blocking wait of the run goes through it (comm.h, liveness); borrowed, over the same
      * ranks as the engine's communicator. NULL: waits without a deadline. */
     moe_watch_h watch;
+    /* The launcher's node number of this rank (Slurm's SLURM_NODEID), or -1: which ranks share a
+     * node (comm.h, moe_comm_nodes_create). */
+    int node_hint;
 } moe_engine_options_t;
-#define MOE_ENGINE_OPTIONS_INIT {.reference = false, .trace_batch = -1}
+#define MOE_ENGINE_OPTIONS_INIT {.reference = false, .trace_batch = -1, .node_hint = -1}
 
 /* Checks an elastic schedule (moe_engine_options_t.schedule) for a world of world_size ranks; errors
  * name the entry. */

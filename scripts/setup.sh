@@ -10,9 +10,10 @@ shift || true
 # python3-scipy: HiGHS, the independent MILP that tests/placement/exact_vs_milp.py checks
 # `moerun place --exact` against (the test is skipped without it)
 # curl, ca-certificates, python3: scripts/fetch_cutlass.sh (CUTLASS's headers for the cuda backend)
+# iproute2, util-linux (ip netns, unshare): tests/runtime/multihost_netns.sh, hosts as namespaces
 packages=(build-essential pkg-config meson ninja-build openmpi-bin libopenmpi-dev libyaml-dev
           libhwloc-dev libopenblas-dev libglpk-dev libjansson-dev python3-numpy python3-scipy
-          curl ca-certificates python3)
+          curl ca-certificates python3 iproute2 util-linux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

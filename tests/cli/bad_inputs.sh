@@ -38,6 +38,16 @@ done
 expect_failure "missing config" "no_such.yaml" run3 -c "$src/tests/data/bad_configs/no_such.yaml"
 expect_failure "unknown flag" "--bogus" run3 -c "$src/configs/tiny.yaml" --bogus
 expect_failure "bad --set" "--set model.top_k" run3 -c "$src/configs/tiny.yaml" --set model.top_k=nine
+# hierarchical dispatch: an unknown word, simulated nodes that do not divide the ranks, a run that cannot
+expect_failure "bad run.dispatch" "run.dispatch|nodal" run3 -c "$src/configs/tiny.yaml" --set run.dispatch=nodal
+expect_failure "ranks_per_node not dividing" "run.ranks_per_node|does not divide" run3 -c "$src/configs/tiny.yaml" \
+    --set run.ranks_per_node=2 --set model.experts=6
+expect_failure "hierarchical with CUDA graphs" "run.dispatch|CUDA graphs" run3 -c "$src/configs/tiny.yaml" \
+    --set run.dispatch=hierarchical --set run.graphs=on
+expect_failure "hierarchical with fixed buffers" "run.dispatch|counted buffers" run3 -c "$src/configs/tiny.yaml" \
+    --set run.dispatch=hierarchical --set run.buffers=fixed
+expect_failure "hierarchical in an elastic run" "run.dispatch|elastic" run2 -c "$src/configs/tiny.yaml" \
+    --set run.dispatch=hierarchical --set rebalance.every=2
 
 data="$src/tests/data/bad_inputs"
 trace() { run2 -c "$src/configs/tiny.yaml" --set routing.source=trace --set "routing.trace_ids=$1" "${@:2}"; }

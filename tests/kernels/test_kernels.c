@@ -153,8 +153,77 @@ static void test_gather_scatter(int n, int d)
     free(src), free(dst), free(out), free(wt), free(rows);
 }
 
+/* Hierarchical dispatch on a hand-made case: 4 ranks as 2 nodes of 2, experts 0..3 on ranks 0..3, the
+ * home is rank 1 (local index 1): its first hop goes to itself for node 0 and to rank 3 for node 1,
+ * with ids e + 4 * (local index of e's rank); rank 3 forwards to 2 and keeps its own. */
+static void test_hierarchical_dispatch(void)
+{
+    enum { E = 4, P = 4, K = 3, D = 4, N = 2 };
+    const int first[E + 1] = {0, 1, 2, 3, 4}, rank[E] = {0, 1, 2, 3}, local_slot[E] = {-1, 0, -1, -1};
+    const int hop[E] = {1, 1, 3, 3}, code[E] = {0, 1, 0, 1};
+    const float share[E] = {1, 1, 1, 1};
+    moe_dispatch_table_t t = {.layer = 0, .experts = E, .ranks = P, .replicas = E, .first = first, .rank = rank,
+                              .share = share, .local_slot = local_slot, .hop = hop, .code = code};
+    const int32_t ids[N * K] = {0, 2, 3, 3, 0, 1};
+    const float weights[N * K] = {0.5f, 0.25f, 0.125f, 1.0f, 2.0f, 4.0f};
+    float h[N * D];
+    for (int i = 0; i < N * D; i++) h[i] = (float)(i + 1);
+    int32_t rep[N * K], token_row[N * K];
+    int rows[P], entries[E], offset[P + 1], final[P];
+    moe_dispatch_count_cpu(ids, N, K, 0, &t, 1, rep, rows, entries);
+    const int want_rows[P] = {0, 2, 0, 2}, want_final[P] = {2, 1, 1, 2}, want_entries[E] = {2, 1, 1, 2};
+    moe_dispatch_final_rows_cpu(rep, N, K, &t, 1, final);
+    for (int p = 0; p < P; p++) {
+        CHECK_EQ_INT(rows[p], want_rows[p]);
+        CHECK_EQ_INT(final[p], want_final[p]);
+    }
+    for (int e = 0; e < E; e++) CHECK_EQ_INT(entries[e], want_entries[e]);
+    moe_dispatch_offsets_cpu(rows, 1, P, 0, offset);
+    const size_t mo = 16, rb = 16 + 32; /* D floats, then K ids and K weights (16-byte aligned) */
+    char send[4 * rb];
+    moe_dispatch_pack_cpu(h, ids, weights, rep, N, K, D, &t, 1, offset, send, rb, mo, token_row);
+    /* rows 0, 1 to rank 1 (tokens 0, 1); rows 2, 3 to rank 3 */
+    const int32_t want_ids[4][K] = {{0, -1, -1}, {-1, 0, 1 + 4}, {-1, 2, 3 + 4}, {3 + 4, -1, -1}};
+    for (int r = 0; r < 4; r++)
+        for (int j = 0; j < K; j++) {
+            int32_t id;
+            memcpy(&id, send + r * rb + mo + 4 * j, 4);
+            CHECK_EQ_INT(id, want_ids[r][j]);
+        }
+    CHECK_EQ_INT(token_row[0], 0); CHECK_EQ_INT(token_row[1], 2); CHECK_EQ_INT(token_row[2], -1);
+    CHECK_EQ_INT(token_row[3], 3); CHECK_EQ_INT(token_row[4], 1); CHECK_EQ_INT(token_row[5], -1);
+    /* at rank 3: its two first-hop rows forwarded to rank 2 (token 0's expert 2) and to itself */
+    const int node_rank[2] = {2, 3};
+    int next[P] = {0, 0, 0, 1};
+    char fwd[3 * rb];
+    int32_t relay_row[2 * K];
+    CHECK(moe_relay_pack_cpu(send + 2 * rb, 2, rb, mo, K, E, node_rank, 2, next, fwd, relay_row) == MOE_STATUS_OK);
+    CHECK_EQ_INT(next[2], 1); CHECK_EQ_INT(next[3], 3);
+    const int32_t want_fwd[3][K] = {{-1, 2, -1}, {-1, -1, 3}, {3, -1, -1}};
+    const int want_src[3] = {0, 0, 1}; /* the token whose hidden state each forwarded row carries */
+    for (int r = 0; r < 3; r++) {
+        for (int j = 0; j < K; j++) {
+            int32_t id;
+            float w;
+            memcpy(&id, fwd + r * rb + mo + 4 * j, 4);
+            memcpy(&w, fwd + r * rb + mo + 4 * (K + j), 4);
+            CHECK_EQ_INT(id, want_fwd[r][j]);
+            CHECK(w == (id >= 0 ? weights[want_src[r] * K + j] : 0.0f));
+        }
+        CHECK(memcmp(fwd + r * rb, h + want_src[r] * D, sizeof(float) * D) == 0);
+    }
+    CHECK_EQ_INT(relay_row[0], -1); CHECK_EQ_INT(relay_row[1], 0); CHECK_EQ_INT(relay_row[2], 1);
+    CHECK_EQ_INT(relay_row[3], 2); CHECK_EQ_INT(relay_row[4], -1); CHECK_EQ_INT(relay_row[5], -1);
+    /* a first-hop id naming a local index the node does not have is an internal error */
+    int32_t bad = 2 + 4 * 2;
+    memcpy(send + 3 * rb + mo, &bad, 4);
+    CHECK(moe_relay_pack_cpu(send + 3 * rb, 1, rb, mo, K, E, node_rank, 2, next, fwd, relay_row) ==
+          MOE_STATUS_INTERNAL);
+}
+
 int main(void)
 {
+    test_hierarchical_dispatch();
     int shapes[][3] = {{1, 8, 16}, {7, 64, 128}, {33, 96, 40}, {64, 128, 256}};
     for (int i = 0; i < 4; i++) {
         test_rmsnorm(shapes[i][0], shapes[i][1]);

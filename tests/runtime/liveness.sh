@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # liveness.sh MOERUN SRCDIR [gpu]: a rank stopped with SIGSTOP does not hang the job (comm.h, liveness).
-#   1. `infer` at 4 ranks, rank 2 stopped in the middle of the batches;
+#   1. `infer` at 4 ranks, rank 2 stopped in the middle of the batches; again with hierarchical
+#      dispatch (2 simulated nodes), rank 1 stopped;
 #   2. `elastic` at 4 ranks, rank 3 stopped during a scale event 2 -> 4 (after its decision).
 # Each time the job must exit non-zero within run.timeout + 10 s of the stop, with a message naming
 # the stopped rank and the step, and the other ranks must use little CPU while they wait; the
@@ -125,6 +126,11 @@ left=$(find "$dir" -name 'out.npy*')
 [ -z "$left" ] || fail "infer-sigstop: the aborted job left $left"
 grep -qE "rank 2 has not answered .* while this rank was waiting in .*batch [0-9]+" "$dir/msg" ||
     fail "infer-sigstop: the message does not name the batch"
+
+# The same with hierarchical dispatch (2 simulated nodes of 2): rank 1 stopped; the others wait for it in
+# the first or the second hop, the counts exchange or the combines, and must not hang either.
+STOP_DELAY=1 case_run infer-hierarchical-sigstop 1 "rank 3: .* bytes of weights" infer -c "$tiny" \
+    --set run.batches=1000000 --set run.dispatch=hierarchical --set run.ranks_per_node=2 --set run.chunks=2
 
 # A scale event 2 -> 4 at batch 4 spans several batches of about half a second; rank 3 (joining)
 # is stopped right after the decision, while the experts are planned and move to it.

@@ -158,7 +158,7 @@ static void test_settings_table(void)
         CHECK_STATUS(moe_config_set(c, assignment), MOE_STATUS_OK);
         CHECK_EQ_INT(c->line[n], -1);
     }
-    CHECK_EQ_INT(n, 47); /* every field of moe_config_t but source_path and line */
+    CHECK_EQ_INT(n, 49); /* every field of moe_config_t but source_path and line */
     CHECK(n <= MOE_CONFIG_SETTINGS_MAX);
     CHECK(same_settings(c, d));
     free(c);
@@ -507,6 +507,33 @@ static void test_checkpoint_implies_kind(void)
     free(c);
 }
 
+/* run.dispatch and run.ranks_per_node: words, defaults, and the checks that name them. */
+static void test_dispatch_settings(void)
+{
+    moe_config_t *c = malloc(sizeof *c);
+    moe_config_defaults(c);
+    CHECK_EQ_INT(c->run.dispatch, MOE_DISPATCH_AUTO);
+    CHECK_EQ_INT(c->run.ranks_per_node, 0);
+    CHECK_STATUS(moe_config_set(c, "run.dispatch=hierarchical"), MOE_STATUS_OK);
+    CHECK_EQ_INT(c->run.dispatch, MOE_DISPATCH_HIERARCHICAL);
+    CHECK_STATUS(moe_config_set(c, "run.dispatch=flat"), MOE_STATUS_OK);
+    CHECK_EQ_INT(c->run.dispatch, MOE_DISPATCH_FLAT);
+    CHECK(moe_config_set(c, "run.dispatch=nodes") != MOE_STATUS_OK);
+    CHECK(moe_config_set(c, "run.ranks_per_node=-1") != MOE_STATUS_OK);
+    CHECK_STATUS(moe_config_set(c, "model.experts=24"), MOE_STATUS_OK);
+    CHECK_STATUS(moe_config_set(c, "run.ranks_per_node=2"), MOE_STATUS_OK);
+    CHECK_STATUS(moe_config_validate(c, 4), MOE_STATUS_OK);
+    CHECK_STATUS(moe_config_validate(c, 6), MOE_STATUS_OK);
+    CHECK_STATUS(moe_config_validate(c, 3), MOE_STATUS_INVALID_ARGUMENT); /* 2 does not divide 3 */
+    CHECK_STATUS(moe_config_validate(c, 1), MOE_STATUS_INVALID_ARGUMENT); /* more than the ranks */
+    CHECK_STATUS(moe_config_set(c, "run.ranks_per_node=0"), MOE_STATUS_OK);
+    CHECK_STATUS(moe_config_set(c, "run.dispatch=hierarchical"), MOE_STATUS_OK);
+    CHECK_STATUS(moe_config_validate(c, 3), MOE_STATUS_OK);
+    CHECK_STATUS(moe_config_set(c, "run.buffers=fixed"), MOE_STATUS_OK);
+    CHECK_STATUS(moe_config_validate(c, 3), MOE_STATUS_INVALID_ARGUMENT);
+    free(c);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -521,5 +548,6 @@ int main(int argc, char **argv)
     test_good_snippets();
     test_bad_configs(argv[2]);
     test_checkpoint_implies_kind();
+    test_dispatch_settings();
     return moe_test_result("test_config");
 }
