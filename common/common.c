@@ -40,7 +40,6 @@ void moe_log_init(int rank, moe_log_level_t level)
 }
 
 moe_log_level_t moe_log_level(void) { return log_level; }
-int moe_log_rank(void) { return log_rank; }
 
 void moe_log_write(moe_log_level_t level, const char *file, int line, const char *fmt, ...)
 {
@@ -58,16 +57,6 @@ void moe_log_write(moe_log_level_t level, const char *file, int line, const char
     else
         fprintf(stderr, "moerun[%d] %s %s:%d: %s\n", log_rank, names[level], base ? base + 1 : file,
                 line, msg);
-}
-
-void moe_print0(const char *fmt, ...)
-{
-    if (log_rank != 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    fflush(stdout);
 }
 
 /* ---------------------------------------------------------------- allocation */

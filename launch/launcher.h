@@ -3,15 +3,10 @@
 #define MOE_LAUNCH_LAUNCHER_H
 
 typedef struct {
-    int rank, size;          /* in MPI_COMM_WORLD */
-    int local_rank;          /* among the ranks of this node: picks the GPU and the cores */
-    int local_size;
-    const char *local_source; /* where local_rank came from: OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID
-                                 or an MPI shared-memory split */
+    int rank, size; /* in MPI_COMM_WORLD */
 } moe_launch_info_t;
 
-/* After MPI_Init: rank and size from MPI; the local rank from Open MPI's or Slurm's variables when
- * the launcher sets them, else from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED). */
+/* After MPI_Init: rank and size from MPI. */
 int moe_launch_info(moe_launch_info_t *out);
 
 #endif

@@ -86,9 +86,6 @@ void moe_stats_destroy(moe_stats_h stats); /* NULL-safe */
  * are ignored. */
 void moe_stats_add(moe_stats_h stats, const int32_t *ids, int64_t n);
 
-/* Sum another object of the same shape into this one. */
-moe_status_t moe_stats_merge(moe_stats_h into, const moe_stats_h from);
-
 int moe_stats_layers(const moe_stats_h stats);
 int moe_stats_experts(const moe_stats_h stats);
 int moe_stats_top_k(const moe_stats_h stats);
