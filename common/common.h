@@ -56,6 +56,11 @@ typedef enum {
 void moe_log_init(int rank, moe_log_level_t level);
 moe_log_level_t moe_log_level(void);
 
+/* Hold (true) this process's log lines instead of writing them, until moe_log_hold(false), which
+ * returns what was held (malloc'd, NULL if nothing): so that ranks can compare their messages and
+ * print one copy of those every rank wrote alike (launch/cmd_infer.c). */
+char *moe_log_hold(bool hold);
+
 void moe_log_write(moe_log_level_t level, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

@@ -66,6 +66,19 @@ void moe_array_free(moe_array_t *array); /* frees data, zeroes the struct; NULL-
 moe_status_t moe_array_to_f32(const moe_array_t *array, const char *what, float *out);
 moe_status_t moe_array_to_i32(const moe_array_t *array, const char *what, int32_t *out);
 
+/* ---------------------------------------------------------------- JSON lines (json_lines.c) */
+
+typedef struct json_t json_t; /* jansson's */
+
+/* A new record {"type": type, "time": "2026-11-30T10:00:00.000Z"} to add fields to (jansson's
+ * json_object_set_new); NULL when out of memory. */
+json_t *moe_json_record(const char *type);
+/* A number, or null when it is not finite (JSON has no NaN). */
+json_t *moe_json_number(double v);
+/* Writes the record as one line and flushes; takes the record (decref'd). path names fp in errors
+ * (NULL: stdout). */
+moe_status_t moe_json_line_write(FILE *fp, const char *path, json_t *record);
+
 /* ---------------------------------------------------------------- atomic files */
 
 typedef struct {

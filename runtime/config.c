@@ -58,6 +58,7 @@ static const char *const input_words[] = {"synthetic", "npy", NULL};
 static const char *const weights_words[] = {"random", "checkpoint", NULL};
 static const char *const buffers_words[] = {"auto", "counted", "fixed", NULL};
 static const char *const switch_words[] = {"auto", "on", "off", NULL};
+static const char *const progress_words[] = {"off", "auto", "on", "false", "true", NULL};
 /* kernels.h's moe_gemm_path_t, in its order (moe_gemm_path_name) */
 static const char *const gemm_words[] = {"auto", "cutlass_128x128", "cutlass_128x256", "cutlass_128x256_c2",
                                          "cutlass_256x128", "cutlass_128x128_pingpong", "cutlass_swap_128x32",
@@ -179,8 +180,8 @@ _Static_assert(sizeof(moe_switch_t) == sizeof(int), "enum size");
       "metrics as JSON lines (empty = not written)")                                                   \
     X(PATH, "outputs.stats", outputs.stats, char *, NULL, "", NOLIM, RANGE_GE,                        \
       "routing statistics, .safetensors (empty = not written)")                                        \
-    X(BOOL, "outputs.progress", outputs.progress, bool, NULL, "true", NOLIM, RANGE_GE,                \
-      "progress line on rank 0 when stdout is a terminal")
+    X(ENUM, "outputs.progress", outputs.progress, moe_progress_t, progress_words, "auto", NOLIM, RANGE_GE, \
+      "rank 0's progress line: auto (when the output is a terminal; under mpirun, mpirun's) | on | off")
 
 /* The offset of a field, and a compile error if the field does not have the type the row says. */
 #define FIELD_OFFSET(field, ctype) _Generic((((moe_config_t *)0)->field), ctype: offsetof(moe_config_t, field))

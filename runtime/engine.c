@@ -80,6 +80,7 @@ struct moe_engine_s {
     int *gather_counts, *gather_displs;
     moe_npy_writer_t output;
     bool output_open;
+    moe_estimate_t estimate; /* a dry run's */
 };
 
 /* The serving set's backend state and scheduler (local); its communicators stay in sets. */
@@ -340,6 +341,12 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
         else
             e->batches = -1;
     }
+    if (e->options.dry_run) { /* the figures, and nothing allocated for the run */
+        MOE_CHECK(moe_estimate_run(c, e->plan, e->rank, e->serving, e->size, e->store_ops, e->options.watch,
+                                   &e->estimate), fail);
+        *out = e;
+        return MOE_STATUS_OK;
+    }
     e->weights = calloc(1, sizeof *e->weights);
     MOE_CHECK_ALLOC(e->weights, fail);
     MOE_CHECK(moe_weights_create(c, e->plan, e->rank, e->store_ops, e->store, e->options.watch, e->weights), fail);
@@ -388,6 +395,8 @@ fail:
     moe_engine_destroy(e);
     return status;
 }
+
+void moe_engine_estimate(const moe_engine_h e, moe_estimate_t *out) { *out = e->estimate; }
 
 /* Rank 0 collects the batch's rows in global token order and appends them to the output. */
 static moe_status_t engine_write_output(moe_engine_h e, int n)
@@ -528,8 +537,7 @@ moe_status_t moe_engine_run(moe_engine_h e)
     moe_status_t status = MOE_STATUS_OK;
     const moe_config_t *c = &e->config;
     const int tpr = c->run.tokens_per_rank, k = c->model.top_k, L = c->model.layers;
-    const bool progress = c->outputs.progress && e->rank == 0 && isatty(STDOUT_FILENO);
-    double t_start = moe_now();
+    const bool progress = e->options.progress && e->rank == 0;
     for (int b = 0; engine_more(e, b); b++) {
         moe_watch_step(e->options.watch, e->elastic ? moe_elastic_phase(e->elastic) : "serve", b, -1);
         if (e->elastic) {
@@ -589,11 +597,13 @@ moe_status_t moe_engine_run(moe_engine_h e)
                                             load_max_mean), fail);
         if (e->output_open || (c->outputs.output[0] && e->rank != 0))
             MOE_CHECK(engine_write_output(e, n), fail);
-        if (progress) {
-            double el = moe_now() - t_start;
+        if (progress) { /* the summary's tokens/s so far (metrics.c), warm-up batches left out */
             printf("\r  batch %d", b + 1);
             if (e->batches >= 0) printf("/%d", e->batches);
-            printf("  %d ranks  %.0f tokens/s   ", e->serving, el > 0 ? (double)e->g_next / el : 0.0);
+            if (b < c->run.warmup_batches)
+                printf("  %d ranks  warm-up        ", e->serving);
+            else
+                printf("  %d ranks  %.0f tokens/s   ", e->serving, moe_metrics_tokens_per_s(e->metrics));
             fflush(stdout);
         }
     }
@@ -665,7 +675,7 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
     }
     if (e->rank == 0) {
         MOE_CHECK(moe_metrics_commit(e->metrics), fail);
-        moe_metrics_print_summary(e->metrics, stdout);
+        moe_metrics_print_summary(e->metrics, e->options.command, stdout);
         if (e->elastic) moe_elastic_print(e->elastic, stdout);
         fflush(stdout);
     }

@@ -202,23 +202,28 @@ static double memory_max_gib(const moe_metrics_h m, int col)
     return (double)most / (1 << 30);
 }
 
-void moe_metrics_print_summary(moe_metrics_h m, FILE *out)
+double moe_metrics_tokens_per_s(const moe_metrics_h m) { return m->time > 0 ? (double)m->tokens / m->time : 0.0; }
+
+void moe_metrics_print_summary(moe_metrics_h m, const char *command, FILE *out)
 {
     if (m->rank != 0) return;
     const moe_config_t *c = m->config;
-    fprintf(out, "\nmoerun infer: %s, %d ranks, backend %s, transport %s, chunks %d\n", c->model.name,
-            m->size, c->run.backend == MOE_BACKEND_CPU ? "cpu" : "cuda",
+    fprintf(out, "\nmoerun %s: %s, %d ranks, backend %s, transport %s, chunks %d\n",
+            command ? command : "infer", c->model.name, m->size, c->run.backend == MOE_BACKEND_CPU ? "cpu" : "cuda",
             c->run.transport == MOE_TRANSPORT_MPI ? "mpi" : "nccl", c->run.chunks);
     fprintf(out, "  tokens     %lld in %d measured batches (%d warm-up)\n", (long long)m->tokens,
             m->measured, m->batches - m->measured);
     fprintf(out, "  time       %.4f s\n", m->time);
     fprintf(out, "  tokens/s   %.1f\n", m->time > 0 ? (double)m->tokens / m->time : 0.0);
     if (m->measured > 0) {
-        fprintf(out, "  stage      ms/batch   share of layer time (max over ranks)\n");
+        fprintf(out, "  stage      ms/batch   share of layer time (each the max over ranks)\n");
         for (int s = 0; s < MOE_STAGE_COUNT; s++)
             fprintf(out, "  %-10s %8.3f   %5.1f%%\n", stage_names[s], 1e3 * m->stage[s] / m->measured,
                     m->layer_time > 0 ? 100.0 * m->stage[s] / m->layer_time : 0.0);
         fprintf(out, "  %-10s %8.3f\n", "layers", 1e3 * m->layer_time / m->measured);
+        fprintf(out, "  (the stages overlap: with chunks > 1 a chunk's experts run while the next is\n"
+                     "   dispatched, and each stage is the slowest rank's, so the shares can add up\n"
+                     "   past 100%%; dispatch and combine count only the waiting that compute did not hide)\n");
         fprintf(out, "  load max/mean over ranks: mean %.3f, worst %.3f (over layers and batches)\n",
                 m->imbalance_n ? m->imbalance_sum / m->imbalance_n : 0.0, m->imbalance_worst);
         fprintf(out, "  token copies sent per batch: %.1f\n", (double)m->rows_sent / m->measured);

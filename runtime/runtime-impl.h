@@ -58,6 +58,12 @@ void moe_weights_destroy(moe_weights_t *weights);
 /* Bytes this rank's weights hold in their store (dense part and owned experts). */
 size_t moe_weights_bytes(const moe_weights_t *weights);
 
+/* estimate.c: this rank's figures for a dry run (runtime.h, moe_estimate_t): the weights laid out and
+ * loaded on a counting store (no allocation, no copy) under the plan; the buffers counted; serving and
+ * world the ranks that serve and all ranks. */
+moe_status_t moe_estimate_run(const moe_config_t *config, const moe_plan_h plan, int rank, int serving, int world,
+                              const moe_store_ops_t *store_ops, moe_watch_h watch, moe_estimate_t *out);
+
 /* ---------------------------------------------------------------- checkpoints (checkpoint.c, hf_config.c) */
 
 typedef enum {
@@ -173,7 +179,9 @@ int64_t *moe_metrics_memory(moe_metrics_h metrics);
 /* This rank's start-up: the engine's creation (weights made or read, buffers, communicators), in s. */
 void moe_metrics_set_startup(moe_metrics_h metrics, double seconds);
 /* Rank 0: the summary table. */
-void moe_metrics_print_summary(moe_metrics_h metrics, FILE *out);
+void moe_metrics_print_summary(moe_metrics_h metrics, const char *command, FILE *out);
+/* Rank 0: tokens/s over the measured batches so far, as the summary reports it. */
+double moe_metrics_tokens_per_s(const moe_metrics_h metrics);
 /* Rank 0: append the summary line and commit the JSON lines file (no-op elsewhere). */
 moe_status_t moe_metrics_commit(moe_metrics_h metrics);
 
