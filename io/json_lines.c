@@ -31,7 +31,7 @@ json_t *moe_json_number(double v) { return isfinite(v) ? json_real(v) : json_nul
 moe_status_t moe_json_line_write(FILE *fp, const char *path, json_t *record)
 {
     moe_status_t status = MOE_STATUS_OK;
-    char *text = record ? json_dumps(record, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(9)) : NULL;
+    char *text = record ? json_dumps(record, JSON_ENSURE_ASCII | JSON_REAL_PRECISION(9)) : NULL;
     if (!text) {
         moe_error("%s: out of memory for a JSON line", path ? path : "stdout");
         status = MOE_STATUS_NO_MEMORY;
