@@ -76,8 +76,11 @@ json_t *moe_json_record(const char *type);
 /* A number, or null when it is not finite (JSON has no NaN). */
 json_t *moe_json_number(double v);
 /* Writes the record as one line and flushes; takes the record (decref'd). path names fp in errors
- * (NULL: stdout). */
-moe_status_t moe_json_line_write(FILE *fp, const char *path, json_t *record);
+ * (NULL: stdout). compact: no spaces ({"a":1,"b":2}, logs), else {"a": 1, "b": 2} (commands' reports). */
+moe_status_t moe_json_line_write(FILE *fp, const char *path, bool compact, json_t *record);
+/* A JSON-lines log to stream into (outputs.metrics): checked like an output (moe_atomic_file_check),
+ * truncated, a symlink under the name refused; close with fclose. */
+moe_status_t moe_json_stream_open(const char *path, FILE **out);
 
 /* ---------------------------------------------------------------- atomic files */
 

@@ -95,7 +95,8 @@ int moe_cli_parse(moe_cli_t *cli, int argc, char **argv, const char *shortopts, 
             else {
                 option_text(all, index, id, name, sizeof name);
                 if (optarg)
-                    fprintf(stderr, "moerun %s: %s: invalid value '%s' (see --help)\n", cli->command, name, optarg);
+                    fprintf(stderr, "moerun %s: option '%s' %s: invalid value (see --help)\n", cli->command, name,
+                            optarg);
                 else
                     fprintf(stderr, "moerun %s: %s is not an option here (see --help)\n", cli->command, name);
             }

@@ -106,7 +106,7 @@ int moe_cmd_config(int argc, char **argv)
             json_object_set_new(r, "yaml", json_string(text));
             free(text);
         }
-        return moe_json_line_write(stdout, NULL, r) == MOE_STATUS_OK ? 0 : 1;
+        return moe_json_line_write(stdout, NULL, false, r) == MOE_STATUS_OK ? 0 : 1;
     }
     fprintf(stderr, "moerun config: %s (%d MoE layers, %d experts, top_k %d) -> %s\n", config.model.name,
             config.model.layers, config.model.experts, config.model.top_k, a.output);

@@ -207,7 +207,7 @@ static int print_estimates(moe_engine_h engine, const moe_launch_info_t *launch,
             json_object_set_new(r, "device_bytes", json_integer(all[p].device_bytes));
             json_object_set_new(r, "checkpoint_bytes", json_integer(all[p].checkpoint_bytes));
             json_object_set_new(r, "checkpoint_expert_bytes", json_integer(all[p].checkpoint_expert_bytes));
-            rc = moe_json_line_write(stdout, NULL, r) == MOE_STATUS_OK ? 0 : -1;
+            rc = moe_json_line_write(stdout, NULL, false, r) == MOE_STATUS_OK ? 0 : -1;
         }
     } else if (launch->rank == 0) {
         const double G = 1 << 30;

@@ -312,7 +312,7 @@ static int cmd_evaluate(const char *plan_path, const char **traces, int n_traces
         table_header();
     }
     if (report_plan(record, "plan", plan, NULL, 0, w, n_traces, &o)) goto done;
-    if (record && moe_json_line_write(stdout, NULL, record) != MOE_STATUS_OK) {
+    if (record && moe_json_line_write(stdout, NULL, false, record) != MOE_STATUS_OK) {
         record = NULL;
         goto done;
     }
@@ -674,7 +674,7 @@ static int place_run(place_args_t *args, bool json)
         }
     }
     if (record) {
-        moe_status_t written = moe_json_line_write(stdout, NULL, record);
+        moe_status_t written = moe_json_line_write(stdout, NULL, false, record);
         record = NULL;
         if (written != MOE_STATUS_OK) goto done;
     } else {

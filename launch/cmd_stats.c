@@ -140,7 +140,7 @@ int moe_cmd_stats(int argc, char **argv)
         json_object_set_new(r, "layers", json_integer(L));
         json_object_set_new(r, "experts", json_integer(moe_stats_experts(stats)));
         json_object_set_new(r, "top_k", json_integer(k));
-        if (moe_json_line_write(stdout, NULL, r) != MOE_STATUS_OK) goto done;
+        if (moe_json_line_write(stdout, NULL, false, r) != MOE_STATUS_OK) goto done;
     } else {
         printf("moerun stats: %lld tokens, %lld layers, %d experts, top_k %lld -> %s\n", (long long)n,
                (long long)L, moe_stats_experts(stats), (long long)k, output);

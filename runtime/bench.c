@@ -96,7 +96,7 @@ static moe_status_t time_p2p(bool json, MPI_Comm world, moe_comm_h comm, cudaStr
         json_object_set_new(r, "slot_bytes", json_integer((json_int_t)P2P_SLOT_BYTES));
         json_object_set_new(r, "ms", moe_json_number(1e3 * t[2]));
         json_object_set_new(r, "gb_per_s", moe_json_number(P2P_SLOTS * (double)P2P_SLOT_BYTES / t[2] / 1e9));
-        MOE_CHECK(moe_json_line_write(out, NULL, r), done);
+        MOE_CHECK(moe_json_line_write(out, NULL, false, r), done);
     } else if (rank == 0)
         fprintf(out, "# p2p rank 0 -> 1: %d slots of %zu bytes in one NCCL group: %.2f ms, %.1f GB/s\n", P2P_SLOTS,
                 P2P_SLOT_BYTES, 1e3 * t[2], P2P_SLOTS * (double)P2P_SLOT_BYTES / t[2] / 1e9);
@@ -151,7 +151,7 @@ moe_status_t moe_bench_a2a(MPI_Comm world, int d, int k, const int *rows, int n_
             json_object_set_new(r, "nccl_us", moe_json_number(1e3 * worst[1]));
             json_object_set_new(r, "moerun_algbw_gb_per_s", moe_json_number(bytes / (worst[0] * 1e-3) / 1e9));
             json_object_set_new(r, "nccl_algbw_gb_per_s", moe_json_number(bytes / (worst[1] * 1e-3) / 1e9));
-            MOE_CHECK(moe_json_line_write(out, NULL, r), done);
+            MOE_CHECK(moe_json_line_write(out, NULL, false, r), done);
         } else if (rank == 0) {
             const double a1 = bytes / (worst[0] * 1e-3) / 1e9, a2 = bytes / (worst[1] * 1e-3) / 1e9;
             fprintf(out, "%12d %12.0f %12.1f %12.2f %12.2f %10.1f %12.2f %12.2f %12.3f\n", rows[i], bytes,

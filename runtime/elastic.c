@@ -24,6 +24,7 @@
  * values, so the ranks never disagree on the state. */
 #include <errno.h>
 #include <math.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -887,4 +888,30 @@ void moe_elastic_print(const moe_elastic_h el, FILE *out)
                 ev->transfer_s > 0 ? (double)ev->bytes_moved / ev->transfer_s / 1e9 : 0.0,
                 ev->kept ? "  (kept the plan)" : ev->switch_batch < 0 ? "  (run ended first)" : "");
     }
+}
+
+moe_status_t moe_elastic_print_json(const moe_elastic_h el, FILE *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    for (int i = 0; el->rank == 0 && i < el->n_events && status == MOE_STATUS_OK; i++) {
+        const event_t *ev = &el->events[i];
+        json_t *r = moe_json_record("event");
+        json_object_set_new(r, "event", json_integer(i));
+        json_object_set_new(r, "kind", json_string(ev->kind == EVENT_SCALE ? "scale" : ev->kept ? "rebalance-kept"
+                                                                                            : "rebalance"));
+        json_object_set_new(r, "from_ranks", json_integer(ev->from));
+        json_object_set_new(r, "to_ranks", json_integer(ev->to));
+        json_object_set_new(r, "decision_batch", json_integer(ev->decision_batch));
+        json_object_set_new(r, "switch_batch", json_integer(ev->switch_batch));
+        json_object_set_new(r, "latency_s", moe_json_number(ev->done_t > 0 ? ev->done_t - ev->decision_t : NAN));
+        json_object_set_new(r, "longest_gap_s", moe_json_number(ev->longest_gap));
+        json_object_set_new(r, "batch_time_s", moe_json_number(ev->batch_time));
+        json_object_set_new(r, "experts_moved", json_integer(ev->experts_moved));
+        json_object_set_new(r, "bytes_moved", json_integer(ev->bytes_moved));
+        json_object_set_new(r, "bytes_min", json_integer(ev->bytes_min));
+        json_object_set_new(r, "transfer_gb_per_s",
+                            moe_json_number(ev->transfer_s > 0 ? (double)ev->bytes_moved / ev->transfer_s / 1e9 : 0.0));
+        status = moe_json_line_write(out, NULL, true, r);
+    }
+    return status;
 }

@@ -360,6 +360,11 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
 
     MOE_CHECK(serving_build(e), fail);
     MOE_CHECK(moe_metrics_create(c, e->comm, e->options.watch, &e->metrics), fail);
+    {
+        char device[32] = "cpu";
+        if (c->run.backend == MOE_BACKEND_CUDA && !e->options.reference) snprintf(device, sizeof device, "cuda:%d", e->device);
+        MOE_CHECK(moe_metrics_start(e->metrics, e->options.command, device, e->options.json), fail);
+    }
     if (c->outputs.stats[0]) MOE_CHECK(moe_stats_create(L, c->model.experts, k, &e->stats), fail);
 
     if (c->outputs.output[0]) {
@@ -674,9 +679,10 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
         if (e->rank == 0) MOE_CHECK(moe_stats_save(e->stats, c->model.name, c->outputs.stats), fail);
     }
     if (e->rank == 0) {
-        MOE_CHECK(moe_metrics_commit(e->metrics), fail);
+        MOE_CHECK(moe_metrics_commit(e->metrics, e->options.command), fail);
         moe_metrics_print_summary(e->metrics, e->options.command, stdout);
-        if (e->elastic) moe_elastic_print(e->elastic, stdout);
+        if (e->elastic && !e->options.json) moe_elastic_print(e->elastic, stdout);
+        if (e->elastic && e->options.json) MOE_CHECK(moe_elastic_print_json(e->elastic, stdout), fail);
         fflush(stdout);
     }
 fail:

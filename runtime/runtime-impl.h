@@ -182,8 +182,12 @@ void moe_metrics_set_startup(moe_metrics_h metrics, double seconds);
 void moe_metrics_print_summary(moe_metrics_h metrics, const char *command, FILE *out);
 /* Rank 0: tokens/s over the measured batches so far, as the summary reports it. */
 double moe_metrics_tokens_per_s(const moe_metrics_h metrics);
-/* Rank 0: append the summary line and commit the JSON lines file (no-op elsewhere). */
-moe_status_t moe_metrics_commit(moe_metrics_h metrics);
+/* Rank 0: the summary line, to the metrics log (then closed) and with json to stdout (no-op elsewhere). */
+moe_status_t moe_metrics_commit(moe_metrics_h metrics, const char *command);
+/* Collective, once after create: gathers each rank's host and device (a name: "cpu", "cuda:0") and
+ * writes the run header (version, commit, world, hosts, devices, the configuration) to the metrics
+ * log and, with json, to stdout, where the batches and the summary follow as JSON lines. */
+moe_status_t moe_metrics_start(moe_metrics_h metrics, const char *command, const char *device, bool json);
 
 /* ---------------------------------------------------------------- trace (trace.c)
  *
@@ -322,6 +326,8 @@ moe_status_t moe_elastic_end_batch(moe_elastic_h elastic, int batch, const int32
 moe_status_t moe_elastic_finish(moe_elastic_h elastic);
 /* Rank 0: the events table of the summary. */
 void moe_elastic_print(const moe_elastic_h elastic, FILE *out);
+/* Rank 0: the events as JSON lines (type "event"), for --json. */
+moe_status_t moe_elastic_print_json(const moe_elastic_h elastic, FILE *out);
 
 /* ---------------------------------------------------------------- reference (reference.c) */
 
