@@ -66,6 +66,28 @@ void moe_array_free(moe_array_t *array); /* frees data, zeroes the struct; NULL-
 moe_status_t moe_array_to_f32(const moe_array_t *array, const char *what, float *out);
 moe_status_t moe_array_to_i32(const moe_array_t *array, const char *what, int32_t *out);
 
+/* ---------------------------------------------------------------- YAML out (yaml_out.c) */
+
+/* A YAML document written through libyaml's emitter: open, then the events (maps and sequences with
+ * their ends, keys and scalars), then close, which reports the first failure (logged, naming path). */
+typedef struct moe_yaml_out_s *moe_yaml_out_h;
+moe_status_t moe_yaml_out_open(FILE *fp, const char *path, moe_yaml_out_h *out);
+moe_status_t moe_yaml_out_close(moe_yaml_out_h w);
+/* "# text" on a line of its own, before the document (control characters replaced). */
+void moe_yaml_out_comment(FILE *fp, const char *text);
+void moe_yaml_out_map(moe_yaml_out_h w, bool flow);
+void moe_yaml_out_seq(moe_yaml_out_h w, bool flow);
+void moe_yaml_out_end_map(moe_yaml_out_h w);
+void moe_yaml_out_end_seq(moe_yaml_out_h w);
+void moe_yaml_out_key(moe_yaml_out_h w, const char *key);
+/* A string that reads back as this string (quoted where plain would read as a number, a boolean,
+ * null, or not at all). */
+void moe_yaml_out_string(moe_yaml_out_h w, const char *text);
+/* A plain scalar as given: numbers, booleans, enum words. */
+void moe_yaml_out_raw(moe_yaml_out_h w, const char *text);
+void moe_yaml_out_int(moe_yaml_out_h w, long long v);
+void moe_yaml_out_number(moe_yaml_out_h w, double v, const char *format);
+
 /* ---------------------------------------------------------------- JSON lines (json_lines.c) */
 
 typedef struct json_t json_t; /* jansson's */

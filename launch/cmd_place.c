@@ -167,41 +167,62 @@ static int report_plan(json_t *into, const char *label, moe_plan_h plan, moe_wor
     return 0;
 }
 
-/* The YAML block with the solver's figures that goes into the plan file. */
+/* The YAML block with the solver's figures that goes into the plan file, written by libyaml's
+ * emitter (malloc'd text; NULL when out of memory). */
 static char *predicted_yaml(const char *solver, moe_plan_h plan, moe_workload_h *src, int n_src,
                             const moe_place_report_t *rep, const moe_place_options_t *o)
 {
-    size_t cap = 4096 + (size_t)n_src * 1024;
-    char *buf = malloc(cap);
-    if (!buf) return NULL;
+    char *text = NULL;
     size_t len = 0;
-#define APPEND(...) len += (size_t)snprintf(buf + len, len < cap ? cap - len : 0, __VA_ARGS__)
-    APPEND("solver: %s\nsources:\n", solver);
-    for (int i = 0; i < n_src; i++) {
-        APPEND("  - \"");
-        for (const char *s = moe_workload_name(src[i]); *s; s++) {
-            if ((unsigned char)*s < 0x20 || *s == 0x7f)
-                APPEND("\\x%02x", (unsigned char)*s); /* a newline must not end the value */
-            else
-                APPEND("%s%c", (*s == '"' || *s == '\\') ? "\\" : "", *s);
-        }
-        APPEND("\"\n");
+    FILE *mem = open_memstream(&text, &len);
+    moe_yaml_out_h w = NULL;
+    if (!mem) return NULL;
+    if (moe_yaml_out_open(mem, "the plan's annotations", &w) != MOE_STATUS_OK) {
+        fclose(mem);
+        free(text);
+        return NULL;
     }
+    moe_yaml_out_map(w, false);
+    moe_yaml_out_key(w, "solver");
+    moe_yaml_out_string(w, solver);
+    moe_yaml_out_key(w, "sources");
+    moe_yaml_out_seq(w, false);
+    for (int i = 0; i < n_src; i++) moe_yaml_out_string(w, moe_workload_name(src[i]));
+    moe_yaml_out_end_seq(w);
     /* no solve time here: the same input gives the same file */
-    APPEND("predicted:\n  objective: %.6g\n", rep->objective);
-    if (isfinite(rep->mip_gap)) APPEND("  mip_gap: %.4g\n", rep->mip_gap);
-    APPEND("  per_source:\n");
+    moe_yaml_out_key(w, "predicted");
+    moe_yaml_out_map(w, false);
+    moe_yaml_out_key(w, "objective");
+    moe_yaml_out_number(w, rep->objective, "%.6g");
+    if (isfinite(rep->mip_gap)) {
+        moe_yaml_out_key(w, "mip_gap");
+        moe_yaml_out_number(w, rep->mip_gap, "%.4g");
+    }
+    moe_yaml_out_key(w, "per_source");
+    moe_yaml_out_seq(w, false);
     for (int i = 0; i < n_src; i++) {
         moe_place_figures_t g;
         if (moe_place_model(plan, src[i], o, &g) != MOE_STATUS_OK) continue;
-        APPEND("    - {max_mean_mean: %.4f, max_mean_worst: %.4f, inter_modelled: %.0f, "
-               "intra_modelled: %.0f}\n",
-               g.mean_imbalance, g.worst_imbalance, g.inter_total, g.intra_total);
+        moe_yaml_out_map(w, true);
+        const char *keys[4] = {"max_mean_mean", "max_mean_worst", "inter_modelled", "intra_modelled"};
+        const double vals[4] = {g.mean_imbalance, g.worst_imbalance, g.inter_total, g.intra_total};
+        for (int k = 0; k < 4; k++) {
+            moe_yaml_out_key(w, keys[k]);
+            moe_yaml_out_number(w, vals[k], k < 2 ? "%.4f" : "%.0f");
+        }
+        moe_yaml_out_end_map(w);
         moe_place_figures_free(&g);
     }
-#undef APPEND
-    if (len >= cap) buf[cap - 1] = '\0';
-    return buf;
+    moe_yaml_out_end_seq(w);
+    moe_yaml_out_end_map(w);
+    moe_yaml_out_end_map(w);
+    const moe_status_t status = moe_yaml_out_close(w);
+    fclose(mem);
+    if (status != MOE_STATUS_OK) {
+        free(text);
+        return NULL;
+    }
+    return text;
 }
 
 /* The cross-validation table: held-out figures per grid point, averaged over folds. */
