@@ -66,6 +66,26 @@ void moe_array_free(moe_array_t *array); /* frees data, zeroes the struct; NULL-
 moe_status_t moe_array_to_f32(const moe_array_t *array, const char *what, float *out);
 moe_status_t moe_array_to_i32(const moe_array_t *array, const char *what, int32_t *out);
 
+/* ---------------------------------------------------------------- tables (table.c) */
+
+/* A table for people: each column a title, a width and a kind: 's' a string (left-aligned; a longer
+ * one keeps its end), 'i' a long long, 'f' a double with `precision` decimals (right-aligned). */
+typedef struct {
+    const char *title;
+    int width;
+    char kind;
+    int precision;
+} moe_table_column_t;
+typedef struct {
+    FILE *out;
+    const char *indent; /* before every line, or NULL */
+    const moe_table_column_t *columns;
+    int n;
+} moe_table_t;
+void moe_table_header(const moe_table_t *table);
+/* One row: a value per column, of its kind (const char *, long long, double). */
+void moe_table_row(const moe_table_t *table, ...);
+
 /* ---------------------------------------------------------------- YAML out (yaml_out.c) */
 
 /* A YAML document written through libyaml's emitter: open, then the events (maps and sequences with

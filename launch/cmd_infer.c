@@ -212,12 +212,16 @@ static int print_estimates(moe_engine_h engine, const moe_launch_info_t *launch,
     } else if (launch->rank == 0) {
         const double G = 1 << 30;
         printf("moerun infer --dry-run: %d ranks; nothing allocated (figures the run would report)\n", launch->size);
-        printf("  %5s %8s %12s %12s %12s %16s %16s\n", "rank", "experts", "weights GiB", "host GiB", "device GiB",
-               "checkpoint read", "(routed experts)");
+        static const moe_table_column_t columns[] = {
+            {"rank", 5, 'i', 0},     {"experts", 8, 'i', 0},          {"weights GiB", 12, 'f', 3},
+            {"host GiB", 12, 'f', 3}, {"device GiB", 12, 'f', 3},     {"checkpoint read", 16, 'i', 0},
+            {"(routed experts)", 16, 'i', 0}};
+        const moe_table_t table = {.out = stdout, .indent = "  ", .columns = columns, .n = 7};
+        moe_table_header(&table);
         for (int p = 0; p < launch->size; p++)
-            printf("  %5d %8lld %12.3f %12.3f %12.3f %16lld %16lld\n", p, (long long)all[p].experts,
-                   all[p].weight_bytes / G, all[p].host_bytes / G, all[p].device_bytes / G,
-                   (long long)all[p].checkpoint_bytes, (long long)all[p].checkpoint_expert_bytes);
+            moe_table_row(&table, (long long)p, (long long)all[p].experts, all[p].weight_bytes / G,
+                          all[p].host_bytes / G, all[p].device_bytes / G, (long long)all[p].checkpoint_bytes,
+                          (long long)all[p].checkpoint_expert_bytes);
         printf("  (weights and checkpoint bytes: the run's own layout and reads, exact; host: what the process\n"
                "   holds now plus the weights and buffers, the run's peak resident set; device: an estimate)\n");
     }

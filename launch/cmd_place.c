@@ -100,20 +100,25 @@ static json_t *figures_json(const moe_place_figures_t *g)
     return o;
 }
 
+static const moe_table_column_t figure_columns[] = {
+    {"plan", 12, 's', 0},    {"workload", 40, 's', 0}, {"figures", 8, 's', 0},      {"max/mean", 9, 'f', 3},
+    {"worst", 9, 'f', 3},    {"inter", 12, 'f', 0},    {"intra", 12, 'f', 0},       {"inter(hier)", 12, 'f', 0},
+};
+static const moe_table_t figure_table = {.columns = figure_columns, .n = 8};
+
 static void table_header(void)
 {
-    printf("%-12s %-40s %-8s %9s %9s %12s %12s %12s\n", "plan", "workload", "figures", "max/mean",
-           "worst", "inter", "intra", "inter(hier)");
+    moe_table_t t = figure_table;
+    t.out = stdout;
+    moe_table_header(&t);
 }
 
 static void table_row(const char *plan, const char *workload, const moe_place_figures_t *g)
 {
-    const char *w = workload;
-    size_t n = strlen(w);
-    if (n > 40) w += n - 40;
-    printf("%-12s %-40s %-8s %9.3f %9.3f %12.0f %12.0f %12.0f\n", plan, w,
-           g->replayed ? "replay" : "model", g->mean_imbalance, g->worst_imbalance, g->inter_total,
-           g->intra_total, g->inter_hier_total);
+    moe_table_t t = figure_table;
+    t.out = stdout;
+    moe_table_row(&t, plan, workload, g->replayed ? "replay" : "model", g->mean_imbalance, g->worst_imbalance,
+                  g->inter_total, g->intra_total, g->inter_hier_total);
 }
 
 /* Figures of a plan on every source (modelled, and replayed where there are routes) and on every

@@ -875,18 +875,25 @@ fail:
 void moe_elastic_print(const moe_elastic_h el, FILE *out)
 {
     if (el->rank != 0 || el->n_events == 0) return;
-    fprintf(out, "  events     kind        ranks   decided  switched  latency s  longest gap s  "
-                 "batch s  experts moved  MB moved (min)  GB/s\n");
+    static const moe_table_column_t columns[] = {
+        {"event", 6, 'i', 0},        {"kind", 11, 's', 0},       {"ranks", 7, 's', 0},
+        {"decided", 7, 'i', 0},      {"switched", 8, 'i', 0},    {"latency s", 9, 'f', 3},
+        {"longest gap s", 13, 'f', 3}, {"batch s", 7, 'f', 3},   {"experts moved", 13, 'i', 0},
+        {"MB moved", 8, 'f', 1},     {"(min)", 7, 'f', 1},       {"GB/s", 7, 'f', 3},
+        {"", 0, 's', 0}};
+    const moe_table_t table = {.out = out, .indent = "  ", .columns = columns, .n = 13};
+    fprintf(out, "  events\n");
+    moe_table_header(&table);
     for (int i = 0; i < el->n_events; i++) {
         const event_t *ev = &el->events[i];
         char ranks[32];
         snprintf(ranks, sizeof ranks, "%d->%d", ev->from, ev->to);
-        fprintf(out, "  %-10d %-11s %-7s %7d  %8d  %9.3f  %13.3f  %7.3f  %13lld  %6.1f (%6.1f)  %.3f%s\n",
-                i, ev->kind == EVENT_SCALE ? "scale" : "rebalance", ranks, ev->decision_batch,
-                ev->switch_batch, ev->done_t > 0 ? ev->done_t - ev->decision_t : NAN, ev->longest_gap,
-                ev->batch_time, (long long)ev->experts_moved, ev->bytes_moved / 1e6, ev->bytes_min / 1e6,
-                ev->transfer_s > 0 ? (double)ev->bytes_moved / ev->transfer_s / 1e9 : 0.0,
-                ev->kept ? "  (kept the plan)" : ev->switch_batch < 0 ? "  (run ended first)" : "");
+        moe_table_row(&table, (long long)i, ev->kind == EVENT_SCALE ? "scale" : "rebalance", ranks,
+                      (long long)ev->decision_batch, (long long)ev->switch_batch,
+                      ev->done_t > 0 ? ev->done_t - ev->decision_t : NAN, ev->longest_gap, ev->batch_time,
+                      (long long)ev->experts_moved, ev->bytes_moved / 1e6, ev->bytes_min / 1e6,
+                      ev->transfer_s > 0 ? (double)ev->bytes_moved / ev->transfer_s / 1e9 : 0.0,
+                      ev->kept ? "(kept the plan)" : ev->switch_batch < 0 ? "(run ended first)" : "");
     }
 }
 

@@ -235,14 +235,17 @@ void moe_metrics_print_summary(moe_metrics_h m, const char *command, FILE *out)
     fprintf(out, "  tokens/s   %.1f (tokens over the measured batches' time, each batch the slowest rank's;\n"
                  "             the progress line shows the same)\n", moe_metrics_tokens_per_s(m));
     if (m->measured > 0) {
-        fprintf(out, "  stage      ms/batch   share of layer time (each the max over ranks)\n");
+        static const moe_table_column_t columns[] = {
+            {"stage", 10, 's', 0}, {"ms/batch", 8, 'f', 3}, {"share %", 8, 'f', 1}};
+        const moe_table_t table = {.out = out, .indent = "  ", .columns = columns, .n = 3};
+        moe_table_header(&table);
         for (int s = 0; s < MOE_STAGE_COUNT; s++)
-            fprintf(out, "  %-10s %8.3f   %5.1f%%\n", stage_names[s], 1e3 * m->stage[s] / m->measured,
-                    m->layer_time > 0 ? 100.0 * m->stage[s] / m->layer_time : 0.0);
+            moe_table_row(&table, stage_names[s], 1e3 * m->stage[s] / m->measured,
+                          m->layer_time > 0 ? 100.0 * m->stage[s] / m->layer_time : 0.0);
         fprintf(out, "  %-10s %8.3f\n", "layers", 1e3 * m->layer_time / m->measured);
-        fprintf(out, "  (the stages overlap: with chunks > 1 a chunk's experts run while the next is\n"
-                     "   dispatched, and each stage is the slowest rank's, so the shares can add up\n"
-                     "   past 100%%; dispatch and combine count only the waiting that compute did not hide)\n");
+        fprintf(out, "  (share: of the layers' time. The stages overlap: with chunks > 1 a chunk's experts run\n"
+                     "   while the next is dispatched, and each stage is the slowest rank's, so the shares can\n"
+                     "   add up past 100%%; dispatch and combine count only the waiting compute did not hide)\n");
         fprintf(out, "  load max/mean over ranks: mean %.3f, worst %.3f (over layers and batches)\n",
                 m->imbalance_n ? m->imbalance_sum / m->imbalance_n : 0.0, m->imbalance_worst);
         fprintf(out, "  token copies sent per batch: %.1f\n", (double)m->rows_sent / m->measured);
