@@ -139,4 +139,35 @@ moe_status_t moe_watch_wait(moe_watch_h watch, int n_peers, const int *peers, co
 moe_status_t moe_watch_barrier(moe_watch_h watch, MPI_Comm comm, int n_peers, const int *peers,
                                const char *what);
 
+/* ---------------------------------------------------------------- control plane (ctl.c)
+ * Small messages between the ranks of a communicator, for the runtime to agree with itself (batch
+ * boundaries, figures, plans), every wait under the watch: a rank that stops answering ends the job
+ * rather than hanging it. A ctl over fewer ranks than the watch's must hold its ranks 0..size-1 (as
+ * serving sets do). Collective calls: every rank of the ctl, in the same order. */
+typedef struct moe_ctl_s *moe_ctl_h;
+typedef enum { MOE_CTL_INT64 = 0, MOE_CTL_DOUBLE } moe_ctl_type_t;
+typedef enum { MOE_CTL_SUM = 0, MOE_CTL_MAX } moe_ctl_op_t;
+
+/* Collective over comm (duplicated); watch borrowed (NULL: waits without a deadline). */
+moe_status_t moe_ctl_create(MPI_Comm comm, moe_watch_h watch, moe_ctl_h *out);
+void moe_ctl_destroy(moe_ctl_h ctl); /* NULL-safe */
+int moe_ctl_rank(const moe_ctl_h ctl);
+int moe_ctl_size(const moe_ctl_h ctl);
+/* count values reduced in place: to every rank (root < 0) or to root (others' data unchanged). */
+moe_status_t moe_ctl_reduce(moe_ctl_h ctl, int root, moe_ctl_type_t type, moe_ctl_op_t op, void *data, int count,
+                            const char *what);
+/* bytes from every rank, in rank order, into all (size x bytes) on root, or on every rank (root < 0). */
+moe_status_t moe_ctl_gather(moe_ctl_h ctl, int root, const void *mine, size_t bytes, void *all, const char *what);
+/* root's bytes to every rank (each gives the same bytes). */
+moe_status_t moe_ctl_bcast(moe_ctl_h ctl, int root, void *data, size_t bytes, const char *what);
+/* root's *data of *bytes to every rank; the others get a malloc'd copy (theirs to free) and its size. */
+moe_status_t moe_ctl_bcast_alloc(moe_ctl_h ctl, int root, void **data, size_t *bytes, const char *what);
+/* Whether any rank says yes. */
+moe_status_t moe_ctl_agree(moe_ctl_h ctl, bool mine, bool *any, const char *what);
+moe_status_t moe_ctl_barrier(moe_ctl_h ctl, const char *what);
+/* This rank's host name (the launcher's). */
+void moe_ctl_host(char *buf, size_t size);
+/* The communicator underneath, for the code not yet on this API (runtime/migrate.c's transfers). */
+MPI_Comm moe_ctl_comm(const moe_ctl_h ctl);
+
 #endif

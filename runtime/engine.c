@@ -81,6 +81,7 @@ struct moe_engine_s {
     moe_npy_writer_t output;
     bool output_open;
     moe_estimate_t estimate; /* a dry run's */
+    moe_ctl_h ctl;           /* the control plane over the world (comm.h) */
 };
 
 /* The serving set's backend state and scheduler (local); its communicators stay in sets. */
@@ -221,6 +222,7 @@ void moe_engine_destroy(moe_engine_h e)
     moe_free(e->gathered);
     free(e->gather_counts);
     free(e->gather_displs);
+    moe_ctl_destroy(e->ctl);
     if (e->comm != MPI_COMM_NULL) MPI_Comm_free(&e->comm);
     free(e);
 }
@@ -265,6 +267,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     MOE_CHECK_MPI(MPI_Comm_dup(comm, &e->comm), fail);
     MPI_Comm_rank(e->comm, &e->rank);
     MPI_Comm_size(e->comm, &e->size);
+    MOE_CHECK(moe_ctl_create(e->comm, e->options.watch, &e->ctl), fail);
     const moe_config_t *c = &e->config;
     const int tpr = c->run.tokens_per_rank, d = c->model.d_model, k = c->model.top_k,
               L = c->model.layers;
@@ -282,7 +285,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
         moe_elastic_args_t args = {.schedule = e->options.schedule, .timeline = e->options.timeline,
                                    .events = e->options.events, .plans_dir = e->options.plans_dir,
                                    .watch = e->options.watch};
-        MOE_CHECK(moe_elastic_create(c, &args, e->comm, &e->elastic), fail);
+        MOE_CHECK(moe_elastic_create(c, &args, e->ctl, &e->elastic), fail);
         e->serving = moe_elastic_initial_size(e->elastic);
     }
     MOE_CHECK(moe_config_validate(c, e->serving), fail);
@@ -359,7 +362,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
                  "model.d_model (%d), and x model.layers (%d) x model.top_k (%d)", tpr, d, L, k);
 
     MOE_CHECK(serving_build(e), fail);
-    MOE_CHECK(moe_metrics_create(c, e->comm, e->options.watch, &e->metrics), fail);
+    MOE_CHECK(moe_metrics_create(c, e->ctl, &e->metrics), fail);
     {
         char device[32] = "cpu";
         if (c->run.backend == MOE_BACKEND_CUDA && !e->options.reference) snprintf(device, sizeof device, "cuda:%d", e->device);

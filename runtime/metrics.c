@@ -20,8 +20,7 @@
 
 struct moe_metrics_s {
     const moe_config_t *config;
-    MPI_Comm comm;
-    moe_watch_h watch;
+    moe_ctl_h ctl;                  /* borrowed: the engine's, over the world */
     int rank, size, layers;
     moe_layer_metrics_t *layer;     /* [L] this batch, this rank */
     double *reduce_buf;             /* [L][STAGE_COUNT + 1] */
@@ -48,17 +47,15 @@ static const char *stage_names[MOE_STAGE_COUNT] = {"route", "plan", "permute", "
 
 const char *moe_stage_name(moe_stage_t stage) { return stage_names[stage]; }
 
-moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_watch_h watch,
-                                moe_metrics_h *out)
+moe_status_t moe_metrics_create(const moe_config_t *config, moe_ctl_h ctl, moe_metrics_h *out)
 {
     moe_status_t status = MOE_STATUS_OK;
     struct moe_metrics_s *m = calloc(1, sizeof *m);
     MOE_CHECK_ALLOC(m, fail);
     m->config = config;
-    m->comm = comm;
-    m->watch = watch;
-    MPI_Comm_rank(comm, &m->rank);
-    MPI_Comm_size(comm, &m->size);
+    m->ctl = ctl;
+    m->rank = moe_ctl_rank(ctl);
+    m->size = moe_ctl_size(ctl);
     m->layers = config->model.layers;
     m->layer = calloc((size_t)m->layers, sizeof(moe_layer_metrics_t));
     m->reduce_buf = calloc((size_t)m->layers * (MOE_STAGE_COUNT + 1), sizeof(double));
@@ -116,17 +113,15 @@ moe_status_t moe_metrics_end_batch(moe_metrics_h m, int batch, int64_t batch_tok
         m->send_buf[l * 4 + 3] = m->layer[l].tokens;
     }
     double batch_time_max = batch_time;
-    MPI_Request requests[3];
-    int rc = MPI_Ireduce(local, m->reduce_buf, L * (S + 1), MPI_DOUBLE, MPI_MAX, 0, m->comm, &requests[0]);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Igather(m->send_buf, L * 4, MPI_INT64_T, m->gather_buf, L * 4, MPI_INT64_T, 0, m->comm,
-                         &requests[1]);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Ireduce(&batch_time, &batch_time_max, 1, MPI_DOUBLE, MPI_MAX, 0, m->comm, &requests[2]);
-    if (rc == MPI_SUCCESS) status = moe_watch_wait(m->watch, -1, NULL, "the metrics reduction", 3, requests);
+    const size_t gather_bytes = sizeof(int64_t) * (size_t)L * 4;
+    status = moe_ctl_reduce(m->ctl, 0, MOE_CTL_DOUBLE, MOE_CTL_MAX, local, L * (S + 1), "the metrics reduction");
+    if (status == MOE_STATUS_OK) memcpy(m->reduce_buf, local, sizeof(double) * (size_t)L * (S + 1));
+    if (status == MOE_STATUS_OK)
+        status = moe_ctl_gather(m->ctl, 0, m->send_buf, gather_bytes, m->gather_buf, "the metrics reduction");
+    if (status == MOE_STATUS_OK)
+        status = moe_ctl_reduce(m->ctl, 0, MOE_CTL_DOUBLE, MOE_CTL_MAX, &batch_time_max, 1, "the metrics reduction");
     /* after a timeout the requests may still write into local: the job is ending, keep it */
     if (status != MOE_STATUS_TIMEOUT) free(local);
-    MOE_CHECK_MPI(rc, fail);
     if (status != MOE_STATUS_OK) goto fail;
     memset(m->layer, 0, sizeof(moe_layer_metrics_t) * (size_t)L);
     if (m->rank != 0) return MOE_STATUS_OK;
@@ -324,15 +319,11 @@ moe_status_t moe_metrics_start(moe_metrics_h m, const char *command, const char 
     moe_status_t status = MOE_STATUS_OK;
     enum { NAME = 256 };
     char mine[2 * NAME] = {0};
-    int len = 0;
-    MPI_Get_processor_name(mine, &len);
+    moe_ctl_host(mine, NAME);
     snprintf(mine + NAME, NAME, "%s", device ? device : "");
     char *all = m->rank == 0 ? calloc((size_t)m->size, sizeof mine) : NULL;
     if (m->rank == 0) MOE_CHECK_ALLOC(all, fail);
-    MPI_Request request;
-    MOE_CHECK_MPI(MPI_Igather(mine, (int)sizeof mine, MPI_CHAR, all, (int)sizeof mine, MPI_CHAR, 0, m->comm, &request),
-                  fail);
-    MOE_CHECK(moe_watch_wait(m->watch, -1, NULL, "the run header", 1, &request), fail);
+    MOE_CHECK(moe_ctl_gather(m->ctl, 0, mine, sizeof mine, all, "the run header"), fail);
     m->json = json && m->rank == 0;
     if (m->rank != 0 || (!m->json && !m->jsonl)) goto fail;
     for (int copy = 0; copy < 2; copy++) {

