@@ -158,6 +158,10 @@ moe_status_t moe_ctl_reduce(moe_ctl_h ctl, int root, moe_ctl_type_t type, moe_ct
                             const char *what);
 /* bytes from every rank, in rank order, into all (size x bytes) on root, or on every rank (root < 0). */
 moe_status_t moe_ctl_gather(moe_ctl_h ctl, int root, const void *mine, size_t bytes, void *all, const char *what);
+/* Each rank's bytes (any number) to root, one malloc'd block in rank order (*all, root's to free) with
+ * sizes[p] the bytes of rank p (root: size entries). */
+moe_status_t moe_ctl_gather_alloc(moe_ctl_h ctl, int root, const void *mine, size_t bytes, void **all,
+                                  size_t *sizes, const char *what);
 /* root's bytes to every rank (each gives the same bytes). */
 moe_status_t moe_ctl_bcast(moe_ctl_h ctl, int root, void *data, size_t bytes, const char *what);
 /* root's *data of *bytes to every rank; the others get a malloc'd copy (theirs to free) and its size. */
@@ -167,7 +171,16 @@ moe_status_t moe_ctl_agree(moe_ctl_h ctl, bool mine, bool *any, const char *what
 moe_status_t moe_ctl_barrier(moe_ctl_h ctl, const char *what);
 /* This rank's host name (the launcher's). */
 void moe_ctl_host(char *buf, size_t size);
-/* The communicator underneath, for the code not yet on this API (runtime/migrate.c's transfers). */
-MPI_Comm moe_ctl_comm(const moe_ctl_h ctl);
+
+/* Point to point (expert moves over MPI, runtime/migrate.c): messages of one size on a channel of
+ * their own (made collectively over the ctl's ranks), at most max_messages each way; message `index`
+ * of a direction is posted once. A pair's messages match in the order posted. */
+typedef struct moe_ctl_p2p_s *moe_ctl_p2p_h;
+moe_status_t moe_ctl_p2p_create(moe_ctl_h ctl, size_t message_bytes, int max_messages, moe_ctl_p2p_h *out);
+void moe_ctl_p2p_destroy(moe_ctl_p2p_h p2p); /* NULL-safe; after every message completed */
+/* Posts a receive into buf (recv) or a send of buf from/to peer, as message `index`. */
+moe_status_t moe_ctl_p2p_post(moe_ctl_p2p_h p2p, bool recv, int index, int peer, void *buf);
+/* Of messages 0..posted-1 of a direction, those that completed since the last test: their indices. */
+moe_status_t moe_ctl_p2p_test(moe_ctl_p2p_h p2p, bool recv, int posted, int *completed, int *indices);
 
 #endif

@@ -666,7 +666,7 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
             break;
         }
         MOE_CHECK(moe_migration_start(c, plan, weights, el->new_plan, el->rank,
-                                      c->rebalance.transfer_window, moe_ctl_comm(el->ctl), el->device_comm, el->args.watch,
+                                      c->rebalance.transfer_window, el->ctl, el->device_comm, el->args.watch,
                                       &el->new_weights,
                                       &el->migration),
                   fail);

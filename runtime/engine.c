@@ -675,7 +675,7 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
         MOE_CHECK_MPI(MPI_Gather(mine, 3, MPI_INT64_T, moe_metrics_memory(e->metrics), 3, MPI_INT64_T, 0, e->comm),
                       fail);
     }
-    if (e->trace) MOE_CHECK(moe_trace_commit(e->trace, e->comm), fail);
+    if (e->trace) MOE_CHECK(moe_trace_commit(e->trace, e->ctl), fail);
     if (e->elastic) MOE_CHECK(moe_elastic_finish(e->elastic), fail);
     if (e->stats) {
         MOE_CHECK(engine_reduce_stats(e), fail);

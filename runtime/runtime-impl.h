@@ -199,7 +199,7 @@ int moe_trace_batch(const moe_trace_h trace);
 void moe_trace_span(moe_trace_h trace, const char *name, int layer, int chunk, const char *stream, double start_us,
                     double length_us);
 /* Collective: rank 0 gathers every rank's spans and writes the file. */
-moe_status_t moe_trace_commit(moe_trace_h trace, MPI_Comm comm);
+moe_status_t moe_trace_commit(moe_trace_h trace, moe_ctl_h ctl);
 
 
 /* ---------------------------------------------------------------- scheduler (layer.c) */
@@ -262,7 +262,7 @@ typedef struct moe_migration_s *moe_migration_h;
  * memory go GPU to GPU, all posted at once. */
 moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h old_plan,
                                  const moe_weights_t *from, const moe_plan_h new_plan, int rank,
-                                 int window, MPI_Comm comm, moe_comm_h device_comm, moe_watch_h watch,
+                                 int window, moe_ctl_h ctl, moe_comm_h device_comm, moe_watch_h watch,
                                  moe_weights_t *to,
                                  moe_migration_h *out);
 /* Progress; *done once this rank's sends and receives have completed. */
