@@ -7,6 +7,8 @@
 
 #include "launch/cli.h"
 #include "launch/commands.h"
+#include "launch/launcher.h"
+#include "moe_build_config.h"
 #include "runtime/runtime.h"
 
 #define MAX_SIZES 32
@@ -84,7 +86,13 @@ int moe_cmd_bench(int argc, char **argv)
     moe_log_init(rank, cli.level);
     /* a failure every rank meets alike (no CUDA in this build) is printed once */
     moe_log_hold(true);
-    moe_status_t status = moe_bench_a2a(MPI_COMM_WORLD, a.d, a.k, a.rows, a.n_sizes, a.iters, cli.json, stdout);
+    int device = -1;
+    moe_status_t status = MOE_STATUS_OK;
+#if MOE_HAVE_CUDA
+    status = moe_launch_device(&device);
+#endif
+    if (status == MOE_STATUS_OK)
+        status = moe_bench_a2a(MPI_COMM_WORLD, device, a.d, a.k, a.rows, a.n_sizes, a.iters, cli.json, stdout);
     bool said = false;
     int any = moe_cli_agree(NULL, status != MOE_STATUS_OK, false, &said);
     MPI_Finalize();

@@ -16,6 +16,7 @@
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/launcher.h"
+#include "moe_build_config.h"
 #include "comm/comm.h"
 #include "io/io.h"
 #include "runtime/runtime.h"
@@ -334,6 +335,20 @@ static int run_command(int argc, char **argv, bool elastic)
     options.dry_run = args->dry_run;
     options.json = cli.json;
     const moe_progress_t mode = config->outputs.progress;
+#if MOE_HAVE_CUDA
+    /* the GPU and the cores: collective, every rank alike (the configuration is shared); a failure
+     * every rank meets (no GPU on the node) is told once */
+    if (config->run.backend == MOE_BACKEND_CUDA && !args->reference) {
+        moe_log_hold(true);
+        bool told = false;
+        const int any = moe_cli_agree(watch, moe_launch_device(&options.device) != MOE_STATUS_OK, false, &told);
+        if (any != 0) {
+            if (any < 0) abort_job(launch.size);
+            rc = 1;
+            goto done;
+        }
+    }
+#endif
     options.progress = launch.rank == 0 && !cli.json &&
                        (mode == MOE_PROGRESS_ON ||
                         ((mode == MOE_PROGRESS_AUTO || mode == MOE_PROGRESS_TRUE) && moe_cli_stdout_is_terminal()));

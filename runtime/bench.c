@@ -105,18 +105,18 @@ done:
     return status;
 }
 
-moe_status_t moe_bench_a2a(MPI_Comm world, int d, int k, const int *rows, int n_sizes, int iters, bool json,
-                           FILE *out)
+moe_status_t moe_bench_a2a(MPI_Comm world, int device, int d, int k, const int *rows, int n_sizes, int iters,
+                           bool json, FILE *out)
 {
     moe_status_t status = MOE_STATUS_OK;
-    int rank, P, device;
+    int rank, P;
     moe_comm_h comm = NULL;
     cudaStream_t stream = NULL;
     void *send = NULL, *recv = NULL, *back = NULL;
     int *counts = NULL;
     MPI_Comm_rank(world, &rank);
     MPI_Comm_size(world, &P);
-    MOE_CHECK(moe_cuda_select_device(world, &device), done);
+    MOE_CHECK(moe_cuda_start_device(device), done);
     MOE_CHECK(moe_comm_create_nccl(world, device, &comm), done);
     MOE_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), done);
     moe_comm_set_stream(comm, stream);
@@ -170,10 +170,10 @@ done:
     return status;
 }
 #else
-moe_status_t moe_bench_a2a(MPI_Comm world, int d, int k, const int *rows, int n_sizes, int iters, bool json,
-                           FILE *out)
+moe_status_t moe_bench_a2a(MPI_Comm world, int device, int d, int k, const int *rows, int n_sizes, int iters,
+                           bool json, FILE *out)
 {
-    (void)world, (void)d, (void)k, (void)rows, (void)n_sizes, (void)iters, (void)json, (void)out;
+    (void)world, (void)device, (void)d, (void)k, (void)rows, (void)n_sizes, (void)iters, (void)json, (void)out;
     moe_error("bench a2a: needs the cuda backend (this build has no CUDA)");
     return MOE_STATUS_UNSUPPORTED;
 }

@@ -302,8 +302,12 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     MOE_CHECK_ALLOC(e->sets, fail);
     for (int P = 0; P <= e->size; P++) e->sets[P].mpi = MPI_COMM_NULL;
 #if MOE_HAVE_CUDA
-    if (c->run.backend == MOE_BACKEND_CUDA) /* the GPU first: the NCCL communicator is made on it */
-        MOE_CHECK(moe_cuda_select_device(e->comm, &e->device), fail);
+    if (c->run.backend == MOE_BACKEND_CUDA) { /* the GPU first: the NCCL communicator is made on it */
+        if (e->options.device < 0)
+            MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "run.backend cuda: no GPU chosen for this rank");
+        e->device = e->options.device;
+        MOE_CHECK(moe_cuda_start_device(e->device), fail);
+    }
     if (c->run.backend == MOE_BACKEND_CUDA && c->run.transport == MOE_TRANSPORT_NCCL) {
         MOE_CHECK(moe_comm_create_nccl(e->comm, e->device, &e->world_transport), fail);
         if (e->elastic) {
@@ -483,7 +487,7 @@ static moe_status_t engine_switch(moe_engine_h e)
     e->next.running = false;
     MOE_CHECK(e->next.status, fail);
 #if MOE_HAVE_CUDA
-    if (e->backend == &moe_backend_cuda) MOE_CHECK(moe_backend_cuda_share_tuning(e->comm), fail);
+    if (e->backend == &moe_backend_cuda) MOE_CHECK(moe_backend_cuda_share_tuning(e->ctl), fail);
 #endif
     serving_destroy(e);
     moe_weights_hand_over(e->next.weights, e->weights); /* kept experts and the dense part: shared */

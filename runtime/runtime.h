@@ -188,8 +188,9 @@ typedef struct {
     /* create stops before it allocates weights and buffers: moe_engine_estimate says what the run
      * would take; run and finalize are not called */
     bool dry_run;
+    int device; /* run.backend cuda: this rank's GPU, chosen (and the cores bound) by launch/ */
 } moe_engine_options_t;
-#define MOE_ENGINE_OPTIONS_INIT {.reference = false, .trace_batch = -1, .command = "infer"}
+#define MOE_ENGINE_OPTIONS_INIT {.reference = false, .trace_batch = -1, .command = "infer", .device = -1}
 
 /* What a run would take on this rank (moe_engine_options_t.dry_run), in the units the run's summary
  * reports (metrics: weight_bytes, host_rss_peak_bytes, gpu_bytes_used). */
@@ -228,7 +229,7 @@ void moe_engine_destroy(moe_engine_h engine); /* NULL-safe, local */
 /* Collective over world, one GPU per rank: dispatch + combine of rows[i] wire rows (hidden size d,
  * top_k k) to every rank over the NCCL transport, beside ncclAlltoAll at equal bytes; rank 0 prints
  * the table (nccl-tests' columns), or with json a JSON line per size and one for the point-to-point rate. */
-moe_status_t moe_bench_a2a(MPI_Comm world, int d, int k, const int *rows, int n_sizes, int iters, bool json,
-                           FILE *out);
+moe_status_t moe_bench_a2a(MPI_Comm world, int device, int d, int k, const int *rows, int n_sizes, int iters,
+                           bool json, FILE *out);
 
 #endif
