@@ -140,7 +140,7 @@ moe_status_t moe_atomic_file_check(const char *path);
 moe_status_t moe_atomic_file_commit(moe_atomic_file_t *file);
 /* Close and remove the temporary; the real path is untouched. Safe to call after commit. */
 void moe_atomic_file_abort(moe_atomic_file_t *file);
-/* Remove every temporary still open (before MPI_Abort or exit on an error; async-signal-safe). */
+/* Remove every temporary still open (before the job is aborted or exits on an error; async-signal-safe). */
 void moe_atomic_file_remove_all(void);
 
 /* ---------------------------------------------------------------- npy */

@@ -144,6 +144,10 @@ check_json "place --evaluate --json" "$dir/eval.json" place
 check_json "stats --json" "$dir/stats.json" stats
 "$moerun" config --from-hf "$hf" --json > "$dir/config.json" 2>/dev/null || fail "config --json: exit $?"
 check_json "config --json" "$dir/config.json" config
+# the Chrome trace, gathered over the control plane (comm/ctl.c): every rank's spans
+run 4 "$moerun" infer -c "$tiny" --trace-events "$dir/trace.json" > /dev/null 2>&1 || fail "--trace-events: exit $?"
+python3 -c 'import json, sys; ev = json.load(open(sys.argv[1]))["traceEvents"]; sys.exit(sorted({e["pid"] for e in ev if "pid" in e}) != [0, 1, 2, 3])' \
+    "$dir/trace.json" && ok "--trace-events: JSON with the spans of all 4 ranks" || fail "--trace-events: not every rank's spans"
 python3 -m json.tool "$dir/place.json" > /dev/null && python3 -m json.tool "$dir/config.json" > /dev/null ||
     fail "python3 -m json.tool refuses a --json output"
 
