@@ -11,7 +11,10 @@
  * moe_comm_progress() between pieces of work.
  * Liveness (watch.c): every blocking wait of the runtime, here and in the engine, goes through a
  * watch, which backs off instead of spinning and fails a wait, naming the rank and step, when a rank
- * it waits on stops answering for run.timeout seconds. */
+ * it waits on stops answering for run.timeout seconds.
+ * Control plane (ctl.c): the small messages the runtime exchanges with itself (boundary agreements,
+ * figures, plans, the trace's spans, expert moves over MPI), so that MPI is called in comm/ and
+ * launch/ alone (tests/cli/mpi_boundary.sh; the engine and bench a2a are still to move). */
 #ifndef MOE_COMM_H
 #define MOE_COMM_H
 
