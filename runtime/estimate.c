@@ -7,7 +7,7 @@
  * pages a batch touches); host memory adds what the process already holds (libraries, MPI, the
  * routing source), read from /proc, and the mapped checkpoint pages while they load. What it cannot
  * see is what the libraries touch on first use (MPI's shared-memory segments, OpenBLAS's buffers):
- * a few hundred KB, within 5% once weights are tens of MB, more for the tiny test models. Device
+ * a few hundred KB to a few MB, within 5% once the weights are ~100 MB, more for tiny models. Device
  * figures are estimates of the same kind, not yet measured against a GPU run. */
 #include <stdint.h>
 #include <stdio.h>
