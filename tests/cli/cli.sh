@@ -101,14 +101,24 @@ open(os.path.join(os.path.dirname(sys.argv[1]), "verdict"), "w").write("; ".join
 sys.exit(1 if bad else 0)
 EOF
 }
+# A sanitizer build's resident set is not the program's (ASan keeps freed memory in quarantine, up
+# to 256 MB, and maps shadow memory): there the host figure is not compared, the bytes still are.
+host_check=1
+if ldd "$moerun" 2>/dev/null | grep -qE 'libasan|libubsan'; then
+    host_check=0
+    echo "note: a sanitizer build: the dry run's host figure is not compared with the run's resident set"
+fi
 mid=(-c "$tiny" --set model.d_model=256 --set model.d_ff=2048 --set outputs.progress=off)
-dry_vs_run "dry run = run, 2 ranks (weights exact, host within 5%)" 2 1 "${mid[@]}"
-dry_vs_run "dry run = run, 3 ranks, 12 experts, one chunk" 3 1 "${mid[@]}" --set model.experts=12 --set run.chunks=1
+dry_vs_run "dry run = run, 2 ranks (weights exact$([ $host_check = 1 ] && echo ', host within 5%'))" 2 $host_check "${mid[@]}"
+dry_vs_run "dry run = run, 3 ranks, 12 experts, one chunk" 3 $host_check "${mid[@]}" --set model.experts=12 --set run.chunks=1
 "$moerun" config --from-hf "$src/tests/data/hf/mixtral" -o "$dir/mixtral.yaml" 2>/dev/null
 dry_vs_run "dry run = run, a checkpoint on 2 ranks (bytes read exact)" 2 0 -c "$dir/mixtral.yaml" --set outputs.progress=off
-out=$( (ulimit -v 4000000; run 2 "$moerun" infer -c "$src/configs/mixtral-8x7b.yaml" --dry-run 2>&1) ); rc=$?
-if [ $rc -eq 0 ] && grep -qE "^ +1 +[0-9]+ +[0-9]{2,}\.[0-9]+" <<<"$out"; then ok "Mixtral-8x7B on 2 ranks sized under a 4 GB address space: $(grep -E '^ +0 ' <<<"$out" | tr -s ' ')"
-else fail "Mixtral dry run under 4 GB: exit $rc: $(tail -3 <<<"$out")"; fi
+# (sanitizer and CUDA builds reserve more address space than that up front: without the limit there)
+limit=4000000
+(ulimit -v $limit && timeout 10 "$moerun" stats --help > /dev/null 2>&1) || limit=unlimited
+out=$( (ulimit -v $limit; run 2 "$moerun" infer -c "$src/configs/mixtral-8x7b.yaml" --dry-run 2>&1) ); rc=$?
+if [ $rc -eq 0 ] && grep -qE "^ +1 +[0-9]+ +[0-9]{2,}\.[0-9]+" <<<"$out"; then ok "Mixtral-8x7B on 2 ranks sized (address space limit: $limit KiB): $(grep -E '^ +0 ' <<<"$out" | tr -s ' ')"
+else fail "Mixtral dry run (address space limit: $limit KiB): exit $rc: $(tail -3 <<<"$out")"; fi
 
 # ---- every --json output parses
 check_json() { # what, file, [first type]
