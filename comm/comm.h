@@ -11,7 +11,10 @@
  * moe_comm_progress() between pieces of work.
  * Liveness (watch.c): every blocking wait of the runtime, here and in the engine, goes through a
  * watch, which backs off instead of spinning and fails a wait, naming the rank and step, when a rank
- * it waits on stops answering for run.timeout seconds. */
+ * it waits on stops answering for run.timeout seconds.
+ * Control plane (ctl.c): the small messages the runtime exchanges with itself (boundary agreements,
+ * figures, plans, the trace's spans, expert moves over MPI), so that MPI is called in comm/ and
+ * launch/ alone (tests/cli/mpi_boundary.sh; the engine and bench a2a are still to move). */
 #ifndef MOE_COMM_H
 #define MOE_COMM_H
 
@@ -167,5 +170,49 @@ moe_status_t moe_watch_wait(moe_watch_h watch, int n_peers, const int *peers, co
 /* MPI_Ibarrier over comm, waited. */
 moe_status_t moe_watch_barrier(moe_watch_h watch, MPI_Comm comm, int n_peers, const int *peers,
                                const char *what);
+
+/* ---------------------------------------------------------------- control plane (ctl.c)
+ * Small messages between the ranks of a communicator, for the runtime to agree with itself (batch
+ * boundaries, figures, plans), every wait under the watch: a rank that stops answering ends the job
+ * rather than hanging it. A ctl over fewer ranks than the watch's must hold its ranks 0..size-1 (as
+ * serving sets do). Collective calls: every rank of the ctl, in the same order. */
+typedef struct moe_ctl_s *moe_ctl_h;
+typedef enum { MOE_CTL_INT64 = 0, MOE_CTL_DOUBLE } moe_ctl_type_t;
+typedef enum { MOE_CTL_SUM = 0, MOE_CTL_MAX } moe_ctl_op_t;
+
+/* Collective over comm (duplicated); watch borrowed (NULL: waits without a deadline). */
+moe_status_t moe_ctl_create(MPI_Comm comm, moe_watch_h watch, moe_ctl_h *out);
+void moe_ctl_destroy(moe_ctl_h ctl); /* NULL-safe */
+int moe_ctl_rank(const moe_ctl_h ctl);
+int moe_ctl_size(const moe_ctl_h ctl);
+/* count values reduced in place: to every rank (root < 0) or to root (others' data unchanged). */
+moe_status_t moe_ctl_reduce(moe_ctl_h ctl, int root, moe_ctl_type_t type, moe_ctl_op_t op, void *data, int count,
+                            const char *what);
+/* bytes from every rank, in rank order, into all (size x bytes) on root, or on every rank (root < 0). */
+moe_status_t moe_ctl_gather(moe_ctl_h ctl, int root, const void *mine, size_t bytes, void *all, const char *what);
+/* Each rank's bytes (any number) to root, one malloc'd block in rank order (*all, root's to free) with
+ * sizes[p] the bytes of rank p (root: size entries). */
+moe_status_t moe_ctl_gather_alloc(moe_ctl_h ctl, int root, const void *mine, size_t bytes, void **all,
+                                  size_t *sizes, const char *what);
+/* root's bytes to every rank (each gives the same bytes). */
+moe_status_t moe_ctl_bcast(moe_ctl_h ctl, int root, void *data, size_t bytes, const char *what);
+/* root's *data of *bytes to every rank; the others get a malloc'd copy (theirs to free) and its size. */
+moe_status_t moe_ctl_bcast_alloc(moe_ctl_h ctl, int root, void **data, size_t *bytes, const char *what);
+/* Whether any rank says yes. */
+moe_status_t moe_ctl_agree(moe_ctl_h ctl, bool mine, bool *any, const char *what);
+moe_status_t moe_ctl_barrier(moe_ctl_h ctl, const char *what);
+/* This rank's host name (the launcher's). */
+void moe_ctl_host(char *buf, size_t size);
+
+/* Point to point (expert moves over MPI, runtime/migrate.c): messages of one size on a channel of
+ * their own (made collectively over the ctl's ranks), at most max_messages each way; message `index`
+ * of a direction is posted once. A pair's messages match in the order posted. */
+typedef struct moe_ctl_p2p_s *moe_ctl_p2p_h;
+moe_status_t moe_ctl_p2p_create(moe_ctl_h ctl, size_t message_bytes, int max_messages, moe_ctl_p2p_h *out);
+void moe_ctl_p2p_destroy(moe_ctl_p2p_h p2p); /* NULL-safe; after every message completed */
+/* Posts a receive into buf (recv) or a send of buf from/to peer, as message `index`. */
+moe_status_t moe_ctl_p2p_post(moe_ctl_p2p_h p2p, bool recv, int index, int peer, void *buf);
+/* Of messages 0..posted-1 of a direction, those that completed since the last test: their indices. */
+moe_status_t moe_ctl_p2p_test(moe_ctl_p2p_h p2p, bool recv, int posted, int *completed, int *indices);
 
 #endif

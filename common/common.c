@@ -40,7 +40,38 @@ void moe_log_init(int rank, moe_log_level_t level)
 }
 
 moe_log_level_t moe_log_level(void) { return log_level; }
-int moe_log_rank(void) { return log_rank; }
+
+static bool log_holding = false;
+static char *log_held = NULL;
+static size_t log_held_len = 0;
+
+char *moe_log_hold(bool hold)
+{
+    char *held = NULL;
+    if (!hold) {
+        held = log_held;
+        log_held = NULL;
+        log_held_len = 0;
+    }
+    log_holding = hold;
+    return held;
+}
+
+/* One line, to stderr or into the held text (a line that does not fit is written at once). */
+static void log_emit(const char *text)
+{
+    if (log_holding) {
+        size_t n = strlen(text);
+        char *grown = realloc(log_held, log_held_len + n + 1);
+        if (grown) {
+            memcpy(grown + log_held_len, text, n + 1);
+            log_held = grown;
+            log_held_len += n;
+            return;
+        }
+    }
+    fputs(text, stderr);
+}
 
 void moe_log_write(moe_log_level_t level, const char *file, int line, const char *fmt, ...)
 {
@@ -53,21 +84,13 @@ void moe_log_write(moe_log_level_t level, const char *file, int line, const char
     va_end(ap);
     const char *base = strrchr(file, '/');
     /* One write per line so that lines of different ranks do not interleave mid-line. */
+    char text[2200];
     if (level <= MOE_LOG_WARN && log_level < MOE_LOG_DEBUG)
-        fprintf(stderr, "moerun[%d] %s: %s\n", log_rank, names[level], msg);
+        snprintf(text, sizeof text, "moerun[%d] %s: %s\n", log_rank, names[level], msg);
     else
-        fprintf(stderr, "moerun[%d] %s %s:%d: %s\n", log_rank, names[level], base ? base + 1 : file,
-                line, msg);
-}
-
-void moe_print0(const char *fmt, ...)
-{
-    if (log_rank != 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    fflush(stdout);
+        snprintf(text, sizeof text, "moerun[%d] %s %s:%d: %s\n", log_rank, names[level], base ? base + 1 : file,
+                 line, msg);
+    log_emit(text);
 }
 
 /* ---------------------------------------------------------------- allocation */

@@ -1,7 +1,7 @@
 /* common: what every moerun module shares and nothing more.
  *
  * - moe_status_t, the one status type that library code returns (it never calls exit());
- * - logging with levels, the rank in every line, rank 0 alone printing banners (moe_log0);
+ * - logging with levels, the rank in every line, rank 0 alone printing banners;
  * - the check macros that turn a foreign error (MPI, CUDA, cuBLAS, NCCL, our own) into a status, log
  *   file:line once and jump to a cleanup label (the foreign types appear only inside the macro bodies,
  *   so CPU-only code includes this header without the CUDA headers);
@@ -55,7 +55,11 @@ typedef enum {
 /* Set once at start-up by launch/ (rank, level from the config or MOE_LOG_LEVEL). */
 void moe_log_init(int rank, moe_log_level_t level);
 moe_log_level_t moe_log_level(void);
-int moe_log_rank(void);
+
+/* Hold (true) this process's log lines instead of writing them, until moe_log_hold(false), which
+ * returns what was held (malloc'd, NULL if nothing): so that ranks can compare their messages and
+ * print one copy of those every rank wrote alike (launch/cmd_infer.c). */
+char *moe_log_hold(bool hold);
 
 void moe_log_write(moe_log_level_t level, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -64,9 +68,6 @@ void moe_log_write(moe_log_level_t level, const char *file, int line, const char
 #define moe_warn(...)  moe_log_write(MOE_LOG_WARN, __FILE__, __LINE__, __VA_ARGS__)
 #define moe_info(...)  moe_log_write(MOE_LOG_INFO, __FILE__, __LINE__, __VA_ARGS__)
 #define moe_debug(...) moe_log_write(MOE_LOG_DEBUG, __FILE__, __LINE__, __VA_ARGS__)
-
-/* printf on rank 0 only, to stdout: banners, tables, progress. */
-void moe_print0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---------------------------------------------------------------- checks
  * Each macro needs a `moe_status_t status` variable and the label it is given. It logs once,
@@ -112,9 +113,11 @@ void moe_print0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define MOE_CHECK_CUDA(call, label)                                                               \
     do {                                                                                          \
         cudaError_t moe_check_ce_ = (call);                                                       \
-        if (moe_check_ce_ != cudaSuccess)                                                         \
+        if (moe_check_ce_ != cudaSuccess) {                                                       \
+            (void)cudaGetLastError(); /* reset the last error (a fault stays: sticky) */        \
             MOE_FAIL(MOE_STATUS_CUDA_ERROR, label, "%s failed: %s", #call,                        \
                      cudaGetErrorString(moe_check_ce_));                                          \
+        }                                                                                         \
     } while (0)
 #define MOE_CHECK_CUBLAS(call, label)                                                             \
     do {                                                                                          \
@@ -176,6 +179,12 @@ static inline double moe_hash_to_unit(uint64_t h)
 {
     return (double)(h >> 11) * (1.0 / 9007199254740992.0);
 }
+
+/* ---------------------------------------------------------------- version */
+
+/* The release (meson's project version) and the git commit built ("unknown" outside a clone). */
+const char *moe_version(void);
+const char *moe_git_commit(void);
 
 /* ---------------------------------------------------------------- time */
 

@@ -66,6 +66,64 @@ void moe_array_free(moe_array_t *array); /* frees data, zeroes the struct; NULL-
 moe_status_t moe_array_to_f32(const moe_array_t *array, const char *what, float *out);
 moe_status_t moe_array_to_i32(const moe_array_t *array, const char *what, int32_t *out);
 
+/* ---------------------------------------------------------------- tables (table.c) */
+
+/* A table for people: each column a title, a width and a kind: 's' a string (left-aligned; a longer
+ * one keeps its end), 'i' a long long, 'f' a double with `precision` decimals (right-aligned). */
+typedef struct {
+    const char *title;
+    int width;
+    char kind;
+    int precision;
+} moe_table_column_t;
+typedef struct {
+    FILE *out;
+    const char *indent; /* before every line, or NULL */
+    const moe_table_column_t *columns;
+    int n;
+} moe_table_t;
+void moe_table_header(const moe_table_t *table);
+/* One row: a value per column, of its kind (const char *, long long, double). */
+void moe_table_row(const moe_table_t *table, ...);
+
+/* ---------------------------------------------------------------- YAML out (yaml_out.c) */
+
+/* A YAML document written through libyaml's emitter: open, then the events (maps and sequences with
+ * their ends, keys and scalars), then close, which reports the first failure (logged, naming path). */
+typedef struct moe_yaml_out_s *moe_yaml_out_h;
+moe_status_t moe_yaml_out_open(FILE *fp, const char *path, moe_yaml_out_h *out);
+moe_status_t moe_yaml_out_close(moe_yaml_out_h w);
+/* "# text" on a line of its own, before the document (control characters replaced). */
+void moe_yaml_out_comment(FILE *fp, const char *text);
+void moe_yaml_out_map(moe_yaml_out_h w, bool flow);
+void moe_yaml_out_seq(moe_yaml_out_h w, bool flow);
+void moe_yaml_out_end_map(moe_yaml_out_h w);
+void moe_yaml_out_end_seq(moe_yaml_out_h w);
+void moe_yaml_out_key(moe_yaml_out_h w, const char *key);
+/* A string that reads back as this string (quoted where plain would read as a number, a boolean,
+ * null, or not at all). */
+void moe_yaml_out_string(moe_yaml_out_h w, const char *text);
+/* A plain scalar as given: numbers, booleans, enum words. */
+void moe_yaml_out_raw(moe_yaml_out_h w, const char *text);
+void moe_yaml_out_int(moe_yaml_out_h w, long long v);
+void moe_yaml_out_number(moe_yaml_out_h w, double v, const char *format);
+
+/* ---------------------------------------------------------------- JSON lines (json_lines.c) */
+
+typedef struct json_t json_t; /* jansson's */
+
+/* A new record {"type": type, "time": "2026-11-30T10:00:00.000Z"} to add fields to (jansson's
+ * json_object_set_new); NULL when out of memory. */
+json_t *moe_json_record(const char *type);
+/* A number, or null when it is not finite (JSON has no NaN). */
+json_t *moe_json_number(double v);
+/* Writes the record as one line and flushes; takes the record (decref'd). path names fp in errors
+ * (NULL: stdout). compact: no spaces ({"a":1,"b":2}, logs), else {"a": 1, "b": 2} (commands' reports). */
+moe_status_t moe_json_line_write(FILE *fp, const char *path, bool compact, json_t *record);
+/* A JSON-lines log to stream into (outputs.metrics): checked like an output (moe_atomic_file_check),
+ * truncated, a symlink under the name refused; close with fclose. */
+moe_status_t moe_json_stream_open(const char *path, FILE **out);
+
 /* ---------------------------------------------------------------- atomic files */
 
 typedef struct {
@@ -82,7 +140,7 @@ moe_status_t moe_atomic_file_check(const char *path);
 moe_status_t moe_atomic_file_commit(moe_atomic_file_t *file);
 /* Close and remove the temporary; the real path is untouched. Safe to call after commit. */
 void moe_atomic_file_abort(moe_atomic_file_t *file);
-/* Remove every temporary still open (before MPI_Abort or exit on an error; async-signal-safe). */
+/* Remove every temporary still open (before the job is aborted or exits on an error; async-signal-safe). */
 void moe_atomic_file_remove_all(void);
 
 /* ---------------------------------------------------------------- npy */

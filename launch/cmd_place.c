@@ -9,7 +9,7 @@
  * solver's weights across the sources first and prints the table.
  * Output: a short table for people, or one JSON object with --json. Exit status: 0 done, 1 error,
  * 2 usage. */
-#include <errno.h>
+#include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "io/io.h"
+#include "launch/cli.h"
 #include "launch/commands.h"
 #include "placement/placement.h"
 
@@ -79,131 +80,99 @@ static void place_usage(FILE *out)
         "  -o PLAN.yaml          the plan; --json: one JSON object on stdout\n");
 }
 
-typedef struct {
-    bool json;
-    FILE *out;
-} printer_t;
-
-static void json_num(FILE *f, double v)
+/* A plan's figures on one workload, as JSON (jansson). */
+static json_t *figures_json(const moe_place_figures_t *g)
 {
-    if (isfinite(v))
-        fprintf(f, "%.6g", v);
-    else
-        fprintf(f, "null");
-}
-
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\') fputc('\\', f);
-        if ((unsigned char)*s < 0x20)
-            fprintf(f, "\\u%04x", *s);
-        else
-            fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
-static void json_figures(FILE *f, const moe_place_figures_t *g)
-{
-    fprintf(f, "{\"replayed\": %s, \"tokens\": ", g->replayed ? "true" : "false");
-    json_num(f, g->tokens);
-    fprintf(f, ", \"max_mean_worst\": ");
-    json_num(f, g->worst_imbalance);
-    fprintf(f, ", \"max_mean_mean\": ");
-    json_num(f, g->mean_imbalance);
-    const char *names[] = {"inter",      "intra",      "inter_hier", "intra_hier",
-                           "inter_stay", "intra_stay", "cost"};
-    double vals[] = {g->inter_total,
-                     g->intra_total,
-                     g->inter_hier_total,
-                     g->intra_hier_total,
-                     g->inter_stay_total,
-                     g->intra_stay_total,
-                     g->cost};
-    for (int i = 0; i < 7; i++) {
-        fprintf(f, ", \"%s\": ", names[i]);
-        json_num(f, vals[i]);
-    }
-    fprintf(f, ", \"per_layer_max_mean\": [");
+    json_t *o = json_object();
+    json_object_set_new(o, "replayed", json_boolean(g->replayed));
+    json_object_set_new(o, "tokens", moe_json_number(g->tokens));
+    json_object_set_new(o, "max_mean_worst", moe_json_number(g->worst_imbalance));
+    json_object_set_new(o, "max_mean_mean", moe_json_number(g->mean_imbalance));
+    const char *names[] = {"inter", "intra", "inter_hier", "intra_hier", "inter_stay", "intra_stay", "cost"};
+    const double vals[] = {g->inter_total,      g->intra_total,      g->inter_hier_total, g->intra_hier_total,
+                           g->inter_stay_total, g->intra_stay_total, g->cost};
+    for (int i = 0; i < 7; i++) json_object_set_new(o, names[i], moe_json_number(vals[i]));
+    json_t *imb = json_array(), *inter = json_array();
     for (int l = 0; l < g->layers; l++) {
-        if (l) fputs(", ", f);
-        json_num(f, g->imbalance[l]);
+        json_array_append_new(imb, moe_json_number(g->imbalance[l]));
+        json_array_append_new(inter, moe_json_number(g->inter[l]));
     }
-    /* per layer: flat and hierarchical copies (the runtime's metrics count the same, per layer) */
-    const char *layer_names[] = {"per_layer_inter", "per_layer_intra", "per_layer_inter_hier",
-                                 "per_layer_intra_hier"};
-    const double *layer_vals[] = {g->inter, g->intra, g->inter_hier, g->intra_hier};
-    for (int i = 0; i < 4; i++) {
-        fprintf(f, "], \"%s\": [", layer_names[i]);
-        for (int l = 0; l < g->layers; l++) {
-            if (l) fputs(", ", f);
-            json_num(f, layer_vals[i][l]);
-        }
+    json_object_set_new(o, "per_layer_max_mean", imb);
+    json_object_set_new(o, "per_layer_inter", inter);
+    /* per layer, hierarchical too (the runtime's metrics count the same copies, per layer) */
+    const char *layer_names[] = {"per_layer_intra", "per_layer_inter_hier", "per_layer_intra_hier"};
+    const double *layer_vals[] = {g->intra, g->inter_hier, g->intra_hier};
+    for (int i = 0; i < 3; i++) {
+        json_t *a = json_array();
+        for (int l = 0; l < g->layers; l++) json_array_append_new(a, moe_json_number(layer_vals[i][l]));
+        json_object_set_new(o, layer_names[i], a);
     }
-    fprintf(f, "]}");
+    return o;
 }
+
+static const moe_table_column_t figure_columns[] = {
+    {"plan", 12, 's', 0},    {"workload", 40, 's', 0}, {"figures", 8, 's', 0},      {"max/mean", 9, 'f', 3},
+    {"worst", 9, 'f', 3},    {"inter", 12, 'f', 0},    {"intra", 12, 'f', 0},       {"inter(hier)", 12, 'f', 0},
+    {"intra(hier)", 12, 'f', 0},
+};
+static const moe_table_t figure_table = {.columns = figure_columns, .n = 9};
 
 static void table_header(void)
 {
-    printf("%-12s %-40s %-8s %9s %9s %12s %12s %12s %12s\n", "plan", "workload", "figures", "max/mean",
-           "worst", "inter", "intra", "inter(hier)", "intra(hier)");
+    moe_table_t t = figure_table;
+    t.out = stdout;
+    moe_table_header(&t);
 }
 
 static void table_row(const char *plan, const char *workload, const moe_place_figures_t *g)
 {
-    const char *w = workload;
-    size_t n = strlen(w);
-    if (n > 40) w += n - 40;
-    printf("%-12s %-40s %-8s %9.3f %9.3f %12.0f %12.0f %12.0f %12.0f\n", plan, w,
-           g->replayed ? "replay" : "model", g->mean_imbalance, g->worst_imbalance, g->inter_total,
-           g->intra_total, g->inter_hier_total, g->intra_hier_total);
+    moe_table_t t = figure_table;
+    t.out = stdout;
+    moe_table_row(&t, plan, workload, g->replayed ? "replay" : "model", g->mean_imbalance, g->worst_imbalance,
+                  g->inter_total, g->intra_total, g->inter_hier_total, g->intra_hier_total);
 }
 
 /* Figures of a plan on every source (modelled, and replayed where there are routes) and on every
- * scored trace; JSON fragments or table rows. */
-static int report_plan(const printer_t *p, const char *label, moe_plan_h plan, moe_workload_h *src,
-                       int n_src, moe_workload_h *scored, int n_scored,
-                       const moe_place_options_t *o)
+ * scored trace: table rows, or with into the "sources" and "scored" arrays set on it. */
+static int report_plan(json_t *into, const char *label, moe_plan_h plan, moe_workload_h *src, int n_src,
+                       moe_workload_h *scored, int n_scored, const moe_place_options_t *o)
 {
     moe_place_figures_t g;
-    if (p->json) fprintf(p->out, "\"sources\": [");
+    json_t *sources = into ? json_array() : NULL, *scores = into ? json_array() : NULL;
+    if (into) {
+        json_object_set_new(into, "sources", sources);
+        json_object_set_new(into, "scored", scores);
+    }
     for (int i = 0; i < n_src; i++) {
         /* the replay (what the runtime sends) first, then the model the solvers optimise */
-        if (p->json) {
-            fprintf(p->out, "%s{\"name\": ", i ? ", " : "");
-            json_str(p->out, moe_workload_name(src[i]));
+        json_t *entry = NULL;
+        if (into) {
+            entry = json_object();
+            json_object_set_new(entry, "name", json_string(moe_workload_name(src[i])));
+            json_array_append_new(sources, entry);
         }
         if (moe_workload_has_routes(src[i])) {
             if (moe_place_evaluate(plan, src[i], o, &g) != MOE_STATUS_OK) return 1;
-            if (p->json) {
-                fprintf(p->out, ", \"replayed\": ");
-                json_figures(p->out, &g);
-            } else {
+            if (entry)
+                json_object_set_new(entry, "replayed", figures_json(&g));
+            else
                 table_row(label, moe_workload_name(src[i]), &g);
-            }
             moe_place_figures_free(&g);
         }
         if (moe_place_model(plan, src[i], o, &g) != MOE_STATUS_OK) return 1;
-        if (p->json) {
-            fprintf(p->out, ", \"modelled\": ");
-            json_figures(p->out, &g);
-            fprintf(p->out, "}");
-        } else {
+        if (entry)
+            json_object_set_new(entry, "modelled", figures_json(&g));
+        else
             table_row(label, moe_workload_name(src[i]), &g);
-        }
         moe_place_figures_free(&g);
     }
-    if (p->json) fprintf(p->out, "], \"scored\": [");
     for (int i = 0; i < n_scored; i++) {
         if (moe_place_evaluate(plan, scored[i], o, &g) != MOE_STATUS_OK) return 1;
-        if (p->json) {
-            fprintf(p->out, "%s{\"name\": ", i ? ", " : "");
-            json_str(p->out, moe_workload_name(scored[i]));
-            fprintf(p->out, ", \"replayed\": ");
-            json_figures(p->out, &g);
-            fprintf(p->out, "}");
+        if (into) {
+            json_t *entry = json_object();
+            json_object_set_new(entry, "name", json_string(moe_workload_name(scored[i])));
+            json_object_set_new(entry, "replayed", figures_json(&g));
+            json_array_append_new(scores, entry);
         } else {
             char l2[64];
             snprintf(l2, sizeof(l2), "%s*", label);
@@ -211,45 +180,65 @@ static int report_plan(const printer_t *p, const char *label, moe_plan_h plan, m
         }
         moe_place_figures_free(&g);
     }
-    if (p->json) fprintf(p->out, "]");
     return 0;
 }
 
-/* The YAML block with the solver's figures that goes into the plan file. */
+/* The YAML block with the solver's figures that goes into the plan file, written by libyaml's
+ * emitter (malloc'd text; NULL when out of memory). */
 static char *predicted_yaml(const char *solver, moe_plan_h plan, moe_workload_h *src, int n_src,
                             const moe_place_report_t *rep, const moe_place_options_t *o)
 {
-    size_t cap = 4096 + (size_t)n_src * 1024;
-    char *buf = malloc(cap);
-    if (!buf) return NULL;
+    char *text = NULL;
     size_t len = 0;
-#define APPEND(...) len += (size_t)snprintf(buf + len, len < cap ? cap - len : 0, __VA_ARGS__)
-    APPEND("solver: %s\nsources:\n", solver);
-    for (int i = 0; i < n_src; i++) {
-        APPEND("  - \"");
-        for (const char *s = moe_workload_name(src[i]); *s; s++) {
-            if ((unsigned char)*s < 0x20 || *s == 0x7f)
-                APPEND("\\x%02x", (unsigned char)*s); /* a newline must not end the value */
-            else
-                APPEND("%s%c", (*s == '"' || *s == '\\') ? "\\" : "", *s);
-        }
-        APPEND("\"\n");
+    FILE *mem = open_memstream(&text, &len);
+    moe_yaml_out_h w = NULL;
+    if (!mem) return NULL;
+    if (moe_yaml_out_open(mem, "the plan's annotations", &w) != MOE_STATUS_OK) {
+        fclose(mem);
+        free(text);
+        return NULL;
     }
+    moe_yaml_out_map(w, false);
+    moe_yaml_out_key(w, "solver");
+    moe_yaml_out_string(w, solver);
+    moe_yaml_out_key(w, "sources");
+    moe_yaml_out_seq(w, false);
+    for (int i = 0; i < n_src; i++) moe_yaml_out_string(w, moe_workload_name(src[i]));
+    moe_yaml_out_end_seq(w);
     /* no solve time here: the same input gives the same file */
-    APPEND("predicted:\n  objective: %.6g\n", rep->objective);
-    if (isfinite(rep->mip_gap)) APPEND("  mip_gap: %.4g\n", rep->mip_gap);
-    APPEND("  per_source:\n");
+    moe_yaml_out_key(w, "predicted");
+    moe_yaml_out_map(w, false);
+    moe_yaml_out_key(w, "objective");
+    moe_yaml_out_number(w, rep->objective, "%.6g");
+    if (isfinite(rep->mip_gap)) {
+        moe_yaml_out_key(w, "mip_gap");
+        moe_yaml_out_number(w, rep->mip_gap, "%.4g");
+    }
+    moe_yaml_out_key(w, "per_source");
+    moe_yaml_out_seq(w, false);
     for (int i = 0; i < n_src; i++) {
         moe_place_figures_t g;
         if (moe_place_model(plan, src[i], o, &g) != MOE_STATUS_OK) continue;
-        APPEND("    - {max_mean_mean: %.4f, max_mean_worst: %.4f, inter_modelled: %.0f, "
-               "intra_modelled: %.0f}\n",
-               g.mean_imbalance, g.worst_imbalance, g.inter_total, g.intra_total);
+        moe_yaml_out_map(w, true);
+        const char *keys[4] = {"max_mean_mean", "max_mean_worst", "inter_modelled", "intra_modelled"};
+        const double vals[4] = {g.mean_imbalance, g.worst_imbalance, g.inter_total, g.intra_total};
+        for (int k = 0; k < 4; k++) {
+            moe_yaml_out_key(w, keys[k]);
+            moe_yaml_out_number(w, vals[k], k < 2 ? "%.4f" : "%.0f");
+        }
+        moe_yaml_out_end_map(w);
         moe_place_figures_free(&g);
     }
-#undef APPEND
-    if (len >= cap) buf[cap - 1] = '\0';
-    return buf;
+    moe_yaml_out_end_seq(w);
+    moe_yaml_out_end_map(w);
+    moe_yaml_out_end_map(w);
+    const moe_status_t status = moe_yaml_out_close(w);
+    fclose(mem);
+    if (status != MOE_STATUS_OK) {
+        free(text);
+        return NULL;
+    }
+    return text;
 }
 
 /* The cross-validation table: held-out figures per grid point, averaged over folds. */
@@ -274,38 +263,38 @@ static void print_cv(const moe_place_cv_t *cv)
     }
 }
 
-static void json_cv(const moe_place_cv_t *cv)
+static json_t *cv_json(const moe_place_cv_t *cv)
 {
-    printf("\"cross_validation\": {\"folds\": %d, \"chosen\": %d, \"greedy\": [", cv->folds,
-           cv->chosen);
+    json_t *o = json_object(), *greedy = json_array(), *points = json_array();
+    json_object_set_new(o, "folds", json_integer(cv->folds));
+    json_object_set_new(o, "chosen", json_integer(cv->chosen));
     for (int f = 0; f < cv->folds; f++) {
-        printf("%s{\"max_mean_mean\": ", f ? ", " : "");
-        json_num(stdout, cv->greedy_mean[f]);
-        printf(", \"max_mean_worst\": ");
-        json_num(stdout, cv->greedy_worst[f]);
-        printf(", \"copies\": ");
-        json_num(stdout, cv->greedy_copies[f]);
-        printf("}");
+        json_t *g = json_object();
+        json_object_set_new(g, "max_mean_mean", moe_json_number(cv->greedy_mean[f]));
+        json_object_set_new(g, "max_mean_worst", moe_json_number(cv->greedy_worst[f]));
+        json_object_set_new(g, "copies", moe_json_number(cv->greedy_copies[f]));
+        json_array_append_new(greedy, g);
     }
-    printf("], \"points\": [");
+    json_object_set_new(o, "greedy", greedy);
     for (int i = 0; i < cv->n_points; i++) {
         const moe_place_cv_point_t *p = &cv->points[i];
-        printf("%s{\"hedge\": %g, \"traffic_weight\": %g, \"feasible\": %s, \"cost\": ",
-               i ? ", " : "", p->hedge, p->traffic_weight, p->feasible ? "true" : "false");
-        json_num(stdout, p->cost);
-        printf(", \"folds\": [");
+        json_t *pt = json_object(), *folds = json_array();
+        json_object_set_new(pt, "hedge", moe_json_number(p->hedge));
+        json_object_set_new(pt, "traffic_weight", moe_json_number(p->traffic_weight));
+        json_object_set_new(pt, "feasible", json_boolean(p->feasible));
+        json_object_set_new(pt, "cost", moe_json_number(p->cost));
         for (int f = 0; f < cv->folds; f++) {
-            printf("%s{\"max_mean_mean\": ", f ? ", " : "");
-            json_num(stdout, p->mean[f]);
-            printf(", \"max_mean_worst\": ");
-            json_num(stdout, p->worst[f]);
-            printf(", \"copies\": ");
-            json_num(stdout, p->copies[f]);
-            printf("}");
+            json_t *fo = json_object();
+            json_object_set_new(fo, "max_mean_mean", moe_json_number(p->mean[f]));
+            json_object_set_new(fo, "max_mean_worst", moe_json_number(p->worst[f]));
+            json_object_set_new(fo, "copies", moe_json_number(p->copies[f]));
+            json_array_append_new(folds, fo);
         }
-        printf("]}");
+        json_object_set_new(pt, "folds", folds);
+        json_array_append_new(points, pt);
     }
-    printf("]}, ");
+    json_object_set_new(o, "points", points);
+    return o;
 }
 
 static int cmd_evaluate(const char *plan_path, const char **traces, int n_traces, int experts,
@@ -314,6 +303,7 @@ static int cmd_evaluate(const char *plan_path, const char **traces, int n_traces
     moe_plan_h plan = NULL;
     moe_workload_h w[MAX_SOURCES] = {0};
     char plan_model[256];
+    json_t *record = NULL;
     int rc = 1;
     if (moe_plan_load_annotated(plan_path, plan_model, sizeof(plan_model), &plan) != MOE_STATUS_OK)
         goto done;
@@ -346,153 +336,188 @@ static int cmd_evaluate(const char *plan_path, const char **traces, int n_traces
             if (moe_workload_load_trace(traces[i], pe, &w[i]) != MOE_STATUS_OK) goto done;
         }
     }
-    printer_t p = {json, stdout};
     if (json) {
-        printf("{\"command\": \"evaluate\", \"plan\": ");
-        json_str(stdout, plan_path);
-        printf(", \"ranks\": %d, \"ranks_per_node\": %d, \"tokens_per_rank\": %lld, ", o.ranks,
-               o.ranks_per_node, (long long)o.tokens_per_rank);
+        record = moe_json_record("place");
+        json_object_set_new(record, "command", json_string("evaluate"));
+        json_object_set_new(record, "plan", json_string(plan_path));
+        json_object_set_new(record, "ranks", json_integer(o.ranks));
+        json_object_set_new(record, "ranks_per_node", json_integer(o.ranks_per_node));
+        json_object_set_new(record, "tokens_per_rank", json_integer(o.tokens_per_rank));
     } else {
         printf("plan %s: %d layers x %d experts on %d ranks (%d per node)\n", plan_path,
                moe_plan_layers(plan), moe_plan_experts(plan), o.ranks, o.ranks_per_node);
         table_header();
     }
-    if (report_plan(&p, "plan", plan, NULL, 0, w, n_traces, &o)) goto done;
-    if (json) printf("}\n");
+    if (report_plan(record, "plan", plan, NULL, 0, w, n_traces, &o)) goto done;
+    if (record && moe_json_line_write(stdout, NULL, false, record) != MOE_STATUS_OK) {
+        record = NULL;
+        goto done;
+    }
+    record = NULL;
     rc = 0;
 done:
+    json_decref(record);
     for (int i = 0; i < n_traces; i++) moe_workload_destroy(w[i]);
     moe_plan_destroy(plan);
     return rc;
 }
 
-static bool parse_double(const char *s, double *out)
-{
-    char *end = NULL;
-    double v = strtod(s, &end);
-    if (end == s || *end || !isfinite(v)) return false;
-    *out = v;
-    return true;
-}
+typedef struct place_args_s place_args_t;
+static int place_run(place_args_t *args, bool json);
 
-/* A whole number that fits an int (every option it reads is one): 4294967298 is not 2. */
-static bool parse_long(const char *s, long *out)
+enum {
+    OPT_JSON_UNUSED = MOE_CLI_ID_FIRST, OPT_EVALUATE, OPT_EXACT, OPT_CROSS_VALIDATE, OPT_HIERARCHICAL, OPT_VERBOSE,
+    OPT_NO_BASELINES, OPT_NO_SHARE_LP, OPT_STATS, OPT_TRACE, OPT_LOADS_CSV, OPT_SCORE, OPT_PLAN, OPT_CURRENT,
+    OPT_MODEL, OPT_RESIDENCY, OPT_SOLVER, OPT_TOKENS, OPT_RANKS, OPT_RANKS_PER_NODE, OPT_EXPERTS, OPT_REPLICAS,
+    OPT_SLOTS_PER_RANK, OPT_TOKENS_PER_RANK, OPT_TIME_LIMIT, OPT_HEDGE, OPT_TRAFFIC_WEIGHT, OPT_COPY_COST,
+    OPT_INTER_FACTOR, OPT_NODE_SLACK, OPT_MOVE_COST, OPT_EXPERT_BYTES,
+};
+static const struct option place_options[] = {
+    {"evaluate", no_argument, NULL, OPT_EVALUATE},
+    {"exact", no_argument, NULL, OPT_EXACT},
+    {"cross-validate", no_argument, NULL, OPT_CROSS_VALIDATE},
+    {"hierarchical", no_argument, NULL, OPT_HIERARCHICAL},
+    {"verbose", no_argument, NULL, OPT_VERBOSE},
+    {"no-baselines", no_argument, NULL, OPT_NO_BASELINES},
+    {"no-share-lp", no_argument, NULL, OPT_NO_SHARE_LP},
+    {"stats", required_argument, NULL, OPT_STATS},
+    {"trace", required_argument, NULL, OPT_TRACE},
+    {"loads-csv", required_argument, NULL, OPT_LOADS_CSV},
+    {"score", required_argument, NULL, OPT_SCORE},
+    {"output", required_argument, NULL, 'o'},
+    {"plan", required_argument, NULL, OPT_PLAN},
+    {"current", required_argument, NULL, OPT_CURRENT},
+    {"model", required_argument, NULL, OPT_MODEL},
+    {"residency", required_argument, NULL, OPT_RESIDENCY},
+    {"solver", required_argument, NULL, OPT_SOLVER},
+    {"tokens", required_argument, NULL, OPT_TOKENS},
+    {"ranks", required_argument, NULL, OPT_RANKS},
+    {"ranks-per-node", required_argument, NULL, OPT_RANKS_PER_NODE},
+    {"experts", required_argument, NULL, OPT_EXPERTS},
+    {"replicas", required_argument, NULL, OPT_REPLICAS},
+    {"slots-per-rank", required_argument, NULL, OPT_SLOTS_PER_RANK},
+    {"tokens-per-rank", required_argument, NULL, OPT_TOKENS_PER_RANK},
+    {"time-limit", required_argument, NULL, OPT_TIME_LIMIT},
+    {"hedge", required_argument, NULL, OPT_HEDGE},
+    {"traffic-weight", required_argument, NULL, OPT_TRAFFIC_WEIGHT},
+    {"copy-cost", required_argument, NULL, OPT_COPY_COST},
+    {"inter-factor", required_argument, NULL, OPT_INTER_FACTOR},
+    {"node-slack", required_argument, NULL, OPT_NODE_SLACK},
+    {"move-cost", required_argument, NULL, OPT_MOVE_COST},
+    {"expert-bytes", required_argument, NULL, OPT_EXPERT_BYTES},
+    {0},
+};
+
+struct place_args_s {
+    moe_place_options_t o;
+    const char *kinds[MAX_SOURCES], *specs[MAX_SOURCES], *scores[MAX_SOURCES];
+    double csv_tokens[MAX_SOURCES];
+    int n_src, n_scores;
+    const char *output, *current_path, *plan_path, *model;
+    bool evaluate, baselines, exact, cross_validate;
+    double tokens;
+    long long ranks, rpn, experts;
+};
+
+/* One option, in order (--tokens applies to the --loads-csv after it). */
+static int place_option(void *ctx, int id, const char *v)
 {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < INT_MIN || v > INT_MAX) return false;
-    *out = v;
-    return true;
+    place_args_t *a = ctx;
+    moe_place_options_t *o = &a->o;
+    long long lv = 0;
+    double dv = 0;
+    switch (id) {
+    case OPT_EVALUATE: a->evaluate = true; return 0;
+    case OPT_EXACT: a->exact = true; return 0;
+    case OPT_CROSS_VALIDATE: a->cross_validate = true; return 0;
+    case OPT_HIERARCHICAL: o->hierarchical = true; return 0;
+    case OPT_VERBOSE: o->verbose = 1; return 0;
+    case OPT_NO_BASELINES: a->baselines = false; return 0;
+    case OPT_NO_SHARE_LP: o->share_lp = false; return 0;
+    case OPT_STATS:
+    case OPT_TRACE:
+    case OPT_LOADS_CSV:
+        if (a->n_src == MAX_SOURCES) {
+            fprintf(stderr, "moerun place: at most %d sources\n", MAX_SOURCES);
+            return 2;
+        }
+        if (id == OPT_LOADS_CSV && !(a->tokens > 0)) {
+            fprintf(stderr, "moerun place: --loads-csv %s needs --tokens N before it\n", v);
+            return 2;
+        }
+        a->csv_tokens[a->n_src] = a->tokens;
+        a->kinds[a->n_src] = id == OPT_STATS ? "--stats" : id == OPT_TRACE ? "--trace" : "--loads-csv";
+        a->specs[a->n_src++] = v;
+        return 0;
+    case OPT_SCORE:
+        if (a->n_scores == MAX_SOURCES) {
+            fprintf(stderr, "moerun place: at most %d --score traces\n", MAX_SOURCES);
+            return 2;
+        }
+        a->scores[a->n_scores++] = v;
+        return 0;
+    case 'o': a->output = v; return 0;
+    case OPT_PLAN: a->plan_path = v; return 0;
+    case OPT_CURRENT: a->current_path = v; return 0;
+    case OPT_MODEL: a->model = v; return 0;
+    case OPT_RESIDENCY:
+        if (strcmp(v, "home") != 0 && strcmp(v, "stay") != 0) return -1;
+        o->stay = !strcmp(v, "stay");
+        return 0;
+    case OPT_SOLVER: return moe_place_solver_parse(v, &o->solver) == MOE_STATUS_OK ? 0 : 2;
+    case OPT_TOKENS: return moe_cli_double(v, &a->tokens) && a->tokens > 0 ? 0 : -1;
+    case OPT_RANKS: return moe_cli_int(v, 1, MOE_MAX_RANKS, &a->ranks) ? 0 : -1;
+    case OPT_RANKS_PER_NODE: return moe_cli_int(v, 1, INT_MAX, &a->rpn) ? 0 : -1;
+    case OPT_EXPERTS: return moe_cli_int(v, 1, MOE_MAX_EXPERTS, &a->experts) ? 0 : -1;
+    case OPT_REPLICAS: return moe_cli_int(v, 0, INT_MAX, &lv) ? (o->replicas = (int)lv, 0) : -1;
+    case OPT_SLOTS_PER_RANK: return moe_cli_int(v, 1, INT_MAX, &lv) ? (o->slots_per_rank = (int)lv, 0) : -1;
+    case OPT_TOKENS_PER_RANK: return moe_cli_int(v, 1, INT_MAX, &lv) ? (o->tokens_per_rank = lv, 0) : -1;
+    case OPT_TIME_LIMIT: return moe_cli_double(v, &dv) && dv > 0 ? (o->time_limit = dv, 0) : -1;
+    case OPT_HEDGE: return moe_cli_double(v, &dv) && dv >= 0 && dv <= 1 ? (o->hedge = dv, 0) : -1;
+    case OPT_TRAFFIC_WEIGHT: return moe_cli_double(v, &dv) && dv >= 0 ? (o->traffic_weight = dv, 0) : -1;
+    case OPT_COPY_COST: return moe_cli_double(v, &dv) && dv >= 0 ? (o->copy_cost = dv, 0) : -1;
+    case OPT_INTER_FACTOR: return moe_cli_double(v, &dv) && dv >= 0 ? (o->inter_factor = dv, 0) : -1;
+    case OPT_NODE_SLACK: return moe_cli_double(v, &dv) && dv >= 0 ? (o->node_slack = dv, 0) : -1;
+    case OPT_MOVE_COST: return moe_cli_double(v, &dv) && dv >= 0 ? (o->move_cost = dv, 0) : -1;
+    case OPT_EXPERT_BYTES: return moe_cli_double(v, &dv) && dv >= 0 ? (o->expert_bytes = dv, 0) : -1;
+    default: return -1;
+    }
 }
 
 int moe_cmd_place(int argc, char **argv)
 {
-    moe_place_options_t o = MOE_PLACE_OPTIONS_INIT;
-    const char *kinds[MAX_SOURCES], *specs[MAX_SOURCES], *scores[MAX_SOURCES];
-    double csv_tokens[MAX_SOURCES];
-    int n_src = 0, n_scores = 0;
-    const char *output = NULL, *current_path = NULL, *plan_path = NULL, *model = NULL;
-    bool json = false, evaluate = false, baselines = true, exact = false, cross_validate = false;
-    double tokens = 0;
-    long ranks = 0, rpn = 0, experts = 0;
-    moe_log_init(0, MOE_LOG_WARN);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long lv = 0;
-        double dv = 0;
-        bool ok = true;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            place_usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--json"))
-            json = true;
-        else if (!strcmp(a, "--evaluate"))
-            evaluate = true;
-        else if (!strcmp(a, "--exact"))
-            exact = true;
-        else if (!strcmp(a, "--cross-validate"))
-            cross_validate = true;
-        else if (!strcmp(a, "--hierarchical"))
-            o.hierarchical = true;
-        else if (!strcmp(a, "--verbose"))
-            o.verbose = 1, moe_log_init(0, MOE_LOG_INFO);
-        else if (!strcmp(a, "--no-baselines"))
-            baselines = false;
-        else if (!strcmp(a, "--no-share-lp"))
-            o.share_lp = false;
-        else if (!v)
-            ok = false;
-        else if (!strcmp(a, "--stats") || !strcmp(a, "--trace") || !strcmp(a, "--loads-csv")) {
-            if (n_src == MAX_SOURCES) {
-                fprintf(stderr, "moerun place: at most %d sources\n", MAX_SOURCES);
-                return 2;
-            }
-            if (!strcmp(a, "--loads-csv") && !(tokens > 0)) {
-                fprintf(stderr, "moerun place: --loads-csv %s needs --tokens N before it\n", v);
-                return 2;
-            }
-            csv_tokens[n_src] = tokens;
-            kinds[n_src] = a;
-            specs[n_src++] = v;
-            i++;
-        } else if (!strcmp(a, "--score")) {
-            if (n_scores == MAX_SOURCES) return 2;
-            scores[n_scores++] = v, i++;
-        } else if (!strcmp(a, "-o"))
-            output = v, i++;
-        else if (!strcmp(a, "--plan"))
-            plan_path = v, i++;
-        else if (!strcmp(a, "--current"))
-            current_path = v, i++;
-        else if (!strcmp(a, "--model"))
-            model = v, i++;
-        else if (!strcmp(a, "--residency")) {
-            ok = !strcmp(v, "home") || !strcmp(v, "stay");
-            o.stay = !strcmp(v, "stay");
-            i++;
-        } else if (!strcmp(a, "--solver")) {
-            if (moe_place_solver_parse(v, &o.solver) != MOE_STATUS_OK) return 2;
-            i++;
-        } else if (!strcmp(a, "--tokens"))
-            ok = parse_double(v, &tokens) && tokens > 0, i++;
-        else if (!strcmp(a, "--ranks"))
-            ok = parse_long(v, &ranks) && ranks > 0 && ranks <= MOE_MAX_RANKS, i++;
-        else if (!strcmp(a, "--ranks-per-node"))
-            ok = parse_long(v, &rpn) && rpn > 0, i++;
-        else if (!strcmp(a, "--experts"))
-            ok = parse_long(v, &experts) && experts > 0 && experts <= MOE_MAX_EXPERTS, i++;
-        else if (!strcmp(a, "--replicas"))
-            ok = parse_long(v, &lv) && lv >= 0, o.replicas = (int)lv, i++;
-        else if (!strcmp(a, "--slots-per-rank"))
-            ok = parse_long(v, &lv) && lv > 0, o.slots_per_rank = (int)lv, i++;
-        else if (!strcmp(a, "--tokens-per-rank"))
-            ok = parse_long(v, &lv) && lv > 0, o.tokens_per_rank = lv, i++;
-        else if (!strcmp(a, "--time-limit"))
-            ok = parse_double(v, &dv) && dv > 0, o.time_limit = dv, i++;
-        else if (!strcmp(a, "--hedge"))
-            ok = parse_double(v, &dv) && dv >= 0 && dv <= 1, o.hedge = dv, i++;
-        else if (!strcmp(a, "--traffic-weight"))
-            ok = parse_double(v, &dv) && dv >= 0, o.traffic_weight = dv, i++;
-        else if (!strcmp(a, "--copy-cost"))
-            ok = parse_double(v, &dv) && dv >= 0, o.copy_cost = dv, i++;
-        else if (!strcmp(a, "--inter-factor"))
-            ok = parse_double(v, &dv) && dv >= 0, o.inter_factor = dv, i++;
-        else if (!strcmp(a, "--node-slack"))
-            ok = parse_double(v, &dv) && dv >= 0, o.node_slack = dv, i++;
-        else if (!strcmp(a, "--move-cost"))
-            ok = parse_double(v, &dv) && dv >= 0, o.move_cost = dv, i++;
-        else if (!strcmp(a, "--expert-bytes"))
-            ok = parse_double(v, &dv) && dv >= 0, o.expert_bytes = dv, i++;
-        else
-            ok = false;
-        if (!ok) {
-            fprintf(stderr, "moerun place: unknown, incomplete or invalid option '%s'%s%s\n\n", a,
-                    v ? " " : "", v ? v : "");
-            place_usage(stderr);
-            return 2;
-        }
+    place_args_t *args = calloc(1, sizeof *args);
+    if (!args) return 1;
+    args->o = (moe_place_options_t)MOE_PLACE_OPTIONS_INIT;
+    args->baselines = true;
+    moe_cli_t cli = MOE_CLI_INIT("place");
+    int prc = moe_cli_parse(&cli, argc, argv, "o:", place_options, place_option, args);
+    if (prc != 0 || cli.help || cli.version) {
+        if (prc == 2) place_usage(stderr);
+        else if (cli.version) moe_cli_print_version(stdout);
+        else place_usage(stdout);
+        free(args);
+        return prc;
     }
+    moe_log_init(0, args->o.verbose ? MOE_LOG_INFO : cli.level);
+    int rc = place_run(args, cli.json);
+    free(args);
+    return rc;
+}
+
+/* The command once parsed. */
+static int place_run(place_args_t *args, bool json)
+{
+    moe_place_options_t o = args->o;
+    const char **kinds = args->kinds, **specs = args->specs, **scores = args->scores;
+    const double *csv_tokens = args->csv_tokens;
+    const int n_src = args->n_src, n_scores = args->n_scores;
+    const char *output = args->output, *current_path = args->current_path, *plan_path = args->plan_path,
+               *model = args->model;
+    const bool evaluate = args->evaluate, baselines = args->baselines, exact = args->exact,
+               cross_validate = args->cross_validate;
+    const long long ranks = args->ranks, rpn = args->rpn, experts = args->experts;
+    json_t *record = NULL;
     if (exact) o.solver = MOE_PLACE_SOLVER_EXACT;
     if (evaluate) {
         const char *traces[MAX_SOURCES];
@@ -548,7 +573,7 @@ int moe_cmd_place(int argc, char **argv)
             s = moe_workload_load_csv(specs[i], csv_tokens[i], &src[i]);
         if (s != MOE_STATUS_OK) goto done;
         if (experts > 0 && moe_workload_experts(src[i]) != experts) {
-            moe_error("%s: %d experts, not %ld (--experts)", specs[i], moe_workload_experts(src[i]),
+            moe_error("%s: %d experts, not %lld (--experts)", specs[i], moe_workload_experts(src[i]),
                       experts);
             goto done;
         }
@@ -598,7 +623,6 @@ int moe_cmd_place(int argc, char **argv)
     extra = predicted_yaml(moe_place_solver_name(o.solver), plan, src, n_src, &rep, &o);
     if (moe_plan_save_annotated(plan, output, model, extra) != MOE_STATUS_OK) goto done;
 
-    printer_t p = {json, stdout};
     const char *solver = moe_place_solver_name(o.solver);
     /* the incremental solver keeps the current plan's replicas: report the most of any layer */
     int redundant = o.replicas;
@@ -611,33 +635,32 @@ int moe_cmd_place(int argc, char **argv)
         }
     }
     if (json) {
-        printf("{\"command\": \"place\", \"plan\": ");
-        json_str(stdout, output);
-        printf(", \"solver\": \"%s\", \"layers\": %d, \"experts\": %d, \"ranks\": %d, "
-               "\"ranks_per_node\": %d, \"replicas\": %d, \"tokens_per_rank\": %lld, "
-               "\"solve_seconds\": ",
-               solver, L, E, o.ranks, o.ranks_per_node, redundant, (long long)o.tokens_per_rank);
-        json_num(stdout, rep.solve_seconds);
-        printf(", \"objective\": ");
-        json_num(stdout, rep.objective);
-        printf(", \"warm_objective\": ");
-        json_num(stdout, rep.warm_objective);
-        printf(", \"mip_gap\": ");
-        json_num(stdout, rep.mip_gap);
-        printf(", \"balance_gap\": ");
-        json_num(stdout, rep.balance_gap);
-        printf(", \"subproblems\": %d, \"subproblems_proven\": %d, \"subproblems_unsolved\": %d, "
-               "\"layers_kept_warm\": %d, \"experts_moved\": %d, \"bytes_moved\": %.0f, ",
-               rep.subproblems, rep.subproblems_proven, rep.subproblems_unsolved,
-               rep.layers_kept_warm, rep.experts_moved, rep.bytes_moved);
+        record = moe_json_record("place");
+        json_object_set_new(record, "command", json_string("place"));
+        json_object_set_new(record, "plan", json_string(output));
+        json_object_set_new(record, "solver", json_string(solver));
+        json_object_set_new(record, "layers", json_integer(L));
+        json_object_set_new(record, "experts", json_integer(E));
+        json_object_set_new(record, "ranks", json_integer(o.ranks));
+        json_object_set_new(record, "ranks_per_node", json_integer(o.ranks_per_node));
+        json_object_set_new(record, "replicas", json_integer(redundant));
+        json_object_set_new(record, "tokens_per_rank", json_integer(o.tokens_per_rank));
+        json_object_set_new(record, "solve_seconds", moe_json_number(rep.solve_seconds));
+        json_object_set_new(record, "objective", moe_json_number(rep.objective));
+        json_object_set_new(record, "warm_objective", moe_json_number(rep.warm_objective));
+        json_object_set_new(record, "mip_gap", moe_json_number(rep.mip_gap));
+        json_object_set_new(record, "balance_gap", moe_json_number(rep.balance_gap));
+        json_object_set_new(record, "subproblems", json_integer(rep.subproblems));
+        json_object_set_new(record, "subproblems_proven", json_integer(rep.subproblems_proven));
+        json_object_set_new(record, "subproblems_unsolved", json_integer(rep.subproblems_unsolved));
+        json_object_set_new(record, "layers_kept_warm", json_integer(rep.layers_kept_warm));
+        json_object_set_new(record, "experts_moved", json_integer(rep.experts_moved));
+        json_object_set_new(record, "bytes_moved", json_integer((json_int_t)rep.bytes_moved));
         if (o.solver == MOE_PLACE_SOLVER_HEDGED) {
-            printf("\"hedge\": ");
-            json_num(stdout, o.hedge);
-            printf(", \"traffic_weight\": ");
-            json_num(stdout, o.traffic_weight);
-            printf(", ");
+            json_object_set_new(record, "hedge", moe_json_number(o.hedge));
+            json_object_set_new(record, "traffic_weight", moe_json_number(o.traffic_weight));
         }
-        if (cross_validate) json_cv(&cv);
+        if (cross_validate) json_object_set_new(record, "cross_validation", cv_json(&cv));
     } else {
         printf("moerun place: %s plan for %d layers x %d experts on %d ranks (%d nodes x %d), %d "
                "redundant -> %s\n",
@@ -658,9 +681,13 @@ int moe_cmd_place(int argc, char **argv)
                    rep.bytes_moved / 1e6, current_path);
         table_header();
     }
-    if (report_plan(&p, solver, plan, src, n_src, scored, n_scores, &o)) goto done;
+    if (report_plan(record, solver, plan, src, n_src, scored, n_scores, &o)) goto done;
     if (baselines) {
-        if (json) printf(", \"baselines\": [");
+        json_t *list = NULL;
+        if (record) {
+            list = json_array();
+            json_object_set_new(record, "baselines", list);
+        }
         moe_place_solver_t base[3] = {MOE_PLACE_SOLVER_CONTIGUOUS, MOE_PLACE_SOLVER_ROUND_ROBIN,
                                       MOE_PLACE_SOLVER_GREEDY};
         for (int b = 0; b < 3; b++) {
@@ -669,30 +696,32 @@ int moe_cmd_place(int argc, char **argv)
             moe_plan_h bp = NULL;
             moe_place_report_t br;
             if (moe_place_solve(src, n_src, &ob, NULL, &bp, &br) != MOE_STATUS_OK) goto done;
-            if (json) {
-                printf("%s{\"solver\": \"%s\", \"solve_seconds\": ", b ? ", " : "",
-                       moe_place_solver_name(base[b]));
-                json_num(stdout, br.solve_seconds);
-                printf(", \"objective\": ");
-                json_num(stdout, br.objective);
-                printf(", ");
+            json_t *entry = NULL;
+            if (list) {
+                entry = json_object();
+                json_object_set_new(entry, "solver", json_string(moe_place_solver_name(base[b])));
+                json_object_set_new(entry, "solve_seconds", moe_json_number(br.solve_seconds));
+                json_object_set_new(entry, "objective", moe_json_number(br.objective));
+                json_array_append_new(list, entry);
             }
-            int r = report_plan(&p, moe_place_solver_name(base[b]), bp, src, n_src, scored,
+            int r = report_plan(entry, moe_place_solver_name(base[b]), bp, src, n_src, scored,
                                 n_scores, &o);
             moe_plan_destroy(bp);
             if (r) goto done;
-            if (json) printf("}");
         }
-        if (json) printf("]");
     }
-    if (json)
-        printf("}\n");
-    else
+    if (record) {
+        moe_status_t written = moe_json_line_write(stdout, NULL, false, record);
+        record = NULL;
+        if (written != MOE_STATUS_OK) goto done;
+    } else {
         printf("(replay: the runtime's sends; model: what the solver optimises, copies counted from "
                "the routes of traces, second-order estimates from statistics files; * = scored "
                "trace)\n");
+    }
     rc = 0;
 done:
+    json_decref(record);
     free(extra);
     moe_plan_destroy(current);
     moe_plan_destroy(plan);

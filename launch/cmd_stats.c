@@ -1,6 +1,6 @@
 /* cmd_stats: `moerun stats`, routing statistics from a recorded trace, the same counts that
  * `moerun infer --stats` records (one accumulator serves both; see placement/stats.c). */
-#include <errno.h>
+#include <jansson.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "io/io.h"
+#include "launch/cli.h"
 #include "launch/commands.h"
 #include "placement/placement.h"
 
@@ -15,58 +16,59 @@ static void stats_usage(FILE *out)
 {
     fprintf(out,
             "usage: moerun stats --trace IDS.npy -o S.safetensors [--experts E] [--model NAME]\n"
-            "                    [--tokens N]\n"
+            "                    [--tokens N] [--json]\n"
             "\n"
             "  --trace IDS.npy   expert ids [layers, tokens, top_k], any integer dtype\n"
             "  -o FILE           statistics (safetensors: loads, coactivation, transitions)\n"
             "  --experts E       experts per layer (default: the largest id + 1)\n"
             "  --model NAME      model name stored in the metadata (default: the trace's file name)\n"
-            "  --tokens N        use the first N tokens only (default: all)\n");
+            "  --tokens N        use the first N tokens only (default: all)\n"
+            "  --json            one JSON line on stdout instead of the sentence\n"
+            "  --version         moerun's version and git commit\n");
 }
 
-/* A whole decimal number in [1, max]. */
-static bool parse_count(const char *s, long long max, long long *out)
+typedef struct {
+    const char *trace, *output, *model;
+    long long experts, tokens;
+} stats_args_t;
+
+static int stats_option(void *ctx, int id, const char *arg)
 {
-    char *end = NULL;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (end == s || *end || errno || v < 1 || v > max) return false;
-    *out = v;
-    return true;
+    stats_args_t *a = ctx;
+    switch (id) {
+    case 't': a->trace = arg; return 0;
+    case 'o': a->output = arg; return 0;
+    case 'm': a->model = arg; return 0;
+    case 'e':
+        if (moe_cli_int(arg, 1, MOE_MAX_EXPERTS, &a->experts)) return 0;
+        fprintf(stderr, "moerun stats: --experts '%s': expected a whole number in [1, %d]\n", arg, MOE_MAX_EXPERTS);
+        return 2;
+    case 'n':
+        if (moe_cli_int(arg, 1, LLONG_MAX, &a->tokens)) return 0;
+        fprintf(stderr, "moerun stats: --tokens '%s': expected a whole number >= 1\n", arg);
+        return 2;
+    default: return -1;
+    }
 }
 
 int moe_cmd_stats(int argc, char **argv)
 {
-    const char *trace = NULL, *output = NULL, *model = NULL;
-    long long experts = 0, tokens = -1;
-    moe_log_init(0, MOE_LOG_WARN);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            stats_usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--trace") && v) trace = v, i++;
-        else if (!strcmp(a, "-o") && v) output = v, i++;
-        else if (!strcmp(a, "--model") && v) model = v, i++;
-        else if (!strcmp(a, "--experts") && v) {
-            if (!parse_count(v, MOE_MAX_EXPERTS, &experts)) {
-                fprintf(stderr, "moerun stats: --experts '%s': expected a whole number in [1, %d]\n", v,
-                        MOE_MAX_EXPERTS);
-                return 2;
-            }
-            i++;
-        } else if (!strcmp(a, "--tokens") && v) {
-            if (!parse_count(v, LLONG_MAX, &tokens)) {
-                fprintf(stderr, "moerun stats: --tokens '%s': expected a whole number >= 1\n", v);
-                return 2;
-            }
-            i++;
-        } else {
-            fprintf(stderr, "moerun stats: unknown or incomplete option '%s'\n\n", a);
-            stats_usage(stderr);
-            return 2;
-        }
+    static const struct option options[] = {
+        {"trace", required_argument, NULL, 't'}, {"output", required_argument, NULL, 'o'},
+        {"model", required_argument, NULL, 'm'}, {"experts", required_argument, NULL, 'e'},
+        {"tokens", required_argument, NULL, 'n'}, {0}};
+    stats_args_t args = {.tokens = -1};
+    moe_cli_t cli = MOE_CLI_INIT("stats");
+    int prc = moe_cli_parse(&cli, argc, argv, "o:", options, stats_option, &args);
+    if (prc != 0) return prc;
+    if (cli.help || cli.version) {
+        if (cli.version) moe_cli_print_version(stdout);
+        else stats_usage(stdout);
+        return 0;
     }
+    moe_log_init(0, cli.level);
+    const char *trace = args.trace, *output = args.output, *model = args.model;
+    const long long experts = args.experts, tokens = args.tokens;
     if (!trace || !output) {
         fprintf(stderr, "moerun stats: needs --trace and -o\n\n");
         stats_usage(stderr);
@@ -129,8 +131,20 @@ int moe_cmd_stats(int argc, char **argv)
         model = name;
     }
     if (moe_stats_save(stats, model, output) != MOE_STATUS_OK) goto done;
-    printf("moerun stats: %lld tokens, %lld layers, %d experts, top_k %lld -> %s\n", (long long)n,
-           (long long)L, moe_stats_experts(stats), (long long)k, output);
+    if (cli.json) {
+        json_t *r = moe_json_record("stats");
+        json_object_set_new(r, "trace", json_string(trace));
+        json_object_set_new(r, "output", json_string(output));
+        json_object_set_new(r, "model", json_string(model));
+        json_object_set_new(r, "tokens", json_integer(n));
+        json_object_set_new(r, "layers", json_integer(L));
+        json_object_set_new(r, "experts", json_integer(moe_stats_experts(stats)));
+        json_object_set_new(r, "top_k", json_integer(k));
+        if (moe_json_line_write(stdout, NULL, false, r) != MOE_STATUS_OK) goto done;
+    } else {
+        printf("moerun stats: %lld tokens, %lld layers, %d experts, top_k %lld -> %s\n", (long long)n,
+               (long long)L, moe_stats_experts(stats), (long long)k, output);
+    }
     rc = 0;
 done:
     moe_stats_destroy(stats);

@@ -2,19 +2,23 @@
 #ifndef MOE_LAUNCH_LAUNCHER_H
 #define MOE_LAUNCH_LAUNCHER_H
 
+#include "common/common.h"
+
 typedef struct {
-    int rank, size;          /* in MPI_COMM_WORLD */
-    int local_rank;          /* among the ranks of this node: picks the GPU and the cores */
-    int local_size;
-    int node_id;             /* the launcher's node number (Slurm's SLURM_NODEID), or -1 */
-    const char *local_source; /* where local_rank came from: OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID
-                                 or an MPI shared-memory split */
+    int rank, size; /* in MPI_COMM_WORLD */
+    int node_id;    /* the launcher's node number (Slurm's SLURM_NODEID), or -1 */
 } moe_launch_info_t;
 
-/* After MPI_Init: rank and size from MPI; the local rank from Open MPI's or Slurm's variables when
- * the launcher sets them, else from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED); the node number
- * where the launcher gives one (under srun). Which ranks share a node is decided from these by
- * moe_comm_nodes_create (comm.h). */
+/* After MPI_Init: rank and size from MPI; the node number where the launcher gives one (under srun).
+ * Which ranks share a node is decided from it, or else from MPI, by moe_comm_nodes_create (comm.h);
+ * which GPU a rank drives, by moe_launch_device below. */
 int moe_launch_info(moe_launch_info_t *out);
+
+/* device.c. Collective over the world: this rank's place among the ranks of its node. */
+moe_status_t moe_launch_node(int *local_rank, int *local_size);
+/* Collective over the world, for cuda runs: this rank's GPU (its place on the node modulo the node's
+ * GPUs) and, with a GPU per rank, the process bound to the cores near it. The engine makes it
+ * current (moe_engine_options_t.device). */
+moe_status_t moe_launch_device(int *device);
 
 #endif

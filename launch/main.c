@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "launch/cli.h"
 #include "launch/commands.h"
 
 static void usage(FILE *out)
@@ -17,10 +18,11 @@ static void usage(FILE *out)
             "          moving while it serves (mpirun -np NMAX moerun elastic -c C --schedule 0:2,20:4)\n"
             "  stats   derive routing statistics from a trace (moerun stats --trace IDS.npy -o S)\n"
             "  place   compute an expert placement plan, or evaluate one against a trace\n"
-            "  config  write the configuration of a Hugging Face checkpoint (--from-hf DIR/config.json)\n"
+            "  config  write the configuration of a Hugging Face checkpoint (--from-hf DIR)\n"
             "  bench   micro-benchmarks on GPUs: `bench a2a`, dispatch + combine beside ncclAlltoAll\n"
             "\n"
-            "`moerun COMMAND --help` describes each.\n");
+            "`moerun COMMAND --help` describes each; `moerun --version` says the version and commit.\n"
+            "Options take their value as --opt VALUE or --opt=VALUE; --json gives JSON lines on stdout.\n");
 }
 
 int main(int argc, char **argv)
@@ -28,6 +30,10 @@ int main(int argc, char **argv)
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        moe_cli_print_version(stdout);
+        return 0;
     }
     if (!strcmp(argv[1], "infer")) return moe_cmd_infer(argc - 1, argv + 1);
     if (!strcmp(argv[1], "elastic")) return moe_cmd_elastic(argc - 1, argv + 1);

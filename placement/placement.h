@@ -43,6 +43,11 @@ moe_status_t moe_plan_check_fits(const moe_plan_h plan, int layers, int experts,
 
 void moe_plan_destroy(moe_plan_h plan); /* NULL-safe */
 
+/* A plan as bytes, to send between the ranks of a job (malloc'd, the caller's to free), and back
+ * (checked: sizes, counts, moe_plan_check; errors name `what`). */
+moe_status_t moe_plan_pack(const moe_plan_h plan, void **out, size_t *bytes);
+moe_status_t moe_plan_unpack(const void *data, size_t bytes, const char *what, moe_plan_h *out);
+
 /* Plan files (YAML, human-readable; format documented in plan_yaml.c). Load errors name file:line and
  * the key; save is atomic. */
 moe_status_t moe_plan_load(const char *path, moe_plan_h *out);
@@ -85,9 +90,6 @@ void moe_stats_destroy(moe_stats_h stats); /* NULL-safe */
 /* Add n tokens' routes: ids is [layers][n][top_k] (layer-major, as traces store them); entries < 0
  * are ignored. */
 void moe_stats_add(moe_stats_h stats, const int32_t *ids, int64_t n);
-
-/* Sum another object of the same shape into this one. */
-moe_status_t moe_stats_merge(moe_stats_h into, const moe_stats_h from);
 
 int moe_stats_layers(const moe_stats_h stats);
 int moe_stats_experts(const moe_stats_h stats);

@@ -255,3 +255,79 @@ int moe_plan_pick_replica(const moe_plan_h plan, int layer, int expert, int64_t 
     }
     return ranks[n - 1];
 }
+
+/* ---------------------------------------------------------------- packing
+ * Bytes: int32 magic, layers, experts, ranks, ranks_per_node, replicas in all; int32 replica count
+ * per (layer, expert); then per replica, in (layer, expert) order, int32 rank and float32 share. Host
+ * byte order: the bytes go between ranks of one job, not into files. */
+
+#define PLAN_PACK_MAGIC 0x4d4f4550 /* "PEOM" */
+
+moe_status_t moe_plan_pack(const moe_plan_h plan, void **out, size_t *bytes)
+{
+    const int L = moe_plan_layers(plan), E = moe_plan_experts(plan);
+    int32_t total = 0;
+    for (int l = 0; l < L; l++)
+        for (int e = 0; e < E; e++) total += moe_plan_replicas(plan, l, e, NULL, NULL);
+    const size_t n = 6 * sizeof(int32_t) + (size_t)L * E * sizeof(int32_t) + (size_t)total * 8;
+    char *buf = malloc(n);
+    if (!buf) {
+        moe_error("plan: out of memory to pack %d layers x %d experts", L, E);
+        return MOE_STATUS_NO_MEMORY;
+    }
+    int32_t head[6] = {PLAN_PACK_MAGIC, L, E, moe_plan_ranks(plan), moe_plan_ranks_per_node(plan), total};
+    memcpy(buf, head, sizeof head);
+    int32_t *counts = (int32_t *)(buf + sizeof head);
+    char *rep = buf + sizeof head + (size_t)L * E * sizeof(int32_t);
+    for (int l = 0; l < L; l++)
+        for (int e = 0; e < E; e++) {
+            const int *rk;
+            const float *sh;
+            const int r = moe_plan_replicas(plan, l, e, &rk, &sh);
+            counts[(size_t)l * E + e] = r;
+            for (int i = 0; i < r; i++, rep += 8) {
+                const int32_t rank = rk[i];
+                memcpy(rep, &rank, 4);
+                memcpy(rep + 4, &sh[i], 4);
+            }
+        }
+    *out = buf;
+    *bytes = n;
+    return MOE_STATUS_OK;
+}
+
+moe_status_t moe_plan_unpack(const void *data, size_t bytes, const char *what, moe_plan_h *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    int32_t head[6];
+    moe_plan_h plan = NULL;
+    if (bytes < sizeof head) MOE_FAIL(MOE_STATUS_FORMAT_ERROR, fail, "%s: %zu bytes are no packed plan", what, bytes);
+    memcpy(head, data, sizeof head);
+    const int64_t L = head[1], E = head[2], total = head[5];
+    if (head[0] != PLAN_PACK_MAGIC || L < 1 || L > MOE_MAX_LAYERS || E < 1 || E > MOE_MAX_EXPERTS || total < 0 ||
+        bytes != sizeof head + (size_t)(L * E) * 4 + (size_t)total * 8)
+        MOE_FAIL(MOE_STATUS_FORMAT_ERROR, fail, "%s: %zu bytes are no packed plan", what, bytes);
+    MOE_CHECK(moe_plan_create_empty((int)L, (int)E, head[3], head[4], &plan), fail);
+    const char *counts = (const char *)data + sizeof head, *rep = counts + (size_t)(L * E) * 4;
+    int64_t seen = 0;
+    for (int64_t i = 0; i < L * E; i++) {
+        int32_t r;
+        memcpy(&r, counts + i * 4, 4);
+        if (r < 0 || seen + r > total) MOE_FAIL(MOE_STATUS_FORMAT_ERROR, fail_plan, "%s: replica counts do not add up", what);
+        for (int32_t j = 0; j < r; j++, seen++, rep += 8) {
+            int32_t rank;
+            float share;
+            memcpy(&rank, rep, 4);
+            memcpy(&share, rep + 4, 4);
+            MOE_CHECK(moe_plan_add_replica(plan, (int)(i / E), (int)(i % E), rank, share), fail_plan);
+        }
+    }
+    if (seen != total) MOE_FAIL(MOE_STATUS_FORMAT_ERROR, fail_plan, "%s: replica counts do not add up", what);
+    MOE_CHECK(moe_plan_check(plan, what), fail_plan);
+    *out = plan;
+    return MOE_STATUS_OK;
+fail_plan:
+    moe_plan_destroy(plan);
+fail:
+    return status;
+}

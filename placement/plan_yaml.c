@@ -322,20 +322,69 @@ static bool utf8_valid(const unsigned char *s)
     return true;
 }
 
-/* A YAML double-quoted scalar: quotes, backslashes and control characters escaped, so that no
- * value can end the line or the string and add keys. */
-static void put_quoted(FILE *fp, const char *s)
+/* A node of a parsed document, emitted again (scalars in their own style). */
+static void emit_node(moe_yaml_out_h w, yaml_document_t *doc, yaml_node_t *n, int depth)
 {
-    fputc('"', fp);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(fp, "\\%c", *p);
-        else if (*p < 0x20 || *p == 0x7f)
-            fprintf(fp, "\\x%02x", *p);
+    if (!n || depth > 16) return;
+    switch (n->type) {
+    case YAML_SCALAR_NODE:
+        if (n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE)
+            moe_yaml_out_raw(w, (const char *)n->data.scalar.value);
         else
-            fputc(*p, fp);
+            moe_yaml_out_string(w, (const char *)n->data.scalar.value);
+        break;
+    case YAML_SEQUENCE_NODE:
+        moe_yaml_out_seq(w, n->data.sequence.style == YAML_FLOW_SEQUENCE_STYLE);
+        for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++)
+            emit_node(w, doc, yaml_document_get_node(doc, *it), depth + 1);
+        moe_yaml_out_end_seq(w);
+        break;
+    case YAML_MAPPING_NODE:
+        moe_yaml_out_map(w, n->data.mapping.style == YAML_FLOW_MAPPING_STYLE);
+        for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+            emit_node(w, doc, yaml_document_get_node(doc, p->key), depth + 1);
+            emit_node(w, doc, yaml_document_get_node(doc, p->value), depth + 1);
+        }
+        moe_yaml_out_end_map(w);
+        break;
+    default: break;
     }
-    fputc('"', fp);
+}
+
+/* The extra keys (YAML text of a mapping whose keys the loader accepts and ignores), parsed and
+ * emitted into the plan's top-level mapping. */
+static moe_status_t emit_extra(moe_yaml_out_h w, const char *path, const char *extra_yaml)
+{
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    moe_status_t status = MOE_STATUS_OK;
+    if (!yaml_parser_initialize(&parser)) return MOE_STATUS_NO_MEMORY;
+    yaml_parser_set_input_string(&parser, (const unsigned char *)extra_yaml, strlen(extra_yaml));
+    if (!yaml_parser_load(&parser, &doc)) {
+        yaml_parser_delete(&parser);
+        moe_error("%s: the plan's annotations are not YAML: %s", path, parser.problem ? parser.problem : "?");
+        return MOE_STATUS_INVALID_ARGUMENT;
+    }
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (root && root->type != YAML_MAPPING_NODE) {
+        moe_error("%s: the plan's annotations are not a mapping", path);
+        status = MOE_STATUS_INVALID_ARGUMENT;
+    }
+    for (yaml_node_pair_t *p = root && !status ? root->data.mapping.pairs.start : NULL;
+         p && p < root->data.mapping.pairs.top; p++) {
+        yaml_node_t *key = yaml_document_get_node(&doc, p->key);
+        const char *k = key && key->type == YAML_SCALAR_NODE ? (const char *)key->data.scalar.value : "";
+        if (strcmp(k, "solver") != 0 && strcmp(k, "sources") != 0 && strcmp(k, "predicted") != 0) {
+            moe_error("%s: '%s' is not a plan annotation (solver, sources, predicted)", path, k);
+            status = MOE_STATUS_INVALID_ARGUMENT;
+            break;
+        }
+        moe_yaml_out_key(w, k);
+        emit_node(w, &doc, yaml_document_get_node(&doc, p->value), 0);
+    }
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    return status;
 }
 
 moe_status_t moe_plan_save_annotated(const moe_plan_h plan, const char *path, const char *model,
@@ -343,46 +392,60 @@ moe_status_t moe_plan_save_annotated(const moe_plan_h plan, const char *path, co
 {
     moe_status_t status = MOE_STATUS_OK;
     moe_atomic_file_t f;
+    moe_yaml_out_h w = NULL;
     MOE_CHECK(moe_plan_check(plan, path), fail);
     if (model && !utf8_valid((const unsigned char *)model))
         MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "%s: the model name is not valid UTF-8", path);
     MOE_CHECK(moe_atomic_file_open(path, &f), fail);
     int L = moe_plan_layers(plan), R = moe_plan_ranks(plan);
     FILE *fp = f.fp;
-    fprintf(fp, "# moerun placement plan: per layer, the experts each rank hosts and the share of\n"
-                "# each expert's tokens that replica takes (format in placement/plan_yaml.c).\n");
-    fprintf(fp, "format: %d\n", PLAN_FORMAT);
+    moe_yaml_out_comment(fp, "moerun placement plan: per layer, the experts each rank hosts and the share of");
+    moe_yaml_out_comment(fp, "each expert's tokens that replica takes (format in placement/plan_yaml.c).");
+    MOE_CHECK(moe_yaml_out_open(fp, path, &w), fail_file);
+    moe_yaml_out_map(w, false);
+    moe_yaml_out_key(w, "format");
+    moe_yaml_out_int(w, PLAN_FORMAT);
     if (model && model[0]) {
-        fputs("model: ", fp);
-        put_quoted(fp, model);
-        fputc('\n', fp);
+        moe_yaml_out_key(w, "model");
+        moe_yaml_out_string(w, model);
     }
-    fprintf(fp, "layers: %d\nexperts: %d\nranks: %d\nranks_per_node: %d\n", L,
-            moe_plan_experts(plan), R, moe_plan_ranks_per_node(plan));
-    if (extra_yaml && extra_yaml[0]) {
-        fputs(extra_yaml, fp);
-        if (extra_yaml[strlen(extra_yaml) - 1] != '\n') fputc('\n', fp);
+    const char *keys[4] = {"layers", "experts", "ranks", "ranks_per_node"};
+    const int values[4] = {L, moe_plan_experts(plan), R, moe_plan_ranks_per_node(plan)};
+    for (int i = 0; i < 4; i++) {
+        moe_yaml_out_key(w, keys[i]);
+        moe_yaml_out_int(w, values[i]);
     }
-    fprintf(fp, "placement:\n");
+    if (extra_yaml && extra_yaml[0]) MOE_CHECK(emit_extra(w, path, extra_yaml), fail_emitter);
+    moe_yaml_out_key(w, "placement");
+    moe_yaml_out_seq(w, false);
     for (int l = 0; l < L; l++) {
-        fprintf(fp, "  - layer: %d\n    ranks:\n", l);
+        moe_yaml_out_map(w, false);
+        moe_yaml_out_key(w, "layer");
+        moe_yaml_out_int(w, l);
+        moe_yaml_out_key(w, "ranks");
+        moe_yaml_out_seq(w, false);
         for (int r = 0; r < R; r++) {
             const int *ex;
             int n = moe_plan_local_experts(plan, l, r, &ex);
             if (n == 0) continue;
             bool all_one = true;
-            fprintf(fp, "      - {rank: %d, experts: [", r);
+            moe_yaml_out_map(w, true);
+            moe_yaml_out_key(w, "rank");
+            moe_yaml_out_int(w, r);
+            moe_yaml_out_key(w, "experts");
+            moe_yaml_out_seq(w, true);
             for (int i = 0; i < n; i++) {
-                fprintf(fp, "%s%d", i ? ", " : "", ex[i]);
+                moe_yaml_out_int(w, ex[i]);
                 const int *rk;
                 const float *sh;
                 int nr = moe_plan_replicas(plan, l, ex[i], &rk, &sh);
                 for (int j = 0; j < nr; j++)
                     if (rk[j] == r && sh[j] != 1.0f) all_one = false;
             }
-            fprintf(fp, "]");
+            moe_yaml_out_end_seq(w);
             if (!all_one) {
-                fprintf(fp, ", shares: [");
+                moe_yaml_out_key(w, "shares");
+                moe_yaml_out_seq(w, true);
                 for (int i = 0; i < n; i++) {
                     const int *rk;
                     const float *sh;
@@ -391,19 +454,31 @@ moe_status_t moe_plan_save_annotated(const moe_plan_h plan, const char *path, co
                         if (rk[j] != r) continue;
                         char buf[32];
                         format_share(sh[j], buf, sizeof(buf));
-                        fprintf(fp, "%s%s", i ? ", " : "", buf);
+                        moe_yaml_out_raw(w, buf);
                     }
                 }
-                fprintf(fp, "]");
+                moe_yaml_out_end_seq(w);
             }
-            fprintf(fp, "}\n");
+            moe_yaml_out_end_map(w);
         }
+        moe_yaml_out_end_seq(w);
+        moe_yaml_out_end_map(w);
     }
+    moe_yaml_out_end_seq(w);
+    moe_yaml_out_end_map(w);
+    status = moe_yaml_out_close(w);
+    w = NULL;
+    if (status != MOE_STATUS_OK) goto fail_file;
     if (ferror(fp)) {
         moe_atomic_file_abort(&f);
         MOE_FAIL(MOE_STATUS_IO_ERROR, fail, "%s: write failed", path);
     }
     MOE_CHECK(moe_atomic_file_commit(&f), fail);
+    return MOE_STATUS_OK;
+fail_emitter:
+    moe_yaml_out_close(w);
+fail_file:
+    moe_atomic_file_abort(&f);
 fail:
     return status;
 }

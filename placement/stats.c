@@ -80,22 +80,6 @@ void moe_stats_add(moe_stats_h s, const int32_t *ids, int64_t n)
     s->tokens += n;
 }
 
-moe_status_t moe_stats_merge(moe_stats_h into, const moe_stats_h from)
-{
-    if (into->layers != from->layers || into->experts != from->experts) {
-        moe_error("statistics: cannot merge %dx%d into %dx%d", from->layers, from->experts,
-                  into->layers, into->experts);
-        return MOE_STATUS_INVALID_ARGUMENT;
-    }
-    size_t ee = (size_t)into->experts * into->experts;
-    for (size_t i = 0; i < (size_t)into->layers * into->experts; i++) into->loads[i] += from->loads[i];
-    for (size_t i = 0; i < (size_t)into->layers * ee; i++) into->coactivation[i] += from->coactivation[i];
-    for (size_t i = 0; i < transitions_layers(into->layers) * ee; i++)
-        into->transitions[i] += from->transitions[i];
-    into->tokens += from->tokens;
-    return MOE_STATUS_OK;
-}
-
 int moe_stats_layers(const moe_stats_h s) { return s->layers; }
 int moe_stats_experts(const moe_stats_h s) { return s->experts; }
 int moe_stats_top_k(const moe_stats_h s) { return s->top_k; }

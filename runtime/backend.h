@@ -248,19 +248,21 @@ extern const moe_backend_t moe_backend_cpu;
 
 #include "moe_build_config.h"
 #if MOE_HAVE_CUDA
-#include <mpi.h>
+#include "comm/comm.h"
 /* backend_cuda.c: bf16 on one GPU; rows in device memory with the NCCL transport, in pinned host
  * memory with the MPI one (run.transport). */
 extern const moe_backend_t moe_backend_cuda;
 /* The backend's compute stream (a cudaStream_t), for moe_comm_set_stream. */
 void *moe_backend_cuda_stream(moe_backend_state_t *state);
-/* Collective over comm: GEMM paths timed by any rank become every rank's (an elastic switch: a rank
+/* Collective over ctl: GEMM paths timed by any rank become every rank's (an elastic switch: a rank
  * that starts serving does not time them again in its first batch). */
-moe_status_t moe_backend_cuda_share_tuning(MPI_Comm comm);
-/* Collective over comm: this rank's GPU (local rank among the ranks of its node, modulo the GPUs
- * there) made current, and the process bound to the cores near it when each rank has a GPU of its
- * own. Call before creating the NCCL transport and the backend. */
-moe_status_t moe_cuda_select_device(MPI_Comm comm, int *device);
+moe_status_t moe_backend_cuda_share_tuning(moe_ctl_h ctl);
+/* The GPUs this process sees (0 when none or on an error). */
+int moe_cuda_device_count(void);
+/* `device` made current and its context made; what it holds now is not counted as ours
+ * (moe_cuda_device_bytes). Which device, and the binding to its cores, is launch/'s choice
+ * (launch/device.c); call before creating the NCCL transport and the backend. */
+moe_status_t moe_cuda_start_device(int device);
 /* A state about to serve for the first time on a rank that is not serving (an elastic scale-up),
  * on the thread that prepared it: one layer's stages run locally on made-up routing and the GEMM
  * paths timed for the row counts its batches will bring, so that its first batch loads no CUDA

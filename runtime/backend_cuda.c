@@ -23,8 +23,6 @@
  * Timing. Stages are bracketed by CUDA events on the compute stream (and transfers by events on
  * the transport's stream), read after the batch: stage times are device times. */
 #include <cuda_runtime.h>
-#include <hwloc.h>
-#include <hwloc/cudart.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,36 +58,23 @@ fail:
 
 void moe_cuda_unpin(void *host) { cudaHostUnregister(host); }
 
-moe_status_t moe_cuda_select_device(MPI_Comm comm, int *device)
+int moe_cuda_device_count(void)
+{
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return count;
+}
+
+moe_status_t moe_cuda_start_device(int device)
 {
     moe_status_t status = MOE_STATUS_OK;
-    MPI_Comm local = MPI_COMM_NULL;
-    int local_rank = 0, local_size = 1, count = 0;
-    MOE_CHECK_MPI(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local), fail);
-    MPI_Comm_rank(local, &local_rank);
-    MPI_Comm_size(local, &local_size);
-    MPI_Comm_free(&local);
-    MOE_CHECK_CUDA(cudaGetDeviceCount(&count), fail);
-    if (count < 1) MOE_FAIL(MOE_STATUS_CUDA_ERROR, fail, "cuda backend: no CUDA device");
-    *device = local_rank % count;
-    MOE_CHECK_CUDA(cudaSetDevice(*device), fail);
+    MOE_CHECK_CUDA(cudaSetDevice(device), fail);
     MOE_CHECK_CUDA(cudaFree(NULL), fail); /* the context, so that what follows is ours */
     size_t free_bytes = 0, total = 0;
     if (cudaMemGetInfo(&free_bytes, &total) == cudaSuccess) device_bytes_at_start = total - free_bytes;
-    /* One rank per GPU: bind it to the cores near its GPU. Shared GPUs (tests) keep the launcher's
-     * binding. A failed binding costs speed, not correctness: warn and go on. */
-    if (local_size <= count) {
-        hwloc_topology_t topo;
-        if (hwloc_topology_init(&topo) == 0) {
-            hwloc_cpuset_t set = hwloc_bitmap_alloc();
-            if (hwloc_topology_load(topo) != 0 || !set || hwloc_cudart_get_device_cpuset(topo, *device, set) != 0 ||
-                hwloc_set_cpubind(topo, set, HWLOC_CPUBIND_PROCESS) != 0)
-                moe_warn("cuda backend: could not bind to the cores near GPU %d", *device);
-            hwloc_bitmap_free(set);
-            hwloc_topology_destroy(topo);
-        }
-    }
-    moe_debug("cuda backend: local rank %d of %d on GPU %d of %d", local_rank, local_size, *device, count);
 fail:
     return status;
 }
@@ -1259,17 +1244,16 @@ fail:
 
 void *moe_backend_cuda_stream(moe_backend_state_t *state) { return state->stream; }
 
-moe_status_t moe_backend_cuda_share_tuning(MPI_Comm comm)
+moe_status_t moe_backend_cuda_share_tuning(moe_ctl_h ctl)
 {
     moe_status_t status = MOE_STATUS_OK;
-    int P;
-    MPI_Comm_size(comm, &P);
+    const int P = moe_ctl_size(ctl);
     const int n = (int)(sizeof tuned_paths / sizeof tuned_paths[0][0]);
     int mine[sizeof tuned_paths / sizeof tuned_paths[0][0]];
     int *all = malloc(sizeof(int) * (size_t)n * (size_t)P);
     MOE_CHECK_ALLOC(all, fail);
     for (int i = 0; i < n; i++) mine[i] = (int)(&tuned_paths[0][0])[i];
-    MOE_CHECK_MPI(MPI_Allgather(mine, n, MPI_INT, all, n, MPI_INT, comm), fail);
+    MOE_CHECK(moe_ctl_gather(ctl, -1, mine, sizeof mine, all, "the GEMM paths' tuning"), fail);
     for (int i = 0; i < n; i++) /* a bucket this rank has not timed: the lowest rank's pick that has */
         for (int p = 0; p < P && (&tuned_paths[0][0])[i] == MOE_GEMM_PATH_AUTO; p++)
             (&tuned_paths[0][0])[i] = (moe_gemm_path_t)all[(size_t)p * n + i];

@@ -8,6 +8,7 @@
  * Bandwidths as nccl-tests reports all-to-all: algbw = bytes a rank sends / time, busbw = algbw (P-1)/P.
  * Last, the point-to-point rate that expert moves see (runtime/migrate.c): rank 0 sends 16 slots of
  * 64 MiB to rank 1 as one NCCL group, the median wall time of 5 after a warm-up. */
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,7 +64,7 @@ done:
 /* Rank 0 to rank 1: the GB/s of one group of SLOTS sends of SLOT_BYTES, as a migration posts them. */
 #define P2P_SLOTS 16
 #define P2P_SLOT_BYTES ((size_t)64 << 20)
-static moe_status_t time_p2p(MPI_Comm world, moe_comm_h comm, cudaStream_t stream, int rank, FILE *out)
+static moe_status_t time_p2p(bool json, MPI_Comm world, moe_comm_h comm, cudaStream_t stream, int rank, FILE *out)
 {
     moe_status_t status = MOE_STATUS_OK;
     void *buf = NULL;
@@ -89,7 +90,14 @@ static moe_status_t time_p2p(MPI_Comm world, moe_comm_h comm, cudaStream_t strea
         if (i >= 0) t[i] = (float)el;
     }
     qsort(t, 5, sizeof(float), cmp_float);
-    if (rank == 0)
+    if (rank == 0 && json) {
+        json_t *r = moe_json_record("bench_p2p");
+        json_object_set_new(r, "slots", json_integer(P2P_SLOTS));
+        json_object_set_new(r, "slot_bytes", json_integer((json_int_t)P2P_SLOT_BYTES));
+        json_object_set_new(r, "ms", moe_json_number(1e3 * t[2]));
+        json_object_set_new(r, "gb_per_s", moe_json_number(P2P_SLOTS * (double)P2P_SLOT_BYTES / t[2] / 1e9));
+        MOE_CHECK(moe_json_line_write(out, NULL, false, r), done);
+    } else if (rank == 0)
         fprintf(out, "# p2p rank 0 -> 1: %d slots of %zu bytes in one NCCL group: %.2f ms, %.1f GB/s\n", P2P_SLOTS,
                 P2P_SLOT_BYTES, 1e3 * t[2], P2P_SLOTS * (double)P2P_SLOT_BYTES / t[2] / 1e9);
 done:
@@ -97,17 +105,18 @@ done:
     return status;
 }
 
-moe_status_t moe_bench_a2a(MPI_Comm world, int d, int k, const int *rows, int n_sizes, int iters, FILE *out)
+moe_status_t moe_bench_a2a(MPI_Comm world, int device, int d, int k, const int *rows, int n_sizes, int iters,
+                           bool json, FILE *out)
 {
     moe_status_t status = MOE_STATUS_OK;
-    int rank, P, device;
+    int rank, P;
     moe_comm_h comm = NULL;
     cudaStream_t stream = NULL;
     void *send = NULL, *recv = NULL, *back = NULL;
     int *counts = NULL;
     MPI_Comm_rank(world, &rank);
     MPI_Comm_size(world, &P);
-    MOE_CHECK(moe_cuda_select_device(world, &device), done);
+    MOE_CHECK(moe_cuda_start_device(device), done);
     MOE_CHECK(moe_comm_create_nccl(world, device, &comm), done);
     MOE_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), done);
     moe_comm_set_stream(comm, stream);
@@ -120,7 +129,7 @@ moe_status_t moe_bench_a2a(MPI_Comm world, int d, int k, const int *rows, int n_
     MOE_CHECK_CUDA(cudaMalloc(&recv, row_bytes * (size_t)P * most + 16), done);
     MOE_CHECK_CUDA(cudaMalloc(&back, row_bytes * (size_t)P * most + 16), done);
     MOE_CHECK_CUDA(cudaMemset(send, 0x3c, row_bytes * (size_t)P * most), done);
-    if (rank == 0)
+    if (rank == 0 && !json)
         fprintf(out, "# moerun bench a2a: %d ranks, d %d, top_k %d: a wire row %zu bytes out, %zu back\n"
                      "#  rows/peer   bytes/rank    moerun(us)  algbw(GB/s)  busbw(GB/s)   nccl(us)  algbw(GB/s)  "
                      "busbw(GB/s)  moerun/nccl\n", P, d, k, row_bytes, back_bytes);
@@ -131,14 +140,26 @@ moe_status_t moe_bench_a2a(MPI_Comm world, int d, int k, const int *rows, int n_
         MOE_CHECK(time_a2a(comm, stream, false, send, recv, back, counts, row_bytes, back_bytes, iters, &nccl), done);
         MOE_CHECK_MPI(MPI_Reduce((float[]){ours, nccl}, worst, 2, MPI_FLOAT, MPI_MAX, 0, world), done);
         const double bytes = (double)P * rows[i] * (double)(row_bytes + back_bytes); /* a rank sends, both ways */
-        if (rank == 0) {
+        if (rank == 0 && json) {
+            json_t *r = moe_json_record("bench_a2a");
+            json_object_set_new(r, "ranks", json_integer(P));
+            json_object_set_new(r, "d_model", json_integer(d));
+            json_object_set_new(r, "top_k", json_integer(k));
+            json_object_set_new(r, "rows_per_peer", json_integer(rows[i]));
+            json_object_set_new(r, "bytes_per_rank", moe_json_number(bytes));
+            json_object_set_new(r, "moerun_us", moe_json_number(1e3 * worst[0]));
+            json_object_set_new(r, "nccl_us", moe_json_number(1e3 * worst[1]));
+            json_object_set_new(r, "moerun_algbw_gb_per_s", moe_json_number(bytes / (worst[0] * 1e-3) / 1e9));
+            json_object_set_new(r, "nccl_algbw_gb_per_s", moe_json_number(bytes / (worst[1] * 1e-3) / 1e9));
+            MOE_CHECK(moe_json_line_write(out, NULL, false, r), done);
+        } else if (rank == 0) {
             const double a1 = bytes / (worst[0] * 1e-3) / 1e9, a2 = bytes / (worst[1] * 1e-3) / 1e9;
             fprintf(out, "%12d %12.0f %12.1f %12.2f %12.2f %10.1f %12.2f %12.2f %12.3f\n", rows[i], bytes,
                     1e3 * worst[0], a1, a1 * (P - 1) / P, 1e3 * worst[1], a2, a2 * (P - 1) / P, worst[1] / worst[0]);
             fflush(out);
         }
     }
-    if (P >= 2) MOE_CHECK(time_p2p(world, comm, stream, rank, out), done);
+    if (P >= 2) MOE_CHECK(time_p2p(json, world, comm, stream, rank, out), done);
 done:
     if (send) cudaFree(send);
     if (recv) cudaFree(recv);
@@ -149,9 +170,10 @@ done:
     return status;
 }
 #else
-moe_status_t moe_bench_a2a(MPI_Comm world, int d, int k, const int *rows, int n_sizes, int iters, FILE *out)
+moe_status_t moe_bench_a2a(MPI_Comm world, int device, int d, int k, const int *rows, int n_sizes, int iters,
+                           bool json, FILE *out)
 {
-    (void)world, (void)d, (void)k, (void)rows, (void)n_sizes, (void)iters, (void)out;
+    (void)world, (void)device, (void)d, (void)k, (void)rows, (void)n_sizes, (void)iters, (void)json, (void)out;
     moe_error("bench a2a: needs the cuda backend (this build has no CUDA)");
     return MOE_STATUS_UNSUPPORTED;
 }

@@ -59,6 +59,7 @@ static const char *const weights_words[] = {"random", "checkpoint", NULL};
 static const char *const buffers_words[] = {"auto", "counted", "fixed", NULL};
 static const char *const dispatch_words[] = {"auto", "flat", "hierarchical", NULL};
 static const char *const switch_words[] = {"auto", "on", "off", NULL};
+static const char *const progress_words[] = {"off", "auto", "on", "false", "true", NULL};
 /* kernels.h's moe_gemm_path_t, in its order (moe_gemm_path_name) */
 static const char *const gemm_words[] = {"auto", "cutlass_128x128", "cutlass_128x256", "cutlass_128x256_c2",
                                          "cutlass_256x128", "cutlass_128x128_pingpong", "cutlass_swap_128x32",
@@ -187,8 +188,8 @@ _Static_assert(sizeof(moe_switch_t) == sizeof(int), "enum size");
       "metrics as JSON lines (empty = not written)")                                                   \
     X(PATH, "outputs.stats", outputs.stats, char *, NULL, "", NOLIM, RANGE_GE,                        \
       "routing statistics, .safetensors (empty = not written)")                                        \
-    X(BOOL, "outputs.progress", outputs.progress, bool, NULL, "true", NOLIM, RANGE_GE,                \
-      "progress line on rank 0 when stdout is a terminal")
+    X(ENUM, "outputs.progress", outputs.progress, moe_progress_t, progress_words, "auto", NOLIM, RANGE_GE, \
+      "rank 0's progress line: auto (when the output is a terminal; under mpirun, mpirun's) | on | off")
 
 /* The offset of a field, and a compile error if the field does not have the type the row says. */
 #define FIELD_OFFSET(field, ctype) _Generic((((moe_config_t *)0)->field), ctype: offsetof(moe_config_t, field))
@@ -847,53 +848,37 @@ moe_status_t moe_config_validate(const moe_config_t *config, int world_size)
 
 /* ---------------------------------------------------------------- print */
 
-/* Whether a string must be quoted to read back as the same string (and not as a number, bool, null or
- * YAML syntax). */
-static bool needs_quotes(const char *s)
-{
-    static const char *const special[] = {"~", "null", "true", "false", "yes", "no", "on", "off", "y", "n", NULL};
-    if (s[0] == '\0') return true;
-    for (int i = 0; special[i]; i++)
-        if (strcasecmp(s, special[i]) == 0) return true;
-    if (!(isalnum((unsigned char)s[0]) || s[0] == '/' || s[0] == '.' || s[0] == '_')) return true;
-    for (const char *p = s; *p; p++)
-        if (!(isalnum((unsigned char)*p) || strchr("_./+-@", *p))) return true;
-    char *end;
-    strtod(s, &end);
-    return *end == '\0';
-}
-
-static void print_quoted(const char *s, FILE *out)
-{
-    fputc('"', out);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(out, "\\%c", *p);
-        else if (*p < 0x20 || *p == 0x7f)
-            fprintf(out, "\\x%02x", *p);
-        else
-            fputc(*p, out);
-    }
-    fputc('"', out);
-}
-
+/* Through libyaml's emitter (io/yaml_out.c), which quotes and escapes what must be. */
 void moe_config_print(const moe_config_t *config, FILE *out)
 {
-    fprintf(out, "# moerun configuration%s%s\n", config->source_path[0] ? " from " : "",
-            config->source_path);
+    char comment[MOE_PATH_MAX + 64];
+    snprintf(comment, sizeof comment, "moerun configuration%s%s", config->source_path[0] ? " from " : "",
+             config->source_path);
+    moe_yaml_out_comment(out, comment);
+    moe_yaml_out_h w;
+    if (moe_yaml_out_open(out, "the configuration", &w) != MOE_STATUS_OK) return;
+    moe_yaml_out_map(w, false);
     for (size_t i = 0; i < N_SETTINGS; i++) {
         const char *name = setting_info[i].name;
         size_t n = section_length(name);
-        if (i == 0 || n != section_length(setting_info[i - 1].name) ||
-            strncmp(name, setting_info[i - 1].name, n) != 0)
-            fprintf(out, "%.*s:\n", (int)n, name);
+        const bool first = i == 0 || n != section_length(setting_info[i - 1].name) ||
+                           strncmp(name, setting_info[i - 1].name, n) != 0;
+        if (first) {
+            if (i > 0) moe_yaml_out_end_map(w);
+            char section[64];
+            snprintf(section, sizeof section, "%.*s", (int)n, name);
+            moe_yaml_out_key(w, section);
+            moe_yaml_out_map(w, false);
+        }
         char value[MOE_PATH_MAX + 64];
         setting_format((int)i, config, value, sizeof value);
-        fprintf(out, "  %s: ", name + n + 1);
-        if ((settings[i].kind == KIND_STRING || settings[i].kind == KIND_PATH) && needs_quotes(value))
-            print_quoted(value, out);
+        moe_yaml_out_key(w, name + n + 1);
+        if (settings[i].kind == KIND_STRING || settings[i].kind == KIND_PATH)
+            moe_yaml_out_string(w, value);
         else
-            fputs(value, out);
-        fputc('\n', out);
+            moe_yaml_out_raw(w, value);
     }
+    if (N_SETTINGS > 0) moe_yaml_out_end_map(w);
+    moe_yaml_out_end_map(w);
+    moe_yaml_out_close(w);
 }

@@ -2,7 +2,7 @@
  *
  * The world is launched at its largest size; the serving set is world ranks 0..P-1 (a
  * sub-communicator the engine splits), the others wait at batch boundaries. At every boundary the
- * world agrees, in one small MPI_Allreduce, on: the size the schedule asks for (rank 0's clock for
+ * world agrees, in one small reduction (boundary_t, over the control plane of comm.h), on: the size the schedule asks for (rank 0's clock for
  * time schedules), whether a re-balance is due (rebalance.every), whether rank 0's solver is done,
  * and how many ranks still have transfers in flight or a state to prepare. An event then goes
  * through:
@@ -24,6 +24,7 @@
  * values, so the ranks never disagree on the state. */
 #include <errno.h>
 #include <math.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -66,9 +67,19 @@ typedef struct {
     double seconds;
 } solver_t;
 
+/* The batch boundary's agreement: every field an int64 summed over the world's ranks. */
+typedef struct {
+    int64_t bytes_pending;  /* expert bytes still to arrive, all ranks */
+    int64_t ranks_busy;     /* ranks with transfers in flight or a state still being prepared */
+    int64_t schedule_size;  /* rank 0's: the serving size the schedule asks for now */
+    int64_t rebalance_due;  /* rank 0's: the routing drifted, a re-balance is due */
+    int64_t solver_done;    /* rank 0's: the placement solver has a plan */
+} boundary_t;
+#define BOUNDARY_FIELDS ((int)(sizeof(boundary_t) / sizeof(int64_t)))
+
 struct moe_elastic_s {
     const moe_config_t *config;
-    MPI_Comm comm;
+    moe_ctl_h ctl; /* borrowed: the engine's control plane over the world */
     int rank, size;
     moe_elastic_args_t args;
     /* schedule */
@@ -106,12 +117,8 @@ struct moe_elastic_s {
     int plans_saved;
 };
 
-/* Every collective here is non-blocking and waited under the run's watch (comm.h), so that a rank
- * that stops answering in an event ends the job instead of hanging it. */
-static moe_status_t el_wait(const struct moe_elastic_s *el, const char *what, int n, MPI_Request *requests)
-{
-    return moe_watch_wait(el->args.watch, -1, NULL, what, n, requests);
-}
+/* Every collective here goes over the control plane (comm.h), waited under the run's watch, so
+ * that a rank that stops answering in an event ends the job instead of hanging it. */
 
 /* ---------------------------------------------------------------- the schedule */
 
@@ -200,16 +207,16 @@ static int schedule_size(const struct moe_elastic_s *el, int batch, double t)
 /* ---------------------------------------------------------------- create / destroy */
 
 moe_status_t moe_elastic_create(const moe_config_t *config, const moe_elastic_args_t *args,
-                                MPI_Comm comm, moe_elastic_h *out)
+                                moe_ctl_h ctl, moe_elastic_h *out)
 {
     moe_status_t status = MOE_STATUS_OK;
     struct moe_elastic_s *el = calloc(1, sizeof *el);
     MOE_CHECK_ALLOC(el, fail);
     el->config = config;
-    el->comm = comm;
+    el->ctl = ctl;
     el->args = *args;
-    MPI_Comm_rank(comm, &el->rank);
-    MPI_Comm_size(comm, &el->size);
+    el->rank = moe_ctl_rank(ctl);
+    el->size = moe_ctl_size(ctl);
     if (args->schedule) {
         MOE_CHECK(parse_schedule(el, args->schedule), fail);
     } else {
@@ -234,14 +241,12 @@ moe_status_t moe_elastic_create(const moe_config_t *config, const moe_elastic_ar
     el->phase = "serve";
     if (args->plans_dir && args->plans_dir[0]) {
         /* rank 0 writes the plans; every rank learns whether it can, so that none goes on alone */
-        int made = 1;
+        int64_t made = 1;
         if (el->rank == 0 && mkdir(args->plans_dir, 0777) != 0 && errno != EEXIST) {
             moe_error("--plans %s: cannot create the directory: %s", args->plans_dir, strerror(errno));
             made = 0;
         }
-        MPI_Request request;
-        MOE_CHECK_MPI(MPI_Ibcast(&made, 1, MPI_INT, 0, comm, &request), fail);
-        MOE_CHECK(el_wait(el, "the plans folder check", 1, &request), fail);
+        MOE_CHECK(moe_ctl_bcast(ctl, 0, &made, sizeof made, "the plans folder check"), fail);
         if (!made) {
             status = MOE_STATUS_IO_ERROR;
             goto fail;
@@ -338,10 +343,8 @@ static moe_status_t start_solver(struct moe_elastic_s *el, const moe_plan_h curr
             for (size_t i = 0; i < LE; i++) sum[i] += el->window_loads[(size_t)w * LE + i];
             sum[LE] += el->window_tokens[w];
         }
-        MPI_Request request;
-        MOE_CHECK_MPI(MPI_Ireduce(el->rank == 0 ? MPI_IN_PLACE : sum, sum, (int)LE + 1, MPI_INT64_T, MPI_SUM,
-                                  0, el->comm, &request), fail);
-        status = el_wait(el, "the routing window's reduction", 1, &request);
+        status = moe_ctl_reduce(el->ctl, 0, MOE_CTL_INT64, MOE_CTL_SUM, sum, (int)LE + 1,
+                                "the routing window's reduction");
         if (status == MOE_STATUS_TIMEOUT) return status; /* the request may still write into sum */
         if (status != MOE_STATUS_OK) goto fail;
     }
@@ -368,73 +371,42 @@ fail:
     return status;
 }
 
-/* Rank 0's plan to every rank (flattened: replica counts, ranks, shares). A failed solve is
- * broadcast as a count of -1 so that every rank returns the error. */
+/* Rank 0's plan to every rank, packed (placement.h), with the solve time. A failed solve is
+ * broadcast as an empty message so that every rank returns the error. */
 static moe_status_t broadcast_plan(struct moe_elastic_s *el, int size, moe_plan_h *out)
 {
     moe_status_t status = MOE_STATUS_OK;
-    const int L = el->config->model.layers, E = el->config->model.experts;
-    int64_t total = 0;
     solver_t *s = &el->solver;
+    void *bytes = NULL;
+    size_t n = 0;
+    double plan_s = s->seconds;
     if (el->rank == 0) {
         pthread_join(s->thread, NULL);
         s->running = false;
         moe_stats_destroy(s->stats);
         s->stats = NULL;
-        total = s->status == MOE_STATUS_OK ? 0 : -1;
-        for (int l = 0; total >= 0 && l < L; l++)
-            for (int e = 0; e < E; e++) total += moe_plan_replicas(s->plan, l, e, NULL, NULL);
+        plan_s = s->seconds;
+        if (s->status == MOE_STATUS_OK) MOE_CHECK(moe_plan_pack(s->plan, &bytes, &n), fail);
+        if (!bytes) bytes = malloc(1); /* the empty message: the solve failed */
+        MOE_CHECK_ALLOC(bytes, fail);
     }
-    MPI_Request requests[3];
-    MOE_CHECK_MPI(MPI_Ibcast(&total, 1, MPI_INT64_T, 0, el->comm, &requests[0]), fail);
-    MOE_CHECK(el_wait(el, "the plan broadcast", 1, &requests[0]), fail);
-    if (total < 0) MOE_FAIL(MOE_STATUS_INTERNAL, fail, "elastic: the placement solver failed");
-    int *counts = malloc(sizeof(int) * ((size_t)L * E + (size_t)total));
-    float *shares = malloc(sizeof(float) * ((size_t)total + 1));
-    double plan_s = s->seconds;
-    if (!counts || !shares) {
-        free(counts);
-        free(shares);
-        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "elastic: out of memory for the plan");
+    MOE_CHECK(moe_ctl_bcast_alloc(el->ctl, 0, &bytes, &n, "the plan broadcast"), fail);
+    MOE_CHECK(moe_ctl_bcast(el->ctl, 0, &plan_s, sizeof plan_s, "the plan broadcast"), fail);
+    if (n == 0) MOE_FAIL(MOE_STATUS_INTERNAL, fail, "elastic: the placement solver failed");
+    MOE_CHECK(moe_plan_unpack(bytes, n, "the broadcast plan", out), fail);
+    if (moe_plan_ranks(*out) != size || moe_plan_layers(*out) != el->config->model.layers ||
+        moe_plan_experts(*out) != el->config->model.experts) {
+        moe_plan_destroy(*out);
+        *out = NULL;
+        MOE_FAIL(MOE_STATUS_INTERNAL, fail, "elastic: the broadcast plan is not for %d ranks", size);
     }
-    int *ranks = counts + (size_t)L * E;
-    if (el->rank == 0) {
-        size_t q = 0;
-        for (int l = 0; l < L; l++)
-            for (int e = 0; e < E; e++) {
-                const int *rk;
-                const float *sh;
-                int n = moe_plan_replicas(s->plan, l, e, &rk, &sh);
-                counts[(size_t)l * E + e] = n;
-                memcpy(ranks + q, rk, sizeof(int) * n);
-                memcpy(shares + q, sh, sizeof(float) * n);
-                q += (size_t)n;
-            }
-    }
-    int rc = MPI_Ibcast(counts, (int)((size_t)L * E + (size_t)total), MPI_INT, 0, el->comm, &requests[0]);
-    if (rc == MPI_SUCCESS) rc = MPI_Ibcast(shares, (int)total, MPI_FLOAT, 0, el->comm, &requests[1]);
-    if (rc == MPI_SUCCESS) rc = MPI_Ibcast(&plan_s, 1, MPI_DOUBLE, 0, el->comm, &requests[2]);
-    if (rc == MPI_SUCCESS) status = el_wait(el, "the plan broadcast", 3, requests);
-    if (status == MOE_STATUS_TIMEOUT) return status; /* the requests may still write into the buffers */
-    if (rc == MPI_SUCCESS && status == MOE_STATUS_OK) {
-        status = moe_plan_create_empty(L, E, size, moe_ranks_per_node(el->config, size), out);
-        size_t q = 0;
-        for (int l = 0; l < L && status == MOE_STATUS_OK; l++)
-            for (int e = 0; e < E && status == MOE_STATUS_OK; e++)
-                for (int i = 0; i < counts[(size_t)l * E + e] && status == MOE_STATUS_OK; i++, q++)
-                    status = moe_plan_add_replica(*out, l, e, ranks[q], shares[q]);
-        if (status == MOE_STATUS_OK) status = moe_plan_check(*out, "the broadcast plan");
-    }
-    free(counts);
-    free(shares);
-    MOE_CHECK_MPI(rc, fail);
-    if (status != MOE_STATUS_OK) goto fail;
     if (el->n_events > 0) el->events[el->n_events - 1].plan_s = plan_s;
     if (el->rank == 0) {
         moe_plan_destroy(s->plan);
         s->plan = NULL;
     }
 fail:
+    free(bytes);
     return status;
 }
 
@@ -601,21 +573,16 @@ static moe_status_t history_add(struct moe_elastic_s *el, int batch)
     }
     memcpy(mine, el->window_loads + (size_t)slot * LE, sizeof(int64_t) * LE);
     mine[LE] = el->window_tokens[slot];
-    int64_t *into = el->rank == 0 ? el->hist_loads + (size_t)slot * LE : NULL;
-    int64_t tokens = 0;
-    int rc = MPI_Reduce(mine, into, (int)LE, MPI_INT64_T, MPI_SUM, 0, el->comm);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Reduce(mine + LE, &tokens, 1, MPI_INT64_T, MPI_SUM, 0, el->comm);
-    free(mine);
-    if (rc != MPI_SUCCESS) {
-        moe_error("elastic: MPI_Reduce of the routing history failed (%d)", rc);
-        return MOE_STATUS_MPI_ERROR;
-    }
-    if (el->rank == 0) {
-        el->hist_tokens[slot] = tokens;
+    moe_status_t status = moe_ctl_reduce(el->ctl, 0, MOE_CTL_INT64, MOE_CTL_SUM, mine, (int)LE + 1,
+                                         "the routing history");
+    if (status == MOE_STATUS_TIMEOUT) return status; /* the reduction may still write into mine */
+    if (status == MOE_STATUS_OK && el->rank == 0) {
+        memcpy(el->hist_loads + (size_t)slot * LE, mine, sizeof(int64_t) * LE);
+        el->hist_tokens[slot] = mine[LE];
         el->hist_batch[slot] = batch - 1;
     }
-    return MOE_STATUS_OK;
+    free(mine);
+    return status;
 }
 
 /* ---------------------------------------------------------------- the boundary */
@@ -659,33 +626,33 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
     const double now = moe_now() - el->t0;
     bool done = true;
     if (el->migration) MOE_CHECK(moe_migration_test(el->migration, &done), fail);
-    int64_t ctl[5] = {el->migration ? moe_migration_bytes_pending(el->migration) : 0,
-                      done && !busy ? 0 : 1, 0, 0, 0};
+    /* what the world agrees on at this boundary: each field summed over the ranks */
+    boundary_t agreed = {.bytes_pending = el->migration ? moe_migration_bytes_pending(el->migration) : 0,
+                         .ranks_busy = done && !busy ? 0 : 1};
     if (c->rebalance.every > 0 && batch > 0) MOE_CHECK(history_add(el, batch), fail);
     if (el->rank == 0) {
-        ctl[2] = schedule_size(el, batch, now);
+        agreed.schedule_size = schedule_size(el, batch, now);
         bool due = false;
-        if (c->rebalance.every > 0 && el->state == STATE_IDLE && ctl[2] == serving &&
+        if (c->rebalance.every > 0 && el->state == STATE_IDLE && agreed.schedule_size == serving &&
             batch - el->last_decision_batch >= c->rebalance.every)
             MOE_CHECK(drift_check(el, batch, plan, serving, &due), fail);
-        ctl[3] = due;
-        ctl[4] = el->state == STATE_PLANNING && atomic_load(&el->solver.done);
+        agreed.rebalance_due = due;
+        agreed.solver_done = el->state == STATE_PLANNING && atomic_load(&el->solver.done);
     }
-    MPI_Request request;
-    MOE_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, ctl, 5, MPI_INT64_T, MPI_SUM, el->comm, &request), fail);
-    MOE_CHECK(el_wait(el, "the elastic control exchange", 1, &request), fail);
-    el->pending_bytes = ctl[0];
+    MOE_CHECK(moe_ctl_reduce(el->ctl, -1, MOE_CTL_INT64, MOE_CTL_SUM, &agreed, BOUNDARY_FIELDS,
+                             "the elastic control exchange"), fail);
+    el->pending_bytes = agreed.bytes_pending;
     event_t *ev = current_event(el);
 
     switch (el->state) {
     case STATE_IDLE:
-        if (ctl[2] != serving)
-            MOE_CHECK(start_event(el, EVENT_SCALE, batch, plan, serving, (int)ctl[2]), fail);
-        else if (ctl[3])
+        if (agreed.schedule_size != serving)
+            MOE_CHECK(start_event(el, EVENT_SCALE, batch, plan, serving, (int)agreed.schedule_size), fail);
+        else if (agreed.rebalance_due)
             MOE_CHECK(start_event(el, EVENT_REBALANCE, batch, plan, serving, serving), fail);
         break;
     case STATE_PLANNING:
-        if (!ctl[4]) break;
+        if (!agreed.solver_done) break;
         MOE_CHECK(broadcast_plan(el, ev->to, &el->new_plan), fail);
         ev->experts_moved = moe_plan_new_hosts(plan, el->new_plan);
         ev->bytes_min = ev->experts_moved * (int64_t)weights->expert_bytes; /* in the store's type */
@@ -699,7 +666,7 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
             break;
         }
         MOE_CHECK(moe_migration_start(c, plan, weights, el->new_plan, el->rank,
-                                      c->rebalance.transfer_window, el->comm, el->device_comm, el->args.watch,
+                                      c->rebalance.transfer_window, el->ctl, el->device_comm, el->args.watch,
                                       &el->new_weights,
                                       &el->migration),
                   fail);
@@ -707,16 +674,12 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
         el->pending_bytes = ev->bytes_min; /* nothing has arrived yet */
         break;
     case STATE_MOVING: {
-        if (ctl[1] != 0) break;
+        if (agreed.ranks_busy != 0) break;
         /* every rank's transfers are done: the figures; the engine prepares the new state */
         double seconds = moe_migration_seconds(el->migration);
         int64_t bytes = moe_migration_bytes_in(el->migration);
-        MPI_Request figures[2];
-        MOE_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, &seconds, 1, MPI_DOUBLE, MPI_MAX, el->comm, &figures[0]),
-                      fail);
-        MOE_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, &bytes, 1, MPI_INT64_T, MPI_SUM, el->comm, &figures[1]),
-                      fail);
-        MOE_CHECK(el_wait(el, "the transfer figures", 2, figures), fail);
+        MOE_CHECK(moe_ctl_reduce(el->ctl, -1, MOE_CTL_DOUBLE, MOE_CTL_MAX, &seconds, 1, "the transfer figures"), fail);
+        MOE_CHECK(moe_ctl_reduce(el->ctl, -1, MOE_CTL_INT64, MOE_CTL_SUM, &bytes, 1, "the transfer figures"), fail);
         ev->transfer_s = seconds;
         ev->bytes_moved = bytes;
         moe_migration_destroy(el->migration);
@@ -732,7 +695,7 @@ moe_status_t moe_elastic_boundary(moe_elastic_h el, int batch, const moe_plan_h 
         break;
     }
     case STATE_PREPARING:
-        if (ctl[1] != 0) break;
+        if (agreed.ranks_busy != 0) break;
         sw->switch_now = true; /* every rank has its new state ready */
         ev->switch_batch = batch;
         el->state = STATE_IDLE;
@@ -874,17 +837,50 @@ fail:
 void moe_elastic_print(const moe_elastic_h el, FILE *out)
 {
     if (el->rank != 0 || el->n_events == 0) return;
-    fprintf(out, "  events     kind        ranks   decided  switched  latency s  longest gap s  "
-                 "batch s  experts moved  MB moved (min)  GB/s\n");
+    static const moe_table_column_t columns[] = {
+        {"event", 6, 'i', 0},        {"kind", 11, 's', 0},       {"ranks", 7, 's', 0},
+        {"decided", 7, 'i', 0},      {"switched", 8, 'i', 0},    {"latency s", 9, 'f', 3},
+        {"longest gap s", 13, 'f', 3}, {"batch s", 7, 'f', 3},   {"experts moved", 13, 'i', 0},
+        {"MB moved", 8, 'f', 1},     {"(min)", 7, 'f', 1},       {"GB/s", 7, 'f', 3},
+        {"", 0, 's', 0}};
+    const moe_table_t table = {.out = out, .indent = "  ", .columns = columns, .n = 13};
+    fprintf(out, "  events\n");
+    moe_table_header(&table);
     for (int i = 0; i < el->n_events; i++) {
         const event_t *ev = &el->events[i];
         char ranks[32];
         snprintf(ranks, sizeof ranks, "%d->%d", ev->from, ev->to);
-        fprintf(out, "  %-10d %-11s %-7s %7d  %8d  %9.3f  %13.3f  %7.3f  %13lld  %6.1f (%6.1f)  %.3f%s\n",
-                i, ev->kind == EVENT_SCALE ? "scale" : "rebalance", ranks, ev->decision_batch,
-                ev->switch_batch, ev->done_t > 0 ? ev->done_t - ev->decision_t : NAN, ev->longest_gap,
-                ev->batch_time, (long long)ev->experts_moved, ev->bytes_moved / 1e6, ev->bytes_min / 1e6,
-                ev->transfer_s > 0 ? (double)ev->bytes_moved / ev->transfer_s / 1e9 : 0.0,
-                ev->kept ? "  (kept the plan)" : ev->switch_batch < 0 ? "  (run ended first)" : "");
+        moe_table_row(&table, (long long)i, ev->kind == EVENT_SCALE ? "scale" : "rebalance", ranks,
+                      (long long)ev->decision_batch, (long long)ev->switch_batch,
+                      ev->done_t > 0 ? ev->done_t - ev->decision_t : NAN, ev->longest_gap, ev->batch_time,
+                      (long long)ev->experts_moved, ev->bytes_moved / 1e6, ev->bytes_min / 1e6,
+                      ev->transfer_s > 0 ? (double)ev->bytes_moved / ev->transfer_s / 1e9 : 0.0,
+                      ev->kept ? "(kept the plan)" : ev->switch_batch < 0 ? "(run ended first)" : "");
     }
+}
+
+moe_status_t moe_elastic_print_json(const moe_elastic_h el, FILE *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    for (int i = 0; el->rank == 0 && i < el->n_events && status == MOE_STATUS_OK; i++) {
+        const event_t *ev = &el->events[i];
+        json_t *r = moe_json_record("event");
+        json_object_set_new(r, "event", json_integer(i));
+        json_object_set_new(r, "kind", json_string(ev->kind == EVENT_SCALE ? "scale" : ev->kept ? "rebalance-kept"
+                                                                                            : "rebalance"));
+        json_object_set_new(r, "from_ranks", json_integer(ev->from));
+        json_object_set_new(r, "to_ranks", json_integer(ev->to));
+        json_object_set_new(r, "decision_batch", json_integer(ev->decision_batch));
+        json_object_set_new(r, "switch_batch", json_integer(ev->switch_batch));
+        json_object_set_new(r, "latency_s", moe_json_number(ev->done_t > 0 ? ev->done_t - ev->decision_t : NAN));
+        json_object_set_new(r, "longest_gap_s", moe_json_number(ev->longest_gap));
+        json_object_set_new(r, "batch_time_s", moe_json_number(ev->batch_time));
+        json_object_set_new(r, "experts_moved", json_integer(ev->experts_moved));
+        json_object_set_new(r, "bytes_moved", json_integer(ev->bytes_moved));
+        json_object_set_new(r, "bytes_min", json_integer(ev->bytes_min));
+        json_object_set_new(r, "transfer_gb_per_s",
+                            moe_json_number(ev->transfer_s > 0 ? (double)ev->bytes_moved / ev->transfer_s / 1e9 : 0.0));
+        status = moe_json_line_write(out, NULL, true, r);
+    }
+    return status;
 }

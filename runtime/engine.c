@@ -84,6 +84,8 @@ struct moe_engine_s {
     int *gather_counts, *gather_displs;
     moe_npy_writer_t output;
     bool output_open;
+    moe_estimate_t estimate; /* a dry run's */
+    moe_ctl_h ctl;           /* the control plane over the world (comm.h) */
 };
 
 /* The serving set's backend state and scheduler (local); its communicators stay in sets. */
@@ -238,6 +240,7 @@ void moe_engine_destroy(moe_engine_h e)
     moe_free(e->gathered);
     free(e->gather_counts);
     free(e->gather_displs);
+    moe_ctl_destroy(e->ctl);
     if (e->comm != MPI_COMM_NULL) MPI_Comm_free(&e->comm);
     free(e);
 }
@@ -312,6 +315,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     MOE_CHECK_MPI(MPI_Comm_dup(comm, &e->comm), fail);
     MPI_Comm_rank(e->comm, &e->rank);
     MPI_Comm_size(e->comm, &e->size);
+    MOE_CHECK(moe_ctl_create(e->comm, e->options.watch, &e->ctl), fail);
     const moe_config_t *c = &e->config;
     const int tpr = c->run.tokens_per_rank, d = c->model.d_model, k = c->model.top_k,
               L = c->model.layers;
@@ -329,7 +333,7 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
         moe_elastic_args_t args = {.schedule = e->options.schedule, .timeline = e->options.timeline,
                                    .events = e->options.events, .plans_dir = e->options.plans_dir,
                                    .watch = e->options.watch};
-        MOE_CHECK(moe_elastic_create(c, &args, e->comm, &e->elastic), fail);
+        MOE_CHECK(moe_elastic_create(c, &args, e->ctl, &e->elastic), fail);
         e->serving = moe_elastic_initial_size(e->elastic);
     }
     MOE_CHECK(moe_config_validate(c, e->serving), fail);
@@ -346,8 +350,12 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
     MOE_CHECK_ALLOC(e->sets, fail);
     for (int P = 0; P <= e->size; P++) e->sets[P].mpi = MPI_COMM_NULL;
 #if MOE_HAVE_CUDA
-    if (c->run.backend == MOE_BACKEND_CUDA) /* the GPU first: the NCCL communicator is made on it */
-        MOE_CHECK(moe_cuda_select_device(e->comm, &e->device), fail);
+    if (c->run.backend == MOE_BACKEND_CUDA) { /* the GPU first: the NCCL communicator is made on it */
+        if (e->options.device < 0)
+            MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "run.backend cuda: no GPU chosen for this rank");
+        e->device = e->options.device;
+        MOE_CHECK(moe_cuda_start_device(e->device), fail);
+    }
     if (c->run.backend == MOE_BACKEND_CUDA && c->run.transport == MOE_TRANSPORT_NCCL) {
         MOE_CHECK(moe_comm_create_nccl(e->comm, e->device, &e->world_transport), fail);
         MOE_CHECK(moe_comm_set_watch(e->world_transport, e->options.watch), fail);
@@ -392,6 +400,12 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
         else
             e->batches = -1;
     }
+    if (e->options.dry_run) { /* the figures, and nothing allocated for the run */
+        MOE_CHECK(moe_estimate_run(c, e->plan, e->rank, e->serving, e->size, e->store_ops, e->options.watch,
+                                   &e->estimate), fail);
+        *out = e;
+        return MOE_STATUS_OK;
+    }
     MOE_CHECK(engine_dispatch(e), fail);
     e->weights = calloc(1, sizeof *e->weights);
     MOE_CHECK_ALLOC(e->weights, fail);
@@ -413,8 +427,13 @@ moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_opti
 #endif
 
     MOE_CHECK(serving_build(e), fail);
-    MOE_CHECK(moe_metrics_create(c, e->comm, e->options.watch, &e->metrics), fail);
+    MOE_CHECK(moe_metrics_create(c, e->ctl, &e->metrics), fail);
     moe_metrics_set_dispatch(e->metrics, e->hierarchical);
+    {
+        char device[32] = "cpu";
+        if (c->run.backend == MOE_BACKEND_CUDA && !e->options.reference) snprintf(device, sizeof device, "cuda:%d", e->device);
+        MOE_CHECK(moe_metrics_start(e->metrics, e->options.command, device, e->options.json), fail);
+    }
     if (c->outputs.stats[0]) MOE_CHECK(moe_stats_create(L, c->model.experts, k, &e->stats), fail);
 
     if (c->outputs.output[0]) {
@@ -450,6 +469,8 @@ fail:
     moe_engine_destroy(e);
     return status;
 }
+
+void moe_engine_estimate(const moe_engine_h e, moe_estimate_t *out) { *out = e->estimate; }
 
 /* Rank 0 collects the batch's rows in global token order and appends them to the output. */
 static moe_status_t engine_write_output(moe_engine_h e, int n)
@@ -539,7 +560,7 @@ static moe_status_t engine_switch(moe_engine_h e)
     e->next.running = false;
     MOE_CHECK(e->next.status, fail);
 #if MOE_HAVE_CUDA
-    if (e->backend == &moe_backend_cuda) MOE_CHECK(moe_backend_cuda_share_tuning(e->comm), fail);
+    if (e->backend == &moe_backend_cuda) MOE_CHECK(moe_backend_cuda_share_tuning(e->ctl), fail);
 #endif
     serving_destroy(e);
     moe_weights_hand_over(e->next.weights, e->weights); /* kept experts and the dense part: shared */
@@ -601,8 +622,7 @@ moe_status_t moe_engine_run(moe_engine_h e)
     moe_status_t status = MOE_STATUS_OK;
     const moe_config_t *c = &e->config;
     const int tpr = c->run.tokens_per_rank, k = c->model.top_k, L = c->model.layers;
-    const bool progress = c->outputs.progress && e->rank == 0 && isatty(STDOUT_FILENO);
-    double t_start = moe_now();
+    const bool progress = e->options.progress && e->rank == 0;
     for (int b = 0; engine_more(e, b); b++) {
         moe_watch_step(e->options.watch, e->elastic ? moe_elastic_phase(e->elastic) : "serve", b, -1);
         if (e->elastic) {
@@ -666,11 +686,13 @@ moe_status_t moe_engine_run(moe_engine_h e)
                                             load_max_mean), fail);
         if (e->output_open || (c->outputs.output[0] && e->rank != 0))
             MOE_CHECK(engine_write_output(e, n), fail);
-        if (progress) {
-            double el = moe_now() - t_start;
+        if (progress) { /* the summary's tokens/s so far (metrics.c), warm-up batches left out */
             printf("\r  batch %d", b + 1);
             if (e->batches >= 0) printf("/%d", e->batches);
-            printf("  %d ranks  %.0f tokens/s   ", e->serving, el > 0 ? (double)e->g_next / el : 0.0);
+            if (b < c->run.warmup_batches)
+                printf("  %d ranks  warm-up        ", e->serving);
+            else
+                printf("  %d ranks  %.0f tokens/s   ", e->serving, moe_metrics_tokens_per_s(e->metrics));
             fflush(stdout);
         }
     }
@@ -734,16 +756,17 @@ moe_status_t moe_engine_finalize(moe_engine_h e)
         MOE_CHECK_MPI(MPI_Gather(mine, 3, MPI_INT64_T, moe_metrics_memory(e->metrics), 3, MPI_INT64_T, 0, e->comm),
                       fail);
     }
-    if (e->trace) MOE_CHECK(moe_trace_commit(e->trace, e->comm), fail);
+    if (e->trace) MOE_CHECK(moe_trace_commit(e->trace, e->ctl), fail);
     if (e->elastic) MOE_CHECK(moe_elastic_finish(e->elastic), fail);
     if (e->stats) {
         MOE_CHECK(engine_reduce_stats(e), fail);
         if (e->rank == 0) MOE_CHECK(moe_stats_save(e->stats, c->model.name, c->outputs.stats), fail);
     }
     if (e->rank == 0) {
-        MOE_CHECK(moe_metrics_commit(e->metrics), fail);
-        moe_metrics_print_summary(e->metrics, stdout);
-        if (e->elastic) moe_elastic_print(e->elastic, stdout);
+        MOE_CHECK(moe_metrics_commit(e->metrics, e->options.command), fail);
+        moe_metrics_print_summary(e->metrics, e->options.command, stdout);
+        if (e->elastic && !e->options.json) moe_elastic_print(e->elastic, stdout);
+        if (e->elastic && e->options.json) MOE_CHECK(moe_elastic_print_json(e->elastic, stdout), fail);
         fflush(stdout);
     }
 fail:

@@ -35,20 +35,18 @@ typedef struct {
 } transfer_t;
 
 struct moe_migration_s {
-    MPI_Comm comm;
+    moe_ctl_p2p_h p2p;          /* expert slots over MPI (comm.h's control plane) */
     moe_weights_t *to;
     const moe_weights_t *from;
     size_t expert_bytes;
     bool staged;                /* the store is not host memory: slots travel through host buffers */
-    MPI_Datatype type;          /* one expert slot */
     /* receives and sends, each in the order every rank computes, at most `window` in flight */
     transfer_t *incoming, *outgoing;
-    MPI_Request *recv_requests, *send_requests;
     /* GPU to GPU: the groups posted on the device communicator, complete in stream order */
     moe_comm_h device_comm;
     moe_comm_op_h *groups;
     int n_groups;
-    int *completed_index;       /* MPI_Testsome's out array */
+    int *completed_index;       /* moe_ctl_p2p_test's out array */
     int n_incoming, recv_posted, recv_done;
     int n_outgoing, send_posted, send_done;
     int window;
@@ -66,11 +64,8 @@ void moe_migration_destroy(moe_migration_h m)
     for (int i = 0; m->outgoing && i < m->n_outgoing; i++) free(m->outgoing[i].host);
     free(m->incoming);
     free(m->outgoing);
-    free(m->recv_requests);
-    free(m->send_requests);
     free(m->completed_index);
-    if (m->type != MPI_DATATYPE_NULL) MPI_Type_free(&m->type);
-    if (m->comm != MPI_COMM_NULL) MPI_Comm_free(&m->comm);
+    moe_ctl_p2p_destroy(m->p2p);
     free(m);
 }
 
@@ -83,9 +78,7 @@ static moe_status_t collect(struct moe_migration_s *m, bool recv)
     int *done = recv ? &m->recv_done : &m->send_done;
     if (*done == posted) return MOE_STATUS_OK;
     int completed = 0;
-    MOE_CHECK_MPI(MPI_Testsome(posted, recv ? m->recv_requests : m->send_requests, &completed, m->completed_index,
-                               MPI_STATUSES_IGNORE), fail);
-    if (completed == MPI_UNDEFINED) return MOE_STATUS_OK;
+    MOE_CHECK(moe_ctl_p2p_test(m->p2p, recv, posted, &completed, m->completed_index), fail);
     for (int i = 0; i < completed; i++) {
         transfer_t *t = (recv ? m->incoming : m->outgoing) + m->completed_index[i];
         if (recv && t->host) MOE_CHECK(m->to->ops->copy_in(m->to->store, t->slot, m->expert_bytes, t->host), fail);
@@ -112,7 +105,7 @@ static moe_status_t post_some(struct moe_migration_s *m)
             if (!t->host) MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "migration: out of memory for an expert");
             buf = t->host;
         }
-        MOE_CHECK_MPI(MPI_Irecv(buf, 1, m->type, t->peer, 0, m->comm, &m->recv_requests[m->recv_posted]), fail);
+        MOE_CHECK(moe_ctl_p2p_post(m->p2p, true, m->recv_posted, t->peer, buf), fail);
         m->recv_posted++;
     }
     /* sends from host memory are all posted at once; staged ones a window at a time */
@@ -126,7 +119,7 @@ static moe_status_t post_some(struct moe_migration_s *m)
             MOE_CHECK(m->from->ops->copy_out(m->from->store, t->slot, m->expert_bytes, t->host), fail);
             buf = t->host;
         }
-        MOE_CHECK_MPI(MPI_Isend(buf, 1, m->type, t->peer, 0, m->comm, &m->send_requests[m->send_posted]), fail);
+        MOE_CHECK(moe_ctl_p2p_post(m->p2p, false, m->send_posted, t->peer, (void *)buf), fail);
         m->send_posted++;
     }
 fail:
@@ -163,7 +156,7 @@ fail:
 
 moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h old_plan,
                                  const moe_weights_t *from, const moe_plan_h new_plan, int rank,
-                                 int window, MPI_Comm comm, moe_comm_h device_comm, moe_watch_h watch,
+                                 int window, moe_ctl_h ctl, moe_comm_h device_comm, moe_watch_h watch,
                                  moe_weights_t *to, moe_migration_h *out)
 {
     moe_status_t status = MOE_STATUS_OK;
@@ -174,8 +167,6 @@ moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h ol
     memset(to, 0, sizeof *to);
     MOE_CHECK_ALLOC(m, fail);
     MOE_CHECK_ALLOC(given, fail);
-    m->comm = MPI_COMM_NULL;
-    m->type = MPI_DATATYPE_NULL;
     m->t_start = moe_now();
     m->device_s = -1;
     m->from = from;
@@ -184,26 +175,19 @@ moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h ol
     m->staged = !from->ops->host_memory;
     m->device_comm = m->staged && device_comm && moe_comm_is_device(device_comm) ? device_comm : NULL;
     m->window = window > 0 ? window : 1;
-    MPI_Request dup;
-    MOE_CHECK_MPI(MPI_Comm_idup(comm, &m->comm, &dup), fail);
-    MOE_CHECK(moe_watch_wait(watch, -1, NULL, "the migration's start", 1, &dup), fail);
-    if (m->expert_bytes > (size_t)INT32_MAX)
-        MOE_FAIL(MOE_STATUS_UNSUPPORTED, fail, "migration: an expert of %zu bytes is over 2 GB", m->expert_bytes);
-    MOE_CHECK_MPI(MPI_Type_contiguous((int)m->expert_bytes, MPI_BYTE, &m->type), fail);
-    MOE_CHECK_MPI(MPI_Type_commit(&m->type), fail);
+    /* At most every expert that moves comes to, or leaves, this rank. */
+    const size_t moving = (size_t)moe_plan_new_hosts(old_plan, new_plan);
+    if (moving > (size_t)INT32_MAX) MOE_FAIL(MOE_STATUS_UNSUPPORTED, fail, "migration: %zu moves", moving);
+    MOE_CHECK(moe_ctl_p2p_create(ctl, m->expert_bytes, (int)moving + 1, &m->p2p), fail);
     MOE_CHECK(moe_weights_layout(config, new_plan, rank, from->ops, from->store, from, to), fail);
     to->read_bytes = from->read_bytes;
     to->read_expert_bytes = from->read_expert_bytes;
     to->read_files = from->read_files;
 
-    /* At most every expert that moves comes to, or leaves, this rank. */
-    const size_t moving = (size_t)moe_plan_new_hosts(old_plan, new_plan);
     m->incoming = calloc(moving + 1, sizeof(transfer_t));
     m->outgoing = calloc(moving + 1, sizeof(transfer_t));
-    m->recv_requests = malloc(sizeof(MPI_Request) * (moving + 1));
-    m->send_requests = malloc(sizeof(MPI_Request) * (moving + 1));
     m->completed_index = malloc(sizeof(int) * (moving + 1));
-    if (!m->incoming || !m->outgoing || !m->recv_requests || !m->send_requests || !m->completed_index)
+    if (!m->incoming || !m->outgoing || !m->completed_index)
         MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "migration: out of memory for %zu transfers", moving);
 
     for (int l = 0; l < L; l++)

@@ -58,6 +58,12 @@ void moe_weights_destroy(moe_weights_t *weights);
 /* Bytes this rank's weights hold in their store (dense part and owned experts). */
 size_t moe_weights_bytes(const moe_weights_t *weights);
 
+/* estimate.c: this rank's figures for a dry run (runtime.h, moe_estimate_t): the weights laid out and
+ * loaded on a counting store (no allocation, no copy) under the plan; the buffers counted; serving and
+ * world the ranks that serve and all ranks. */
+moe_status_t moe_estimate_run(const moe_config_t *config, const moe_plan_h plan, int rank, int serving, int world,
+                              const moe_store_ops_t *store_ops, moe_watch_h watch, moe_estimate_t *out);
+
 /* ---------------------------------------------------------------- checkpoints (checkpoint.c, hf_config.c) */
 
 typedef enum {
@@ -158,8 +164,7 @@ typedef struct moe_layer_metrics_s {
 
 typedef struct moe_metrics_s *moe_metrics_h;
 
-moe_status_t moe_metrics_create(const moe_config_t *config, MPI_Comm comm, moe_watch_h watch,
-                                moe_metrics_h *out);
+moe_status_t moe_metrics_create(const moe_config_t *config, moe_ctl_h ctl, moe_metrics_h *out);
 void moe_metrics_destroy(moe_metrics_h metrics);
 moe_layer_metrics_t *moe_metrics_layer(moe_metrics_h metrics, int layer);
 /* Collective: reduce this batch's layer metrics to rank 0, write its JSON lines, accumulate. The
@@ -179,9 +184,15 @@ void moe_metrics_set_dispatch(moe_metrics_h metrics, bool hierarchical);
 /* This rank's start-up: the engine's creation (weights made or read, buffers, communicators), in s. */
 void moe_metrics_set_startup(moe_metrics_h metrics, double seconds);
 /* Rank 0: the summary table. */
-void moe_metrics_print_summary(moe_metrics_h metrics, FILE *out);
-/* Rank 0: append the summary line and commit the JSON lines file (no-op elsewhere). */
-moe_status_t moe_metrics_commit(moe_metrics_h metrics);
+void moe_metrics_print_summary(moe_metrics_h metrics, const char *command, FILE *out);
+/* Rank 0: tokens/s over the measured batches so far, as the summary reports it. */
+double moe_metrics_tokens_per_s(const moe_metrics_h metrics);
+/* Rank 0: the summary line, to the metrics log (then closed) and with json to stdout (no-op elsewhere). */
+moe_status_t moe_metrics_commit(moe_metrics_h metrics, const char *command);
+/* Collective, once after create: gathers each rank's host and device (a name: "cpu", "cuda:0") and
+ * writes the run header (version, commit, world, hosts, devices, the configuration) to the metrics
+ * log and, with json, to stdout, where the batches and the summary follow as JSON lines. */
+moe_status_t moe_metrics_start(moe_metrics_h metrics, const char *command, const char *device, bool json);
 
 /* ---------------------------------------------------------------- trace (trace.c)
  *
@@ -194,7 +205,7 @@ int moe_trace_batch(const moe_trace_h trace);
 void moe_trace_span(moe_trace_h trace, const char *name, int layer, int chunk, const char *stream, double start_us,
                     double length_us);
 /* Collective: rank 0 gathers every rank's spans and writes the file. */
-moe_status_t moe_trace_commit(moe_trace_h trace, MPI_Comm comm);
+moe_status_t moe_trace_commit(moe_trace_h trace, moe_ctl_h ctl);
 
 
 /* ---------------------------------------------------------------- scheduler (layer.c) */
@@ -280,7 +291,7 @@ typedef struct moe_migration_s *moe_migration_h;
  * memory go GPU to GPU, all posted at once. */
 moe_status_t moe_migration_start(const moe_config_t *config, const moe_plan_h old_plan,
                                  const moe_weights_t *from, const moe_plan_h new_plan, int rank,
-                                 int window, MPI_Comm comm, moe_comm_h device_comm, moe_watch_h watch,
+                                 int window, moe_ctl_h ctl, moe_comm_h device_comm, moe_watch_h watch,
                                  moe_weights_t *to,
                                  moe_migration_h *out);
 /* Progress; *done once this rank's sends and receives have completed. */
@@ -304,7 +315,7 @@ typedef struct {
 /* Checks the schedule against the world size (the same answer on every rank) and makes the plans
  * folder (rank 0, the verdict broadcast): collective over world. */
 moe_status_t moe_elastic_create(const moe_config_t *config, const moe_elastic_args_t *args,
-                                MPI_Comm world, moe_elastic_h *out);
+                                moe_ctl_h ctl, moe_elastic_h *out);
 void moe_elastic_destroy(moe_elastic_h elastic);
 int moe_elastic_initial_size(const moe_elastic_h elastic);
 /* The serving size of the schedule's entry i, 0 past its end (or without a schedule). */
@@ -343,6 +354,8 @@ moe_status_t moe_elastic_end_batch(moe_elastic_h elastic, int batch, const int32
 moe_status_t moe_elastic_finish(moe_elastic_h elastic);
 /* Rank 0: the events table of the summary. */
 void moe_elastic_print(const moe_elastic_h elastic, FILE *out);
+/* Rank 0: the events as JSON lines (type "event"), for --json. */
+moe_status_t moe_elastic_print_json(const moe_elastic_h elastic, FILE *out);
 
 /* ---------------------------------------------------------------- reference (reference.c) */
 

@@ -27,6 +27,10 @@ typedef enum { MOE_BUFFERS_AUTO = 0, MOE_BUFFERS_COUNTED, MOE_BUFFERS_FIXED } mo
 /* run.dispatch: auto = hierarchical when the world spans more than one node (docs/multinode.md) */
 typedef enum { MOE_DISPATCH_AUTO = 0, MOE_DISPATCH_FLAT, MOE_DISPATCH_HIERARCHICAL } moe_dispatch_t;
 typedef enum { MOE_SWITCH_AUTO = 0, MOE_SWITCH_ON, MOE_SWITCH_OFF } moe_switch_t;
+/* outputs.progress; false and true are the words of older configs (off, auto) */
+typedef enum {
+    MOE_PROGRESS_OFF = 0, MOE_PROGRESS_AUTO, MOE_PROGRESS_ON, MOE_PROGRESS_FALSE, MOE_PROGRESS_TRUE
+} moe_progress_t;
 
 /* Batches of at most this many tokens per rank are decode-sized: run.buffers auto makes them fixed
  * capacity, one chunk (the low-latency path). */
@@ -108,7 +112,8 @@ typedef struct {
     char output[MOE_PATH_MAX];    /* outputs.output: final hidden states .npy [T, d] float32 */
     char metrics[MOE_PATH_MAX];   /* outputs.metrics: JSON lines */
     char stats[MOE_PATH_MAX];     /* outputs.stats: routing statistics .safetensors */
-    bool progress;                /* outputs.progress: progress line on rank 0 when stdout is a tty */
+    moe_progress_t progress;      /* outputs.progress: rank 0's progress line: auto (its output a
+                                     terminal), on, off */
 } moe_outputs_config_t;
 
 typedef struct {
@@ -184,8 +189,30 @@ typedef struct {
     /* The launcher's node number of this rank (Slurm's SLURM_NODEID), or -1: which ranks share a
      * node (comm.h, moe_comm_nodes_create). */
     int node_hint;
+    const char *command; /* "infer" or "elastic": the summary's title */
+    bool progress;       /* rank 0 prints a progress line (launch/ decides: outputs.progress, terminal) */
+    bool json;           /* rank 0 writes the summary as JSON lines on stdout instead of the table */
+    /* create stops before it allocates weights and buffers: moe_engine_estimate says what the run
+     * would take; run and finalize are not called */
+    bool dry_run;
+    int device; /* run.backend cuda: this rank's GPU, chosen (and the cores bound) by launch/ */
 } moe_engine_options_t;
-#define MOE_ENGINE_OPTIONS_INIT {.reference = false, .trace_batch = -1, .node_hint = -1}
+#define MOE_ENGINE_OPTIONS_INIT {.reference = false, .trace_batch = -1, .command = "infer", .device = -1, .node_hint = -1}
+
+/* What a run would take on this rank (moe_engine_options_t.dry_run), in the units the run's summary
+ * reports (metrics: weight_bytes, host_rss_peak_bytes, gpu_bytes_used). */
+typedef struct {
+    int64_t experts;                 /* expert slots hosted, all layers */
+    int64_t weight_bytes;            /* in the backend's store: the dense part and the experts */
+    int64_t host_bytes;              /* the peak resident set: what the process holds now, the host
+                                        weights, the batch and backend buffers */
+    int64_t device_bytes;            /* GPU memory: weights and the backend's buffers; 0 without */
+    int64_t checkpoint_bytes;        /* checkpoint tensor bytes this rank would read (0: seeded) */
+    int64_t checkpoint_expert_bytes; /* of which routed experts */
+} moe_estimate_t;
+
+/* After a dry-run create: this rank's estimate. */
+void moe_engine_estimate(const moe_engine_h engine, moe_estimate_t *out);
 
 /* Checks an elastic schedule (moe_engine_options_t.schedule) for a world of world_size ranks; errors
  * name the entry. */
@@ -212,7 +239,8 @@ void moe_engine_destroy(moe_engine_h engine); /* NULL-safe, local */
 
 /* Collective over world, one GPU per rank: dispatch + combine of rows[i] wire rows (hidden size d,
  * top_k k) to every rank over the NCCL transport, beside ncclAlltoAll at equal bytes; rank 0 prints
- * the table (nccl-tests' columns). */
-moe_status_t moe_bench_a2a(MPI_Comm world, int d, int k, const int *rows, int n_sizes, int iters, FILE *out);
+ * the table (nccl-tests' columns), or with json a JSON line per size and one for the point-to-point rate. */
+moe_status_t moe_bench_a2a(MPI_Comm world, int device, int d, int k, const int *rows, int n_sizes, int iters,
+                           bool json, FILE *out);
 
 #endif

@@ -96,36 +96,24 @@ done:
     return status;
 }
 
-moe_status_t moe_trace_commit(moe_trace_h t, MPI_Comm comm)
+moe_status_t moe_trace_commit(moe_trace_h t, moe_ctl_h ctl)
 {
     moe_status_t status = MOE_STATUS_OK;
-    int rank, size;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
-    const int bytes = (int)(sizeof(trace_span_t) * (size_t)t->n);
+    const int rank = moe_ctl_rank(ctl), size = moe_ctl_size(ctl);
+    void *all = NULL;
+    size_t *sizes = rank == 0 ? calloc((size_t)size, sizeof(size_t)) : NULL;
     int *counts = rank == 0 ? calloc((size_t)size, sizeof(int)) : NULL;
-    int *displs = rank == 0 ? calloc((size_t)size, sizeof(int)) : NULL;
-    trace_span_t *all = NULL;
-    MOE_CHECK_MPI(MPI_Gather(&bytes, 1, MPI_INT, counts, 1, MPI_INT, 0, comm), done);
-    int ok = 1;
+    if (rank == 0 && (!sizes || !counts)) MOE_FAIL(MOE_STATUS_NO_MEMORY, done, "trace: out of memory on rank 0");
+    MOE_CHECK(moe_ctl_gather_alloc(ctl, 0, t->spans, sizeof(trace_span_t) * (size_t)t->n, &all, sizes,
+                                   "the trace's spans"), done);
     if (rank == 0) {
-        size_t total = 0;
-        for (int p = 0; counts && p < size; p++) displs[p] = (int)total, total += (size_t)counts[p];
-        all = counts && displs ? malloc(total + 1) : NULL;
-        ok = all != NULL;
-    }
-    /* every rank learns whether rank 0 can take the spans, so that none waits in a gather alone */
-    MOE_CHECK_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, comm), done);
-    if (!ok) MOE_FAIL(MOE_STATUS_NO_MEMORY, done, "trace: out of memory on rank 0 for the spans");
-    MOE_CHECK_MPI(MPI_Gatherv(t->spans, bytes, MPI_BYTE, all, counts, displs, MPI_BYTE, 0, comm), done);
-    if (rank == 0) {
-        for (int p = 0; p < size; p++) counts[p] /= (int)sizeof(trace_span_t);
+        for (int p = 0; p < size; p++) counts[p] = (int)(sizes[p] / sizeof(trace_span_t));
         status = write_json(t, all, counts, size);
     }
     if (t->oom) moe_warn("trace: spans were lost (out of memory)");
 done:
+    free(sizes);
     free(counts);
-    free(displs);
     free(all);
     return status;
 }

@@ -61,6 +61,38 @@ int main(void)
     moe_plan_add_replica(bad, 0, 0, 1, 0.6f);
     CHECK_STATUS(moe_plan_check(bad, "bad"), MOE_STATUS_INVALID_ARGUMENT);
     moe_plan_destroy(bad);
+
+    /* Packed and unpacked (what a plan broadcast sends): the same replicas and shares; cut or
+     * corrupted bytes are refused. */
+    void *bytes = NULL;
+    size_t n_bytes = 0;
+    CHECK_STATUS(moe_plan_pack(plan, &bytes, &n_bytes), MOE_STATUS_OK);
+    moe_plan_h back = NULL;
+    CHECK_STATUS(moe_plan_unpack(bytes, n_bytes, "packed", &back), MOE_STATUS_OK);
+    if (back) {
+        CHECK_EQ_INT(moe_plan_layers(back), moe_plan_layers(plan));
+        CHECK_EQ_INT(moe_plan_experts(back), moe_plan_experts(plan));
+        CHECK_EQ_INT(moe_plan_ranks(back), moe_plan_ranks(plan));
+        CHECK_EQ_INT(moe_plan_ranks_per_node(back), moe_plan_ranks_per_node(plan));
+        for (int l = 0; l < moe_plan_layers(plan); l++)
+            for (int e = 0; e < moe_plan_experts(plan); e++) {
+                const int *r1, *r2;
+                const float *s1, *s2;
+                int n1 = moe_plan_replicas(plan, l, e, &r1, &s1), n2 = moe_plan_replicas(back, l, e, &r2, &s2);
+                CHECK_EQ_INT(n1, n2);
+                for (int i = 0; i < n1 && i < n2; i++) {
+                    CHECK_EQ_INT(r1[i], r2[i]);
+                    CHECK(s1[i] == s2[i]);
+                }
+            }
+    }
+    moe_plan_destroy(back);
+    back = NULL;
+    CHECK_STATUS(moe_plan_unpack(bytes, n_bytes - 4, "cut", &back), MOE_STATUS_FORMAT_ERROR);
+    ((int32_t *)bytes)[6] = 1000; /* the first replica count, beyond what the bytes hold */
+    CHECK_STATUS(moe_plan_unpack(bytes, n_bytes, "corrupt", &back), MOE_STATUS_FORMAT_ERROR);
+    CHECK(back == NULL);
+    free(bytes);
     moe_plan_destroy(plan);
     moe_plan_destroy(NULL);
     return moe_test_result("plan");
