@@ -18,7 +18,10 @@
 #              overlap case);
 #   mixtral    Mixtral-8x7B, 8192 tokens per GPU, chunks as dsv3;
 #   decode     DeepSeek-V3 at 128 tokens per GPU: the low-latency path (fixed buffers, CUDA graphs),
-#              and the same without graphs, for its stage times.
+#              and the same without graphs, for its stage times;
+#   dsv3-hier  two GPUs as two simulated nodes of one (run.ranks_per_node=1), hierarchical dispatch,
+#              chunks 1: its cost against dsv3's flat layer (with a GPU per node it only adds the relay
+#              step a rank does for itself; the saving needs nodes of several GPUs).
 # The chunks-1 runs of dsv3 and dsv3-narrow also write a Chrome trace (their communication and compute
 # measured apart, on one timeline).
 set -uo pipefail
@@ -64,6 +67,8 @@ for np in $GPUS; do
         [ "$np" -ge 2 ] && moe "dsv3-narrow-np$np-c$c" "$np" deepseek-v3 4096 --set run.chunks=$c \
             --set run.buffers=counted --set model.d_ff=128 --set model.shared_experts=0 "${narrow_trace[@]}"
     done
+    [ "$np" -ge 2 ] && moe "dsv3-hier-np$np-c1" "$np" deepseek-v3 4096 --set run.chunks=1 --set run.buffers=counted \
+        --set run.dispatch=hierarchical --set run.ranks_per_node=1
     moe "dsv3-noshared-np$np-c1" "$np" deepseek-v3 4096 --set run.chunks=1 --set run.buffers=counted \
         --set model.shared_experts=0
     [ "$np" -ge 2 ] && moe "dsv3-noshared-np$np-c2" "$np" deepseek-v3 4096 --set run.chunks=2 --set run.buffers=counted \

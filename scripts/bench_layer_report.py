@@ -115,7 +115,8 @@ def main():
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     dsv3, mixtral = model("deepseek-v3"), model("mixtral-8x7b")
     cases = [("dsv3", "dsv3", dsv3, 4096, None, True), ("dsv3-noshared", "dsv3-noshared", dsv3, 4096, None, False),
-             ("dsv3-narrow", "dsv3-narrow", dsv3, 4096, 128, False), ("mixtral", "mixtral", mixtral, 8192, None, False)]
+             ("dsv3-narrow", "dsv3-narrow", dsv3, 4096, 128, False), ("mixtral", "mixtral", mixtral, 8192, None, False),
+             ("dsv3-hier", "dsv3", dsv3, 4096, None, True)]
     for label, peer, m, tokens, d_ff, shared in cases:
         for np_ in (1, 2):
             runs = {}
