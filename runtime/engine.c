@@ -276,10 +276,8 @@ static moe_status_t engine_dispatch(moe_engine_h e)
         why = "the nodes have different numbers of ranks";
     if (c->run.dispatch == MOE_DISPATCH_HIERARCHICAL && why)
         MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "run.dispatch: hierarchical is not possible here: %s", why);
-    /* auto stays flat on the cuda backend until its hierarchical path has run on GPUs (docs/multinode.md) */
     e->hierarchical = c->run.dispatch == MOE_DISPATCH_HIERARCHICAL ||
-                      (c->run.dispatch == MOE_DISPATCH_AUTO && !why && nd->nodes > 1 &&
-                       c->run.backend == MOE_BACKEND_CPU);
+                      (c->run.dispatch == MOE_DISPATCH_AUTO && !why && nd->nodes > 1);
     moe_info("rank %d: node %d of %d, local index %d (nodes from %s); %s dispatch", e->rank, nd->node[e->rank],
              nd->nodes, nd->local[e->rank], nd->source, e->hierarchical ? "hierarchical" : "flat");
 fail:
