@@ -20,6 +20,7 @@
 #include "comm/comm.h"
 #include "io/io.h"
 #include "runtime/runtime.h"
+#include "runtime/elastic/elastic.h"
 
 static void infer_usage(FILE *out, bool elastic)
 {

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "runtime/runtime.h"
+#include "runtime/model/model.h"
 #include "check.h"
 
 /* ---------------------------------------------------------------- capturing stderr */
