@@ -1,14 +1,9 @@
-/* backend.h: what a backend is to the rest of runtime/ (private to it): a weight store, which owns
- * the memory and the element type of a rank's weights, and the stages of an MoE layer, which the
- * scheduler (layer.c) drives the same way for every backend.
+/* backend.h: what a backend is to the rest of runtime/ (private to it): a weight store (model.h's
+ * interface), which owns the memory and the element type of a rank's weights, and the stages of an
+ * MoE layer, which the scheduler (layer.c) drives the same way for every backend.
  *
- * The store. Every tensor of a rank's weights lives in its backend's store: host float32 for the cpu
- * backend, device memory for the cuda backend (bf16 matrices; norms, routers, biases and the shared
- * gate in fp32 so that expert choices match the cpu's). Weights are written into it from the seeded
- * rule or from a checkpoint's bytes in their own dtype, converted where they land (for cuda, on the
- * device), so no host copy of a converted tensor is ever kept. An expert slot (one (layer, expert):
- * gate_up [2f][d], then down [d][f]) is one allocation, so that a plan change allocates the slots it
- * gains and releases the ones it loses, and moves slots whole.
+ * The store's interface (moe_store_ops_t) and the rank's weights held in it are runtime/model/model.h's:
+ * the weights are laid out and filled without knowing which backend holds them.
  *
  * The stages. A backend state is built on a rank's weights and plan for one serving set. Per layer:
  *   route     norm, then the router on the device or the routing given by the host;

@@ -24,7 +24,7 @@ typedef struct moe_watch_s *moe_watch_h; /* comm.h: liveness of the job's ranks 
 
 typedef struct {
     bool reference;   /* run the single-process dense reference instead (world size must be 1) */
-    /* Elastic runs (runtime/elastic.c): the serving size over batches or seconds, "0:2,20:4,40:2"
+    /* Elastic runs (runtime/elastic/elastic.c): the serving size over batches or seconds, "0:2,20:4,40:2"
      * or "0s:2,30s:4" (NULL: all ranks serve throughout), and what to write: the timeline (a row
      * per batch), the events (a row per scale or re-balance event), each plan put in service
      * (DIR/plan-N.yaml). Rebalancing (config rebalance.every) uses the same machinery. */

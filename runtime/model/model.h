@@ -1,12 +1,17 @@
-/* model: what the model is, with no communication in it: its configuration (YAML, one table of
+/* model: what the model is, with no MPI and no communication in it (loading weights only polls
+ * comm.h's watch, so that waiting ranks hear from this one): its configuration (YAML, one table of
  * settings, errors naming file:line:key; the Hugging Face config.json it may come from), the weights of
  * the experts a rank hosts in a backend's store (seeded, or read from a checkpoint), the inputs and
  * routing that do not come from the model (a trace, the synthetic generator) and the single-process
  * dense reference.
  *
- * The store. Every tensor of a rank's weights lives in its backend's store (runtime/backend.h: host
- * float32 for the cpu backend, device memory for the cuda backend); the store interface is here, so
- * that the weights are laid out and filled without knowing which backend holds them.
+ * The store. Every tensor of a rank's weights lives in its backend's store (runtime/backend.h): host
+ * float32 for the cpu backend, device memory for the cuda backend (bf16 matrices; norms, routers,
+ * biases and the shared gate in fp32 so that expert choices match the cpu's). Weights are written into
+ * it from the seeded rule or from a checkpoint's bytes in their own dtype, converted where they land
+ * (for cuda, on the device), so no host copy of a converted tensor is ever kept. An expert slot (one
+ * (layer, expert): gate_up [2f][d], then down [d][f]) is one allocation, so that a plan change
+ * allocates the slots it gains and releases the ones it loses, and moves slots whole.
  *
  *   config.c     the settings table, loader, validation, printer (library moe_config)
  *   hf_config.c  a checkpoint's config.json; checkpoint.c its tensors
@@ -290,6 +295,8 @@ void moe_weights_destroy(moe_weights_t *weights);
 /* Bytes this rank's weights hold in their store (dense part and owned experts). */
 size_t moe_weights_bytes(const moe_weights_t *weights);
 
+/* ---------------------------------------------------------------- inputs and routing sources (model.c) */
+
 /* Inputs and routing that do not come from the model itself. */
 typedef struct {
     const moe_config_t *config;
@@ -322,6 +329,8 @@ void moe_sources_route(const moe_sources_t *sources, int layer, int64_t g0, int 
 /* Router parameters of the kernels for layer l. */
 moe_router_params_t moe_model_router_params(const moe_config_t *config, const moe_weights_t *w,
                                             int layer);
+
+/* ---------------------------------------------------------------- configuration helpers */
 
 /* placement.ranks_per_node for a serving set of `size` ranks: at most size, dividing it (nodes of
  * equal size), as a plan requires. */

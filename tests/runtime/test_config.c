@@ -1,4 +1,4 @@
-/* test_config: the configuration loader (runtime/config.c).
+/* test_config: the configuration loader (runtime/model/config.c).
  *
  * Usage: test_config CONFIGS_DIR BAD_CONFIGS_DIR
  * Checks the defaults, that every .yaml in CONFIGS_DIR loads and validates at world size 1, that
