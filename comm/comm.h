@@ -204,7 +204,7 @@ moe_status_t moe_ctl_barrier(moe_ctl_h ctl, const char *what);
 /* This rank's host name (the launcher's). */
 void moe_ctl_host(char *buf, size_t size);
 
-/* Point to point (expert moves over MPI, runtime/migrate.c): messages of one size on a channel of
+/* Point to point (expert moves over MPI, runtime/elastic/migrate.c): messages of one size on a channel of
  * their own (made collectively over the ctl's ranks), at most max_messages each way; message `index`
  * of a direction is posted once. A pair's messages match in the order posted. */
 typedef struct moe_ctl_p2p_s *moe_ctl_p2p_h;

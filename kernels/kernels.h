@@ -71,7 +71,7 @@ void moe_grouped_gemm_cpu(const float *x, const float *const *w, size_t w_offset
 
 /* ---------------------------------------------------------------- weights where they land
  *
- * The seeded weight rule (runtime/model.c's moe_model_weight with an affine tail): element i of a
+ * The seeded weight rule (runtime/model/model.c's moe_model_weight with an affine tail): element i of a
  * tensor is v = u * scale / sqrt(fan_in), u = moe_hash(seed, layer, expert, tensor, i) as a uniform
  * in [-1, 1); the value is offset + factor * v (v itself when offset is 0 and factor 1), in float32
  * arithmetic with no fused multiply-add, so that the GPU computes the host's bits exactly. */

@@ -1,5 +1,5 @@
 /* cmd_infer: `moerun infer`, the expert-parallel run under mpirun, and `moerun elastic`, the same
- * run with a serving set that grows and shrinks on a schedule (runtime/elastic.c).
+ * run with a serving set that grows and shrinks on a schedule (runtime/elastic/elastic.c).
  *
  * Failure policy: a configuration error is seen by every rank alike, so each returns and the job
  * ends cleanly with one message from rank 0; any other error may be one rank's alone, so that rank
@@ -20,6 +20,7 @@
 #include "comm/comm.h"
 #include "io/io.h"
 #include "runtime/runtime.h"
+#include "runtime/elastic/elastic.h"
 
 static void infer_usage(FILE *out, bool elastic)
 {

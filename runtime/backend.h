@@ -1,14 +1,9 @@
-/* backend.h: what a backend is to the rest of runtime/ (private to it): a weight store, which owns
- * the memory and the element type of a rank's weights, and the stages of an MoE layer, which the
- * scheduler (layer.c) drives the same way for every backend.
+/* backend.h: what a backend is to the rest of runtime/ (private to it): a weight store (model.h's
+ * interface), which owns the memory and the element type of a rank's weights, and the stages of an
+ * MoE layer, which the scheduler (layer.c) drives the same way for every backend.
  *
- * The store. Every tensor of a rank's weights lives in its backend's store: host float32 for the cpu
- * backend, device memory for the cuda backend (bf16 matrices; norms, routers, biases and the shared
- * gate in fp32 so that expert choices match the cpu's). Weights are written into it from the seeded
- * rule or from a checkpoint's bytes in their own dtype, converted where they land (for cuda, on the
- * device), so no host copy of a converted tensor is ever kept. An expert slot (one (layer, expert):
- * gate_up [2f][d], then down [d][f]) is one allocation, so that a plan change allocates the slots it
- * gains and releases the ones it loses, and moves slots whole.
+ * The store's interface (moe_store_ops_t) and the rank's weights held in it are runtime/model/model.h's:
+ * the weights are laid out and filled without knowing which backend holds them.
  *
  * The stages. A backend state is built on a rank's weights and plan for one serving set. Per layer:
  *   route     norm, then the router on the device or the routing given by the host;
@@ -39,99 +34,6 @@
 
 struct moe_layer_metrics_s;                /* runtime-impl.h */
 typedef struct moe_trace_s *moe_trace_h; /* runtime-impl.h, trace.c */
-
-/* ---------------------------------------------------------------- store */
-
-typedef enum { MOE_ELEM_F32 = 0, MOE_ELEM_BF16 } moe_elem_t;
-
-static inline size_t moe_elem_size(moe_elem_t e) { return e == MOE_ELEM_F32 ? 4 : 2; }
-
-/* A block-quantised FP8 (e4m3) matrix as DeepSeek-V3 publishes it: value [r][c] = data[r][c] *
- * scale_inv[r / block][c / block]. */
-typedef struct {
-    const uint8_t *data;
-    int64_t rows, cols;
-    const float *scale_inv; /* [ceil(rows / block)][ceil(cols / block)] */
-    int block;
-} moe_fp8_matrix_t;
-
-typedef struct moe_store_s moe_store_t; /* each backend's own */
-
-typedef struct {
-    moe_elem_t matrix_elem; /* expert and shared-expert matrices; everything else is F32 */
-    bool host_memory;       /* its pointers are host memory (MPI may send from them) */
-    moe_status_t (*create)(moe_store_t **out);
-    void (*destroy)(moe_store_t *store); /* NULL-safe; after every allocation is released */
-    /* Uninitialised memory of `bytes`; release takes what alloc gave (NULL-safe). */
-    moe_status_t (*alloc)(moe_store_t *store, size_t bytes, void **out);
-    void (*release)(moe_store_t *store, void *ptr);
-    /* Elements first .. first+n-1 of dst (elements of type elem) from n values of src in dtype
-     * (F32, BF16, F16), converted. src may be reused when it returns. */
-    moe_status_t (*write)(moe_store_t *store, void *dst, moe_elem_t elem, size_t first, const void *src,
-                          moe_dtype_t dtype, size_t n);
-    /* The rows x cols elements from first, dequantised from FP8 with block scales. */
-    moe_status_t (*write_fp8)(moe_store_t *store, void *dst, moe_elem_t elem, size_t first,
-                              const moe_fp8_matrix_t *m);
-    /* Elements first .. first+n-1 of dst from the seeded rule (kernels.h), element i of the rule's tensor
-     * going to first + i. */
-    moe_status_t (*fill)(moe_store_t *store, void *dst, moe_elem_t elem, size_t first, size_t n,
-                         const moe_seed_rule_t *rule);
-    /* Every write queued so far has landed. */
-    moe_status_t (*finish)(moe_store_t *store);
-    /* Raw bytes between an allocation and host memory (expert moves over MPI). */
-    moe_status_t (*copy_out)(moe_store_t *store, const void *src, size_t bytes, void *host);
-    moe_status_t (*copy_in)(moe_store_t *store, void *dst, size_t bytes, const void *host);
-} moe_store_ops_t;
-
-/* ---------------------------------------------------------------- the rank's weights */
-
-/* The weights of one rank: the dense part of every layer (norms, routers, score biases, shared
- * experts and gates: one allocation cut by offsets) and the routed experts the plan gives it, one
- * allocation per expert slot, all in one store. Expert slot s of layer l is the s-th entry of
- * moe_plan_local_experts(plan, l, rank). Matrices are of the store's matrix element type, the rest
- * float32. */
-typedef struct {
-    const moe_store_ops_t *ops;
-    moe_store_t *store;     /* borrowed: the engine's */
-    int layers, d, f, fs, experts;
-    void *norm;             /* [L][d] f32 */
-    void *router;           /* [L][E][d] f32 */
-    void *score_bias;       /* [L][E] f32, or NULL without model.score_bias */
-    void *shared_gate_up;   /* [L][2 fs][d], or NULL without shared experts */
-    void *shared_down;      /* [L][d][fs] */
-    void *shared_gate;      /* [L][d] f32, or NULL without model.shared_gate */
-    int *local_count;       /* [L] experts hosted per layer */
-    int *local_offset;      /* [L] first slot of layer l */
-    int slots;              /* experts hosted, all layers */
-    void **expert;          /* [slots] -> gate_up [2f][d], then down [d][f] */
-    bool *owned;            /* [slots] false: another moe_weights_t's (see moe_weights_hand_over) */
-    void *dense_block;
-    bool dense_shared;      /* dense_block is another moe_weights_t's */
-    size_t dense_bytes, expert_bytes; /* one expert slot */
-    /* Read from a checkpoint (0 for seeded weights): tensor bytes on disk this rank copied, of which
-     * routed-expert bytes, and the files it mapped. */
-    int64_t read_bytes, read_expert_bytes;
-    int read_files;
-} moe_weights_t;
-
-/* Elements of one expert slot (gate_up then down). */
-static inline size_t moe_weights_slot_elems(const moe_weights_t *w) { return (size_t)3 * w->f * w->d; }
-
-/* The slot of layer l's s-th local expert, in the store's memory. */
-static inline void *moe_weights_slot(const moe_weights_t *w, int layer, int slot)
-{
-    return w->expert[w->local_offset[layer] + slot];
-}
-
-/* For host stores (cpu backend, the reference): float32 views. */
-static inline const float *moe_weights_expert_gate_up(const moe_weights_t *w, int layer, int slot)
-{
-    return (const float *)moe_weights_slot(w, layer, slot);
-}
-static inline const float *moe_weights_expert_down(const moe_weights_t *w, int layer, int slot)
-{
-    return (const float *)moe_weights_slot(w, layer, slot) + (size_t)2 * w->f * w->d;
-}
 
 /* ---------------------------------------------------------------- stages */
 

@@ -6,7 +6,7 @@
  * scheduler uses, rows of a wire row's bytes out and a hidden state's bytes back), then the same bytes
  * through ncclAlltoAll. Times are medians of CUDA-event timings after warm-up, the slowest rank's.
  * Bandwidths as nccl-tests reports all-to-all: algbw = bytes a rank sends / time, busbw = algbw (P-1)/P.
- * Last, the point-to-point rate that expert moves see (runtime/migrate.c): rank 0 sends 16 slots of
+ * Last, the point-to-point rate that expert moves see (runtime/elastic/migrate.c): rank 0 sends 16 slots of
  * 64 MiB to rank 1 as one NCCL group, the median wall time of 5 after a warm-up. */
 #include <jansson.h>
 #include <stdlib.h>

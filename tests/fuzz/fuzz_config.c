@@ -1,5 +1,5 @@
 /* fuzz_config: the configuration loader (YAML, the settings table) and its cross-field checks. */
-#include "runtime/runtime.h"
+#include "runtime/model/model.h"
 #include "tests/fuzz/fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -1,4 +1,4 @@
-/* test_config: the configuration loader (runtime/config.c).
+/* test_config: the configuration loader (runtime/model/config.c).
  *
  * Usage: test_config CONFIGS_DIR BAD_CONFIGS_DIR
  * Checks the defaults, that every .yaml in CONFIGS_DIR loads and validates at world size 1, that
@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "runtime/runtime.h"
+#include "runtime/model/model.h"
 #include "check.h"
 
 /* ---------------------------------------------------------------- capturing stderr */

@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/runtime-impl.h"
+#include "runtime/model/model-impl.h"
 
 static const struct {
     moe_hf_family_t family;

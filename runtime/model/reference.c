@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/runtime-impl.h"
+#include "runtime/model/model.h"
 
 moe_status_t moe_reference_forward(const moe_config_t *config, const moe_weights_t *w,
                                    const moe_sources_t *sources, int64_t g0, int n, float *x,

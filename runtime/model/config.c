@@ -19,7 +19,7 @@
  *
  * Invariant: a moe_config_t is zero-filled before its defaults are set and strings are stored zero-padded,
  * so two configurations with the same settings compare equal with memcmp (padding included). */
-#include "runtime/runtime.h"
+#include "runtime/model/model.h"
 
 #include "io/io.h"
 

@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/runtime-impl.h"
+#include "runtime/elastic/elastic-impl.h"
 
 /* An expert slot this rank receives or sends: the slot in the store, and for stores the network
  * cannot read (device memory) a host buffer it travels through. */

@@ -31,7 +31,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "runtime/runtime-impl.h"
+#include "runtime/elastic/elastic-impl.h"
 
 #define SCHEDULE_MAX 256
 

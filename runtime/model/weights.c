@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/runtime-impl.h"
+#include "runtime/model/model-impl.h"
 
 /* 256-byte aligned pieces of the dense block. */
 static size_t round256(size_t bytes) { return (bytes + 255) / 256 * 256; }

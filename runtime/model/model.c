@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/runtime-impl.h"
+#include "runtime/model/model-impl.h"
 
 moe_router_params_t moe_model_router_params(const moe_config_t *config, const moe_weights_t *w,
                                             int layer)

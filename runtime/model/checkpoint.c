@@ -31,7 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/runtime-impl.h"
+#include "runtime/model/model-impl.h"
 
 #define CKPT_MAX_FILES 256
 
