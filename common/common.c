@@ -152,14 +152,18 @@ double moe_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-int64_t moe_host_rss_peak(void)
+/* A "Key: N kB" line of /proc/self/status, in bytes; 0 where the system does not say. */
+static int64_t proc_status_bytes(const char *format)
 {
     FILE *f = fopen("/proc/self/status", "r");
     if (!f) return 0;
     char line[256];
     long long kb = 0;
     while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmHWM: %lld kB", &kb) == 1) break;
+        if (sscanf(line, format, &kb) == 1) break;
     fclose(f);
     return (int64_t)kb * 1024;
 }
+
+int64_t moe_host_rss_peak(void) { return proc_status_bytes("VmHWM: %lld kB"); }
+int64_t moe_host_rss_now(void) { return proc_status_bytes("VmRSS: %lld kB"); }

@@ -193,6 +193,8 @@ double moe_now(void);
 
 /* The process's peak resident set in bytes (VmHWM), 0 where the system does not say. */
 int64_t moe_host_rss_peak(void);
+/* The process's resident set now in bytes (VmRSS), 0 where the system does not say. */
+int64_t moe_host_rss_now(void);
 
 #ifdef __cplusplus
 }

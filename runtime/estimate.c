@@ -54,19 +54,6 @@ static moe_status_t count_fill(moe_store_t *store, void *dst, moe_elem_t elem, s
 }
 static moe_status_t count_finish(moe_store_t *store) { return MOE_STATUS_OK; }
 
-/* The process's resident set now (VmRSS), 0 where the system does not say. */
-static int64_t rss_now(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return 0;
-    char line[256];
-    long long kb = 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %lld kB", &kb) == 1) break;
-    fclose(f);
-    return (int64_t)kb * 1024;
-}
-
 static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 
 moe_status_t moe_estimate_run(const moe_config_t *c, const moe_plan_h plan, int rank, int serving, int world,
@@ -77,7 +64,7 @@ moe_status_t moe_estimate_run(const moe_config_t *c, const moe_plan_h plan, int 
                                  .create = count_create, .destroy = count_destroy, .alloc = count_alloc,
                                  .release = count_release, .write = count_write, .write_fp8 = count_write_fp8,
                                  .fill = count_fill, .finish = count_finish};
-    const int64_t host_now = rss_now();
+    const int64_t host_now = moe_host_rss_now();
     moe_store_t *store = NULL;
     moe_weights_t w;
     memset(&w, 0, sizeof w);
