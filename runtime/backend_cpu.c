@@ -175,37 +175,26 @@ static void cpu_destroy(moe_backend_state_t *s)
     free(s);
 }
 
-/* Hierarchical dispatch: each replica's first hop (the rank with this rank's local index on the
- * replica's node) and its local index there, into every layer's table. */
-static moe_status_t hop_tables(moe_backend_state_t *s, const moe_comm_nodes_t *nodes)
+/* Hierarchical dispatch: each replica's first hop and its local index there (moe_hier_hops), into
+ * every layer's table. */
+static moe_status_t hop_tables(moe_backend_state_t *s, moe_plan_h plan, const moe_comm_nodes_t *nodes)
 {
-    if (nodes->per_node <= 0 || nodes->ranks != s->P) {
-        moe_error("cpu backend: hierarchical dispatch needs nodes of equal size over the %d ranks", s->P);
-        return MOE_STATUS_INVALID_ARGUMENT;
-    }
+    moe_status_t status = MOE_STATUS_OK;
     size_t R = 0;
     for (int l = 0; l < s->L; l++) R += (size_t)s->table[l].replicas;
     s->nodes = nodes;
     s->hop_block = malloc(sizeof(int) * (2 * R + 1));
     s->final_rows = calloc((size_t)s->chunks * s->P, sizeof(int));
-    if (!s->hop_block || !s->final_rows) {
-        moe_error("cpu backend: out of memory for the hierarchical dispatch tables");
-        return MOE_STATUS_NO_MEMORY;
-    }
-    const int G = nodes->per_node, mine = nodes->local[s->rank];
+    if (!s->hop_block || !s->final_rows)
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "cpu backend: out of memory for the hierarchical dispatch tables");
+    MOE_CHECK(moe_hier_hops(plan, nodes, s->rank, s->hop_block), fail);
     int *at = s->hop_block;
     for (int l = 0; l < s->L; l++) {
-        moe_dispatch_table_t *t = &s->table[l];
-        int *hop = at, *code = at + t->replicas;
-        for (int r = 0; r < t->replicas; r++) {
-            const int host = t->rank[r];
-            hop[r] = nodes->rank_at[nodes->node[host] * G + mine];
-            code[r] = nodes->local[host];
-        }
-        t->hop = hop, t->code = code;
-        at += 2 * t->replicas;
+        s->table[l].hop = at, s->table[l].code = at + s->table[l].replicas;
+        at += 2 * s->table[l].replicas;
     }
-    return MOE_STATUS_OK;
+fail:
+    return status;
 }
 
 static moe_status_t cpu_create(const moe_backend_args_t *a, moe_backend_state_t **out)
@@ -253,7 +242,7 @@ static moe_status_t cpu_create(const moe_backend_args_t *a, moe_backend_state_t 
         MOE_CHECK_ALLOC(s->shared_y, fail_free);
         MOE_CHECK_ALLOC(s->shared_scratch, fail_free);
     }
-    if (a->nodes) MOE_CHECK(hop_tables(s, a->nodes), fail_free);
+    if (a->nodes) MOE_CHECK(hop_tables(s, a->plan, a->nodes), fail_free);
     if (!s->x || !s->h || !s->out || !s->logits || !s->ids || !s->weights || !s->rep || !s->token_row ||
         !s->rows || !s->entries || !s->offset || !s->send || !s->back || !s->group_offset || !s->fixed_counts)
         MOE_FAIL(MOE_STATUS_NO_MEMORY, fail_free, "cpu backend: out of memory for %d tokens", a->max_tokens);

@@ -503,30 +503,15 @@ static moe_status_t upload_hops(moe_backend_state_t *s, moe_plan_h plan, const m
 {
     moe_status_t status = MOE_STATUS_OK;
     int *host = NULL;
-    if (nodes->per_node <= 0 || nodes->ranks != s->P)
-        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "cuda backend: hierarchical dispatch needs nodes of equal size "
-                 "over the %d ranks", s->P);
-    const int G = nodes->per_node, mine = nodes->local[s->rank], E = s->E;
     size_t total = 0;
     for (int l = 0; l < s->L; l++) total += 2 * (size_t)s->table[l].replicas;
     host = malloc(sizeof(int) * (total + 1));
     MOE_CHECK_ALLOC(host, fail);
-    size_t at = 0;
-    for (int l = 0; l < s->L; l++) { /* replicas in the order of moe_dispatch_tables: expert-major */
-        const int R = s->table[l].replicas;
-        for (int e = 0, r = 0; e < E; e++) {
-            const int *ranks;
-            const int n = moe_plan_replicas(plan, l, e, &ranks, NULL);
-            for (int i = 0; i < n; i++, r++) {
-                host[at + r] = nodes->rank_at[nodes->node[ranks[i]] * G + mine];
-                host[at + R + r] = nodes->local[ranks[i]];
-            }
-        }
-        at += 2 * (size_t)R;
-    }
+    MOE_CHECK(moe_hier_hops(plan, nodes, s->rank, host), fail);
+    const int G = nodes->per_node;
     MOE_CHECK_CUDA(cudaMalloc((void **)&s->hop_dev, sizeof(int) * (total + 1)), fail);
     MOE_CHECK_CUDA(cudaMemcpy(s->hop_dev, host, sizeof(int) * total, cudaMemcpyHostToDevice), fail);
-    at = 0;
+    size_t at = 0;
     for (int l = 0; l < s->L; l++) {
         s->table[l].hop = s->hop_dev + at;
         s->table[l].code = s->hop_dev + at + s->table[l].replicas;

@@ -46,6 +46,31 @@ struct moe_hier_s {
     moe_comm_op_h op2;  /* hop 2 */
 };
 
+moe_status_t moe_hier_hops(const moe_plan_h plan, const moe_comm_nodes_t *nodes, int rank, int *block)
+{
+    const int L = moe_plan_layers(plan), E = moe_plan_experts(plan), P = moe_plan_ranks(plan);
+    if (nodes->per_node <= 0 || nodes->ranks != P) {
+        moe_error("hierarchical dispatch needs nodes of equal size over the %d ranks", P);
+        return MOE_STATUS_INVALID_ARGUMENT;
+    }
+    const int G = nodes->per_node, mine = nodes->local[rank];
+    int *at = block;
+    for (int l = 0; l < L; l++) {
+        int R = 0;
+        for (int e = 0; e < E; e++) R += moe_plan_replicas(plan, l, e, NULL, NULL);
+        for (int e = 0, r = 0; e < E; e++) {
+            const int *ranks;
+            const int n = moe_plan_replicas(plan, l, e, &ranks, NULL);
+            for (int i = 0; i < n; i++, r++) {
+                at[r] = nodes->rank_at[nodes->node[ranks[i]] * G + mine];
+                at[R + r] = nodes->local[ranks[i]];
+            }
+        }
+        at += 2 * R;
+    }
+    return MOE_STATUS_OK;
+}
+
 void moe_hier_destroy(moe_hier_h h)
 {
     if (!h) return;

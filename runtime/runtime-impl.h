@@ -139,6 +139,11 @@ typedef struct moe_hier_s *moe_hier_h;
 moe_status_t moe_hier_create(const moe_scheduler_args_t *args, const moe_slot_table_t *tables, moe_hier_h *out);
 void moe_hier_destroy(moe_hier_h hier);
 moe_status_t moe_hier_layer(moe_hier_h hier, int layer, int n, moe_layer_metrics_t *m);
+/* The backends' relay tables: for every layer, each replica's first hop (the rank of the replica's node
+ * with `rank`'s local index) and then each replica's local index on its node, into block ([replicas]
+ * hops, then [replicas] indices, layer after layer; replicas in moe_dispatch_tables' order,
+ * expert-major). Nodes must be of equal size over the plan's ranks. */
+moe_status_t moe_hier_hops(const moe_plan_h plan, const moe_comm_nodes_t *nodes, int rank, int *block);
 
 moe_status_t moe_scheduler_create(const moe_scheduler_args_t *args, moe_scheduler_h *out);
 void moe_scheduler_destroy(moe_scheduler_h sched);
