@@ -15,6 +15,8 @@ typedef enum {
     MOE_GEMM_PATH_CUDA_CORES,
     MOE_GEMM_PATH_CUBLAS,
     MOE_GEMM_PATH_COUNT,
+    MOE_GEMM_PATH_CUTLASS_FIRST = MOE_GEMM_PATH_128x128, /* the CUTLASS paths: first .. last */
+    MOE_GEMM_PATH_CUTLASS_LAST = MOE_GEMM_PATH_SWAP64,
 } moe_gemm_path_t;
 
 #endif

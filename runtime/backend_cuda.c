@@ -617,7 +617,7 @@ static moe_status_t cuda_create(const moe_backend_args_t *a, moe_backend_state_t
     MOE_CHECK_ALLOC(s->graph_n, fail_free);
     /* CUTLASS arguments for this model's shapes, made now rather than in the first batch (or a graph
      * capture, where their uploads could not run) */
-    for (int p = MOE_GEMM_PATH_128x128; p <= MOE_GEMM_PATH_SWAP64 && s->max_slots > 0; p++) { /* every CUTLASS path */
+    for (int p = MOE_GEMM_PATH_CUTLASS_FIRST; p <= MOE_GEMM_PATH_CUTLASS_LAST && s->max_slots > 0; p++) { /* every CUTLASS path */
         MOE_CHECK(moe_ggemm_prepare(s->gg, (moe_gemm_path_t)p, s->max_slots, s->f, s->d), fail_free);
         MOE_CHECK(moe_ggemm_prepare(s->gg, (moe_gemm_path_t)p, s->max_slots, s->d, s->f), fail_free);
     }
@@ -938,7 +938,11 @@ fail:
  * captured, or without tensor cores, a fixed rule. */
 /* The expert GEMM path per log2 bucket of the rows a slot gets (and whether the host knew them), timed
  * on the first chunks that fall in the bucket (run.gemm auto). Process-wide: a run has one model's
- * widths, and a backend state made again (an elastic switch) does not time them again. */
+ * widths, and a backend state made again (an elastic switch) does not time them again. Buckets are
+ * centred on the powers of two (rounded log2): the typical means of the configs are powers of two
+ * (4096 x 8 / 256 x 2 = 256 rows per expert for DeepSeek-V3 at EP2), and with buckets bounded there
+ * a batch's few percent of load spread crossed the bound and timed every path again in a measured
+ * batch (Mixtral at 2 GPUs: 281 ms once among 9 ms batches, run 13). */
 static moe_gemm_path_t tuned_paths[2][32];
 
 static moe_status_t pick_path(moe_backend_state_t *s, const moe_expert_weights_t *w, int entries, double mean,
@@ -955,7 +959,7 @@ static moe_status_t pick_path(moe_backend_state_t *s, const moe_expert_weights_t
         return MOE_STATUS_OK;
     }
     int bucket = 0;
-    while (bucket < 31 && (double)(1 << bucket) < mean) bucket++;
+    while (bucket < 31 && (double)(1 << bucket) * 1.41421356 < mean) bucket++;
     moe_gemm_path_t *tuned = &tuned_paths[host_knows][bucket];
     if (*tuned != MOE_GEMM_PATH_AUTO) {
         *out = *tuned;
@@ -966,6 +970,9 @@ static moe_status_t pick_path(moe_backend_state_t *s, const moe_expert_weights_t
     float best_ms = 0;
     for (int p = MOE_GEMM_PATH_128x128; p <= MOE_GEMM_PATH_CUBLAS; p++) {
         if (p == MOE_GEMM_PATH_CUDA_CORES || (p == MOE_GEMM_PATH_CUBLAS && !host_knows)) continue;
+        /* the swapped tiles re-read the weights per 32 or 64 rows: 1.6x to 4x the best from 256 rows
+         * per expert up (G1), and the slowest to time */
+        if ((p == MOE_GEMM_PATH_SWAP32 || p == MOE_GEMM_PATH_SWAP64) && mean > 256) continue;
         float ms = 0;
         for (int rep = 0; rep < 2; rep++) {
             MOE_CHECK_CUDA(cudaEventRecord(s->tune_a, s->stream), fail);
