@@ -11,12 +11,19 @@
  * unfused SwiGLU. The weight floor is the experts' bytes over the measured copy bandwidth. Times are
  * medians of REPS runs timed with CUDA events after a warm-up, on seeded random bf16 data.
  *
- * Output: one line per measurement, `key value` pairs, grep-able by scripts/device_run.sh.
- *   bench_gemm_gpu [REPS] */
+ * The dense baseline runs before and after the paths and the faster of the two counts (the card's
+ * clocks drift with its temperature over a case). `best` is the fastest path, the one the cuda
+ * backend's tuner picks (it times every path on a layer's first chunks, runtime/backend_cuda.c);
+ * `chosen` is the static rule it falls back on before anything is timed.
+ *
+ * Output: one line per measurement, `key value` pairs, grep-able by scripts/device_run.sh. CASE and
+ * PATH (names as printed) restrict the run to one case and one path, e.g. under ncu.
+ *   bench_gemm_gpu [REPS [CASE [PATH]]] */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/common.h"
 #include "kernels/kernels.h"
@@ -126,6 +133,23 @@ typedef struct {
     moe_bf16_t *x, *gu, *act, *y;
     int *offset, *host_offset, rows;
 } ffn_arg_t;
+/* The two halves of the grouped paths' sequence (moe_expert_ffn_cuda), timed apart: gate, then up
+ * with the SwiGLU epilogue; down. */
+static void in_work(void *arg)
+{
+    ffn_arg_t *a = arg;
+    const int d = a->w.d, f = a->w.f;
+    OK(moe_ggemm_run(a->gg, a->path, a->x, a->w.gate_up, 0, a->offset, a->w.slots, a->rows, f, d, NULL, a->gu,
+                     stream));
+    OK(moe_ggemm_run(a->gg, a->path, a->x, a->w.gate_up, (size_t)f * d, a->offset, a->w.slots, a->rows, f, d, a->gu,
+                     a->act, stream));
+}
+static void down_work(void *arg)
+{
+    ffn_arg_t *a = arg;
+    OK(moe_ggemm_run(a->gg, a->path, a->act, a->w.down, 0, a->offset, a->w.slots, a->rows, a->w.d, a->w.f, NULL,
+                     a->y, stream));
+}
 static void ffn_work(void *arg)
 {
     ffn_arg_t *a = arg;
@@ -136,6 +160,11 @@ static void ffn_work(void *arg)
 int main(int argc, char **argv)
 {
     if (argc > 1) reps = atoi(argv[1]);
+    const char *only_case = argc > 2 ? argv[2] : NULL, *only_path = argc > 3 ? argv[3] : NULL;
+    if (reps < 1) {
+        fprintf(stderr, "usage: bench_gemm_gpu [REPS [CASE [PATH]]]: REPS must be a positive count\n");
+        return 2;
+    }
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 1) {
         printf("bench_gemm_gpu: no CUDA device\n");
@@ -188,6 +217,7 @@ int main(int argc, char **argv)
     };
     const int n_cases = (int)(sizeof cases / sizeof cases[0]);
     for (int ci = 0; ci < n_cases; ci++) {
+        if (only_case && strcmp(only_case, cases[ci].name) != 0) continue;
         const int E = cases[ci].experts, d = cases[ci].d, f = cases[ci].f;
         int *offset = malloc(sizeof(int) * (E + 1));
         offset[0] = 0;
@@ -222,18 +252,50 @@ int main(int argc, char **argv)
         const double weight_bytes = 2.0 * E * 3.0 * f * d;
         const double floor_ms = weight_bytes / copy_bw * 1e3;
         dense_arg_t dense = {gemm, a.x, host_gu[0], host_down[0], a.gu, a.act, a.y, M, d, f};
-        float t_dense = time_ms(dense_work, &dense);
-        printf("g1 %s mode dense ms %.4f tflops %.1f rows %d\n", cases[ci].name, t_dense,
-               flops / (t_dense * 1e-3) / 1e12, M);
+        const float t_dense_before = time_ms(dense_work, &dense);
+        float t_path[MOE_GEMM_PATH_COUNT] = {0};
         for (int path = MOE_GEMM_PATH_128x128; path <= MOE_GEMM_PATH_CUBLAS; path++) {
             if (path == MOE_GEMM_PATH_CUDA_CORES) continue;
+            if (only_path && strcmp(only_path, moe_gemm_path_name((moe_gemm_path_t)path)) != 0) continue;
             a.path = (moe_gemm_path_t)path;
-            float tm = time_ms(ffn_work, &a);
-            printf("g1 %s mode %s ms %.4f tflops %.1f of_dense %.3f weight_floor_ms %.4f of_weight_floor %.3f\n",
-                   cases[ci].name, moe_gemm_path_name(a.path), tm, flops / (tm * 1e-3) / 1e12, t_dense / tm, floor_ms,
-                   floor_ms / tm);
+            t_path[path] = time_ms(ffn_work, &a);
         }
-        {   /* what the backend would choose for these groups (the host knows their sizes) */
+        const float t_dense_after = time_ms(dense_work, &dense);
+        const float t_dense = t_dense_before < t_dense_after ? t_dense_before : t_dense_after;
+        printf("g1 %s mode dense ms %.4f tflops %.1f rows %d before_ms %.4f after_ms %.4f\n", cases[ci].name,
+               t_dense, flops / (t_dense * 1e-3) / 1e12, M, t_dense_before, t_dense_after);
+        int best = -1;
+        for (int path = MOE_GEMM_PATH_128x128; path <= MOE_GEMM_PATH_CUBLAS; path++) {
+            const float tm = t_path[path];
+            if (tm <= 0) continue;
+            if (best < 0 || tm < t_path[best]) best = path;
+            printf("g1 %s mode %s ms %.4f tflops %.1f of_dense %.3f weight_floor_ms %.4f of_weight_floor %.3f\n",
+                   cases[ci].name, moe_gemm_path_name((moe_gemm_path_t)path), tm, flops / (tm * 1e-3) / 1e12,
+                   t_dense / tm, floor_ms, floor_ms / tm);
+        }
+        if (best >= 0)
+            printf("g1 %s mode best:%s ms %.4f tflops %.1f of_dense %.3f weight_floor_ms %.4f of_weight_floor %.3f\n",
+                   cases[ci].name, moe_gemm_path_name((moe_gemm_path_t)best), t_path[best],
+                   flops / (t_path[best] * 1e-3) / 1e12, t_dense / t_path[best], floor_ms, floor_ms / t_path[best]);
+        /* per projection: could a path for gate/up and another for down beat one path for all three? */
+        int best_in = -1, best_down = -1;
+        float t_in[MOE_GEMM_PATH_COUNT] = {0}, t_down[MOE_GEMM_PATH_COUNT] = {0};
+        for (int path = MOE_GEMM_PATH_CUTLASS_FIRST; path <= MOE_GEMM_PATH_CUTLASS_LAST; path++) {
+            if (t_path[path] <= 0) continue;
+            a.path = (moe_gemm_path_t)path;
+            t_in[path] = time_ms(in_work, &a);
+            t_down[path] = time_ms(down_work, &a);
+            if (best_in < 0 || t_in[path] < t_in[best_in]) best_in = path;
+            if (best_down < 0 || t_down[path] < t_down[best_down]) best_down = path;
+            printf("g1 %s split %s gate_up_ms %.4f down_ms %.4f\n", cases[ci].name,
+                   moe_gemm_path_name((moe_gemm_path_t)path), t_in[path], t_down[path]);
+        }
+        if (best_in >= 0)
+            printf("g1 %s split best gate_up %s %.4f down %s %.4f sum_ms %.4f of_dense %.3f\n", cases[ci].name,
+                   moe_gemm_path_name((moe_gemm_path_t)best_in), t_in[best_in],
+                   moe_gemm_path_name((moe_gemm_path_t)best_down), t_down[best_down],
+                   t_in[best_in] + t_down[best_down], t_dense / (t_in[best_in] + t_down[best_down]));
+        if (!only_path) { /* what the backend would choose for these groups (the host knows their sizes) */
             int active = 0;
             for (int e = 0; e < E; e++) active += offset[e + 1] > offset[e];
             a.path = moe_gemm_path_choose((double)M / (active ? active : 1), true);

@@ -505,7 +505,7 @@ moe_status_t moe_gemm_cuda(moe_gemm_h g, const moe_bf16_t *x, const moe_bf16_t *
 moe_gemm_path_t moe_gemm_path_choose(double mean_rows, bool host_offsets)
 {
     if (host_offsets && mean_rows >= 1024) return MOE_GEMM_PATH_CUBLAS;
-    if (mean_rows > 96) return MOE_GEMM_PATH_128x256_C2;
+    if (mean_rows > 96) return MOE_GEMM_PATH_128x256;
     if (mean_rows > 32) return MOE_GEMM_PATH_SWAP64;
     return MOE_GEMM_PATH_SWAP32;
 }
