@@ -69,7 +69,7 @@ moe_status_t moe_array_to_i32(const moe_array_t *array, const char *what, int32_
 /* ---------------------------------------------------------------- tables (table.c) */
 
 /* A table for people: each column a title, a width and a kind: 's' a string (left-aligned; a longer
- * one keeps its end), 'i' a long long, 'f' a double with `precision` decimals (right-aligned). */
+ * one keeps its end), 'i' a long long, 'f' a double with `precision` decimals (right-aligned; "-" when not finite: not known). */
 typedef struct {
     const char *title;
     int width;

@@ -1,6 +1,7 @@
 /* table: the one printer of moerun's tables for people (place's figures, the run's stages, the
  * elastic events, the dry run): columns of a fixed width, strings left-aligned (too long: their end
  * kept, where paths differ), numbers right-aligned, one space between columns. */
+#include <math.h>
 #include <stdarg.h>
 #include <string.h>
 
@@ -32,7 +33,11 @@ void moe_table_row(const moe_table_t *t, ...)
         } else if (col->kind == 'i') {
             fprintf(t->out, "%s%*lld", sep, col->width, va_arg(ap, long long));
         } else {
-            fprintf(t->out, "%s%*.*f", sep, col->width, col->precision, va_arg(ap, double));
+            const double v = va_arg(ap, double);
+            if (isfinite(v))
+                fprintf(t->out, "%s%*.*f", sep, col->width, col->precision, v);
+            else /* a figure that is not known (as JSON's null) */
+                fprintf(t->out, "%s%*s", sep, col->width, "-");
         }
     }
     va_end(ap);

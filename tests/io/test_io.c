@@ -8,6 +8,7 @@
 #include "tests/check.h"
 
 #include <dirent.h>
+#include <math.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <yaml.h>
@@ -936,6 +937,30 @@ static void test_yaml(void)
     CHECK_STATUS(moe_yaml_load(tmp_dir, &lim, &doc), MOE_STATUS_IO_ERROR); /* a directory */
 }
 
+/* The table printer: widths, alignment, a long string's end kept, a figure not known as "-". */
+static void test_table(void)
+{
+    char *text = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&text, &size);
+    CHECK(f != NULL);
+    if (!f) return;
+    const moe_table_column_t cols[] = {{"name", 6, 's', 0}, {"n", 4, 'i', 0}, {"x", 7, 'f', 2}};
+    moe_table_t t = {.columns = cols, .n = 3, .out = f};
+    moe_table_header(&t);
+    moe_table_row(&t, "ab", 12LL, 3.14159);
+    moe_table_row(&t, "abcdefgh", -1LL, NAN);
+    moe_table_row(&t, "x", 0LL, INFINITY);
+    fclose(f);
+    const char *want = "name      n       x\n"
+                       "ab       12    3.14\n"
+                       "cdefgh   -1       -\n"
+                       "x         0       -\n";
+    CHECK(text && strcmp(text, want) == 0);
+    if (text && strcmp(text, want) != 0) fprintf(stderr, "table: got\n%swant\n%s", text, want);
+    free(text);
+}
+
 int main(void)
 {
     snprintf(tmp_dir, sizeof tmp_dir, "/tmp/moe_test_io_XXXXXX");
@@ -945,6 +970,7 @@ int main(void)
     }
     /* The error paths log by design; keep them visible (meson shows them with -v). */
     test_dtypes();
+    test_table();
     test_yaml();
     test_f16();
     test_bf16();
