@@ -14,8 +14,9 @@ file:line; the PNG is written to a temporary beside OUT and renamed, so OUT is w
 Exit status: 0 written, 1 bad input or write error, 2 usage, 3 matplotlib missing."""
 import argparse
 import json
-import os
 import sys
+
+from plotting import save_png  # scripts/plotting.py, beside this script
 
 STAGES = ["route", "plan", "permute", "dispatch", "experts", "shared", "combine", "unpermute"]
 
@@ -98,13 +99,7 @@ def plot(layers, out, title):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = f"{out}.tmp.{os.getpid()}.png"
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_png(fig, out, dpi=110)
 
 
 def main():

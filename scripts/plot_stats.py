@@ -16,9 +16,10 @@ header is JSON), its tensors checked against the header. The PNG is written to a
 OUT and renamed. Exit status: 0 written, 1 bad input or write error, 2 usage, 3 a module missing."""
 import argparse
 import json
-import os
 import struct
 import sys
+
+from plotting import save_png  # scripts/plotting.py, beside this script
 
 
 class InputError(Exception):
@@ -97,13 +98,7 @@ def plot(stats, meta, layer, out, title, np):
     fig.colorbar(im2, ax=right, fraction=0.046)
     fig.suptitle(title or meta.get("model", ""))
     fig.tight_layout()
-    tmp = f"{out}.tmp.{os.getpid()}.png"
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_png(fig, out, dpi=110)
 
 
 def main():

@@ -19,8 +19,9 @@ Exit status: 0 written, 1 bad input or write error, 2 usage, 3 matplotlib missin
 import argparse
 import csv
 import math
-import os
 import sys
+
+from plotting import save_png  # scripts/plotting.py, beside this script
 
 TIMELINE_COLUMNS = ["time_s", "batch", "tokens", "tokens_per_s", "serving", "bytes_in_flight",
                     "load_max_mean", "phase", "event"]
@@ -205,16 +206,9 @@ def plot(rows, spans, out, title):
         fig.suptitle(title)
     fig.tight_layout()
 
-    directory = os.path.dirname(os.path.abspath(out))
-    tmp = os.path.join(directory, f".{os.path.basename(out)}.tmp.{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, out)
+        save_png(fig, out, dpi=120)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise InputError(f"{out}: cannot write: {e.strerror or e}")
     finally:
         plt.close(fig)

@@ -5,10 +5,12 @@ tid = stream: compute or transfer). One row per (rank, stream), a bar per stage,
 the whole layer as a line under its row.
 
     python3 scripts/plot_trace.py T.json -o T.png [--title TEXT]
-Needs matplotlib."""
+Needs matplotlib. The PNG is written whole or not at all (scripts/plotting.py)."""
 import argparse
 import json
 import sys
+
+from plotting import save_png  # scripts/plotting.py, beside this script
 
 
 def main():
@@ -56,7 +58,7 @@ def main():
     if a.title:
         ax.set_title(a.title)
     fig.tight_layout()
-    fig.savefig(a.output, dpi=110)
+    save_png(fig, a.output, dpi=110)
     print(f"plot_trace.py: wrote {a.output}", file=sys.stderr)
 
 
