@@ -15,6 +15,7 @@
 #include <stdio.h>
 
 #include "common/common.h"
+#include "moe_build_config.h"
 #include "runtime/model/model.h"
 
 /* ---------------------------------------------------------------- engine */
@@ -91,5 +92,12 @@ void moe_engine_destroy(moe_engine_h engine); /* NULL-safe, local */
  * the table (nccl-tests' columns), or with json a JSON line per size and one for the point-to-point rate. */
 moe_status_t moe_bench_a2a(MPI_Comm world, int device, int d, int k, const int *rows, int n_sizes, int iters,
                            bool json, FILE *out);
+
+/* ---------------------------------------------------------------- devices (backend_cuda.c) */
+
+#if MOE_HAVE_CUDA
+/* The GPUs this process sees (0 when none or on an error): launch/ chooses a rank's among them. */
+int moe_cuda_device_count(void);
+#endif
 
 #endif
