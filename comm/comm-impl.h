@@ -7,6 +7,11 @@
 
 typedef struct moe_comm_nccl_s moe_comm_nccl_t;
 
+/* ctl.c: a ctl's communicator (its own: transports and node maps made over its ranks duplicate it or
+ * use it for waited collectives) and its watch (may be NULL). */
+MPI_Comm moe_ctl_mpi(const moe_ctl_h ctl);
+moe_watch_h moe_ctl_watch(const moe_ctl_h ctl);
+
 /* Collective over mpi (rank and size as in it); sets the current CUDA device. */
 moe_status_t moe_comm_nccl_create(MPI_Comm mpi, int rank, int size, int device, moe_comm_nccl_t **out);
 void moe_comm_nccl_destroy(moe_comm_nccl_t *nccl);

@@ -9,12 +9,15 @@
  * still over MPI; completion in stream order, see moe_comm_set_stream).
  * Progress: MPI advances non-blocking collectives inside MPI calls, so compute loops call
  * moe_comm_progress() between pieces of work.
- * Liveness (watch.c): every blocking wait of the runtime, here and in the engine, goes through a
- * watch, which backs off instead of spinning and fails a wait, naming the rank and step, when a rank
- * it waits on stops answering for run.timeout seconds.
+ * Liveness (watch.c): every blocking wait of the runtime goes through a watch (the few blocking MPI
+ * calls that move large messages come after a watched barrier: ctl below), which backs off instead
+ * of spinning and fails a wait, naming the rank and step, when a rank it waits on stops answering for
+ * run.timeout seconds.
  * Control plane (ctl.c): the small messages the runtime exchanges with itself (boundary agreements,
- * figures, plans, the trace's spans, expert moves over MPI), so that MPI is called in comm/ and
- * launch/ alone (tests/cli/mpi_boundary.sh; the engine and bench a2a are still to move). */
+ * figures, plans, the trace's spans, expert moves over MPI, batch barriers, the output gather), and
+ * the groups of ranks everything else is made over: launch/ makes the world's ctl (moe_ctl_create, on
+ * an MPI communicator), and the runtime makes transports, node maps and serving sets' ctls from a
+ * ctl, so that MPI is called in comm/ and launch/ alone (tests/cli/mpi_boundary.sh). */
 #ifndef MOE_COMM_H
 #define MOE_COMM_H
 
@@ -27,13 +30,14 @@
 typedef struct moe_comm_s *moe_comm_h;
 typedef struct moe_comm_op_s *moe_comm_op_h;
 typedef struct moe_watch_s *moe_watch_h;
+typedef struct moe_ctl_s *moe_ctl_h; /* the control plane (below): a group of ranks */
 
-/* Collective over comm: duplicates it. */
-moe_status_t moe_comm_create_mpi(MPI_Comm comm, moe_comm_h *out);
-/* Collective over comm: MPI as above for counts, plus an NCCL communicator over the same ranks on
- * CUDA device `device` (made current), bootstrapped by an MPI_Bcast of rank 0's ncclUniqueId. One GPU
- * per rank: NCCL refuses two ranks on one GPU. MOE_STATUS_UNSUPPORTED in a build without CUDA. */
-moe_status_t moe_comm_create_nccl(MPI_Comm comm, int device, moe_comm_h *out);
+/* Collective over ctl's ranks: a transport over them (an MPI communicator of its own). */
+moe_status_t moe_comm_create_mpi(const moe_ctl_h ctl, moe_comm_h *out);
+/* Collective over ctl's ranks: MPI as above for counts, plus an NCCL communicator over the same ranks
+ * on CUDA device `device` (made current), bootstrapped by an MPI_Bcast of rank 0's ncclUniqueId. One
+ * GPU per rank: NCCL refuses two ranks on one GPU. MOE_STATUS_UNSUPPORTED in a build without CUDA. */
+moe_status_t moe_comm_create_nccl(const moe_ctl_h ctl, int device, moe_comm_h *out);
 
 /* Collective over parent's ranks: the communicator of the members (ranks with member true, in
  * parent's order), MPI and, when parent has one, NCCL (ncclCommSplit of parent's: no new bootstrap,
@@ -131,12 +135,11 @@ typedef struct {
     const char *source; /* where the map came from (a static string) */
 } moe_comm_nodes_t;
 
-/* Collective over comm (waits under watch, may be NULL). simulate > 0: nodes of `simulate`
+/* Collective over ctl's ranks (waits under its watch). simulate > 0: nodes of `simulate`
  * consecutive ranks (no communication). Else node_hint when every rank has one (>= 0: the
  * launcher's node number, Slurm's SLURM_NODEID), else MPI's shared-memory split (the host the
  * launcher started the rank on), else the processor name. Free with moe_comm_nodes_destroy. */
-moe_status_t moe_comm_nodes_create(MPI_Comm comm, int simulate, int node_hint, moe_watch_h watch,
-                                   moe_comm_nodes_t **out);
+moe_status_t moe_comm_nodes_create(const moe_ctl_h ctl, int simulate, int node_hint, moe_comm_nodes_t **out);
 void moe_comm_nodes_destroy(moe_comm_nodes_t *nodes); /* NULL-safe */
 
 /* ---------------------------------------------------------------- liveness (watch.c)
@@ -172,16 +175,22 @@ moe_status_t moe_watch_barrier(moe_watch_h watch, MPI_Comm comm, int n_peers, co
                                const char *what);
 
 /* ---------------------------------------------------------------- control plane (ctl.c)
- * Small messages between the ranks of a communicator, for the runtime to agree with itself (batch
- * boundaries, figures, plans), every wait under the watch: a rank that stops answering ends the job
- * rather than hanging it. A ctl over fewer ranks than the watch's must hold its ranks 0..size-1 (as
- * serving sets do). Collective calls: every rank of the ctl, in the same order. */
-typedef struct moe_ctl_s *moe_ctl_h;
+ * A group of ranks (an MPI communicator of its own), and small messages between them, for the runtime
+ * to agree with itself (batch boundaries, figures, plans), every wait under the watch: a rank that
+ * stops answering ends the job rather than hanging it. A ctl over fewer ranks than the watch's must
+ * hold its ranks 0..size-1 (as serving sets do). Transports and node maps are made over a ctl's
+ * ranks. Collective calls: every rank of the ctl, in the same order. */
 typedef enum { MOE_CTL_INT64 = 0, MOE_CTL_DOUBLE } moe_ctl_type_t;
 typedef enum { MOE_CTL_SUM = 0, MOE_CTL_MAX } moe_ctl_op_t;
 
-/* Collective over comm (duplicated); watch borrowed (NULL: waits without a deadline). */
+/* Collective over comm (duplicated); watch borrowed (NULL: waits without a deadline). launch/'s,
+ * for the world. */
 moe_status_t moe_ctl_create(MPI_Comm comm, moe_watch_h watch, moe_ctl_h *out);
+/* Collective over parent's ranks: the ctl of the members (member true), ranks in parent's order,
+ * under parent's watch; *out NULL on the others. Members are parent's first ranks (a serving set,
+ * or all of them: a duplicate). The ranks meet under the watch first: the split itself (MPI's) has
+ * no deadline, so a rank stopped before it is found rather than waited for. */
+moe_status_t moe_ctl_split(moe_ctl_h parent, bool member, moe_ctl_h *out);
 void moe_ctl_destroy(moe_ctl_h ctl); /* NULL-safe */
 int moe_ctl_rank(const moe_ctl_h ctl);
 int moe_ctl_size(const moe_ctl_h ctl);
@@ -201,6 +210,23 @@ moe_status_t moe_ctl_bcast_alloc(moe_ctl_h ctl, int root, void **data, size_t *b
 /* Whether any rank says yes. */
 moe_status_t moe_ctl_agree(moe_ctl_h ctl, bool mine, bool *any, const char *what);
 moe_status_t moe_ctl_barrier(moe_ctl_h ctl, const char *what);
+/* The barrier, waited while poll(arg) runs between tests (a rank that waits a whole batch moves its
+ * own work on meanwhile: incoming experts). */
+moe_status_t moe_ctl_barrier_poll(moe_ctl_h ctl, const char *what, void (*poll)(void *arg), void *arg);
+
+/* The two below meet in a barrier under the watch, then make a blocking MPI call: a polled wait
+ * sleeps between its calls, and MPI moves large messages only inside its calls (a polled gather took
+ * seconds for 128 MB a rank, measured on two H200s), while a polled barrier lets a rank that came
+ * early sleep through the others' arrival (up to a ms). The watched barrier finds a rank stopped
+ * before the call; one stopped inside it is not found. */
+/* A barrier every rank leaves together (batches start together: times compare, and the first counts
+ * exchange waits for nobody). */
+moe_status_t moe_ctl_barrier_strict(moe_ctl_h ctl, const char *what);
+/* Each rank's rows (rows of row_bytes, any number; the counts go first, under the watch) to root, in
+ * rank order into all (root's: room for every rank's); counts[p] the rows of rank p (root: size
+ * entries). Counts in rows: no int overflows for any batch a rank holds. */
+moe_status_t moe_ctl_gatherv(moe_ctl_h ctl, int root, const void *mine, int rows, size_t row_bytes, void *all,
+                             int *counts, const char *what);
 /* This rank's host name (the launcher's). */
 void moe_ctl_host(char *buf, size_t size);
 

@@ -1,14 +1,16 @@
-/* ctl: the control plane (see comm.h): small collectives and broadcasts of bytes between the ranks
- * of a communicator, every wait under the job's watch. The data plane (all-to-all-v of tokens) is the
- * transports' (mpi.c, nccl.c); this is what the runtime says to itself around it: agreements at batch
- * boundaries, reductions of figures, plans, hosts. MPI stays behind this file. */
+/* ctl: the control plane (see comm.h): groups of ranks (the world's, launch/'s; serving sets split
+ * from it) and small collectives and broadcasts of bytes between them, every wait under the job's
+ * watch (but the blocking calls after a watched barrier: the batch start, the output gather). The
+ * data plane (all-to-all-v of tokens) is the transports' (mpi.c, nccl.c); this is what the runtime
+ * says to itself around it: agreements and barriers at batch boundaries, reductions of figures,
+ * plans, hosts, the output. MPI stays behind this file. */
 #include <mpi.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "comm/comm.h"
+#include "comm/comm-impl.h"
 
 struct moe_ctl_s {
     MPI_Comm comm; /* a duplicate: our own */
@@ -17,13 +19,16 @@ struct moe_ctl_s {
     int n_peers; /* the ranks a wait names: -1 all of the watch's, else 0..size-1 of it */
 };
 
-moe_status_t moe_ctl_create(MPI_Comm comm, moe_watch_h watch, moe_ctl_h *out)
+/* A ctl on comm, which it takes (freed by destroy, also on failure). */
+static moe_status_t ctl_make(MPI_Comm comm, moe_watch_h watch, moe_ctl_h *out)
 {
     moe_status_t status = MOE_STATUS_OK;
     moe_ctl_h c = calloc(1, sizeof *c);
-    MOE_CHECK_ALLOC(c, fail);
-    c->comm = MPI_COMM_NULL;
-    MOE_CHECK_MPI(MPI_Comm_dup(comm, &c->comm), fail_free);
+    if (!c) {
+        MPI_Comm_free(&comm);
+        MOE_FAIL(MOE_STATUS_NO_MEMORY, fail, "ctl: out of memory");
+    }
+    c->comm = comm;
     MPI_Comm_rank(c->comm, &c->rank);
     MPI_Comm_size(c->comm, &c->size);
     c->watch = watch;
@@ -31,9 +36,39 @@ moe_status_t moe_ctl_create(MPI_Comm comm, moe_watch_h watch, moe_ctl_h *out)
     if (watch) MPI_Comm_size(moe_watch_comm(watch), &world);
     c->n_peers = c->size == world ? -1 : c->size;
     *out = c;
+fail:
+    return status;
+}
+
+moe_status_t moe_ctl_create(MPI_Comm comm, moe_watch_h watch, moe_ctl_h *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MPI_Comm dup = MPI_COMM_NULL;
+    MOE_CHECK_MPI(MPI_Comm_dup(comm, &dup), fail);
+    status = ctl_make(dup, watch, out);
+fail:
+    return status;
+}
+
+moe_status_t moe_ctl_split(moe_ctl_h parent, bool member, moe_ctl_h *out)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MPI_Comm comm = MPI_COMM_NULL;
+    moe_ctl_h c = NULL;
+    MOE_CHECK(moe_ctl_barrier(parent, "a split of the ranks"), fail);
+    MOE_CHECK_MPI(MPI_Comm_split(parent->comm, member ? 0 : MPI_UNDEFINED, parent->rank, &comm), fail);
+    if (!member) {
+        *out = NULL;
+        return MOE_STATUS_OK;
+    }
+    MOE_CHECK(ctl_make(comm, parent->watch, &c), fail);
+    /* the waits name the members as the watch's ranks 0..size-1 */
+    if (c->rank != parent->rank)
+        MOE_FAIL(MOE_STATUS_INTERNAL, fail_destroy, "ctl split: rank %d is not among the first ranks", parent->rank);
+    *out = c;
     return MOE_STATUS_OK;
-fail_free:
-    free(c);
+fail_destroy:
+    moe_ctl_destroy(c);
 fail:
     return status;
 }
@@ -47,6 +82,8 @@ void moe_ctl_destroy(moe_ctl_h c)
 
 int moe_ctl_rank(const moe_ctl_h c) { return c->rank; }
 int moe_ctl_size(const moe_ctl_h c) { return c->size; }
+MPI_Comm moe_ctl_mpi(const moe_ctl_h c) { return c->comm; }
+moe_watch_h moe_ctl_watch(const moe_ctl_h c) { return c->watch; }
 
 static moe_status_t wait_one(moe_ctl_h c, const char *what, MPI_Request *request)
 {
@@ -170,6 +207,79 @@ moe_status_t moe_ctl_agree(moe_ctl_h c, bool mine, bool *any, const char *what)
 moe_status_t moe_ctl_barrier(moe_ctl_h c, const char *what)
 {
     return moe_watch_barrier(c->watch, c->comm, c->n_peers, NULL, what);
+}
+
+typedef struct {
+    MPI_Request request;
+    void (*poll)(void *arg);
+    void *arg;
+} barrier_poll_t;
+
+static moe_status_t barrier_polled(void *arg, bool *done)
+{
+    barrier_poll_t *b = arg;
+    int flag = 0;
+    if (MPI_Test(&b->request, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+        moe_error("MPI_Test of a barrier failed");
+        return MOE_STATUS_MPI_ERROR;
+    }
+    b->poll(b->arg);
+    *done = flag != 0;
+    return MOE_STATUS_OK;
+}
+
+moe_status_t moe_ctl_barrier_poll(moe_ctl_h c, const char *what, void (*poll)(void *arg), void *arg)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    barrier_poll_t b = {.poll = poll, .arg = arg};
+    MOE_CHECK_MPI(MPI_Ibarrier(c->comm, &b.request), fail);
+    status = moe_watch_until(c->watch, c->n_peers, NULL, what, barrier_polled, &b);
+fail:
+    return status;
+}
+
+/* Before a blocking call (comm.h, moe_ctl_barrier_strict): every rank is here, or the watch names the
+ * one that is not; the call itself has no deadline. */
+static moe_status_t before_blocking(moe_ctl_h c, const char *what) { return moe_ctl_barrier(c, what); }
+
+moe_status_t moe_ctl_barrier_strict(moe_ctl_h c, const char *what)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MOE_CHECK(before_blocking(c, what), fail);
+    MOE_CHECK_MPI(MPI_Barrier(c->comm), fail);
+fail:
+    return status;
+}
+
+moe_status_t moe_ctl_gatherv(moe_ctl_h c, int root, const void *mine, int rows, size_t row_bytes, void *all,
+                             int *counts, const char *what)
+{
+    moe_status_t status = MOE_STATUS_OK;
+    MPI_Datatype row = MPI_DATATYPE_NULL;
+    int *displs = NULL;
+    if (row_bytes == 0 || row_bytes > (size_t)INT32_MAX)
+        MOE_FAIL(MOE_STATUS_INTERNAL, fail, "%s: rows of %zu bytes", what, row_bytes);
+    MOE_CHECK(moe_ctl_gather(c, root, &rows, sizeof rows, counts, what), fail);
+    if (c->rank == root) {
+        displs = malloc(sizeof(int) * (size_t)c->size);
+        MOE_CHECK_ALLOC(displs, fail);
+        int64_t total = 0;
+        for (int p = 0; p < c->size; p++) {
+            displs[p] = (int)total;
+            total += counts[p];
+        }
+        /* (a local failure here leaves the others in the gather: the job ends on it, as on any
+         * rank's failure) */
+        if (total > INT32_MAX) MOE_FAIL(MOE_STATUS_INTERNAL, fail, "%s: %lld rows", what, (long long)total);
+    }
+    MOE_CHECK_MPI(MPI_Type_contiguous((int)row_bytes, MPI_BYTE, &row), fail);
+    MOE_CHECK_MPI(MPI_Type_commit(&row), fail);
+    MOE_CHECK(before_blocking(c, what), fail);
+    MOE_CHECK_MPI(MPI_Gatherv(mine, rows, row, all, counts, displs, row, root, c->comm), fail);
+fail:
+    if (row != MPI_DATATYPE_NULL) MPI_Type_free(&row);
+    free(displs);
+    return status;
 }
 
 void moe_ctl_host(char *buf, size_t size)

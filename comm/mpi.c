@@ -32,13 +32,13 @@ struct moe_comm_s {
     int *watch_ranks;                      /* [size]: our ranks as ranks of the watch's communicator */
 };
 
-moe_status_t moe_comm_create_mpi(MPI_Comm mpi, moe_comm_h *out)
+moe_status_t moe_comm_create_mpi(const moe_ctl_h ctl, moe_comm_h *out)
 {
     moe_status_t status = MOE_STATUS_OK;
     struct moe_comm_s *comm = calloc(1, sizeof *comm);
     MOE_CHECK_ALLOC(comm, fail);
     comm->mpi = MPI_COMM_NULL;
-    MOE_CHECK_MPI(MPI_Comm_dup(mpi, &comm->mpi), fail_free);
+    MOE_CHECK_MPI(MPI_Comm_dup(moe_ctl_mpi(ctl), &comm->mpi), fail_free);
     MOE_CHECK_MPI(MPI_Comm_rank(comm->mpi, &comm->rank), fail_free);
     MOE_CHECK_MPI(MPI_Comm_size(comm->mpi, &comm->size), fail_free);
     *out = comm;
@@ -49,12 +49,12 @@ fail:
     return status;
 }
 
-moe_status_t moe_comm_create_nccl(MPI_Comm mpi, int device, moe_comm_h *out)
+moe_status_t moe_comm_create_nccl(const moe_ctl_h ctl, int device, moe_comm_h *out)
 {
 #if MOE_HAVE_CUDA
     moe_status_t status = MOE_STATUS_OK;
     moe_comm_h comm = NULL;
-    MOE_CHECK(moe_comm_create_mpi(mpi, &comm), fail);
+    MOE_CHECK(moe_comm_create_mpi(ctl, &comm), fail);
     MOE_CHECK(moe_comm_nccl_create(comm->mpi, comm->rank, comm->size, device, &comm->nccl), fail);
     *out = comm;
     return MOE_STATUS_OK;
@@ -62,7 +62,7 @@ fail:
     moe_comm_destroy(comm);
     return status;
 #else
-    (void)mpi, (void)device, (void)out;
+    (void)ctl, (void)device, (void)out;
     moe_error("comm: NCCL is not available in this build (no CUDA)");
     return MOE_STATUS_UNSUPPORTED;
 #endif

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "comm/comm.h"
+#include "comm/comm-impl.h"
 
 void moe_comm_nodes_destroy(moe_comm_nodes_t *n)
 {
@@ -70,10 +70,11 @@ fail:
     return status;
 }
 
-moe_status_t moe_comm_nodes_create(MPI_Comm comm, int simulate, int node_hint, moe_watch_h watch,
-                                   moe_comm_nodes_t **out)
+moe_status_t moe_comm_nodes_create(const moe_ctl_h ctl, int simulate, int node_hint, moe_comm_nodes_t **out)
 {
     moe_status_t status = MOE_STATUS_OK;
+    MPI_Comm comm = moe_ctl_mpi(ctl);
+    moe_watch_h watch = moe_ctl_watch(ctl);
     int rank, size;
     MOE_CHECK_MPI(MPI_Comm_rank(comm, &rank), fail);
     MOE_CHECK_MPI(MPI_Comm_size(comm, &size), fail);

@@ -9,6 +9,7 @@
 #include "launch/commands.h"
 #include "launch/launcher.h"
 #include "moe_build_config.h"
+#include "comm/comm.h"
 #include "runtime/runtime.h"
 
 #define MAX_SIZES 32
@@ -87,14 +88,16 @@ int moe_cmd_bench(int argc, char **argv)
     /* a failure every rank meets alike (no CUDA in this build) is printed once */
     moe_log_hold(true);
     int device = -1;
-    moe_status_t status = MOE_STATUS_OK;
+    moe_ctl_h world = NULL; /* waits without a deadline, as the bench has no watch */
+    moe_status_t status = moe_ctl_create(MPI_COMM_WORLD, NULL, &world);
 #if MOE_HAVE_CUDA
-    status = moe_launch_device(&device);
+    if (status == MOE_STATUS_OK) status = moe_launch_device(&device);
 #endif
     if (status == MOE_STATUS_OK)
-        status = moe_bench_a2a(MPI_COMM_WORLD, device, a.d, a.k, a.rows, a.n_sizes, a.iters, cli.json, stdout);
+        status = moe_bench_a2a(world, device, a.d, a.k, a.rows, a.n_sizes, a.iters, cli.json, stdout);
     bool said = false;
     int any = moe_cli_agree(NULL, status != MOE_STATUS_OK, false, &said);
+    moe_ctl_destroy(world);
     MPI_Finalize();
     return any ? 1 : 0;
 }

@@ -258,6 +258,7 @@ static int run_command(int argc, char **argv, bool elastic)
     moe_launch_info(&launch);
     moe_config_t *config = malloc(sizeof *config);
     moe_watch_h watch = NULL;
+    moe_ctl_h world = NULL; /* the control plane over the world, under the watch: the engine's ranks */
     moe_engine_h engine = NULL;
     int rc = 0;
     moe_status_t status = MOE_STATUS_OK;
@@ -280,7 +281,8 @@ static int run_command(int argc, char **argv, bool elastic)
         goto done;
     }
     moe_config_defaults(config);
-    if (moe_watch_create(MPI_COMM_WORLD, config->run.timeout, &watch) != MOE_STATUS_OK) {
+    if (moe_watch_create(MPI_COMM_WORLD, config->run.timeout, &watch) != MOE_STATUS_OK ||
+        moe_ctl_create(MPI_COMM_WORLD, watch, &world) != MOE_STATUS_OK) {
         abort_job(launch.size);
         rc = 1;
         goto done;
@@ -358,7 +360,7 @@ static int run_command(int argc, char **argv, bool elastic)
      * compared them, then printed once (rank 0's), and the job ends cleanly without an abort. A rank
      * that stopped answering ends the job at once. */
     moe_log_hold(true);
-    status = moe_engine_create(config, &options, MPI_COMM_WORLD, &engine);
+    status = moe_engine_create(config, &options, world, &engine);
     const bool failed = status != MOE_STATUS_OK;
     bool said = false; /* an error line was printed for this failure */
     int any = moe_cli_agree(watch, failed, status == MOE_STATUS_TIMEOUT, &said);
@@ -399,6 +401,7 @@ static int run_command(int argc, char **argv, bool elastic)
     }
 done:
     moe_engine_destroy(engine);
+    moe_ctl_destroy(world);
     moe_watch_destroy(watch);
     free(config);
     free(args);

@@ -7,7 +7,7 @@
 #include <mpi.h>
 
 #include "moe_build_config.h"
-#include "runtime/backend.h"
+#include "runtime/runtime.h"
 
 #if MOE_HAVE_CUDA
 #include <hwloc.h>

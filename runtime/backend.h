@@ -159,8 +159,6 @@ void *moe_backend_cuda_stream(moe_backend_state_t *state);
 /* Collective over ctl: GEMM paths timed by any rank become every rank's (an elastic switch: a rank
  * that starts serving does not time them again in its first batch). */
 moe_status_t moe_backend_cuda_share_tuning(moe_ctl_h ctl);
-/* The GPUs this process sees (0 when none or on an error). */
-int moe_cuda_device_count(void);
 /* `device` made current and its context made; what it holds now is not counted as ours
  * (moe_cuda_device_bytes). Which device, and the binding to its cores, is launch/'s choice
  * (launch/device.c); call before creating the NCCL transport and the backend. */

@@ -64,7 +64,7 @@ done:
 /* Rank 0 to rank 1: the GB/s of one group of SLOTS sends of SLOT_BYTES, as a migration posts them. */
 #define P2P_SLOTS 16
 #define P2P_SLOT_BYTES ((size_t)64 << 20)
-static moe_status_t time_p2p(bool json, MPI_Comm world, moe_comm_h comm, cudaStream_t stream, int rank, FILE *out)
+static moe_status_t time_p2p(bool json, moe_ctl_h world, moe_comm_h comm, cudaStream_t stream, int rank, FILE *out)
 {
     moe_status_t status = MOE_STATUS_OK;
     void *buf = NULL;
@@ -86,7 +86,7 @@ static moe_status_t time_p2p(bool json, MPI_Comm world, moe_comm_h comm, cudaStr
             MOE_CHECK_CUDA(cudaStreamSynchronize(stream), done);
         }
         double el = moe_now() - t0;
-        MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &el, 1, MPI_DOUBLE, MPI_MAX, world), done);
+        MOE_CHECK(moe_ctl_reduce(world, -1, MOE_CTL_DOUBLE, MOE_CTL_MAX, &el, 1, "the point-to-point times"), done);
         if (i >= 0) t[i] = (float)el;
     }
     qsort(t, 5, sizeof(float), cmp_float);
@@ -105,17 +105,15 @@ done:
     return status;
 }
 
-moe_status_t moe_bench_a2a(MPI_Comm world, int device, int d, int k, const int *rows, int n_sizes, int iters,
+moe_status_t moe_bench_a2a(moe_ctl_h world, int device, int d, int k, const int *rows, int n_sizes, int iters,
                            bool json, FILE *out)
 {
     moe_status_t status = MOE_STATUS_OK;
-    int rank, P;
+    const int rank = moe_ctl_rank(world), P = moe_ctl_size(world);
     moe_comm_h comm = NULL;
     cudaStream_t stream = NULL;
     void *send = NULL, *recv = NULL, *back = NULL;
     int *counts = NULL;
-    MPI_Comm_rank(world, &rank);
-    MPI_Comm_size(world, &P);
     MOE_CHECK(moe_cuda_start_device(device), done);
     MOE_CHECK(moe_comm_create_nccl(world, device, &comm), done);
     MOE_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), done);
@@ -135,10 +133,11 @@ moe_status_t moe_bench_a2a(MPI_Comm world, int device, int d, int k, const int *
                      "busbw(GB/s)  moerun/nccl\n", P, d, k, row_bytes, back_bytes);
     for (int i = 0; i < n_sizes; i++) {
         for (int p = 0; p < P; p++) counts[p] = rows[i];
-        float ours = 0, nccl = 0, worst[2];
+        float ours = 0, nccl = 0;
         MOE_CHECK(time_a2a(comm, stream, true, send, recv, back, counts, row_bytes, back_bytes, iters, &ours), done);
         MOE_CHECK(time_a2a(comm, stream, false, send, recv, back, counts, row_bytes, back_bytes, iters, &nccl), done);
-        MOE_CHECK_MPI(MPI_Reduce((float[]){ours, nccl}, worst, 2, MPI_FLOAT, MPI_MAX, 0, world), done);
+        double worst[2] = {ours, nccl}; /* the slowest rank's, on rank 0 */
+        MOE_CHECK(moe_ctl_reduce(world, 0, MOE_CTL_DOUBLE, MOE_CTL_MAX, worst, 2, "the times"), done);
         const double bytes = (double)P * rows[i] * (double)(row_bytes + back_bytes); /* a rank sends, both ways */
         if (rank == 0 && json) {
             json_t *r = moe_json_record("bench_a2a");
@@ -170,7 +169,7 @@ done:
     return status;
 }
 #else
-moe_status_t moe_bench_a2a(MPI_Comm world, int device, int d, int k, const int *rows, int n_sizes, int iters,
+moe_status_t moe_bench_a2a(moe_ctl_h world, int device, int d, int k, const int *rows, int n_sizes, int iters,
                            bool json, FILE *out)
 {
     (void)world, (void)device, (void)d, (void)k, (void)rows, (void)n_sizes, (void)iters, (void)json, (void)out;

@@ -7,6 +7,8 @@
  *                hierarchical dispatch)
  *   metrics.c    stage timers, loads, JSON lines and the summary table; trace.c one batch's Chrome trace
  *   estimate.c   what a run would take (--dry-run)
+ *   serving.c    the serving set: its communicators, backend state, scheduler and plan; the next one
+ *                prepared and swapped in (elastic runs)
  *   engine.c     create / run / finalize: batches, outputs, statistics */
 #ifndef MOE_RUNTIME_IMPL_H
 #define MOE_RUNTIME_IMPL_H
@@ -166,5 +168,64 @@ static inline size_t moe_wire_row_bytes(int d, int k, size_t elem_bytes)
 {
     return moe_wire_meta_offset(d, elem_bytes) + ((size_t)8 * k + 15) / 16 * 16;
 }
+
+/* ---------------------------------------------------------------- serving sets (serving.c)
+ *
+ * What serves the batches: the world ranks 0..P-1 on communicators of their own, and on them this
+ * rank's backend state (on its weights) and the scheduler (on the plan). An elastic run has the next
+ * state prepared while this one serves, then swaps them. */
+typedef struct moe_serving_s *moe_serving_h;
+
+typedef struct {
+    const moe_config_t *config; /* the engine's, borrowed for the object's life (its run.chunks as resolved
+                                   before start) */
+    moe_ctl_h world;            /* the engine's control plane over the world, borrowed */
+    moe_watch_h watch;          /* the transports' waits (borrowed, may be NULL) */
+    moe_elastic_h elastic;      /* borrowed; NULL for a static run */
+    int size;                   /* ranks 0..size-1 serve first */
+    int device;                 /* run.backend cuda: this rank's GPU, started (moe_cuda_start_device) */
+} moe_serving_args_t;
+
+/* What the backend states are built from, borrowed for the object's life. */
+typedef struct {
+    const moe_backend_t *backend;
+    const moe_sources_t *sources;
+    const moe_comm_nodes_t *nodes; /* the world's; backend states get it with hierarchical dispatch */
+    bool hierarchical;
+    int capacity;     /* > 0: fixed-capacity buffers (rows per chunk and peer) */
+    bool graphs;      /* layers as CUDA graphs */
+    bool reference;   /* the dense reference: nothing prepared ahead */
+    const float *x;   /* the engine's rows buffer [max_tokens][d]: a joining rank's warm-up runs on it */
+} moe_serving_build_args_t;
+
+/* Collective over the world: the communicators (with run.transport nccl the world's NCCL one and, for
+ * an elastic run, the expert moves' one, handed to elastic), the serving sets of the schedule's sizes,
+ * and the first set connected. No state yet. */
+moe_status_t moe_serving_create(const moe_serving_args_t *args, moe_serving_h *out);
+/* Local: takes plan and weights (the object's from now on, also on a failure: destroy frees them)
+ * and, on a serving rank, builds the backend state and the scheduler. */
+moe_status_t moe_serving_start(moe_serving_h serving, const moe_serving_build_args_t *args, moe_plan_h plan,
+                               moe_weights_t *weights);
+/* The current set: its size (ranks 0..size-1 serve), its ctl (NULL on ranks outside), and the
+ * state serving (borrowed; backend state and scheduler NULL outside). */
+int moe_serving_size(const moe_serving_h serving);
+moe_ctl_h moe_serving_ctl(const moe_serving_h serving);
+moe_plan_h moe_serving_plan(const moe_serving_h serving);
+moe_weights_t *moe_serving_weights(const moe_serving_h serving);
+moe_backend_state_t *moe_serving_state(const moe_serving_h serving);
+moe_scheduler_h moe_serving_scheduler(const moe_serving_h serving);
+/* Whether a prepared state is still being built (its thread has not finished). */
+bool moe_serving_busy(const moe_serving_h serving);
+/* Collective over the world: the set of sw's size made (if not yet: while the old set serves, so that
+ * the swap makes no communicator); then, locally, sw's plan and weights taken and, on a rank that
+ * will serve, the backend state built on them on a thread (for cuda: the weights' upload), while the
+ * old state serves. */
+moe_status_t moe_serving_prepare(moe_serving_h serving, moe_elastic_switch_t *sw);
+/* Collective over the world: serve from now on with the prepared plan, weights and size; the old
+ * ones are freed. */
+moe_status_t moe_serving_swap(moe_serving_h serving);
+/* Every NCCL communicator aborted (moe_comm_abort). Local, NULL-safe. */
+void moe_serving_abort(moe_serving_h serving);
+void moe_serving_destroy(moe_serving_h serving); /* local, NULL-safe */
 
 #endif

@@ -2,25 +2,26 @@
  * routing sources) expert-parallel.
  *
  * A run is: load a configuration (model.h: YAML, one table of settings, errors naming file:line:key), create an
- * engine on an MPI communicator (each rank builds only the experts the placement gives it), run the
+ * engine over the world's ranks (a ctl, comm.h; each rank builds only the experts the placement gives it), run the
  * batches (route -> plan -> permute -> dispatch -> expert GEMMs -> combine -> un-permute, chunked so that
  * communication overlaps compute), then finalize (collective: reduces statistics and metrics to rank 0
  * and writes the outputs) and destroy. */
 #ifndef MOE_RUNTIME_H
 #define MOE_RUNTIME_H
 
-#include <mpi.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
 #include "common/common.h"
+#include "moe_build_config.h"
 #include "runtime/model/model.h"
 
 /* ---------------------------------------------------------------- engine */
 
 typedef struct moe_engine_s *moe_engine_h;
 typedef struct moe_watch_s *moe_watch_h; /* comm.h: liveness of the job's ranks */
+typedef struct moe_ctl_s *moe_ctl_h;     /* comm.h: the control plane over a group of ranks */
 
 typedef struct {
     bool reference;   /* run the single-process dense reference instead (world size must be 1) */
@@ -37,7 +38,7 @@ typedef struct {
     const char *trace_events;
     int trace_batch;
     /* Every blocking wait of the run goes through it (comm.h, liveness); borrowed, over the same
-     * ranks as the engine's communicator. NULL: waits without a deadline. */
+     * ranks as the engine's world, the one the world's ctl waits under. NULL: waits without a deadline. */
     moe_watch_h watch;
     /* The launcher's node number of this rank (Slurm's SLURM_NODEID), or -1: which ranks share a
      * node (comm.h, moe_comm_nodes_create). */
@@ -67,10 +68,11 @@ typedef struct {
 /* After a dry-run create: this rank's estimate. */
 void moe_engine_estimate(const moe_engine_h engine, moe_estimate_t *out);
 
-/* Collective over comm. Builds this rank's experts, routing source, inputs and buffers. With a
- * schedule, comm is the world launched at the largest size, and the first entry's ranks serve. */
-moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_options_t *options,
-                               MPI_Comm comm, moe_engine_h *out);
+/* Collective over world's ranks (borrowed: the engine makes its own ctl from it). Builds this rank's
+ * experts, routing source, inputs and buffers. With a schedule, world is the world launched at the
+ * largest size, and the first entry's ranks serve. */
+moe_status_t moe_engine_create(const moe_config_t *config, const moe_engine_options_t *options, moe_ctl_h world,
+                               moe_engine_h *out);
 
 /* Collective: runs all batches. */
 moe_status_t moe_engine_run(moe_engine_h engine);
@@ -89,7 +91,14 @@ void moe_engine_destroy(moe_engine_h engine); /* NULL-safe, local */
 /* Collective over world, one GPU per rank: dispatch + combine of rows[i] wire rows (hidden size d,
  * top_k k) to every rank over the NCCL transport, beside ncclAlltoAll at equal bytes; rank 0 prints
  * the table (nccl-tests' columns), or with json a JSON line per size and one for the point-to-point rate. */
-moe_status_t moe_bench_a2a(MPI_Comm world, int device, int d, int k, const int *rows, int n_sizes, int iters,
+moe_status_t moe_bench_a2a(moe_ctl_h world, int device, int d, int k, const int *rows, int n_sizes, int iters,
                            bool json, FILE *out);
+
+/* ---------------------------------------------------------------- devices (backend_cuda.c) */
+
+#if MOE_HAVE_CUDA
+/* The GPUs this process sees (0 when none or on an error): launch/ chooses a rank's among them. */
+int moe_cuda_device_count(void);
+#endif
 
 #endif

@@ -24,7 +24,9 @@ int main(int argc, char **argv)
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     moe_log_init(rank, MOE_LOG_WARN);
-    CHECK_STATUS(moe_comm_create_mpi(MPI_COMM_WORLD, &comm), MOE_STATUS_OK);
+    moe_ctl_h world;
+    CHECK_STATUS(moe_ctl_create(MPI_COMM_WORLD, NULL, &world), MOE_STATUS_OK);
+    CHECK_STATUS(moe_comm_create_mpi(world, &comm), MOE_STATUS_OK);
     CHECK_EQ_INT(moe_comm_rank(comm), rank);
     CHECK_EQ_INT(moe_comm_size(comm), size);
 
@@ -75,6 +77,7 @@ int main(int argc, char **argv)
         free(send[r]), free(recv[r]), free(send_rows[r]), free(recv_rows[r]);
     }
     moe_comm_destroy(comm);
+    moe_ctl_destroy(world);
     int failures = moe_test_failures, total = 0;
     MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     MPI_Finalize();

@@ -209,7 +209,9 @@ int main(int argc, char **argv)
     CHECK_STATUS(moe_sources_create(&config, &sources), MOE_STATUS_OK);
 
     moe_comm_h comm;
-    CHECK_STATUS(moe_comm_create_mpi(MPI_COMM_WORLD, &comm), MOE_STATUS_OK);
+    moe_ctl_h world;
+    CHECK_STATUS(moe_ctl_create(MPI_COMM_WORLD, NULL, &world), MOE_STATUS_OK);
+    CHECK_STATUS(moe_comm_create_mpi(world, &comm), MOE_STATUS_OK);
     const int tpr = config.run.tokens_per_rank, k = config.model.top_k;
     size_t table_bytes;
     struct moe_backend_state_s *s = &S_;
@@ -264,6 +266,7 @@ int main(int argc, char **argv)
     free(s->entries), free(s->offset), free(s->send), free(s->recv), free(s->partial), free(s->back);
     free(s->table), free(s->table_block), free(ids), free(w);
     moe_comm_destroy(comm);
+    moe_ctl_destroy(world);
     moe_sources_destroy(&sources);
     moe_plan_destroy(plan);
     int failures = moe_test_failures, total = 0;
