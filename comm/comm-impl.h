@@ -1,52 +1,90 @@
-/* comm-impl.h: private to comm/. The NCCL half of a communicator (nccl.c), driven by the public
- * functions in mpi.c, which own the MPI half (counts exchange, metadata) and dispatch on it. */
+/* comm-impl.h: private to comm/. A communicator (mpi.c) is an MPI half, which every transport keeps
+ * (the counts exchange, barriers, the watch's ranks), and a row transport, the data plane: a table of
+ * functions (moe_comm_transport_t below) and its state, chosen at create. Two tables: MPI rows
+ * (mpi.c: MPI_Ialltoallv on the communicator's duplicate, host buffers) and NCCL rows (nccl.c,
+ * builds with CUDA: device buffers). A third transport (NVSHMEM, say) writes the functions of one
+ * table, a create that fills its state, and a moe_comm_create_* in mpi.c that picks it. */
 #ifndef MOE_COMM_IMPL_H
 #define MOE_COMM_IMPL_H
 
 #include "comm/comm.h"
-
-typedef struct moe_comm_nccl_s moe_comm_nccl_t;
+#include "moe_build_config.h"
 
 /* ctl.c: a ctl's communicator (its own: transports and node maps made over its ranks duplicate it or
  * use it for waited collectives) and its watch (may be NULL). */
 MPI_Comm moe_ctl_mpi(const moe_ctl_h ctl);
 moe_watch_h moe_ctl_watch(const moe_ctl_h ctl);
 
-/* Collective over mpi (rank and size as in it); sets the current CUDA device. */
-moe_status_t moe_comm_nccl_create(MPI_Comm mpi, int rank, int size, int device, moe_comm_nccl_t **out);
-void moe_comm_nccl_destroy(moe_comm_nccl_t *nccl);
-void moe_comm_nccl_set_stream(moe_comm_nccl_t *nccl, void *stream);
-/* *event: a CUDA event recorded on the communicator's stream after the transfer; start_event and
- * done_event (the caller's, may be NULL) are recorded just before and after it. */
-moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *nccl, const void *send, const int *send_rows, void *recv,
-                                 const int *recv_rows, size_t row_bytes, void *start_event, void *done_event,
-                                 void **event);
-moe_status_t moe_comm_nccl_test(moe_comm_nccl_t *nccl, void *event, bool *done);
-/* ncclCommSplit of parent: collective over parent's ranks; *out NULL where not a member. */
-moe_status_t moe_comm_nccl_split(moe_comm_nccl_t *parent, bool member, int new_rank, int new_size,
-                                 moe_comm_nccl_t **out);
-/* One group of sends and receives on the communicator's stream, between two timing events: *start
- * before it, *event after it. */
-moe_status_t moe_comm_nccl_p2p(moe_comm_nccl_t *nccl, const moe_comm_p2p_t *list, int n, void **start, void **event);
-/* Seconds between two completed timing events. */
-moe_status_t moe_comm_nccl_elapsed(void *start, void *end, double *seconds);
-void moe_comm_nccl_event_free(void *event);
-/* Collective: 1 MiB each way with every peer, so that NCCL connects its peers now, not in the first
- * transfer that counts. */
-moe_status_t moe_comm_nccl_warm_up(moe_comm_nccl_t *nccl);
-/* ncclAlltoAll (or, where NCCL lacks it, a group of equal sends and receives) of `bytes` per peer on the
- * communicator's stream, ordered after the producer stream and before what it queues next. */
-moe_status_t moe_comm_nccl_alltoall(moe_comm_nccl_t *nccl, const void *send, void *recv, size_t bytes);
-/* Orders the producer stream after the event (or, without one, the host waits as below), then
- * releases the event. */
-moe_status_t moe_comm_nccl_wait(moe_comm_nccl_t *nccl, void *event);
-/* The watch and the communicator's ranks in it (borrowed) for the host waits below. */
-void moe_comm_nccl_set_watch(moe_comm_nccl_t *nccl, moe_watch_h watch, int n_peers, const int *peers);
-/* The host waits for a CUDA event, polled under watch, with NCCL's asynchronous error of nccl (may
- * be NULL) checked meanwhile; on a timeout or an error, nccl is aborted. */
-moe_status_t moe_comm_nccl_wait_event(moe_comm_nccl_t *nccl, moe_watch_h watch, int n_peers, const int *peers,
-                                      void *event, const char *what);
-/* ncclCommAbort, once; afterwards destroy only frees. NULL-safe. */
-void moe_comm_nccl_abort(moe_comm_nccl_t *nccl);
+/* ---------------------------------------------------------------- row transports */
+
+/* One operation in flight. mpi.c allocates it zeroed (comm set) and hands it to the transport's
+ * start, which fills the transport's fields (and leaves none set when it fails); the transport's wait
+ * frees it (MPI's keeps it after a timeout: see mpi_rows_wait). A new transport adds its fields. */
+struct moe_comm_op_s {
+    moe_comm_h comm;
+    bool done; /* set once a test (or MPI's progress) found it complete */
+    /* the transport's */
+    MPI_Request request; /* MPI rows */
+    int *counts;         /* MPI rows: send counts, send displs, recv counts, recv displs: 4 * size ints */
+    void *start;         /* NCCL point-to-point: a timing event before it */
+    void *event;         /* NCCL: the transfer's completion event */
+};
+
+/* What a row transport does. `self` is the transport's state (its create's, or its split's), owned by
+ * the communicator. Every entry is set: an operation a transport lacks fails (MOE_STATUS_UNSUPPORTED,
+ * naming the transport it needs) or does nothing, as comm.h says of it. */
+typedef struct moe_comm_transport {
+    bool device; /* moves device memory (moe_comm_is_device) */
+
+    /* moe_comm_alltoallv_start_timed: rows grouped by peer; the timing events (may be NULL) recorded
+     * just before and after the transfer, or ignored. */
+    moe_status_t (*alltoallv_start)(void *self, const void *send, const int *send_rows, void *recv,
+                                    const int *recv_rows, size_t row_bytes, void *start_event, void *done_event,
+                                    moe_comm_op_h op);
+    /* moe_comm_p2p_start: one group of point-to-point transfers. */
+    moe_status_t (*p2p_start)(void *self, const moe_comm_p2p_t *list, int n, moe_comm_op_h op);
+    /* Whether op has completed (op->done false when called). */
+    moe_status_t (*test)(void *self, moe_comm_op_h op, bool *done);
+    /* Completes op (under the watch, where the host waits) and frees it. */
+    moe_status_t (*wait)(void *self, moe_comm_op_h op);
+    /* moe_comm_progress: let operations in flight advance. */
+    void (*progress)(void *self);
+    /* moe_comm_op_span: first and last its own, both tested done. */
+    moe_status_t (*span)(void *self, moe_comm_op_h first, moe_comm_op_h last, double *seconds);
+    /* moe_comm_alltoall_nccl: the library's own all-to-all (benchmarks' baseline). */
+    moe_status_t (*alltoall)(void *self, const void *send, void *recv, size_t bytes);
+    /* moe_comm_set_stream. */
+    void (*set_stream)(void *self, void *stream);
+    /* The watch (NULL: none) and the communicator's ranks as ranks of the watch's (borrowed, n_peers
+     * of them) for the waits of the transport. */
+    void (*set_watch)(void *self, moe_watch_h watch, int n_peers, const int *peers);
+    /* moe_comm_wait_event: a CUDA event that may depend on the transport's transfers. */
+    moe_status_t (*wait_event)(void *self, void *event, const char *what);
+    /* moe_comm_warm_up (collective). */
+    moe_status_t (*warm_up)(void *self);
+    /* Collective over parent's ranks, as moe_comm_split: the members' transport, over the members' MPI
+     * communicator `mpi` (their rank and size); *out NULL on the others (mpi MPI_COMM_NULL). */
+    moe_status_t (*split)(void *parent, bool member, MPI_Comm mpi, int rank, int size, void **out);
+    /* moe_comm_abort: once; NULL-safe. */
+    void (*abort)(void *self);
+    /* Frees the state (without synchronising after an abort); NULL-safe. */
+    void (*destroy)(void *self);
+} moe_comm_transport_t;
+
+/* mpi.c: rows as MPI_Ialltoallv on the communicator's duplicate (host buffers). */
+extern const moe_comm_transport_t moe_comm_transport_mpi;
+
+#if MOE_HAVE_CUDA
+/* nccl.c: rows in device memory over NCCL. */
+extern const moe_comm_transport_t moe_comm_transport_nccl;
+/* nccl.c: collective over mpi (rank and size as in it); sets the current CUDA device. The NCCL rows'
+ * state, bootstrapped by an MPI_Bcast of rank 0's ncclUniqueId. */
+moe_status_t moe_comm_nccl_create(MPI_Comm mpi, int rank, int size, int device, void **out);
+/* nccl.c: the host waits for a CUDA event, polled under watch, with NCCL's asynchronous error of
+ * nccl (NCCL rows' state; NULL: none, as for MPI rows) checked meanwhile; on a timeout or an error,
+ * nccl is aborted. */
+moe_status_t moe_comm_nccl_wait_event(void *nccl, moe_watch_h watch, int n_peers, const int *peers, void *event,
+                                      const char *what);
+#endif
 
 #endif

@@ -6,7 +6,9 @@
  * must start them in the same order. Two transports: MPI (MPI_Ialltoallv on a duplicated
  * communicator, so that our traffic never matches anyone else's; host buffers), and NCCL (comm/nccl.c,
  * builds with CUDA: device buffers, grouped ncclSend/ncclRecv per peer on a stream of its own, counts
- * still over MPI; completion in stream order, see moe_comm_set_stream).
+ * still over MPI; completion in stream order, see moe_comm_set_stream). Each is a table of functions
+ * behind this header (comm-impl.h: what a row transport does), chosen at create; the counts exchange,
+ * barriers and the watch are MPI's for every transport (comm/mpi.c).
  * Progress: MPI advances non-blocking collectives inside MPI calls, so compute loops call
  * moe_comm_progress() between pieces of work.
  * Liveness (watch.c): every blocking wait of the runtime goes through a watch (the few blocking MPI

@@ -1,5 +1,7 @@
-/* nccl: the NCCL transport (see comm.h): all-to-all-v of rows in device memory as one group of
- * ncclSend/ncclRecv per peer, on a stream of the communicator's own.
+/* nccl: the NCCL row transport (see comm.h): all-to-all-v of rows in device memory as one group of
+ * ncclSend/ncclRecv per peer, on a stream of the communicator's own. Its functions are one table,
+ * moe_comm_transport_nccl (comm-impl.h, at the end of this file), which mpi.c's public functions
+ * dispatch to; the communicator's MPI half (mpi.c) still exchanges the counts and holds the watch.
  *
  * Ordering: the backend's stream (set with moe_comm_set_stream) produces the send buffers and consumes
  * the received ones. A start records an event on that stream and makes the communication stream wait
@@ -24,7 +26,7 @@
 
 #define NCCL_EVENT_POOL 64
 
-struct moe_comm_nccl_s {
+typedef struct moe_comm_nccl_s {
     ncclComm_t nccl;
     int rank, size, device;
     cudaStream_t stream;   /* communication stream (ours) */
@@ -35,9 +37,11 @@ struct moe_comm_nccl_s {
     int n_peers;             /* the communicator's ranks as ranks of the watch's */
     const int *peers;
     bool aborted;
-};
+} moe_comm_nccl_t;
 
-moe_status_t moe_comm_nccl_create(MPI_Comm mpi, int rank, int size, int device, moe_comm_nccl_t **out)
+static void nccl_destroy(void *self);
+
+moe_status_t moe_comm_nccl_create(MPI_Comm mpi, int rank, int size, int device, void **out)
 {
     moe_status_t status = MOE_STATUS_OK;
     moe_comm_nccl_t *c = calloc(1, sizeof *c);
@@ -56,13 +60,15 @@ moe_status_t moe_comm_nccl_create(MPI_Comm mpi, int rank, int size, int device, 
     *out = c;
     return MOE_STATUS_OK;
 fail_free:
-    moe_comm_nccl_destroy(c);
+    nccl_destroy(c);
 fail:
     return status;
 }
 
-void moe_comm_nccl_destroy(moe_comm_nccl_t *c)
+/* An aborted communicator is freed, neither synchronised (its transfers may never end) nor destroyed. */
+static void nccl_destroy(void *self)
 {
+    moe_comm_nccl_t *c = self;
     if (!c) return;
     if (!c->aborted && c->stream) cudaStreamSynchronize(c->stream);
     if (c->nccl && !c->aborted) ncclCommDestroy(c->nccl);
@@ -71,10 +77,15 @@ void moe_comm_nccl_destroy(moe_comm_nccl_t *c)
     free(c);
 }
 
-void moe_comm_nccl_set_stream(moe_comm_nccl_t *c, void *stream) { c->producer = (cudaStream_t)stream; }
-
-void moe_comm_nccl_set_watch(moe_comm_nccl_t *c, moe_watch_h watch, int n_peers, const int *peers)
+static void nccl_set_stream(void *self, void *stream)
 {
+    moe_comm_nccl_t *c = self;
+    c->producer = (cudaStream_t)stream;
+}
+
+static void nccl_set_watch(void *self, moe_watch_h watch, int n_peers, const int *peers)
+{
+    moe_comm_nccl_t *c = self;
     c->watch = watch;
     c->n_peers = n_peers;
     c->peers = peers;
@@ -82,8 +93,10 @@ void moe_comm_nccl_set_watch(moe_comm_nccl_t *c, moe_watch_h watch, int n_peers,
 
 /* ---------------------------------------------------------------- liveness */
 
-void moe_comm_nccl_abort(moe_comm_nccl_t *c)
+/* ncclCommAbort, once; afterwards destroy only frees. NULL-safe. */
+static void nccl_abort(void *self)
 {
+    moe_comm_nccl_t *c = self;
     if (!c || c->aborted) return;
     c->aborted = true;
     ncclResult_t r = c->nccl ? ncclCommAbort(c->nccl) : ncclSuccess;
@@ -126,12 +139,13 @@ static moe_status_t event_done(void *arg, bool *done)
     return MOE_STATUS_OK;
 }
 
-moe_status_t moe_comm_nccl_wait_event(moe_comm_nccl_t *c, moe_watch_h watch, int n_peers, const int *peers,
-                                      void *event, const char *what)
+moe_status_t moe_comm_nccl_wait_event(void *nccl, moe_watch_h watch, int n_peers, const int *peers, void *event,
+                                      const char *what)
 {
+    moe_comm_nccl_t *c = nccl;
     event_wait_t w = {.c = c, .event = (cudaEvent_t)event};
     moe_status_t status = moe_watch_until(watch, n_peers, peers, what, event_done, &w);
-    if (status != MOE_STATUS_OK) moe_comm_nccl_abort(c);
+    if (status != MOE_STATUS_OK) nccl_abort(c);
     return status;
 }
 
@@ -139,6 +153,12 @@ moe_status_t moe_comm_nccl_wait_event(moe_comm_nccl_t *c, moe_watch_h watch, int
 static moe_status_t host_wait(moe_comm_nccl_t *c, cudaEvent_t event, const char *what)
 {
     return moe_comm_nccl_wait_event(c, c->watch, c->watch ? c->n_peers : -1, c->peers, event, what);
+}
+
+/* The backend's waits (moe_comm_wait_event) are the same, for any event. */
+static moe_status_t nccl_wait_event(void *self, void *event, const char *what)
+{
+    return host_wait(self, (cudaEvent_t)event, what);
 }
 
 static moe_status_t event_get(moe_comm_nccl_t *c, cudaEvent_t *out)
@@ -161,11 +181,16 @@ static void event_put(moe_comm_nccl_t *c, cudaEvent_t ev)
         cudaEventDestroy(ev);
 }
 
-moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *c, const void *send, const int *send_rows, void *recv,
-                                 const int *recv_rows, size_t row_bytes, void *start_event, void *done_event,
-                                 void **event)
+/* ---------------------------------------------------------------- rows */
+
+/* op->event: a CUDA event recorded on the communicator's stream after the transfer; start_event and
+ * done_event (the caller's, may be NULL) are recorded just before and after it. */
+static moe_status_t nccl_alltoallv_start(void *self, const void *send, const int *send_rows, void *recv,
+                                         const int *recv_rows, size_t row_bytes, void *start_event,
+                                         void *done_event, moe_comm_op_h op)
 {
     moe_status_t status = MOE_STATUS_OK;
+    moe_comm_nccl_t *c = self;
     cudaEvent_t ready = NULL, done = NULL;
     MOE_CHECK(event_get(c, &done), fail);
     if (c->producer) {
@@ -191,7 +216,7 @@ moe_status_t moe_comm_nccl_start(moe_comm_nccl_t *c, const void *send, const int
     if (done_event) MOE_CHECK_CUDA(cudaEventRecord((cudaEvent_t)done_event, c->stream), fail);
     MOE_CHECK_CUDA(cudaEventRecord(done, c->stream), fail);
     if (ready) event_put(c, ready); /* recorded work stays ordered; the handle may be reused */
-    *event = done;
+    op->event = done;
     return MOE_STATUS_OK;
 fail:
     if (ready) cudaEventDestroy(ready);
@@ -199,13 +224,14 @@ fail:
     return status;
 }
 
-moe_status_t moe_comm_nccl_test(moe_comm_nccl_t *c, void *event, bool *done)
+static moe_status_t nccl_test(void *self, moe_comm_op_h op, bool *done)
 {
     moe_status_t status = MOE_STATUS_OK;
-    cudaError_t err = cudaEventQuery((cudaEvent_t)event);
+    moe_comm_nccl_t *c = self;
+    cudaError_t err = cudaEventQuery((cudaEvent_t)op->event);
     if (err == cudaErrorNotReady) {
         *done = false;
-        if ((status = async_error(c)) != MOE_STATUS_OK) moe_comm_nccl_abort(c);
+        if ((status = async_error(c)) != MOE_STATUS_OK) nccl_abort(c);
         return status;
     }
     MOE_CHECK_CUDA(err, fail);
@@ -214,10 +240,20 @@ fail:
     return status;
 }
 
-moe_status_t moe_comm_nccl_wait(moe_comm_nccl_t *c, void *event)
+static void event_free(void *event)
+{
+    if (event) cudaEventDestroy((cudaEvent_t)event);
+}
+
+/* Orders the producer stream after the op's event (or, without one, the host waits under the watch),
+ * then releases the events and frees op. */
+static moe_status_t nccl_wait(void *self, moe_comm_op_h op)
 {
     moe_status_t status = MOE_STATUS_OK;
-    cudaEvent_t ev = (cudaEvent_t)event;
+    moe_comm_nccl_t *c = self;
+    cudaEvent_t ev = (cudaEvent_t)op->event;
+    event_free(op->start);
+    free(op);
     if (c->producer)
         MOE_CHECK_CUDA(cudaStreamWaitEvent(c->producer, ev, 0), fail);
     else
@@ -229,9 +265,15 @@ fail:
     return status;
 }
 
-moe_status_t moe_comm_nccl_alltoall(moe_comm_nccl_t *c, const void *send, void *recv, size_t bytes)
+/* NCCL advances on its own (its kernels and proxy thread): nothing to poll. */
+static void nccl_progress(void *self) { (void)self; }
+
+/* ncclAlltoAll (or, where NCCL lacks it, a group of equal sends and receives) of `bytes` per peer on the
+ * communicator's stream, ordered after the producer stream and before what it queues next. */
+static moe_status_t nccl_alltoall(void *self, const void *send, void *recv, size_t bytes)
 {
     moe_status_t status = MOE_STATUS_OK;
+    moe_comm_nccl_t *c = self;
     cudaEvent_t ready = NULL, done = NULL;
     MOE_CHECK(event_get(c, &ready), fail);
     MOE_CHECK(event_get(c, &done), fail);
@@ -263,11 +305,13 @@ fail:
     return status;
 }
 
-moe_status_t moe_comm_nccl_split(moe_comm_nccl_t *parent, bool member, int new_rank, int new_size,
-                                 moe_comm_nccl_t **out)
+/* ncclCommSplit of parent: collective over parent's ranks (no new bootstrap); the members' MPI
+ * communicator is the MPI half's business. */
+static moe_status_t nccl_split(void *self, bool member, MPI_Comm mpi, int new_rank, int new_size, void **out)
 {
     moe_status_t status = MOE_STATUS_OK;
-    moe_comm_nccl_t *c = NULL;
+    moe_comm_nccl_t *parent = self, *c = NULL;
+    (void)mpi;
     ncclComm_t child = NULL;
     *out = NULL;
     /* every rank of the parent takes part; non-members ask for no communicator */
@@ -283,11 +327,15 @@ moe_status_t moe_comm_nccl_split(moe_comm_nccl_t *parent, bool member, int new_r
     return MOE_STATUS_OK;
 fail:
     if (child) ncclCommDestroy(child);
-    moe_comm_nccl_destroy(c);
+    nccl_destroy(c);
     return status;
 }
 
-moe_status_t moe_comm_nccl_p2p(moe_comm_nccl_t *c, const moe_comm_p2p_t *list, int n, void **start, void **event)
+/* ---------------------------------------------------------------- point to point */
+
+/* One group of sends and receives on the communicator's stream, between two timing events: *start
+ * before it, *event after it. */
+static moe_status_t p2p_group(moe_comm_nccl_t *c, const moe_comm_p2p_t *list, int n, void **start, void **event)
 {
     moe_status_t status = MOE_STATUS_OK;
     cudaEvent_t begin = NULL, done = NULL;
@@ -312,24 +360,31 @@ fail:
     return status;
 }
 
-moe_status_t moe_comm_nccl_elapsed(void *start, void *end, double *seconds)
+static moe_status_t nccl_p2p_start(void *self, const moe_comm_p2p_t *list, int n, moe_comm_op_h op)
+{
+    return p2p_group(self, list, n, &op->start, &op->event);
+}
+
+/* Seconds between first's start event and last's completion event (both completed). */
+static moe_status_t nccl_span(void *self, moe_comm_op_h first, moe_comm_op_h last, double *seconds)
 {
     moe_status_t status = MOE_STATUS_OK;
     float ms = 0;
-    MOE_CHECK_CUDA(cudaEventElapsedTime(&ms, (cudaEvent_t)start, (cudaEvent_t)end), fail);
+    (void)self;
+    if (!(first->start && last->event && first->done && last->done))
+        MOE_FAIL(MOE_STATUS_INVALID_ARGUMENT, fail, "comm: a span needs completed NCCL point-to-point transfers");
+    MOE_CHECK_CUDA(cudaEventElapsedTime(&ms, (cudaEvent_t)first->start, (cudaEvent_t)last->event), fail);
     *seconds = 1e-3 * ms;
 fail:
     return status;
 }
 
-void moe_comm_nccl_event_free(void *event)
-{
-    if (event) cudaEventDestroy((cudaEvent_t)event);
-}
-
-moe_status_t moe_comm_nccl_warm_up(moe_comm_nccl_t *c)
+/* Collective: 1 MiB each way with every peer, so that NCCL connects its peers now, not in the first
+ * transfer that counts. */
+static moe_status_t nccl_warm_up(void *self)
 {
     moe_status_t status = MOE_STATUS_OK;
+    moe_comm_nccl_t *c = self;
     const size_t bytes = (size_t)1 << 20;
     void *buf = NULL, *start = NULL, *done = NULL;
     moe_comm_p2p_t *list = malloc(sizeof *list * 2 * (size_t)c->size);
@@ -342,12 +397,30 @@ moe_status_t moe_comm_nccl_warm_up(moe_comm_nccl_t *c)
         list[n++] = (moe_comm_p2p_t){.buf = mine, .bytes = bytes, .peer = p, .send = true};
         list[n++] = (moe_comm_p2p_t){.buf = mine + bytes, .bytes = bytes, .peer = p, .send = false};
     }
-    MOE_CHECK(moe_comm_nccl_p2p(c, list, n, &start, &done), fail);
+    MOE_CHECK(p2p_group(c, list, n, &start, &done), fail);
     MOE_CHECK(host_wait(c, (cudaEvent_t)done, "NCCL's warm-up exchange"), fail);
 fail:
-    moe_comm_nccl_event_free(start);
-    moe_comm_nccl_event_free(done);
+    event_free(start);
+    event_free(done);
     if (buf) cudaFree(buf);
     free(list);
     return status;
 }
+
+const moe_comm_transport_t moe_comm_transport_nccl = {
+    .device = true,
+    .alltoallv_start = nccl_alltoallv_start,
+    .p2p_start = nccl_p2p_start,
+    .test = nccl_test,
+    .wait = nccl_wait,
+    .progress = nccl_progress,
+    .span = nccl_span,
+    .alltoall = nccl_alltoall,
+    .set_stream = nccl_set_stream,
+    .set_watch = nccl_set_watch,
+    .wait_event = nccl_wait_event,
+    .warm_up = nccl_warm_up,
+    .split = nccl_split,
+    .abort = nccl_abort,
+    .destroy = nccl_destroy,
+};
