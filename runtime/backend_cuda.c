@@ -932,10 +932,6 @@ fail:
     return status;
 }
 
-/* The expert GEMM path for slots of `mean` rows: run.gemm when set; else the fastest measured here
- * for rows of this size (every candidate timed once on this chunk's real rows, the second of two
- * runs, then the winner run last, so that the chunk's result is the winner's); while a graph is
- * captured, or without tensor cores, a fixed rule. */
 /* The expert GEMM path per log2 bucket of the rows a slot gets (and whether the host knew them), timed
  * on the first chunks that fall in the bucket (run.gemm auto). Process-wide: a run has one model's
  * widths, and a backend state made again (an elastic switch) does not time them again. Buckets are
@@ -945,6 +941,10 @@ fail:
  * batch (Mixtral at 2 GPUs: 281 ms once among 9 ms batches, run 13). */
 static moe_gemm_path_t tuned_paths[2][32];
 
+/* The expert GEMM path for slots of `mean` rows: run.gemm when set; else the fastest measured here
+ * for rows of this size (every candidate timed once on this chunk's real rows, the second of two
+ * runs, then the winner run last, so that the chunk's result is the winner's); while a graph is
+ * captured, or without tensor cores, a fixed rule. */
 static moe_status_t pick_path(moe_backend_state_t *s, const moe_expert_weights_t *w, int entries, double mean,
                               bool host_knows, moe_gemm_path_t *out)
 {
